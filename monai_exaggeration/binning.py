@@ -1,0 +1,49 @@
+"""Discretisation of the classifier posterior into the N condition bins of the explainer.
+
+Bin ``b`` covers ``[b/N, (b+1)/N)``; ``p = 1`` belongs to the last bin ``N - 1``. The training target
+of bin ``b`` is its *centre* ``(b + 0.5)/N`` (the ICLR 2020 code used the lower edge ``b/N``; the
+centre is unbiased inside the bin and never asks the generator for an exact 0).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["bin_centre", "bin_centres", "check_num_bins", "posterior_to_bin"]
+
+
+def check_num_bins(num_bins: int) -> int:
+    """Return ``num_bins`` if it is an integer >= 2 (a series needs two ends), else raise ``ValueError``."""
+    if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 2:
+        raise ValueError(f"num_bins must be an integer >= 2, got {num_bins!r}")
+    return num_bins
+
+
+def bin_centres(num_bins: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Centres ``(b + 0.5)/N`` of all bins, shape (N,), float32."""
+    check_num_bins(num_bins)
+    return (torch.arange(num_bins, dtype=torch.float32, device=device) + 0.5) / num_bins
+
+
+def bin_centre(bins: torch.Tensor, num_bins: int) -> torch.Tensor:
+    """Centre ``(b + 0.5)/N`` of each bin index in ``bins`` (any shape), float32."""
+    check_num_bins(num_bins)
+    bins = torch.as_tensor(bins)
+    if bins.is_floating_point() or bins.is_complex():
+        raise TypeError(f"bins must be integer indices, got dtype {bins.dtype}")
+    return (bins.to(torch.float32) + 0.5) / num_bins
+
+
+def posterior_to_bin(p: torch.Tensor, num_bins: int) -> torch.Tensor:
+    """Bin index ``floor(p * N)`` of posteriors ``p`` (any shape), clamped to ``[0, N - 1]``; int64.
+
+    Values outside [0, 1] are clamped (p = 1 goes to N - 1); NaN raises ``ValueError``. The product is
+    taken in the dtype of ``p``, so a float32 0.7 lands in bin 7 as one would expect.
+    """
+    check_num_bins(num_bins)
+    p = torch.as_tensor(p)
+    if not p.is_floating_point():
+        p = p.to(torch.float32)
+    if torch.isnan(p).any():
+        raise ValueError("posterior contains NaN")
+    return torch.floor(p * num_bins).clamp(0, num_bins - 1).to(torch.long)

@@ -1,0 +1,64 @@
+"""Helpers the bundle configs call: default locations that work from any working directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from monai_exaggeration.networks.classifier import BlackBoxClassifier
+from monai_exaggeration.utils import select_device
+
+__all__ = [
+    "CLASSIFIER_CONFIGS",
+    "DATASET_ENV",
+    "default_bundle_root",
+    "default_dataset_dir",
+    "load_bundle_classifier",
+]
+
+#: Environment variable that overrides the default dataset folder.
+DATASET_ENV = "EXAG_DATASET_DIR"
+
+
+def default_bundle_root() -> str:
+    """``bundles/cxr`` of the source tree this package is installed from, else ``./bundles/cxr``."""
+    source_tree = Path(__file__).resolve().parents[1] / "bundles" / "cxr"
+    if (source_tree / "configs").is_dir():
+        return str(source_tree)
+    return str(Path("bundles") / "cxr")
+
+
+def default_dataset_dir(bundle_root: str | os.PathLike) -> str:
+    """``$EXAG_DATASET_DIR`` when set, else ``<bundle_root>/data`` (see docs/datasets.md)."""
+    return os.environ.get(DATASET_ENV) or str(Path(bundle_root) / "data")
+
+
+#: The config files that define the shipped classifier (merged in this order), relative to the bundle root.
+CLASSIFIER_CONFIGS = ("configs/train_classifier.json", "configs/classifier_cpu.json")
+
+
+def load_bundle_classifier(
+    bundle_root: str | os.PathLike | None = None,
+    config_files: tuple[str, ...] = CLASSIFIER_CONFIGS,
+    weights: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+) -> BlackBoxClassifier:
+    """The bundle's classifier as a frozen black box.
+
+    The network is ``network_def`` of the merged ``config_files``; the weights default to
+    ``<ckpt_dir>/<ckpt_name>`` of the same configs (``models/classifier.pt`` for the shipped CPU model).
+    """
+    from monai.bundle import ConfigParser
+
+    root = Path(bundle_root or default_bundle_root())
+    parser = ConfigParser()
+    parser.read_config([str(root / name) for name in config_files])
+    parser["bundle_root"] = str(root)
+    network = parser.get_parsed_content("network_def")
+    finding = parser.get_parsed_content("finding")
+    if weights is None:
+        weights = Path(parser.get_parsed_content("ckpt_dir")) / parser.get_parsed_content("ckpt_name")
+    classifier = BlackBoxClassifier.from_state_dict(network, weights, labels=[finding], output=finding)
+    return classifier.to(select_device(device))

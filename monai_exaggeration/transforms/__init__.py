@@ -1,0 +1,27 @@
+"""Chest X-ray loading and normalisation transforms."""
+
+from monai_exaggeration.transforms.cxr import (
+    ASPECT_POLICIES,
+    CropToSquared,
+    LoadCXR,
+    LoadCXRd,
+    cxr_preprocessing,
+    load_cxr,
+    to_model_range,
+    to_unit_range,
+)
+from monai_exaggeration.transforms.readers import DICOM_KEYWORDS, CXRImage, read_cxr
+
+__all__ = [
+    "ASPECT_POLICIES",
+    "CXRImage",
+    "CropToSquared",
+    "DICOM_KEYWORDS",
+    "LoadCXR",
+    "LoadCXRd",
+    "cxr_preprocessing",
+    "load_cxr",
+    "read_cxr",
+    "to_model_range",
+    "to_unit_range",
+]

@@ -1,0 +1,151 @@
+"""MONAI transforms that load a chest X-ray into a normalised 1-channel tensor at the model size.
+
+Aspect policy (``aspect``):
+
+* ``"pad"`` (default): resize so the longer side equals the model size, then pad the shorter side
+  symmetrically with black (-1) to a square. Nothing of the image is lost.
+* ``"crop"``: take the centred square of side min(rows, columns), then resize. Loses the edges.
+* ``"stretch"``: resize rows and columns independently (distorts anatomy; only for pre-squared data).
+
+All three are MONAI invertible transforms, so ``Compose.inverse`` (or ``Invertd``) maps a model-size
+result back to the source pixel grid (see :func:`cxr_preprocessing`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.utils import TraceKeys
+from monai.transforms import (
+    BorderPad,
+    CenterSpatialCrop,
+    Compose,
+    InvertibleTransform,
+    MapTransform,
+    Resized,
+    ScaleIntensityRanged,
+    SpatialPadd,
+    Transform,
+)
+
+from monai_exaggeration.transforms.readers import read_cxr
+
+__all__ = [
+    "ASPECT_POLICIES",
+    "LoadCXR",
+    "LoadCXRd",
+    "CropToSquared",
+    "cxr_preprocessing",
+    "load_cxr",
+    "to_unit_range",
+    "to_model_range",
+]
+
+ASPECT_POLICIES = ("pad", "crop", "stretch")
+
+
+def to_model_range(unit: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+    """Map display intensities in [0, 1] to the model range [-1, 1]."""
+    return unit * 2.0 - 1.0
+
+
+def to_unit_range(model: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+    """Map model intensities in [-1, 1] back to display intensities in [0, 1]."""
+    return (model + 1.0) / 2.0
+
+
+class LoadCXR(Transform):
+    """Load a chest X-ray file as a ``MetaTensor`` of shape (1, rows, columns), values in [0, 1].
+
+    The metadata keeps the source path, format, shape, pixel spacing, polarity and (for DICOM) the
+    patient/study/series/instance attributes listed in :data:`~.readers.DICOM_KEYWORDS`.
+    """
+
+    def __call__(self, path: str | os.PathLike) -> MetaTensor:
+        image = read_cxr(path)
+        row_spacing, column_spacing = image.meta["pixel_spacing"]
+        affine = torch.diag(torch.tensor([row_spacing, column_spacing, 1.0], dtype=torch.float64))
+        return MetaTensor(torch.from_numpy(image.pixels)[None], affine=affine, meta=image.meta)
+
+
+class LoadCXRd(MapTransform):
+    """Dictionary version of :class:`LoadCXR`."""
+
+    def __init__(self, keys: KeysCollection = "image", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.loader = LoadCXR()
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        result = dict(data)
+        for key in self.key_iterator(result):
+            result[key] = self.loader(result[key])
+        return result
+
+
+class CropToSquared(MapTransform, InvertibleTransform):
+    """Centre-crop each image to a square of side min(rows, columns); invertible (pads back)."""
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        result = dict(data)
+        for key in self.key_iterator(result):
+            side = int(min(result[key].shape[1:]))
+            result[key] = CenterSpatialCrop(roi_size=(side, side))(result[key])
+        return result
+
+    def inverse(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        result = dict(data)
+        for key in self.key_iterator(result):
+            # The crop was recorded by a per-image cropper instance: skip MONAI's instance-id check.
+            record = CenterSpatialCrop(roi_size=(1, 1)).pop_transform(result[key], check=False)
+            pad_back = BorderPad(record[TraceKeys.EXTRA_INFO]["cropped"])  # zeros where the crop cut
+            with pad_back.trace_transform(False):
+                result[key] = pad_back(result[key])
+        return result
+
+
+def _aspect_transforms(keys: KeysCollection, spatial_size: int, aspect: str) -> list[Transform]:
+    resize = {"mode": "bilinear", "anti_aliasing": True}
+    if aspect == "pad":
+        return [
+            Resized(keys, spatial_size=spatial_size, size_mode="longest", **resize),
+            SpatialPadd(keys, spatial_size=(spatial_size, spatial_size), mode="constant", value=-1.0),
+        ]
+    if aspect == "crop":
+        return [CropToSquared(keys), Resized(keys, spatial_size=(spatial_size, spatial_size), **resize)]
+    if aspect == "stretch":
+        return [Resized(keys, spatial_size=(spatial_size, spatial_size), **resize)]
+    raise ValueError(f"aspect must be one of {ASPECT_POLICIES}, got {aspect!r}")
+
+
+def cxr_preprocessing(
+    keys: KeysCollection = "image",
+    spatial_size: int = 128,
+    aspect: str = "pad",
+    load: bool = True,
+    extra: Sequence[Transform] = (),
+) -> Compose:
+    """The project's CXR loader: file -> (1, size, size) float tensor in [-1, 1] with metadata.
+
+    ``load=False`` starts from already-loaded [0, 1] tensors. ``extra`` transforms (augmentation)
+    are appended. ``Compose.inverse`` maps outputs back to the source grid (intensity stays in
+    [-1, 1]; use :func:`to_unit_range` for display values).
+    """
+    if spatial_size < 8:
+        raise ValueError(f"spatial_size must be at least 8 pixels, got {spatial_size}")
+    transforms: list[Transform] = [LoadCXRd(keys)] if load else []
+    transforms.append(ScaleIntensityRanged(keys, a_min=0.0, a_max=1.0, b_min=-1.0, b_max=1.0, clip=True))
+    transforms.extend(_aspect_transforms(keys, spatial_size, aspect))
+    transforms.extend(extra)
+    return Compose(transforms)
+
+
+def load_cxr(path: str | os.PathLike, spatial_size: int = 128, aspect: str = "pad") -> MetaTensor:
+    """Load one file ready for the model: (1, size, size) in [-1, 1]. Errors are :class:`CXRInputError`."""
+    image = LoadCXR()(path)  # called directly so that input errors are not wrapped by Compose
+    return cxr_preprocessing("image", spatial_size, aspect, load=False)({"image": image})["image"]

@@ -1,0 +1,337 @@
+"""Read a chest X-ray file (DICOM, PNG/JPEG, NIfTI) into a display-ready image in [0, 1] plus metadata.
+
+Conventions (tested in ``tests/test_readers.py``):
+
+* Orientation: the array is indexed ``(row, column)`` exactly as a DICOM viewer shows the image
+  (pydicom's convention; *not* MONAI's ``(W, H)`` reader convention).
+* Polarity: 0 is black and 1 is white on screen (MONOCHROME1 and Presentation LUT Shape INVERSE
+  are inverted so that bone and the mediastinum are bright, lungs dark).
+* Intensity: DICOM Modality LUT (rescale slope/intercept or LUT) is applied, then the first VOI LUT
+  or window centre/width when present; the VOI output range maps to [0, 1]. Without a VOI, images
+  of at most 8 bits are taken as display-ready (value / (2**bits - 1)); deeper images are
+  stretched from their minimum to their maximum (a viewer's default window).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.pixels.decoders.base import get_decoder
+from pydicom.uid import ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian
+
+from monai_exaggeration.errors import CXRInputError
+
+__all__ = ["CXRImage", "DICOM_KEYWORDS", "read_cxr", "read_dicom", "read_raster", "read_nifti"]
+
+#: Modalities accepted as (chest) projection radiographs. OT/SC cover secondary captures.
+ACCEPTED_MODALITIES = frozenset({"CR", "DX", "RG", "OT", "SC", ""})
+
+#: DICOM attributes kept in the metadata, as strings ("" when absent), for writing derived DICOM.
+DICOM_KEYWORDS = (
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "PatientAge",
+    "StudyInstanceUID",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "StudyDescription",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "SeriesInstanceUID",
+    "SeriesNumber",
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "InstanceNumber",
+    "Modality",
+    "BodyPartExamined",
+    "ViewPosition",
+    "Laterality",
+    "ImageLaterality",
+    "PatientOrientation",
+    "PixelSpacing",
+    "ImagerPixelSpacing",
+    "PhotometricInterpretation",
+    "BitsStored",
+    "Manufacturer",
+    "TransferSyntaxUID",
+)
+
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+_EXPORT_HINT = "export the image again from the PACS or modality"
+
+
+@dataclass
+class CXRImage:
+    """A decoded chest X-ray: ``pixels`` float32 (rows, columns) in [0, 1] and its metadata."""
+
+    pixels: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _base_meta(path: Path, source_format: str, shape: tuple[int, int]) -> dict[str, Any]:
+    return {
+        "filename_or_obj": str(path),
+        "source_format": source_format,
+        "source_shape": [int(shape[0]), int(shape[1])],
+        "pixel_spacing": [1.0, 1.0],
+        "pixel_spacing_known": False,
+        "inverted": False,
+        "dicom": {keyword: "" for keyword in DICOM_KEYWORDS},
+    }
+
+
+def _to_unit(values: np.ndarray, low: float, high: float, path: Path) -> np.ndarray:
+    if not np.isfinite(low) or not np.isfinite(high) or high <= low:
+        raise CXRInputError(path, "the image is blank (all pixels have the same value)", "check the export")
+    return np.clip((values.astype(np.float64) - low) / (high - low), 0.0, 1.0).astype(np.float32)
+
+
+def _luminance(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R BT.601 luma of an (rows, columns, 3|4) array (alpha ignored)."""
+    weights = np.array([0.299, 0.587, 0.114])
+    return rgb[..., :3].astype(np.float64) @ weights
+
+
+def _is_dicom(path: Path) -> bool:
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        return True
+    with open(path, "rb") as handle:
+        head = handle.read(132)
+    return head[128:132] == b"DICM"
+
+
+def read_cxr(path: str | os.PathLike) -> CXRImage:
+    """Read any supported chest X-ray file; raise :class:`CXRInputError` with a clear message if unusable."""
+    path = Path(path)
+    if not path.exists():
+        raise CXRInputError(path, "file not found", "check the path")
+    if path.is_dir():
+        raise CXRInputError(path, "is a folder, not an image file", "give one image file")
+    name = path.name.lower()
+    if name.endswith(NIFTI_SUFFIXES):
+        return read_nifti(path)
+    if name.endswith(RASTER_SUFFIXES):
+        return read_raster(path)
+    if _is_dicom(path):
+        return read_dicom(path)
+    # Unknown suffix (PACS exports often have none): DICOM without preamble, then raster images.
+    try:
+        return read_dicom(path)
+    except CXRInputError as dicom_error:
+        if "not a DICOM file" not in dicom_error.problem:
+            raise
+    try:
+        return read_raster(path)
+    except CXRInputError as raster_error:
+        if "not a readable image" not in raster_error.problem:
+            raise
+        raise CXRInputError(
+            path,
+            "not a DICOM file or a supported image (PNG, JPEG, TIFF, NIfTI)",
+            "give a chest radiograph in one of these formats",
+        ) from None
+
+
+# --------------------------------------------------------------------------------------- DICOM
+
+
+def _dcmread(path: Path) -> pydicom.Dataset:
+    try:
+        return pydicom.dcmread(path)
+    except InvalidDicomError:
+        pass  # no preamble / no file meta: try again without the checks
+    except Exception as error:  # noqa: BLE001 - pydicom raises many types on damaged files
+        raise CXRInputError(path, f"corrupt DICOM file ({error})", _EXPORT_HINT) from None
+    try:
+        dataset = pydicom.dcmread(path, force=True)
+        # Touch every element so that garbage fails here, not later.
+        _ = [element.value for element in dataset]
+    except Exception:  # noqa: BLE001
+        raise CXRInputError(path, "not a DICOM file", "give a DICOM, PNG, JPEG or NIfTI file") from None
+    if "SOPClassUID" not in dataset and "PixelData" not in dataset and "Rows" not in dataset:
+        raise CXRInputError(path, "not a DICOM file", "give a DICOM, PNG, JPEG or NIfTI file")
+    return dataset
+
+
+def _ensure_transfer_syntax(dataset: pydicom.Dataset) -> None:
+    """Files without a file meta header: record the encoding they were read with."""
+    if "TransferSyntaxUID" in dataset.file_meta:
+        return
+    implicit, little = dataset.original_encoding
+    if implicit:
+        uid = ImplicitVRLittleEndian
+    else:
+        uid = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+    dataset.file_meta.TransferSyntaxUID = uid
+
+
+def _check_dicom_content(path: Path, dataset: pydicom.Dataset) -> None:
+    modality = str(dataset.get("Modality", "")).upper()
+    if modality not in ACCEPTED_MODALITIES:
+        raise CXRInputError(
+            path,
+            f"modality {modality} is not a chest radiograph",
+            "give a CR or DX (or secondary capture) chest X-ray",
+        )
+    if "PixelData" not in dataset:
+        what = "structured report or presentation state" if "Rows" not in dataset else "damaged image"
+        raise CXRInputError(path, f"has no pixel data (a {what}?)", "give the image itself")
+    frames = int(dataset.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise CXRInputError(
+            path,
+            f"is a multi-frame image or volume ({frames} frames)",
+            "give a single-frame projection radiograph",
+        )
+    syntax = dataset.file_meta.TransferSyntaxUID
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError:
+        raise CXRInputError(
+            path,
+            f"unsupported compression '{syntax.name}' ({syntax})",
+            "convert it to an uncompressed or JPEG/JPEG 2000/RLE transfer syntax (e.g. gdcmconv --raw)",
+        ) from None
+    if not decoder.is_available:
+        raise CXRInputError(
+            path,
+            f"no decoder installed for '{syntax.name}'",
+            "install python-gdcm and pylibjpeg-openjpeg (pip install monai_exaggeration installs them)",
+        )
+
+
+def _decode(path: Path, dataset: pydicom.Dataset) -> np.ndarray:
+    try:
+        return dataset.pixel_array
+    except Exception as error:  # noqa: BLE001 - decoders raise many types on damaged data
+        raise CXRInputError(
+            path, f"pixel data cannot be decoded, the file may be truncated or corrupt ({error})", _EXPORT_HINT
+        ) from None
+
+
+def _voi_range(dataset: pydicom.Dataset) -> tuple[float, float]:
+    """Output range of the first VOI transform (probed at extreme inputs, so it works for LUTs and windows)."""
+    probe = apply_voi_lut(np.array([-(2**31), 2**31 - 1], dtype=np.int64), dataset, index=0, prefer_lut=True)
+    return float(np.min(probe)), float(np.max(probe))
+
+
+def _dicom_meta(path: Path, dataset: pydicom.Dataset, shape: tuple[int, int]) -> dict[str, Any]:
+    meta = _base_meta(path, "dicom", shape)
+    tags = meta["dicom"]
+    for keyword in DICOM_KEYWORDS:
+        if keyword == "TransferSyntaxUID":
+            tags[keyword] = str(dataset.file_meta.get("TransferSyntaxUID", ""))
+            continue
+        value = dataset.get(keyword, "")
+        if isinstance(value, pydicom.multival.MultiValue):
+            value = "\\".join(str(item) for item in value)
+        tags[keyword] = "" if value is None else str(value)
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        spacing = dataset.get(keyword)
+        if spacing is not None and len(spacing) == 2 and float(spacing[0]) > 0 and float(spacing[1]) > 0:
+            meta["pixel_spacing"] = [float(spacing[0]), float(spacing[1])]
+            meta["pixel_spacing_known"] = True
+            break
+    return meta
+
+
+def read_dicom(path: str | os.PathLike) -> CXRImage:
+    """Read a single-frame DICOM radiograph (any transfer syntax pydicom/GDCM/OpenJPEG can decode)."""
+    path = Path(path)
+    dataset = _dcmread(path)
+    _ensure_transfer_syntax(dataset)
+    _check_dicom_content(path, dataset)
+    stored = _decode(path, dataset)
+    if stored.ndim == 3:  # colour secondary capture (pydicom converts YBR to RGB)
+        values, low, high = _luminance(stored), 0.0, 255.0
+    elif stored.ndim == 2:
+        values = apply_modality_lut(stored, dataset)
+        has_rescale = "ModalityLUTSequence" in dataset or float(dataset.get("RescaleSlope", 1) or 1) != 1
+        if "VOILUTSequence" in dataset or "WindowCenter" in dataset:
+            if "VOILUTSequence" in dataset and values.dtype.kind == "f":
+                values = np.rint(values).astype(np.int64)  # a VOI LUT is indexed by integer values
+            values = apply_voi_lut(values, dataset, index=0, prefer_lut=True)
+            low, high = _voi_range(dataset)
+        elif int(dataset.get("BitsStored", 16)) <= 8 and not has_rescale:
+            low, high = 0.0, float(2 ** int(dataset.BitsStored) - 1)
+        else:
+            low, high = float(np.min(values)), float(np.max(values))
+    else:
+        raise CXRInputError(path, f"unexpected pixel array of shape {stored.shape}", "give a 2-D radiograph")
+    pixels = _to_unit(values, low, high, path)
+    meta = _dicom_meta(path, dataset, pixels.shape)
+    photometric = str(dataset.get("PhotometricInterpretation", "")).upper()
+    shape = str(dataset.get("PresentationLUTShape", "")).upper()
+    if photometric == "MONOCHROME1" or shape == "INVERSE":
+        pixels = 1.0 - pixels
+        meta["inverted"] = True
+    return CXRImage(pixels, meta)
+
+
+# --------------------------------------------------------------------------------------- rasters
+
+
+def read_raster(path: str | os.PathLike) -> CXRImage:
+    """Read an 8- or 16-bit PNG/JPEG/TIFF (grayscale, RGB or RGBA) with imageio."""
+    import imageio.v3 as iio
+
+    path = Path(path)
+    try:
+        image = np.asarray(iio.imread(path))
+    except Exception as error:  # noqa: BLE001 - imageio raises plugin-specific errors
+        raise CXRInputError(path, f"not a readable image ({type(error).__name__})", "give a PNG/JPEG/DICOM") from None
+    if image.ndim == 3 and image.shape[-1] in (3, 4):
+        values = _luminance(image)
+    elif image.ndim == 3 and image.shape[-1] in (1, 2):
+        values = image[..., 0]
+    elif image.ndim == 2:
+        values = image
+    else:
+        raise CXRInputError(path, f"is a multi-frame image or volume (shape {image.shape})", "give one 2-D image")
+    if image.dtype == np.uint8:
+        low, high = 0.0, 255.0
+    elif image.dtype == np.bool_:
+        low, high = 0.0, 1.0
+    else:
+        low, high = float(np.min(values)), float(np.max(values))
+    pixels = _to_unit(values, low, high, path)
+    return CXRImage(pixels, _base_meta(path, "raster", pixels.shape))
+
+
+# --------------------------------------------------------------------------------------- NIfTI
+
+
+def read_nifti(path: str | os.PathLike) -> CXRImage:
+    """Read a 2-D NIfTI radiograph (first voxel axis = columns, second = rows, as MONAI/ITK write 2-D images)."""
+    import nibabel as nib
+
+    path = Path(path)
+    try:
+        image = nib.load(str(path))
+        data = np.asarray(image.dataobj)
+    except Exception as error:  # noqa: BLE001
+        raise CXRInputError(path, f"corrupt or unreadable NIfTI ({error})", _EXPORT_HINT) from None
+    data = np.squeeze(data)
+    if data.ndim != 2:
+        raise CXRInputError(path, f"is a 3-D volume (shape {data.shape})", "give a single 2-D radiograph")
+    values = data.T
+    if data.dtype == np.uint8:
+        low, high = 0.0, 255.0
+    else:
+        low, high = float(np.min(values)), float(np.max(values))
+    pixels = _to_unit(values, low, high, path)
+    meta = _base_meta(path, "nifti", pixels.shape)
+    zooms = image.header.get_zooms()[:2]
+    meta["pixel_spacing"] = [float(zooms[1]), float(zooms[0])]
+    return CXRImage(pixels, meta)
