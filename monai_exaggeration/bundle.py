@@ -53,12 +53,17 @@ def load_bundle_classifier(
     from monai.bundle import ConfigParser
 
     root = Path(bundle_root or default_bundle_root())
+    shipped = Path(default_bundle_root())
+    # A bundle_root without the classifier configs (e.g. a scratch output folder) uses the shipped ones.
+    files = [root / name if (root / name).is_file() else shipped / name for name in config_files]
     parser = ConfigParser()
-    parser.read_config([str(root / name) for name in config_files])
+    parser.read_config([str(path) for path in files])
     parser["bundle_root"] = str(root)
     network = parser.get_parsed_content("network_def")
     finding = parser.get_parsed_content("finding")
     if weights is None:
         weights = Path(parser.get_parsed_content("ckpt_dir")) / parser.get_parsed_content("ckpt_name")
-    classifier = BlackBoxClassifier.from_state_dict(network, weights, labels=[finding], output=finding)
+    classifier = BlackBoxClassifier.from_state_dict(
+        network, weights, labels=[finding], output=finding, input_size=parser.get_parsed_content("image_size")
+    )
     return classifier.to(select_device(device))

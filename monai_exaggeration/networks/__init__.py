@@ -3,3 +3,13 @@
 from monai_exaggeration.networks.classifier import ACTIVATIONS, BlackBoxClassifier, load_state_dict_file
 
 __all__ = ["ACTIVATIONS", "BlackBoxClassifier", "load_state_dict_file"]
+
+# explainer GAN
+from monai_exaggeration.networks.conditional import ConditionalBatchNorm2d  # noqa: E402
+from monai_exaggeration.networks.explainer import (  # noqa: E402
+    ExaggerationDiscriminator,
+    ExaggerationGenerator,
+    count_parameters,
+)
+
+__all__ += ["ConditionalBatchNorm2d", "ExaggerationDiscriminator", "ExaggerationGenerator", "count_parameters"]

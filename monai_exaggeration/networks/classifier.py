@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 __all__ = ["BlackBoxClassifier", "ACTIVATIONS", "load_state_dict_file"]
 
@@ -52,6 +53,8 @@ class BlackBoxClassifier(nn.Module):
         output: index of the target output, or its name (looked up in ``labels``).
         activation: ``"sigmoid"`` (multi-label), ``"softmax"`` (multi-class) or ``"none"`` (already a probability).
         labels: output names, needed when ``output`` is a name.
+        input_size: if given, images are resized (bilinear, differentiable) to this square size
+            before the model, so a classifier trained at one resolution can judge images of another.
     """
 
     def __init__(
@@ -60,6 +63,7 @@ class BlackBoxClassifier(nn.Module):
         output: int | str = 0,
         activation: str = "sigmoid",
         labels: Sequence[str] | None = None,
+        input_size: int | None = None,
     ) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
@@ -68,6 +72,7 @@ class BlackBoxClassifier(nn.Module):
         self.activation = activation
         self.labels = list(labels) if labels is not None else None
         self.output_index = self._resolve_output(output)
+        self.input_size = input_size
         for parameter in self.model.parameters():  # not requires_grad_(): ScriptModules refuse it
             parameter.requires_grad_(False)
         self.model.eval()
@@ -86,6 +91,9 @@ class BlackBoxClassifier(nn.Module):
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """All raw outputs, shape (B, K)."""
+        if self.input_size is not None and tuple(images.shape[-2:]) != (self.input_size, self.input_size):
+            size = (self.input_size, self.input_size)
+            images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
         out = self.model(images)
         return out.reshape(out.shape[0], -1)
 

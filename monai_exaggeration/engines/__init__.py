@@ -1,0 +1,26 @@
+"""Engines: the explainer's trainer, its validation evaluator, series generation, caches."""
+
+from monai_exaggeration.engines.checkpoint import attach_resume, latest_checkpoint
+from monai_exaggeration.engines.evaluator import SeriesEvaluator, SeriesMontageLogger, SeriesValidityMetric, series_montage
+from monai_exaggeration.engines.posteriors import classifier_fingerprint, compute_posteriors, with_source_posteriors
+from monai_exaggeration.engines.sampling import TARGET_SAMPLING, sample_target_bins
+from monai_exaggeration.engines.series import NORM_MODES, generate_series, series_batch_statistics
+from monai_exaggeration.engines.trainer import ExaggerationTrainer
+
+__all__ = [
+    "ExaggerationTrainer",
+    "NORM_MODES",
+    "SeriesEvaluator",
+    "SeriesMontageLogger",
+    "SeriesValidityMetric",
+    "TARGET_SAMPLING",
+    "attach_resume",
+    "latest_checkpoint",
+    "classifier_fingerprint",
+    "compute_posteriors",
+    "generate_series",
+    "sample_target_bins",
+    "series_batch_statistics",
+    "series_montage",
+    "with_source_posteriors",
+]

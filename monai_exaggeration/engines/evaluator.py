@@ -1,0 +1,120 @@
+"""Validation of the explainer during training: series of a fixed validation set, scored by f."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from ignite.metrics import Metric
+from monai.engines import Evaluator
+from torch import nn
+
+from monai_exaggeration.engines.series import generate_series
+from monai_exaggeration.metrics import series_validity
+from monai_exaggeration.utils import atomic_write
+
+__all__ = ["SeriesEvaluator", "SeriesValidityMetric", "SeriesMontageLogger", "series_montage"]
+
+
+class SeriesEvaluator(Evaluator):
+    """Generate the full series (bins 0..N-1) of each validation image and score every frame with f.
+
+    ``engine.state.output``: ``image`` (B, C, H, W), ``series`` (B, N, C, H, W), ``scores`` (B, N)
+    and ``source_score`` (B,). Attach :class:`SeriesValidityMetric` instances as metrics.
+    """
+
+    def __init__(
+        self,
+        device: torch.device | str,
+        val_data_loader: Iterable,
+        generator: nn.Module,
+        classifier: nn.Module,
+        num_bins: int,
+        norm: str = "series",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(device=device, val_data_loader=val_data_loader, decollate=False, **kwargs)
+        self.generator = generator
+        self.classifier = classifier
+        self.num_bins = num_bins
+        self.norm = norm
+
+    @torch.no_grad()
+    def _iteration(self, engine: Engine, batchdata: dict[str, Any]) -> dict[str, torch.Tensor]:
+        image = batchdata["image"]
+        image = (image.as_tensor() if hasattr(image, "as_tensor") else image).to(engine.state.device)
+        series = generate_series(self.generator, image, self.num_bins, norm=self.norm)
+        scores = self.classifier(series.flatten(0, 1)).reshape(series.shape[:2])
+        return {"image": image, "series": series, "scores": scores, "source_score": self.classifier(image)}
+
+
+class SeriesValidityMetric(Metric):
+    """One field of :func:`~monai_exaggeration.metrics.series_validity` over a whole evaluation run.
+
+    ``field``: ``median_spearman`` (higher is better), ``mae``, ``flip_rate``, ``monotone_rate``.
+    """
+
+    required_output_keys = ("scores", "source_score")
+
+    def __init__(self, field: str = "median_spearman", output_transform: Callable = lambda output: output) -> None:
+        self.field = field
+        super().__init__(output_transform=output_transform)
+
+    def reset(self) -> None:
+        self._scores: list[np.ndarray] = []
+        self._sources: list[np.ndarray] = []
+
+    def update(self, output: tuple[torch.Tensor, torch.Tensor]) -> None:
+        scores, source_score = output
+        self._scores.append(scores.detach().float().cpu().numpy())
+        self._sources.append(source_score.detach().float().cpu().numpy())
+
+    def compute(self) -> float:
+        result = series_validity(np.concatenate(self._scores), np.concatenate(self._sources))
+        return float(getattr(result, self.field))
+
+
+def series_montage(series: torch.Tensor, max_rows: int = 4) -> np.ndarray:
+    """Grid (rows = queries, columns = bins) of series (B, N, 1, H, W) in [-1, 1] as uint8 (H', W')."""
+    frames = series[:max_rows, :, 0].detach().float().cpu().clamp(-1, 1)
+    rows, cols, height, width = frames.shape
+    grid = frames.permute(0, 2, 1, 3).reshape(rows * height, cols * width)
+    return ((grid.numpy() + 1.0) * 127.5).round().astype(np.uint8)
+
+
+class SeriesMontageLogger:
+    """After each evaluation, log a montage of the first validation batch's series.
+
+    Written to TensorBoard (``summary_writer``, tag ``series``, at the trainer's iteration) and, if
+    ``output_dir`` is given, to ``output_dir/series_latest.png``.
+    """
+
+    def __init__(self, summary_writer: Any = None, output_dir: str | None = None, trainer: Engine | None = None) -> None:
+        self.summary_writer = summary_writer
+        self.output_dir = Path(output_dir) if output_dir else None
+        self.trainer = trainer
+        self._first: torch.Tensor | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED(once=1), self._keep)
+        engine.add_event_handler(Events.COMPLETED, self._log)
+
+    def _keep(self, engine: Engine) -> None:
+        self._first = engine.state.output["series"]
+
+    def _log(self, engine: Engine) -> None:
+        if self._first is None:
+            return
+        montage = series_montage(self._first)
+        step = self.trainer.state.iteration if self.trainer is not None else engine.state.epoch
+        if self.summary_writer is not None:
+            self.summary_writer.add_image("series", montage[None], step, dataformats="CHW")
+            self.summary_writer.flush()
+        if self.output_dir is not None:
+            import imageio.v3 as iio
+
+            atomic_write(self.output_dir / "series_latest.png", lambda tmp: iio.imwrite(tmp, montage, extension=".png"))

@@ -1,0 +1,84 @@
+"""Source posteriors f(x) of the training images: computed once per classifier and cached on disk."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from monai.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from monai_exaggeration.binning import posterior_to_bin
+from monai_exaggeration.utils import write_csv_atomic
+
+__all__ = ["classifier_fingerprint", "compute_posteriors", "with_source_posteriors"]
+
+logger = logging.getLogger(__name__)
+
+
+def classifier_fingerprint(classifier: torch.nn.Module) -> str:
+    """Short hash of the classifier's weights and buffers (identifies the black box in caches)."""
+    digest = hashlib.sha1()
+    for name, tensor in sorted(classifier.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+@torch.no_grad()
+def compute_posteriors(
+    classifier: torch.nn.Module,
+    records: Sequence[dict],
+    preprocessing: Callable,
+    batch_size: int = 64,
+    num_workers: int = 0,
+) -> np.ndarray:
+    """f(x) of every record's image, in record order."""
+    device = next(classifier.parameters(), torch.empty(0)).device
+    loader = DataLoader(Dataset(list(records), transform=preprocessing), batch_size=batch_size, num_workers=num_workers)
+    scores = [classifier(batch["image"].to(device)).float().cpu() for batch in tqdm(loader, desc="source posteriors", disable=None)]
+    return torch.cat(scores).numpy() if scores else np.zeros(0, dtype=np.float32)
+
+
+def with_source_posteriors(
+    records: Sequence[dict],
+    classifier: torch.nn.Module,
+    preprocessing: Callable,
+    cache_file: str | os.PathLike,
+    num_bins: int,
+    batch_size: int = 64,
+) -> list[dict]:
+    """Records with ``source_posterior`` (float) and ``source_bin`` (int) added.
+
+    Posteriors come from ``cache_file`` (CSV: image, posterior, classifier) when it holds every image
+    for this classifier's fingerprint; otherwise they are computed and the cache is (re)written.
+    """
+    fingerprint = classifier_fingerprint(classifier)
+    cache_file = Path(cache_file)
+    images = [str(record["image"]) for record in records]
+    cached: dict[str, float] = {}
+    if cache_file.is_file():
+        table = pd.read_csv(cache_file, dtype={"image": str, "classifier": str})
+        table = table[table["classifier"] == fingerprint]
+        cached = dict(zip(table["image"], table["posterior"]))
+    missing = [record for record, image in zip(records, images) if image not in cached]
+    if missing:
+        logger.info("computing source posteriors of %d images (%d cached)", len(missing), len(records) - len(missing))
+        values = compute_posteriors(classifier, missing, preprocessing, batch_size)
+        cached.update(zip((str(record["image"]) for record in missing), values.tolist()))
+        table = pd.DataFrame({"image": list(cached), "posterior": list(cached.values()), "classifier": fingerprint})
+        write_csv_atomic(table, cache_file)
+    else:
+        logger.info("source posteriors of %d images read from %s", len(records), cache_file)
+    posteriors = torch.tensor([cached[image] for image in images], dtype=torch.float32)
+    bins = posterior_to_bin(posteriors, num_bins).tolist()
+    return [
+        dict(record, source_posterior=float(p), source_bin=int(b))
+        for record, p, b in zip(records, posteriors.tolist(), bins)
+    ]

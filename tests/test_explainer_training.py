@@ -1,0 +1,216 @@
+"""The explainer's trainer, series generation and validation metrics on a toy problem."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.data import DataLoader
+from torch import nn
+
+from monai_exaggeration.engines import (
+    ExaggerationTrainer,
+    SeriesEvaluator,
+    SeriesValidityMetric,
+    generate_series,
+    sample_target_bins,
+)
+from monai_exaggeration.losses import ExaggerationLoss
+from monai_exaggeration.metrics import series_validity
+from monai_exaggeration.networks import BlackBoxClassifier, ExaggerationDiscriminator, ExaggerationGenerator
+
+SIZE = 32
+NUM_BINS = 5
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def disc_classifier() -> BlackBoxClassifier:
+    """A black box that only looks at the mean brightness of a central disc."""
+    yy, xx = torch.meshgrid(torch.arange(SIZE), torch.arange(SIZE), indexing="ij")
+    disc = (((yy - SIZE / 2 + 0.5) ** 2 + (xx - SIZE / 2 + 0.5) ** 2) <= (SIZE / 4) ** 2).float()
+
+    def logit(images: torch.Tensor) -> torch.Tensor:
+        brightness = (images * disc).sum(dim=(-1, -2)) / disc.sum()
+        return 6.0 * brightness.reshape(-1, 1)
+
+    return BlackBoxClassifier(logit, activation="sigmoid")
+
+
+def toy_batches(classifier: BlackBoxClassifier, count: int = 64, seed: int = 0) -> list[dict]:
+    generator = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(SIZE), torch.arange(SIZE), indexing="ij")
+    disc = (((yy - SIZE / 2 + 0.5) ** 2 + (xx - SIZE / 2 + 0.5) ** 2) <= (SIZE / 4) ** 2).float()
+    records = []
+    for _ in range(count):
+        brightness = torch.rand((), generator=generator) * 1.2 - 0.6
+        image = (0.1 * torch.randn(1, SIZE, SIZE, generator=generator) - 0.3) * (1 - disc) + brightness * disc
+        image = image.clamp(-1, 1)
+        posterior = float(classifier(image[None]))
+        records.append(
+            {
+                "image": image,
+                "source_posterior": posterior,
+                "source_bin": min(int(posterior * NUM_BINS), NUM_BINS - 1),
+                "label": torch.tensor([float(posterior >= 0.5)]),
+            }
+        )
+    return records
+
+
+def tiny_networks() -> tuple[ExaggerationGenerator, ExaggerationDiscriminator]:
+    torch.manual_seed(0)
+    generator = ExaggerationGenerator(num_bins=NUM_BINS, stem_channels=8, encoder_channels=(16, 32))
+    discriminator = ExaggerationDiscriminator(num_bins=NUM_BINS, channels=(8, 16, 32))
+    return generator, discriminator
+
+
+def series_mae(generator: nn.Module, classifier: BlackBoxClassifier, images: torch.Tensor) -> tuple[float, float]:
+    series = generate_series(generator, images, NUM_BINS)
+    scores = classifier(series.flatten(0, 1)).reshape(series.shape[:2]).detach().numpy()
+    validity = series_validity(scores, classifier(images).detach().numpy())
+    return validity.mae, validity.median_spearman
+
+
+def make_trainer(records: list[dict], generator, discriminator, classifier, **kwargs) -> ExaggerationTrainer:
+    loader = DataLoader(records, batch_size=16, shuffle=True, drop_last=True)
+    return ExaggerationTrainer(
+        device="cpu",
+        max_epochs=1000,
+        train_data_loader=loader,
+        generator=generator,
+        discriminator=discriminator,
+        classifier=classifier,
+        g_optimizer=torch.optim.Adam(generator.parameters(), 2e-3, betas=(0.0, 0.9)),
+        d_optimizer=torch.optim.Adam(discriminator.parameters(), 2e-4, betas=(0.0, 0.9)),
+        loss_function=ExaggerationLoss(num_bins=NUM_BINS, lambda_gan=0.1, lambda_cls=1.0, lambda_rec=10.0),
+        **kwargs,
+    )
+
+
+def test_short_training_moves_scores_toward_bin_centres() -> None:
+    classifier = disc_classifier()
+    records = toy_batches(classifier)
+    generator, discriminator = tiny_networks()
+    images = torch.stack([record["image"] for record in records[:16]])
+    mae_before, _ = series_mae(generator, classifier, images)
+    trainer = make_trainer(records, generator, discriminator, classifier, n_critic=1, max_iterations=150)
+    trainer.run()
+    assert trainer.state.iteration == 150
+    mae_after, spearman_after = series_mae(generator, classifier, images)
+    assert mae_after < 0.6 * mae_before, (mae_before, mae_after)
+    assert spearman_after > 0.8
+    output = trainer.state.output
+    assert {"d_loss", "g_adv", "g_cls", "g_identity", "g_cycle", "g_loss"} <= set(output)
+    assert all(np.isfinite(value) for value in output.values())
+
+
+def test_generator_updates_every_n_critic_iterations() -> None:
+    classifier = disc_classifier()
+    generator, discriminator = tiny_networks()
+    trainer = make_trainer(toy_batches(classifier, 32), generator, discriminator, classifier, n_critic=3, max_iterations=5)
+    g_steps, d_steps = [], []
+    trainer.g_optimizer.register_step_post_hook(lambda *args: g_steps.append(trainer.state.iteration))
+    trainer.d_optimizer.register_step_post_hook(lambda *args: d_steps.append(trainer.state.iteration))
+    trainer.run()
+    assert d_steps == [1, 2, 3, 4, 5]
+    assert g_steps == [3]
+
+
+def test_classifier_stays_frozen_during_training() -> None:
+    from monai.networks.nets import DenseNet
+
+    network = DenseNet(spatial_dims=2, in_channels=1, out_channels=1, init_features=4, growth_rate=4, block_config=(2,))
+    classifier = BlackBoxClassifier(network)
+    before = {name: value.clone() for name, value in network.state_dict().items()}
+    records = toy_batches(disc_classifier(), 16)
+    generator, discriminator = tiny_networks()
+    make_trainer(records, generator, discriminator, classifier, n_critic=1, max_iterations=3).run()
+    for name, value in network.state_dict().items():
+        assert torch.equal(value, before[name]), name  # weights and BN running statistics untouched
+
+
+def test_calibrated_sampling_follows_labels() -> None:
+    generator = torch.Generator().manual_seed(0)
+    negatives = sample_target_bins(20000, 10, "calibrated", labels=torch.zeros(20000), generator=generator)
+    positives = sample_target_bins(20000, 10, "calibrated", labels=torch.ones(20000), generator=generator)
+    assert negatives.float().mean() < 3.5 < 5.5 < positives.float().mean()
+    counts_neg = torch.bincount(negatives, minlength=10).float()
+    counts_pos = torch.bincount(positives, minlength=10).float()
+    share_negative = counts_neg / (counts_neg + counts_pos)  # per target bin, with balanced labels
+    expected = 1 - (torch.arange(10) + 0.5) / 10
+    assert torch.allclose(share_negative, expected, atol=0.03)
+    with pytest.raises(ValueError, match="labels"):
+        sample_target_bins(4, 10, "calibrated")
+    uniform = sample_target_bins(20000, 10, "uniform", generator=generator)
+    assert torch.bincount(uniform, minlength=10).min() > 1800
+
+
+def test_series_normalisation_choice_is_explicit() -> None:
+    generator, _ = tiny_networks()
+    with torch.no_grad():  # give each bin its own CBN parameters so the series varies
+        for module in generator.modules():
+            if hasattr(module, "gamma"):
+                module.gamma.weight.uniform_(0.5, 1.5)
+                module.beta.weight.uniform_(-0.5, 0.5)
+    generator.train()
+    generator(torch.randn(16, 1, SIZE, SIZE), torch.randint(0, NUM_BINS, (16,)))  # non-trivial running stats
+    running_before = [m.running_mean.clone() for m in generator.modules() if isinstance(m, nn.BatchNorm2d)]
+    images = torch.randn(3, 1, SIZE, SIZE).clamp(-1, 1)
+
+    series = generate_series(generator, images, NUM_BINS, norm="series")
+    assert series.shape == (3, NUM_BINS, 1, SIZE, SIZE)
+    # "series": a query's frames are one batch, so a series does not depend on the other queries...
+    alone = generate_series(generator, images[1:2], NUM_BINS, norm="series")
+    torch.testing.assert_close(series[1:2], alone)
+    # ...and running statistics are left as they were, and the model keeps its mode.
+    running_after = [m.running_mean for m in generator.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(torch.equal(a, b) for a, b in zip(running_before, running_after))
+    assert generator.training
+    # "running" uses the running statistics: a different, also batch-independent, result.
+    running = generate_series(generator, images, NUM_BINS, norm="running")
+    torch.testing.assert_close(running[1:2], generate_series(generator, images[1:2], NUM_BINS, norm="running"))
+    assert not torch.allclose(running, series)
+    assert (series[:, 0] != series[:, -1]).any()  # the bins really condition the frames
+    with pytest.raises(ValueError, match="norm"):
+        generate_series(generator, images, NUM_BINS, norm="instance")
+
+
+def test_series_evaluator_reports_validity() -> None:
+    classifier = disc_classifier()
+    records = toy_batches(classifier, 8)
+    generator, _ = tiny_networks()
+    evaluator = SeriesEvaluator(
+        device="cpu",
+        val_data_loader=DataLoader(records, batch_size=4),
+        generator=generator,
+        classifier=classifier,
+        num_bins=NUM_BINS,
+        key_val_metric={"val_validity": SeriesValidityMetric("validity")},
+        additional_metrics={"val_mae": SeriesValidityMetric("mae"), "val_flip": SeriesValidityMetric("flip_rate")},
+    )
+    evaluator.run()
+    metrics = evaluator.state.metrics
+    assert metrics["val_validity"] == pytest.approx(1 - metrics["val_mae"])
+    assert 0.0 <= metrics["val_flip"] <= 1.0
+    assert evaluator.state.output["scores"].shape == (4, NUM_BINS)
+
+
+def test_series_validity_on_known_series() -> None:
+    centres = (np.arange(10) + 0.5) / 10
+    perfect = np.tile(centres, (4, 1))
+    result = series_validity(perfect, np.array([0.05, 0.2, 0.7, 0.9]))
+    assert result.mae == pytest.approx(0.0) and result.median_spearman == pytest.approx(1.0)
+    assert result.flip_rate == 1.0 and result.monotone_rate == 1.0
+    flat = np.full((2, 10), 0.3)
+    result = series_validity(flat, np.array([0.3, 0.3]))
+    assert result.flip_rate == 0.0 and result.median_spearman == 0.0
+    assert result.mae == pytest.approx(np.abs(0.3 - centres).mean())
+    with pytest.raises(ValueError):
+        series_validity(np.zeros((2, 10)), np.zeros(3))
