@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """The tests' models are small: one thread avoids oversubscribing CI's 2 cores (much faster under load)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def shared_data_dir() -> Path:
@@ -45,3 +60,38 @@ def rg1_uncr() -> Path:
     if path is None:
         pytest.skip("pydicom-data is not installed (pip install pydicom-data)")
     return Path(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory, rg1_uncr: Path) -> Path:
+    """16 PNGs cut from the real RG1 chest (shifted crops), half labelled positive, with labels.csv."""
+    import imageio.v3 as iio
+    from skimage.transform import resize
+
+    from monai_exaggeration.transforms import read_cxr
+
+    folder = tmp_path_factory.mktemp("tiny_dataset")
+    chest = read_cxr(rg1_uncr).pixels
+    rows = []
+    for index in range(16):
+        top, left = 20 * index, 15 * index
+        crop = resize(chest[top : top + 1600, left : left + 1600], (96, 96), anti_aliasing=True)
+        name = f"images/chest_{index:02d}.png"
+        (folder / "images").mkdir(exist_ok=True)
+        iio.imwrite(folder / name, np.round(crop * 255).astype(np.uint8))
+        rows.append({"image": name, "cardiomegaly": index % 2})
+    pd.DataFrame(rows).to_csv(folder / "labels.csv", index=False)
+    return folder
+
+
+def run_bundle(args: list[str], cwd: Path = REPO_ROOT, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle ARGS`` in a subprocess, as a user types it."""
+    environment = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args], cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def config_arg(files: list[str]) -> str:
+    """A list of config files as ``--config_file`` takes it."""
+    return "[" + ",".join(f"'{name}'" for name in files) + "]"

@@ -3,53 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
-
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, config_arg, run_bundle
 
 BUNDLE = REPO_ROOT / "bundles" / "cxr"
 CONFIGS = BUNDLE / "configs"
 CLASSIFIER_CONFIGS = [str(CONFIGS / "train_classifier.json"), str(CONFIGS / "classifier_cpu.json")]
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory: pytest.TempPathFactory, rg1_uncr: Path) -> Path:
-    """16 PNGs cut from the real RG1 chest (shifted crops), half labelled positive, with labels.csv."""
-    import imageio.v3 as iio
-    from skimage.transform import resize
-
-    from monai_exaggeration.transforms import read_cxr
-
-    folder = tmp_path_factory.mktemp("tiny_dataset")
-    chest = read_cxr(rg1_uncr).pixels
-    rows = []
-    for index in range(16):
-        top, left = 20 * index, 15 * index
-        crop = resize(chest[top : top + 1600, left : left + 1600], (96, 96), anti_aliasing=True)
-        name = f"images/chest_{index:02d}.png"
-        (folder / "images").mkdir(exist_ok=True)
-        iio.imwrite(folder / name, np.round(crop * 255).astype(np.uint8))
-        rows.append({"image": name, "cardiomegaly": index % 2})
-    pd.DataFrame(rows).to_csv(folder / "labels.csv", index=False)
-    return folder
-
-
-def run_bundle(args: list[str], cwd: Path = REPO_ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.run(
-        [sys.executable, "-m", "monai.bundle", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
-
-
-def config_arg(files: list[str]) -> str:
-    return "[" + ",".join(f"'{name}'" for name in files) + "]"
 
 
 def test_metadata_verifies_against_schema_in_repo(tmp_path: Path) -> None:

@@ -10,8 +10,15 @@ from monai.bundle import ConfigParser
 from monai.networks.nets import DenseNet
 from torch import nn
 
-from monai_exaggeration.bundle import CLASSIFIER_CONFIGS, default_bundle_root, load_bundle_classifier
-from monai_exaggeration.networks.classifier import BlackBoxClassifier, load_state_dict_file
+from monai_exaggeration.bundle import (
+    CLASSIFIER_CONFIGS,
+    default_bundle_root,
+    load_bundle_classifier,
+)
+from monai_exaggeration.networks.classifier import (
+    BlackBoxClassifier,
+    load_state_dict_file,
+)
 
 SIZE = 32
 LABELS = ["no_finding", "cardiomegaly"]
@@ -32,15 +39,6 @@ def _randomise_bn_statistics(network: nn.Module, seed: int = 1) -> nn.Module:
             module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=generator) * 0.1)
             module.running_var.copy_(torch.rand(module.running_var.shape, generator=generator) + 0.5)
     return network
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small CPU models run ~100x faster single-threaded when another job keeps the cores busy."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture()

@@ -27,15 +27,6 @@ IMAGE_SIZE = "64"  # small input keeps every run fast; the network is size-agnos
 SHARED_DICOM = "nih-dx-secondary-capture.dcm"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The bundle's DenseNet runs ~100x faster single-threaded when another job keeps the cores busy."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A freshly initialised state dict of the bundle's classifier network (``network_def``)."""

@@ -31,15 +31,6 @@ NUM_BINS = 10
 SIZE = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small CPU models run much faster single-threaded when other jobs keep the cores busy."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture()
 def classifier() -> BlackBoxClassifier:
     torch.manual_seed(0)

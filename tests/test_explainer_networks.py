@@ -19,15 +19,6 @@ TINY_G = {"stem_channels": 8, "encoder_channels": (8, 16, 16, 16)}
 TINY_D = {"channels": (8, 16, 16, 16, 16)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small CPU models run much faster single-threaded when other jobs keep the cores busy."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def images(batch: int, size: int, seed: int = 0) -> torch.Tensor:
     return torch.rand(batch, 1, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 

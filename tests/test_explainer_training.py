@@ -17,18 +17,14 @@ from monai_exaggeration.engines import (
 )
 from monai_exaggeration.losses import ExaggerationLoss
 from monai_exaggeration.metrics import series_validity
-from monai_exaggeration.networks import BlackBoxClassifier, ExaggerationDiscriminator, ExaggerationGenerator
+from monai_exaggeration.networks import (
+    BlackBoxClassifier,
+    ExaggerationDiscriminator,
+    ExaggerationGenerator,
+)
 
 SIZE = 32
 NUM_BINS = 5
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def disc_classifier() -> BlackBoxClassifier:
@@ -214,3 +210,22 @@ def test_series_validity_on_known_series() -> None:
     assert result.mae == pytest.approx(np.abs(0.3 - centres).mean())
     with pytest.raises(ValueError):
         series_validity(np.zeros((2, 10)), np.zeros(3))
+
+
+def test_resume_skips_a_damaged_newest_checkpoint(tmp_path, caplog) -> None:
+    import logging
+
+    from ignite.engine import Engine
+
+    from monai_exaggeration.engines import attach_resume, latest_checkpoint
+
+    generator, _ = tiny_networks()
+    torch.save({"generator": generator.state_dict()}, tmp_path / "explainer_checkpoint_iteration=10.pt")
+    (tmp_path / "explainer_checkpoint_iteration=12.pt").write_bytes(b"truncated by kill -9")
+    (tmp_path / "explainer_final.pt").write_bytes(b"not a periodic checkpoint")
+    assert latest_checkpoint(tmp_path).name == "explainer_checkpoint_iteration=12.pt"
+    with caplog.at_level(logging.INFO):
+        used = attach_resume(Engine(lambda engine, batch: None), tmp_path, {"generator": generator})
+    assert used.name == "explainer_checkpoint_iteration=10.pt"
+    assert "skipping damaged checkpoint" in caplog.text and "(iteration 10)" in caplog.text
+    assert attach_resume(Engine(lambda engine, batch: None), tmp_path / "empty", {"generator": generator}) is None

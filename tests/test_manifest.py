@@ -9,7 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from monai_exaggeration.data import SPLITS, assign_split, load_split, read_manifest, write_manifest
+from monai_exaggeration.data import (
+    SPLITS,
+    assign_split,
+    load_split,
+    read_manifest,
+    write_manifest,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("EXAG_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -197,7 +203,9 @@ def _dataset(tmp_path: Path, df: pd.DataFrame) -> Path:
 
 
 def test_load_split_records_and_collation(tmp_path: Path) -> None:
-    from torch.utils.data import default_collate  # what MONAI's list_data_collate applies to dicts
+    from torch.utils.data import (
+        default_collate,  # what MONAI's list_data_collate applies to dicts
+    )
 
     folder = _dataset(tmp_path, _synthetic(100))
     records = load_split(folder, "train", label="finding")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import RLELossless, JPEGLSLossless
+from pydicom.uid import JPEGLSLossless, RLELossless
 
 from monai_exaggeration.errors import CXRInputError
 from monai_exaggeration.transforms import DICOM_KEYWORDS, read_cxr

@@ -54,15 +54,6 @@ def _first_png(nih_dir: Path, folder: str = "true") -> Path:
     return files[0]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Resizing runs much faster single-threaded when another job keeps the cores busy."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture()
 def text_file(tmp_path: Path) -> Path:
     path = tmp_path / "not_an_image.png"

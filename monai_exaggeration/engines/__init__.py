@@ -1,10 +1,24 @@
 """Engines: the explainer's trainer, its validation evaluator, series generation, caches."""
 
 from monai_exaggeration.engines.checkpoint import attach_resume, latest_checkpoint
-from monai_exaggeration.engines.evaluator import SeriesEvaluator, SeriesMontageLogger, SeriesValidityMetric, series_montage
-from monai_exaggeration.engines.posteriors import classifier_fingerprint, compute_posteriors, with_source_posteriors
+from monai_exaggeration.engines.evaluator import (
+    SeriesEvaluator,
+    SeriesMontageLogger,
+    SeriesValidityMetric,
+    SeriesValidityReport,
+    series_montage,
+)
+from monai_exaggeration.engines.posteriors import (
+    classifier_fingerprint,
+    compute_posteriors,
+    with_source_posteriors,
+)
 from monai_exaggeration.engines.sampling import TARGET_SAMPLING, sample_target_bins
-from monai_exaggeration.engines.series import NORM_MODES, generate_series, series_batch_statistics
+from monai_exaggeration.engines.series import (
+    NORM_MODES,
+    generate_series,
+    series_batch_statistics,
+)
 from monai_exaggeration.engines.trainer import ExaggerationTrainer
 
 __all__ = [
@@ -13,6 +27,7 @@ __all__ = [
     "SeriesEvaluator",
     "SeriesMontageLogger",
     "SeriesValidityMetric",
+    "SeriesValidityReport",
     "TARGET_SAMPLING",
     "attach_resume",
     "latest_checkpoint",

@@ -43,13 +43,19 @@ def attach_resume(
     """If a checkpoint exists, attach a MONAI ``CheckpointLoader`` so ``trainer.run()`` resumes from it.
 
     Restores every object of ``load_dict`` (networks, optimisers, the trainer's iteration and epoch)
-    and logs where training resumes. Returns the checkpoint used, or None for a fresh start.
+    and logs where training resumes. The newest readable checkpoint is used (keep ``n_saved >= 2``
+    so that a run killed while writing one still has the previous). Returns it, or None.
     """
-    found = _checkpoints(ckpt_dir, prefix)
-    if not found:
-        logger.info("no checkpoint in %s: training starts from scratch", ckpt_dir)
+    for iteration, path in reversed(_checkpoints(ckpt_dir, prefix)):
+        try:  # MONAI writes checkpoints in place: one killed mid-save is damaged, so fall back to an older one
+            torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # noqa: BLE001 - any unreadable file is skipped
+            logger.warning("skipping damaged checkpoint %s (%s)", path, error)
+            continue
+        break
+    else:
+        logger.info("no usable checkpoint in %s: training starts from scratch", ckpt_dir)
         return None
-    iteration, path = found[-1]
     logger.info("resuming training from %s (iteration %d)", path, iteration)
     CheckpointLoader(load_path=str(path), load_dict=load_dict, map_location=map_location).attach(trainer)
     return path

@@ -118,3 +118,54 @@ class SeriesMontageLogger:
             import imageio.v3 as iio
 
             atomic_write(self.output_dir / "series_latest.png", lambda tmp: iio.imwrite(tmp, montage, extension=".png"))
+
+
+class SeriesValidityReport:
+    """After an evaluation run, write ``validity.json`` (all measures, per bin too) and ``compatibility.png``.
+
+    The plot is the papers' compatibility plot: mean f(x_b) per target bin (with the inter-quartile
+    range) against the bin centres.
+    """
+
+    def __init__(self, output_dir: str) -> None:
+        self.output_dir = Path(output_dir)
+        self.metric = SeriesValidityMetric()
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, lambda _: self.metric.reset())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.COMPLETED, self._write)
+
+    def _collect(self, engine: Engine) -> None:
+        self.metric.update((engine.state.output["scores"], engine.state.output["source_score"]))
+
+    def _write(self, engine: Engine) -> None:
+        import json
+
+        scores = np.concatenate(self.metric._scores)
+        result = series_validity(scores, np.concatenate(self.metric._sources))
+        report = dict(result.as_dict(), validity=result.validity)
+        atomic_write(self.output_dir / "validity.json", lambda tmp: tmp.write_text(json.dumps(report, indent=2)))
+        atomic_write(self.output_dir / "compatibility.png", lambda tmp: _compatibility_plot(scores, tmp))
+        engine.logger.info("series validity: %s", json.dumps({k: v for k, v in report.items() if "per_bin" not in k}))
+
+
+def _compatibility_plot(scores: np.ndarray, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    num_bins = scores.shape[1]
+    centres = (np.arange(num_bins) + 0.5) / num_bins
+    low, high = np.percentile(scores, [25, 75], axis=0)
+    figure, axes = plt.subplots(figsize=(4.5, 4.5), dpi=120)
+    axes.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="ideal")
+    axes.fill_between(centres, low, high, alpha=0.25, label="inter-quartile range")
+    axes.plot(centres, scores.mean(axis=0), marker="o", lw=2, label=f"mean f(x_b), {scores.shape[0]} series")
+    axes.set(xlabel="target (bin centre)", ylabel="classifier score f(x_b)", xlim=(0, 1), ylim=(0, 1))
+    axes.set_title("Compatibility of the exaggeration series")
+    axes.legend(loc="upper left", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, format="png")
+    plt.close(figure)

@@ -58,6 +58,12 @@ class ExaggerationTrainer(Trainer):
         amp: bool = False,
         **kwargs: Any,
     ) -> None:
+        if hasattr(train_data_loader, "__len__") and len(train_data_loader) == 0:
+            dataset = getattr(train_data_loader, "dataset", ())
+            raise ValueError(
+                f"the training set ({len(dataset)} images) gives no complete batch of "
+                f"{getattr(train_data_loader, 'batch_size', '?')}: lower batch_size or add images"
+            )
         super().__init__(
             device=device,
             max_epochs=max_epochs,

@@ -16,15 +16,15 @@ ACTIVATIONS = ("sigmoid", "softmax", "none")
 
 
 def load_state_dict_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load a state dict saved directly or inside a MONAI ``CheckpointSaver`` dict (``{"model": ...}``)."""
+    """Load a state dict saved directly or inside a MONAI ``CheckpointSaver`` dict (``{"model": ...}``, ``{"generator": ...}``)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"classifier weights not found: {path} -- train them with bundles/cxr/configs/train_classifier.json "
-            "or give the path of a state dict"
+            f"weights not found: {path} -- train them with the bundle's training config "
+            "(bundles/cxr/configs/train_classifier.json or train.json) or give the path of a state dict"
         )
     state = torch.load(path, map_location=map_location, weights_only=True)
-    for key in ("model", "network", "state_dict"):
+    for key in ("model", "network", "generator", "state_dict"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             return state[key]
     return state

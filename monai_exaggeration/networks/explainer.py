@@ -14,7 +14,10 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from monai_exaggeration.binning import check_num_bins
-from monai_exaggeration.networks.conditional import ConditionalBatchNorm2d, as_bin_tensor
+from monai_exaggeration.networks.conditional import (
+    ConditionalBatchNorm2d,
+    as_bin_tensor,
+)
 
 __all__ = ["ExaggerationDiscriminator", "ExaggerationGenerator", "count_parameters"]
 

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.utils import TraceKeys
 from monai.transforms import (
     BorderPad,
     CenterSpatialCrop,
@@ -33,6 +32,7 @@ from monai.transforms import (
     SpatialPadd,
     Transform,
 )
+from monai.utils import TraceKeys
 
 from monai_exaggeration.transforms.readers import read_cxr
 
