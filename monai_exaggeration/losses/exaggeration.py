@@ -38,9 +38,15 @@ Classifier = Callable[[torch.Tensor], torch.Tensor]
 
 
 # ------------------------------------------------------------------------------------------ adversarial
+def discriminator_hinge_terms(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two hinge terms: mean(relu(1 - D(real))) and mean(relu(1 + D(fake)))."""
+    return F.relu(1.0 - real_scores).mean(), F.relu(1.0 + fake_scores).mean()
+
+
 def discriminator_hinge_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
     """mean(relu(1 - D(real))) + mean(relu(1 + D(fake)))."""
-    return F.relu(1.0 - real_scores).mean() + F.relu(1.0 + fake_scores).mean()
+    real, fake = discriminator_hinge_terms(real_scores, fake_scores)
+    return real + fake
 
 
 def generator_adversarial_loss(fake_scores: torch.Tensor) -> torch.Tensor:
@@ -319,6 +325,5 @@ class ExaggerationLoss:
 
     def discriminator_terms(self, real_scores: torch.Tensor, fake_scores: torch.Tensor) -> dict[str, torch.Tensor]:
         """Hinge terms ``real`` = mean(relu(1 - D(real))), ``fake`` = mean(relu(1 + D(fake))) and ``total``."""
-        real = F.relu(1.0 - real_scores).mean()
-        fake = F.relu(1.0 + fake_scores).mean()
+        real, fake = discriminator_hinge_terms(real_scores, fake_scores)
         return {"real": real, "fake": fake, "total": real + fake}
