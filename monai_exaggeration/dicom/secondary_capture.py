@@ -1,0 +1,590 @@
+"""Write a progressive-exaggeration series as a new DICOM series of Secondary Capture images.
+
+One source radiograph -> one new series (same Patient, same Study) of single-frame Secondary
+Capture instances (highdicom :class:`highdicom.sc.SCImage`), one per step of the series, so that the
+counterfactuals sit next to the original in a PACS viewer. Conventions (tested in
+``tests/test_secondary_capture.py``; the spec is DESIGN.md, "DICOM output conventions"):
+
+* **UIDs are deterministic**: ``SeriesInstanceUID = derived_uid(source SOP, model version, "series")``
+  and ``SOPInstanceUID = derived_uid(source SOP, model version, step)``, so writing (or sending) the
+  same series again never creates duplicates in a PACS. :func:`derived_uid` makes ``2.25.<int>`` UIDs
+  from a name-based (SHA-1, RFC 4122 version 5) UUID of its inputs (ISO/IEC 9834-8, DICOM PS3.5
+  B.2); unlike ``pydicom.uid.generate_uid(entropy_srcs=...)`` the inputs are encoded unambiguously
+  (``("ab", "c")`` differs from ``("a", "bc")``, step ``0`` from ``"0"``) and the result does not
+  depend on a library's internals.
+* **Patient and Study** attributes are copied verbatim (as the reader stored them in
+  ``meta["dicom"]``) from the source: PatientID, PatientName, PatientBirthDate, PatientSex,
+  StudyInstanceUID, StudyID, StudyDate, StudyTime, StudyDescription, AccessionNumber,
+  ReferringPhysicianName. BodyPartExamined and Laterality (R/L) are copied too; a source without
+  BodyPartExamined gets ``SeriesInfo.body_part`` ("CHEST": the frames are chest radiographs).
+* **Non-DICOM sources** (PNG, JPEG, NIfTI: ``meta["dicom"]`` has no SOPInstanceUID) get a new,
+  clearly marked patient and study, derived from the SHA-256 of the source *file content* (so the
+  same file gives the same patient/study/UIDs wherever it lies, and no path or file name, which may
+  contain identifiers, is written): PatientID ``EXAG-<16 hex>``, PatientName
+  ``ANONYMOUS^EXAGGERATION``, StudyID ``EXAG-<8 hex>``, StudyInstanceUID
+  ``derived_uid("sha256:<hex>", "", "study")`` (independent of the model, so series of several
+  models of one file share a study), StudyDescription "Generated from a non-DICOM file ...",
+  empty birth date/sex/study date/time/accession (unknown). There is no SourceImageSequence
+  (nothing to reference); the DerivationDescription names the file's SHA-256 instead. If the file
+  cannot be read, its resolved path string is hashed instead.
+* **Pixels**: frames are float arrays ``(rows, columns)`` in [0, 1], display polarity (0 black),
+  indexed as a viewer shows them (``read_cxr`` convention). They are written as-is (no transpose:
+  MONAI's ``(C, W, H)`` arrays must be transposed back by the caller; a frame whose shape is the
+  source's transposed is rejected). MONOCHROME2, ``round(x * (2**bits - 1))`` as uint8 (8 bits,
+  no VOI: display-ready) or uint16 (16 bits, full range, WindowCenter 32767.5 / WindowWidth 65536
+  so every viewer shows [0, 65535] as black to white). Values within 0.01 outside [0, 1] are
+  clipped; anything further out (e.g. a tanh output in [-1, 1]) is a ``ValueError``.
+* **Description**: ImageType ``DERIVED\\SECONDARY``, ConversionType ``SYN`` (synthetic image),
+  BurnedInAnnotation ``NO`` (frames carry no text), Modality copied when the source is CR/DX else
+  ``OT``, PatientOrientation copied when present (else empty, type 2), InstanceNumber
+  ``step + 1``, DerivationDescription, ImageComments (step, target bin, bin centre, achieved
+  score), SeriesDescription ``Exaggeration <finding> - research use only, not for diagnosis``
+  (the finding is shortened to keep 64 characters), ContributingEquipmentSequence with this
+  software as Modifying Equipment (DCM 109103) and its version plus the model version, the source's
+  acquisition equipment, and highdicom. Explicit VR Little Endian.
+* **Files**: ``output_dir/<SeriesInstanceUID>/step_<step:03d>.dcm``. Every frame is validated
+  before any file is touched; each file is written atomically (temporary name in the same folder,
+  then ``os.replace``); if anything fails, the files this call created are removed again (files of an
+  earlier identical run are only ever replaced by complete files with the same UIDs).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import UID, ExplicitVRLittleEndian
+
+from monai_exaggeration import __version__
+from monai_exaggeration.utils import atomic_write
+
+__all__ = [
+    "FrameInfo",
+    "SeriesInfo",
+    "build_instance",
+    "dciodvfy_errors",
+    "dciodvfy_report",
+    "derived_uid",
+    "quantise_frame",
+    "series_file_name",
+    "write_series",
+]
+
+#: Fixed namespace of the name-based UUIDs behind :func:`derived_uid` (never change it: UIDs would change).
+UID_NAMESPACE = uuid.UUID("5b0f7c7e-2f4e-5d43-9a53-6d6f6e61692d")
+SOFTWARE_NAME = "monai_exaggeration"
+DEFAULT_SERIES_NUMBER = 900
+NON_DICOM_PATIENT_NAME = "ANONYMOUS^EXAGGERATION"
+RESEARCH_NOTE = "research use only, not for diagnosis"
+#: Values this far outside [0, 1] are clipped; further out is an error.
+RANGE_TOLERANCE = 0.01
+_COPIED_MODALITIES = ("CR", "DX")
+_PATIENT_STUDY_KEYWORDS = (
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+)
+
+
+# ------------------------------------------------------------------------------------------ UIDs
+
+
+def derived_uid(source_sop_uid: str, model_version: str, *parts: str | int) -> UID:
+    """A deterministic DICOM UID ``2.25.<decimal UUID>`` (at most 44 characters) from its inputs.
+
+    The UUID is RFC 4122 version 5 (SHA-1, name based) of the JSON list
+    ``[source_sop_uid, model_version, *parts]`` in a fixed namespace: the same inputs always give the
+    same UID, different inputs (including ``0`` versus ``"0"``) give different UIDs.
+    """
+    if not isinstance(source_sop_uid, str) or not source_sop_uid:
+        raise ValueError("derived_uid needs a non-empty source key (the source SOP Instance UID)")
+    if not isinstance(model_version, str):
+        raise TypeError(f"model_version must be a string, got {type(model_version).__name__}")
+    for part in parts:
+        if isinstance(part, bool) or not isinstance(part, (str, int)):
+            raise TypeError(f"UID parts must be str or int, got {part!r}")
+    name = json.dumps([source_sop_uid, model_version, *parts], separators=(",", ":"))
+    return UID(f"2.25.{uuid.uuid5(UID_NAMESPACE, name).int}")
+
+
+# ------------------------------------------------------------------------------------------ description
+
+
+@dataclass(frozen=True)
+class FrameInfo:
+    """One step of a series: its index, the target bin and its centre, and the achieved classifier score."""
+
+    step: int
+    target_bin: int
+    target_centre: float
+    score: float | None = None
+
+
+@dataclass
+class SeriesInfo:
+    """What one output series shows.
+
+    ``frames[i]`` describes ``frames[i]`` given to :func:`write_series`. ``model_version`` identifies the
+    explainer (and with it the number of bins): it enters every UID, so a new model makes a new series.
+    """
+
+    finding: str
+    model_version: str
+    frames: Sequence[FrameInfo]
+    series_number: int = DEFAULT_SERIES_NUMBER
+    num_bins: int | None = None
+    software_name: str = SOFTWARE_NAME
+    software_version: str = __version__
+    body_part: str = "CHEST"
+
+    def __post_init__(self) -> None:
+        self.frames = list(self.frames)
+        if not isinstance(self.finding, str) or not self.finding.strip():
+            raise ValueError("SeriesInfo.finding must name the finding, e.g. 'cardiomegaly'")
+        if not isinstance(self.model_version, str) or not self.model_version.strip():
+            raise ValueError("SeriesInfo.model_version must be a non-empty string (it enters every UID)")
+        for name in ("model_version", "software_name", "software_version"):
+            value = getattr(self, name)
+            if len(value) > 64 or "\\" in value:
+                raise ValueError(f"SeriesInfo.{name} {value!r}: at most 64 characters and no backslash (DICOM LO)")
+        if not self.frames:
+            raise ValueError("SeriesInfo.frames is empty: a series needs at least one frame")
+        steps = [frame.step for frame in self.frames]
+        if len(set(steps)) != len(steps) or any(not isinstance(s, (int, np.integer)) or s < 0 for s in steps):
+            raise ValueError(f"frame steps must be distinct non-negative integers, got {steps}")
+        if not 0 <= int(self.series_number) <= 2**31 - 1:
+            raise ValueError(f"series_number {self.series_number} out of range")
+        for frame in self.frames:
+            if self.num_bins is not None and not 0 <= frame.target_bin < self.num_bins:
+                raise ValueError(f"target bin {frame.target_bin} outside 0..{self.num_bins - 1}")
+            if frame.score is not None and not (math.isfinite(frame.score) and 0.0 <= frame.score <= 1.0):
+                raise ValueError(f"score {frame.score} of step {frame.step} is not a probability in [0, 1]")
+
+    @classmethod
+    def from_scores(
+        cls,
+        finding: str,
+        model_version: str,
+        scores: Sequence[float | None],
+        *,
+        target_bins: Sequence[int] | None = None,
+        num_bins: int | None = None,
+        **kwargs: Any,
+    ) -> SeriesInfo:
+        """Steps 0..K-1 with target bins (default ``0..K-1``), centres ``(b + 0.5) / N`` and the scores."""
+        bins = list(range(len(scores))) if target_bins is None else [int(b) for b in target_bins]
+        if len(bins) != len(scores):
+            raise ValueError(f"{len(scores)} scores but {len(bins)} target bins")
+        n = int(num_bins) if num_bins is not None else len(scores)
+        frames = [
+            FrameInfo(step, b, (b + 0.5) / n, None if s is None else float(s))
+            for step, (b, s) in enumerate(zip(bins, scores))
+        ]
+        return cls(finding, model_version, frames, num_bins=n, **kwargs)
+
+
+def series_file_name(step: int) -> str:
+    """File name of one instance inside ``output_dir/<SeriesInstanceUID>/``."""
+    return f"step_{int(step):03d}.dcm"
+
+
+def _series_description(finding: str) -> str:
+    finding = " ".join(finding.replace("\\", "/").split())
+    template = "Exaggeration {} - " + RESEARCH_NOTE
+    room = 64 - len(template.format(""))
+    if len(finding) > room:
+        finding = finding[: room - 1].rstrip() + "~"
+    return template.format(finding)
+
+
+def _format_score(score: float | None) -> str:
+    return "not computed" if score is None else f"{score:.4f}"
+
+
+# ------------------------------------------------------------------------------------------ pixels
+
+
+def quantise_frame(frame: np.ndarray, bits: int) -> np.ndarray:
+    """``round(clip(frame, 0, 1) * (2**bits - 1))`` as uint8 (``bits=8``) or uint16 (``bits=16``)."""
+    if bits not in (8, 16):
+        raise ValueError(f"bits must be 8 or 16, got {bits}")
+    dtype = np.uint8 if bits == 8 else np.uint16
+    values = np.clip(np.asarray(frame, dtype=np.float64), 0.0, 1.0) * (2**bits - 1)
+    return np.rint(values).astype(dtype)
+
+
+def _check_frames(frames: Sequence[np.ndarray], info: SeriesInfo, source_shape: Sequence[int] | None) -> list[np.ndarray]:
+    arrays = [np.asarray(frame) for frame in frames]
+    if len(arrays) != len(info.frames):
+        raise ValueError(f"{len(arrays)} frames but SeriesInfo describes {len(info.frames)}")
+    if not arrays:
+        raise ValueError("no frames to write")
+    first_shape = arrays[0].shape
+    for index, array in enumerate(arrays):
+        where = f"frame {index} (step {info.frames[index].step})"
+        if array.ndim != 2:
+            raise ValueError(
+                f"{where} has shape {array.shape}: frames must be 2-D (rows, columns); "
+                "squeeze the channel axis (and transpose MONAI (W, H) arrays back)"
+            )
+        if array.shape != first_shape:
+            raise ValueError(f"{where} has shape {array.shape}, frame 0 has {first_shape}: all frames must match")
+        if min(array.shape) < 1 or max(array.shape) > 65535:
+            raise ValueError(f"{where} has shape {array.shape}: rows and columns must be 1..65535")
+        if array.dtype.kind != "f":
+            raise ValueError(f"{where} has dtype {array.dtype}: frames must be floating point display values in [0, 1]")
+        if not np.all(np.isfinite(array)):
+            raise ValueError(f"{where} contains NaN or infinite values")
+        low, high = float(array.min()), float(array.max())
+        if low < -RANGE_TOLERANCE or high > 1.0 + RANGE_TOLERANCE:
+            raise ValueError(f"{where} has values in [{low:.3g}, {high:.3g}]: map the generator output to [0, 1] first")
+    if source_shape is not None:
+        rows, cols = (int(v) for v in source_shape)
+        if rows != cols and first_shape == (cols, rows):
+            raise ValueError(
+                f"frames have shape {first_shape}, the source is {rows} x {cols} (rows x columns): "
+                "the frames look transposed (MONAI (W, H) order); transpose them back to (rows, columns)"
+            )
+    return arrays
+
+
+# ------------------------------------------------------------------------------------------ source
+
+
+def _source_tags(source: str | os.PathLike | Dataset | None, source_meta: dict) -> dict[str, str]:
+    """The source's DICOM attributes as strings ('' when absent)."""
+    from monai_exaggeration.transforms.readers import DICOM_KEYWORDS
+
+    meta = source_meta or {}
+    raw = meta.get("dicom")
+    if raw is None and any(key in meta for key in DICOM_KEYWORDS):
+        raw = meta  # a flat dict of DICOM attributes
+    tags = {keyword: "" for keyword in DICOM_KEYWORDS}
+    tags.update({key: "" if value is None else str(value) for key, value in (raw or {}).items()})
+    dataset = source if isinstance(source, Dataset) else None
+    if dataset is None and not tags.get("SOPInstanceUID") and source is not None and _looks_like_dicom(Path(source)):
+        dataset = pydicom.dcmread(source, stop_before_pixels=True, force=True)
+    if dataset is not None:
+        for keyword in DICOM_KEYWORDS:
+            if tags.get(keyword) or keyword == "TransferSyntaxUID":
+                continue
+            value = dataset.get(keyword, "")
+            if isinstance(value, pydicom.multival.MultiValue):
+                value = "\\".join(str(item) for item in value)
+            tags[keyword] = "" if value is None else str(value)
+    return tags
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        return True
+    with open(path, "rb") as handle:
+        return handle.read(132)[128:132] == b"DICM"
+
+
+def _file_key(source: str | os.PathLike | Dataset | None, source_meta: dict) -> str:
+    """Identity of a non-DICOM source: SHA-256 of the file content (or of the resolved path if unreadable)."""
+    candidate = None if isinstance(source, Dataset) else source
+    if candidate is None:
+        candidate = (source_meta or {}).get("filename_or_obj")
+    if candidate is None or str(candidate) == "":
+        raise ValueError(
+            "the source is not DICOM (no SOPInstanceUID) and no file is given: pass the source path "
+            "(or meta['filename_or_obj']) so that patient, study and UIDs can be derived deterministically"
+        )
+    path = Path(candidate)
+    if path.is_file():
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        return "sha256:" + digest.hexdigest()
+    return "sha256:" + hashlib.sha256(str(path.resolve()).encode("utf-8")).hexdigest()
+
+
+@dataclass
+class _Context:
+    """Everything shared by the instances of one series."""
+
+    info: SeriesInfo
+    source_key: str
+    tags: dict[str, str]
+    patient_study: dict[str, str]
+    is_dicom: bool
+    modality: str
+    orientation: list[str] | str
+    series_uid: UID
+    pixel_spacing: tuple[float, float] | None
+    now: datetime.datetime
+    charset: str | None
+    extras: dict[str, str] = field(default_factory=dict)
+
+
+def _pixel_spacing(tags: dict[str, str], source_meta: dict, frame_shape: tuple[int, int]) -> tuple[float, float] | None:
+    """The source's PixelSpacing scaled to the frame size (None when unknown)."""
+    text = tags.get("PixelSpacing", "")
+    shape = (source_meta or {}).get("source_shape")
+    try:
+        row_spacing, col_spacing = (float(v) for v in text.split("\\"))
+    except ValueError:
+        return None
+    if not (row_spacing > 0 and col_spacing > 0) or not shape or len(shape) != 2:
+        return None
+    return (row_spacing * shape[0] / frame_shape[0], col_spacing * shape[1] / frame_shape[1])
+
+
+def _context(source, source_meta: dict, info: SeriesInfo, frame_shape: tuple[int, int]) -> _Context:
+    tags = _source_tags(source, source_meta)
+    is_dicom = bool(tags.get("SOPInstanceUID"))
+    extras: dict[str, str] = {}
+    if is_dicom:
+        source_key = tags["SOPInstanceUID"]
+        patient_study = {keyword: tags.get(keyword, "") for keyword in _PATIENT_STUDY_KEYWORDS}
+        if not patient_study["StudyInstanceUID"]:  # broken source: keep the series together at least
+            patient_study["StudyInstanceUID"] = derived_uid(source_key, "", "study")
+        if tags.get("StudyDescription"):
+            extras["StudyDescription"] = tags["StudyDescription"]
+        modality = tags.get("Modality", "").upper()
+        modality = modality if modality in _COPIED_MODALITIES else "OT"
+        orientation_text = tags.get("PatientOrientation", "")
+        orientation: list[str] | str = orientation_text.split("\\") if orientation_text else ""
+        pixel_spacing = _pixel_spacing(tags, source_meta, frame_shape)
+    else:
+        source_key = _file_key(source, source_meta)
+        digest = source_key.split(":", 1)[1].upper()
+        patient_study = {
+            "PatientID": f"EXAG-{digest[:16]}",
+            "PatientName": NON_DICOM_PATIENT_NAME,
+            "PatientBirthDate": "",
+            "PatientSex": "",
+            "StudyInstanceUID": derived_uid(source_key, "", "study"),
+            "StudyID": f"EXAG-{digest[:8]}",
+            "StudyDate": "",
+            "StudyTime": "",
+            "AccessionNumber": "",
+            "ReferringPhysicianName": "",
+        }
+        extras["StudyDescription"] = "Generated from a non-DICOM file (no source patient data)"
+        modality, orientation, pixel_spacing = "OT", "", None
+    # A chest classifier's counterfactuals show a chest: without the source's value, info.body_part.
+    # (It also settles General Series Laterality, type 2C for paired or unknown body parts.)
+    extras["BodyPartExamined"] = tags.get("BodyPartExamined") or info.body_part
+    if tags.get("Laterality", "").upper() in ("R", "L"):
+        extras["Laterality"] = tags["Laterality"].upper()
+    texts = [*patient_study.values(), *extras.values(), info.finding, info.model_version]
+    charset = None if all(text.isascii() for text in texts) else "ISO_IR 192"
+    return _Context(
+        info=info,
+        source_key=source_key,
+        tags=tags,
+        patient_study=patient_study,
+        is_dicom=is_dicom,
+        modality=modality,
+        orientation=orientation,
+        series_uid=derived_uid(source_key, info.model_version, "series"),
+        pixel_spacing=pixel_spacing,
+        now=datetime.datetime.now().replace(microsecond=0),
+        charset=charset,
+        extras=extras,
+    )
+
+
+# ------------------------------------------------------------------------------------------ instances
+
+
+def _equipment(ctx: _Context) -> list[hd.ContributingEquipment]:
+    info = ctx.info
+    items = []
+    manufacturer = ctx.tags.get("Manufacturer", "")
+    if ctx.is_dicom and manufacturer:
+        items.append(
+            hd.ContributingEquipment(
+                manufacturer=manufacturer[:64],
+                purpose_of_reference=codes.DCM.AcquisitionEquipment,
+                contribution_description="Acquisition equipment of the source image",
+            )
+        )
+    items.append(
+        hd.ContributingEquipment(
+            manufacturer=info.software_name,
+            purpose_of_reference=codes.DCM.ModifyingEquipment,  # (109103, DCM, "Modifying Equipment")
+            manufacturer_model_name="progressive exaggeration explainer",
+            software_versions=[f"{info.software_name} {info.software_version}"[:64], info.model_version],
+            contribution_datetime=ctx.now,
+            contribution_description=(
+                f"Generated counterfactual images for {info.finding} (model {info.model_version}); "
+                + RESEARCH_NOTE
+            )[:1024],
+        )
+    )
+    return items
+
+
+def build_instance(ctx: _Context, frame: np.ndarray, frame_info: FrameInfo, bits: int) -> hd.sc.SCImage:
+    """One Secondary Capture instance of the series described by ``ctx``."""
+    info = ctx.info
+    pixels = quantise_frame(frame, bits)
+    step = int(frame_info.step)
+    image = hd.sc.SCImage(
+        pixel_array=pixels,
+        photometric_interpretation="MONOCHROME2",
+        bits_allocated=bits,
+        coordinate_system="PATIENT",
+        study_instance_uid=ctx.patient_study["StudyInstanceUID"],
+        series_instance_uid=ctx.series_uid,
+        series_number=int(info.series_number),
+        sop_instance_uid=derived_uid(ctx.source_key, info.model_version, step),
+        instance_number=step + 1,
+        manufacturer=info.software_name,
+        # Placeholder: highdicom only accepts single-letter values; the source's value is set verbatim below.
+        patient_orientation=("L", "F"),
+        pixel_spacing=ctx.pixel_spacing,
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        contributing_equipment=_equipment(ctx),
+        series_description=_series_description(info.finding),
+        manufacturer_model_name="progressive exaggeration explainer",
+        software_versions=[f"{info.software_name} {info.software_version}"[:64], info.model_version],
+        content_date=ctx.now.date(),
+        content_time=ctx.now.time(),
+        series_date=ctx.now.date(),
+        series_time=ctx.now.time(),
+        specific_character_set=ctx.charset,
+    )
+    # Patient and study verbatim from the source (highdicom's checks reject some valid source values,
+    # e.g. a one-component PN such as "ward").
+    for keyword, value in ctx.patient_study.items():
+        setattr(image, keyword, value)
+    for keyword, value in ctx.extras.items():
+        setattr(image, keyword, value)
+    image.Modality = ctx.modality
+    image.PatientOrientation = ctx.orientation
+    image.ImageType = ["DERIVED", "SECONDARY"]
+    image.ConversionType = "SYN"
+    image.BurnedInAnnotation = "NO"
+    image.SecondaryCaptureDeviceManufacturer = info.software_name
+    image.SecondaryCaptureDeviceManufacturerModelName = "progressive exaggeration explainer"
+    image.SecondaryCaptureDeviceSoftwareVersions = image.SoftwareVersions
+    if bits == 16:
+        image.WindowCenter = "32767.5"
+        image.WindowWidth = "65536"
+        image.WindowCenterWidthExplanation = "FULL RANGE"
+    centre = f"{frame_info.target_centre:.4f}"
+    n_text = f" of {info.num_bins}" if info.num_bins else ""
+    if ctx.is_dicom:
+        reference = Dataset()
+        reference.ReferencedSOPClassUID = ctx.tags.get("SOPClassUID") or "1.2.840.10008.5.1.4.1.1.7"
+        reference.ReferencedSOPInstanceUID = ctx.tags["SOPInstanceUID"]
+        image.SourceImageSequence = [reference]
+        source_text = "source image in SourceImageSequence"
+    else:
+        source_text = f"source: non-DICOM file {ctx.source_key[:23]}"
+    image.DerivationDescription = (
+        f"Progressive exaggeration counterfactual for {info.finding}, target bin {frame_info.target_bin}"
+        f"{n_text} (centre {centre}), model {info.model_version}; {source_text}; synthetic image, "
+        + RESEARCH_NOTE
+    )[:1024]
+    image.ImageComments = (
+        f"Step {step} of {len(info.frames)}; target bin {frame_info.target_bin}{n_text}; target centre {centre}; "
+        f"achieved {info.finding} score {_format_score(frame_info.score)}; model {info.model_version}; "
+        f"synthetic counterfactual, {RESEARCH_NOTE}"
+    )
+    return image
+
+
+def write_series(
+    frames: Sequence[np.ndarray],
+    source: str | os.PathLike | Dataset | None,
+    source_meta: dict,
+    info: SeriesInfo,
+    output_dir: str | os.PathLike,
+    bits: int = 8,
+) -> list[Path]:
+    """Write ``frames`` as one new Secondary Capture series; return the file paths in step order.
+
+    ``source`` is the source file (or its pydicom Dataset, or None when ``source_meta`` carries
+    everything), ``source_meta`` the ``meta`` of :func:`monai_exaggeration.transforms.read_cxr`
+    (``meta["dicom"]`` holds the source attributes; a flat dict of DICOM keywords works too).
+    Files go to ``output_dir/<SeriesInstanceUID>/step_<step:03d>.dcm``. Raises ``ValueError`` for
+    unusable frames or descriptions before anything is written; on any error no file created by this
+    call is left behind.
+    """
+    if bits not in (8, 16):
+        raise ValueError(f"bits must be 8 or 16, got {bits}")
+    if not isinstance(info, SeriesInfo):
+        raise TypeError(f"info must be a SeriesInfo, got {type(info).__name__}")
+    source_meta = source_meta or {}
+    source_shape = source_meta.get("source_shape")
+    arrays = _check_frames(frames, info, source_shape)
+    ctx = _context(source, source_meta, info, arrays[0].shape)
+    series_dir = Path(output_dir) / str(ctx.series_uid)
+    dir_existed = series_dir.exists()
+    created: list[Path] = []
+    paths: list[Path] = []
+    try:
+        for array, frame_info in zip(arrays, info.frames):
+            try:
+                image = build_instance(ctx, array, frame_info, bits)
+            except (TypeError, ValueError, AttributeError) as error:
+                raise ValueError(f"cannot build the DICOM instance of step {frame_info.step}: {error}") from error
+            path = series_dir / series_file_name(frame_info.step)
+            existed = path.exists()
+            atomic_write(path, lambda tmp, image=image: image.save_as(tmp, enforce_file_format=True))
+            if not existed:
+                created.append(path)
+            paths.append(path)
+    except BaseException:
+        for path in created:
+            path.unlink(missing_ok=True)
+        if not dir_existed and series_dir.is_dir():
+            try:
+                series_dir.rmdir()
+            except OSError:
+                pass  # someone else put files there
+        raise
+    return paths
+
+
+# ------------------------------------------------------------------------------------------ validation
+
+
+def dciodvfy_report(path: str | os.PathLike, timeout: float = 120.0) -> tuple[list[str], list[str]] | None:
+    """``(errors, warnings)`` lines of dicom3tools' ``dciodvfy`` for one file; None if it is not installed."""
+    binary = shutil.which("dciodvfy")
+    if binary is None:
+        return None
+    result = subprocess.run([binary, str(path)], check=False, capture_output=True, text=True, errors="replace", timeout=timeout)
+    lines = [line.strip() for line in (result.stdout + "\n" + result.stderr).splitlines() if line.strip()]
+    errors = [line for line in lines if re.match(r"^Error\b", line)]
+    warnings = [line for line in lines if re.match(r"^Warning\b", line)]
+    return errors, warnings
+
+
+def dciodvfy_errors(path: str | os.PathLike) -> list[str] | None:
+    """The "Error" lines ``dciodvfy`` prints for ``path`` (empty list: valid); None if it is not installed."""
+    report = dciodvfy_report(path)
+    return None if report is None else report[0]
