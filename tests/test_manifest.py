@@ -267,3 +267,18 @@ def test_load_split_shared_nih128() -> None:
         assert abs(rate - 0.5) < 0.01
     assert all(os.path.isfile(r["image"]) for r in parts["val"][:20])
     assert [r["image"] for r in load_split(folder, "val")] == [r["image"] for r in parts["val"]]
+
+
+def test_stratified_head_interleaves_classes_deterministically() -> None:
+    """A folder-per-class split sorted by path starts with one class; the head must hold both."""
+    from monai_exaggeration.data import stratified_head
+
+    records = [{"image": f"false/{i}.png", "cardiomegaly": 0} for i in range(5)]
+    records += [{"image": f"true/{i}.png", "cardiomegaly": 1} for i in range(2)]
+    head = stratified_head(records, 4)
+    assert [r["cardiomegaly"] for r in head] == [0, 1, 0, 1]
+    assert [r["image"] for r in head] == ["false/0.png", "true/0.png", "false/1.png", "true/1.png"]
+    everything = stratified_head(records, None)
+    assert len(everything) == 7 and sorted(r["image"] for r in everything) == sorted(r["image"] for r in records)
+    assert [r["cardiomegaly"] for r in everything][4:] == [0, 0, 0]  # the larger class fills the tail
+    assert stratified_head(records, 4) == head

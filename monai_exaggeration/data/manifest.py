@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from itertools import zip_longest
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ __all__ = [
     "check_fractions",
     "check_image_files",
     "load_split",
+    "stratified_head",
 ]
 
 SPLITS = ("train", "val", "test")
@@ -288,6 +290,21 @@ def load_split(
         counts = df["split"].value_counts().to_dict()
         raise ValueError(f"Manifest {csv_path}: split {split!r} is empty (rows per split: {counts}).")
     return [_record(image, int(value), label) for image, value in zip(chosen["image"], chosen[label])]
+
+
+def stratified_head(records: Sequence[dict], count: int | None, label: str = "cardiomegaly") -> list[dict]:
+    """The first ``count`` records with the classes interleaved (negative, positive, negative, ...).
+
+    ``load_split`` sorts by path, and folder-per-class datasets put one class first, so a plain
+    ``records[:count]`` may hold one class only. Interleaving keeps the subset deterministic and as
+    balanced as the split allows. ``count=None`` returns all records, interleaved.
+    """
+    by_class: dict[int, list[dict]] = {}
+    for record in records:
+        by_class.setdefault(int(record[label]), []).append(record)
+    queues = [by_class[key] for key in sorted(by_class)]
+    mixed = [record for group in zip_longest(*queues) for record in group if record is not None]
+    return mixed if count is None else mixed[: int(count)]
 
 
 def _record(image: str, value: int, label: str) -> dict:

@@ -1,0 +1,566 @@
+"""The inference workflow: chest X-rays in, DICOM Secondary Capture series + CSV logs + quick-looks out.
+
+For every source image (:meth:`ExaggerationInference.explain`):
+
+1. read it (``read_cxr`` conventions) and preprocess it to the model size (invertible transforms);
+2. score it with the black-box classifier f (source score and bin);
+3. generate the series of all N bins in one batch (``norm`` as in training validation) and keep the
+   selected target bins; the frame of the source's own bin is the reconstruction;
+4. build the frames at ``resolution="source"`` (source + the change carried back to the source
+   grid, see :mod:`.frames`) or ``"model"`` (the generator's frames), quantised to ``bits``;
+5. score the frames exactly as written (f of the quantised frames, preprocessed like any input).
+
+:meth:`ExaggerationInference.run` does this for a file, folder or CSV manifest and writes, under
+``output_dir``: ``dicom/<SeriesInstanceUID>/step_XXX.dcm``, ``quicklook/<name>/{series.gif,
+montage.png,scores.png}``, ``frames.csv`` (one row per frame), ``sources.csv`` (one row per
+source) and ``errors.csv`` (one row per failed input). A failed input leaves none of its files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pydicom
+import torch
+from monai.data import MetaTensor
+from torch import nn
+from tqdm import tqdm
+
+from monai_exaggeration.binning import bin_centre, check_num_bins, posterior_to_bin
+from monai_exaggeration.data import collect_inputs, default_input
+from monai_exaggeration.dicom import SeriesInfo, write_series
+from monai_exaggeration.engines.series import NORM_MODES, generate_series
+from monai_exaggeration.errors import CXRInputError
+from monai_exaggeration.inference import quicklook
+from monai_exaggeration.inference.frames import RESOLUTIONS, full_resolution_frames, select_bins
+from monai_exaggeration.metrics import series_validity
+from monai_exaggeration.networks import load_state_dict_file
+from monai_exaggeration.transforms import ASPECT_POLICIES, LoadCXR, cxr_preprocessing, to_unit_range
+from monai_exaggeration.utils import select_device, write_csv_atomic
+
+__all__ = [
+    "FRAME_COLUMNS",
+    "SOURCE_COLUMNS",
+    "ERROR_COLUMNS",
+    "STAGES",
+    "ExaggerationInference",
+    "InferenceSummary",
+    "SeriesResult",
+    "file_sha256",
+    "run_and_exit",
+]
+
+logger = logging.getLogger("monai_exaggeration.inference")
+
+#: Columns of ``frames.csv`` (one row per written frame).
+FRAME_COLUMNS = [
+    "source",
+    "source_sop_instance_uid",
+    "study_instance_uid",
+    "step",
+    "target_bin",
+    "target_centre",
+    "score",
+    "generator_frame_score",
+    "series_instance_uid",
+    "sop_instance_uid",
+    "output_file",
+    "model_version",
+]
+#: Columns of ``sources.csv`` (one row per source image that produced a series).
+SOURCE_COLUMNS = [
+    "source",
+    "source_sop_instance_uid",
+    "study_instance_uid",
+    "finding",
+    "source_score",
+    "source_bin",
+    "num_frames",
+    "first_score",
+    "last_score",
+    "flip_reached",
+    "monotone",
+    "spearman",
+    "series_instance_uid",
+    "series_dir",
+    "gif",
+    "montage",
+    "score_plot",
+    "seconds",
+    "model_version",
+]
+ERROR_COLUMNS = ["source", "error", "hint"]
+#: Timed stages of one source (seconds are summed over sources in :class:`InferenceSummary`).
+STAGES = ("read", "classifier", "generator", "frames", "write", "quicklook")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's content."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class SeriesResult:
+    """One source's series in memory (before anything is written)."""
+
+    source: str
+    meta: dict
+    bins: list[int]
+    centres: list[float]
+    frames: np.ndarray  # (K, rows, columns) float32 in [0, 1], exactly the values written
+    scores: list[float]  # f of each written frame
+    generator_frame_scores: list[float]  # f of the generator's model-size frame
+    source_score: float
+    source_bin: int
+
+    @property
+    def dicom(self) -> dict:
+        return self.meta.get("dicom", {})
+
+
+@dataclass
+class InferenceSummary:
+    """What a run produced."""
+
+    output_dir: Path
+    num_inputs: int = 0
+    num_series: int = 0
+    num_files: int = 0
+    failures: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every input produced its series, 1 when any failed."""
+        return 1 if self.failures else 0
+
+    def describe(self) -> str:
+        """The final summary printed for the user."""
+        out = self.output_dir
+        lines = [
+            f"{self.num_inputs} input(s): {self.num_series} series written ({self.num_files} DICOM files), "
+            f"{len(self.failures)} failed, in {self.seconds:.1f} s.",
+            f"  DICOM series : {out / 'dicom'}/<SeriesInstanceUID>/",
+            f"  frame log    : {out / 'frames.csv'}",
+            f"  source log   : {out / 'sources.csv'}",
+            f"  quick-looks  : {out / 'quicklook'}/<name>/series.gif, montage.png, scores.png",
+        ]
+        if self.failures:
+            lines.append(f"  errors       : {out / 'errors.csv'}")
+        return "\n".join(lines)
+
+
+class _StageTimer:
+    """Wall-clock seconds per stage (synchronising CUDA so GPU work is charged to its stage)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.seconds[stage] += time.perf_counter() - start
+
+
+class ExaggerationInference:
+    """Explain chest X-rays with a trained explainer: see the module docstring.
+
+    ``generator`` is the explainer's network (weights loaded from ``explainer_weights`` by
+    :meth:`prepare`, unless ``explainer_weights`` is None), ``classifier`` the black box (a module or
+    a zero-argument callable returning one, so that loading errors surface in :meth:`prepare`).
+    ``first_bin``/``last_bin``/``num_frames`` choose the target bins (:func:`~.frames.select_bins`).
+    ``model_version`` enters every output UID; by default it is derived from the weights and every
+    setting that changes the pixels, so a re-run with the same models and settings yields identical
+    UIDs and any change yields new ones.
+    """
+
+    def __init__(
+        self,
+        generator: nn.Module,
+        classifier: nn.Module | Callable[[], nn.Module],
+        num_bins: int,
+        finding: str = "cardiomegaly",
+        explainer_weights: str | os.PathLike | None = None,
+        image_size: int = 64,
+        aspect: str = "pad",
+        norm: str = "series",
+        first_bin: int = 0,
+        last_bin: int | None = None,
+        num_frames: int | None = None,
+        resolution: str = "source",
+        bits: int = 8,
+        quicklook: bool = True,
+        gif_frame_ms: int = 400,
+        series_number: int = 900,
+        model_version: str | None = None,
+        device: str | torch.device | None = None,
+    ) -> None:
+        self.num_bins = check_num_bins(num_bins)
+        self.bins = select_bins(num_bins, first_bin, last_bin, num_frames)
+        if aspect not in ASPECT_POLICIES:
+            raise ValueError(f"aspect must be one of {ASPECT_POLICIES}, got {aspect!r}")
+        if norm not in NORM_MODES:
+            raise ValueError(f"norm must be one of {NORM_MODES}, got {norm!r}")
+        if resolution not in RESOLUTIONS:
+            raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")
+        if bits not in (8, 16):
+            raise ValueError(f"bits must be 8 or 16, got {bits!r}")
+        self.generator = generator
+        self._classifier = classifier
+        self.finding = finding
+        self.explainer_weights = None if explainer_weights is None else Path(explainer_weights)
+        self.image_size = int(image_size)
+        self.aspect = aspect
+        self.norm = norm
+        self.resolution = resolution
+        self.bits = bits
+        self.quicklook = _as_bool(quicklook, "quicklook")
+        self.gif_frame_ms = gif_frame_ms
+        self.series_number = series_number
+        self.model_version = model_version
+        self.device = select_device(device)
+        self.preprocessing = cxr_preprocessing("image", self.image_size, aspect, load=False)
+        self.loader = LoadCXR()
+        self.classifier: nn.Module | None = None
+        self.timer = _StageTimer(self.device)
+
+    # ------------------------------------------------------------------------------------- set-up
+
+    def prepare(self) -> ExaggerationInference:
+        """Load the weights and the classifier (idempotent). Raises ``FileNotFoundError``/``ValueError``."""
+        if self.classifier is not None:
+            return self
+        if self.explainer_weights is not None:
+            state = load_state_dict_file(self.explainer_weights)
+            try:
+                self.generator.load_state_dict(state)
+            except RuntimeError as error:
+                raise ValueError(
+                    f"explainer weights {self.explainer_weights} do not fit the configured network_def "
+                    f"(image_size, stem/encoder/decoder widths and num_bins must match the training config): "
+                    f"{str(error).splitlines()[0]}"
+                ) from error
+        self.generator = self.generator.to(self.device).eval()
+        classifier = self._classifier if isinstance(self._classifier, nn.Module) else self._classifier()
+        self.classifier = classifier.to(self.device).eval()
+        if self.model_version is None:
+            self.model_version = self._default_model_version()
+        return self
+
+    def _default_model_version(self) -> str:
+        weights = file_sha256(self.explainer_weights)[:12] if self.explainer_weights else "unsaved"
+        settings = {
+            "num_bins": self.num_bins,
+            "bins": self.bins,
+            "image_size": self.image_size,
+            "aspect": self.aspect,
+            "norm": self.norm,
+            "resolution": self.resolution,
+            "bits": self.bits,
+            "classifier": hashlib.sha256(
+                b"".join(t.detach().cpu().numpy().tobytes() for t in self.classifier.state_dict().values())
+            ).hexdigest()[:12],
+        }
+        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+        return f"explainer {weights} cfg {digest}"
+
+    # ------------------------------------------------------------------------------------- one source
+
+    def _score(self, images: torch.Tensor) -> list[float]:
+        with torch.no_grad():
+            return [float(s) for s in self.classifier(images.to(self.device)).reshape(-1).cpu()]
+
+    @torch.no_grad()
+    def explain(self, path: str | os.PathLike) -> SeriesResult:
+        """The series of one source file (nothing written). Input problems raise ``CXRInputError``."""
+        self.prepare()
+        timer = self.timer
+        with timer("read"):
+            source = self.loader(path)  # (1, rows, columns) in [0, 1]
+            model_input = self.preprocessing({"image": source})["image"]  # (1, S, S) in [-1, 1]
+        with timer("classifier"):
+            source_score = self._score(model_input.as_tensor()[None])[0]
+        source_bin = int(posterior_to_bin(torch.tensor(source_score), self.num_bins))
+        with timer("generator"):
+            series = generate_series(
+                self.generator, model_input.as_tensor()[None].to(self.device), self.num_bins, norm=self.norm
+            )[0, :, 0].float().cpu()  # (N, S, S)
+        with timer("frames"):
+            generated = series[self.bins]
+            if self.resolution == "source":
+                frames = full_resolution_frames(
+                    source[0].numpy(), generated, series[source_bin], model_input, self.preprocessing
+                )
+            else:
+                frames = to_unit_range(generated).clamp(0, 1).numpy()
+            # Round to the stored grey levels now, so the frames scored below are exactly those written
+            # (write_series maps k / levels back to k).
+            levels = np.float32(2**self.bits - 1)
+            frames = np.rint(np.clip(frames, 0.0, 1.0) * levels) / levels
+            if self.resolution == "source":
+                as_input = self._model_size(frames, source)  # what f sees of the written frames
+            else:
+                as_input = torch.from_numpy(frames) * 2.0 - 1.0
+        with timer("classifier"):
+            scores = self._score(as_input[:, None])
+            generator_scores = self._score(generated[:, None])
+        centres = bin_centre(torch.tensor(self.bins), self.num_bins).tolist()
+        return SeriesResult(
+            source=str(path),
+            meta=dict(source.meta),
+            bins=list(self.bins),
+            centres=centres,
+            frames=frames,
+            scores=scores,
+            generator_frame_scores=generator_scores,
+            source_score=source_score,
+            source_bin=source_bin,
+        )
+
+    def _model_size(self, frames: np.ndarray, source: MetaTensor) -> torch.Tensor:
+        """Full-resolution frames (K, rows, columns) in [0, 1] preprocessed as inputs: (K, S, S) in [-1, 1]."""
+        stack = MetaTensor(torch.from_numpy(frames), meta=dict(source.meta))  # meta carries the affine
+        return self.preprocessing({"image": stack})["image"].as_tensor()
+
+    # ------------------------------------------------------------------------------------- writing
+
+    def write(self, result: SeriesResult, output_dir: str | os.PathLike) -> tuple[list[dict], dict, list[Path]]:
+        """Write one series (DICOM + quick-looks); return its frame rows, its source row and the files.
+
+        On any error every file written here is removed again before the error propagates.
+        """
+        self.prepare()
+        output_dir = Path(output_dir)
+        info = SeriesInfo.from_scores(
+            self.finding,
+            self.model_version,
+            result.scores,
+            target_bins=result.bins,
+            num_bins=self.num_bins,
+            series_number=self.series_number,
+        )
+        written: list[Path] = []
+        try:
+            with self.timer("write"):
+                paths = write_series(
+                    list(result.frames), result.source, result.meta, info, output_dir / "dicom", bits=self.bits
+                )
+            written.extend(paths)
+            series_uid = paths[0].parent.name
+            looks = {"gif": "", "montage": "", "score_plot": ""}
+            if self.quicklook:
+                with self.timer("quicklook"):
+                    folder = output_dir / "quicklook" / _quicklook_name(result.source, series_uid)
+                    title = f"{self.finding}: {Path(result.source).name} (source score {result.source_score:.2f})"
+                    looks["gif"] = str(
+                        quicklook.write_gif(folder / "series.gif", result.frames, result.scores, result.centres,
+                                            frame_ms=self.gif_frame_ms)
+                    )
+                    written.append(Path(looks["gif"]))
+                    looks["montage"] = str(
+                        quicklook.write_montage(folder / "montage.png", result.frames, result.scores, result.centres, title)
+                    )
+                    written.append(Path(looks["montage"]))
+                    looks["score_plot"] = str(
+                        quicklook.write_score_plot(
+                            folder / "scores.png", result.scores, result.centres, result.source_score,
+                            self.finding, result.generator_frame_scores,
+                        )
+                    )
+                    written.append(Path(looks["score_plot"]))
+        except BaseException:
+            _remove(written)
+            raise
+        tags = result.dicom
+        common = {
+            "source": result.source,
+            "source_sop_instance_uid": tags.get("SOPInstanceUID", ""),
+            "study_instance_uid": _written_uids(paths[0])[0],
+        }
+        frame_rows = [
+            dict(
+                common,
+                step=frame.step,
+                target_bin=frame.target_bin,
+                target_centre=round(frame.target_centre, 6),
+                score=frame.score,
+                generator_frame_score=generator_score,
+                series_instance_uid=series_uid,
+                sop_instance_uid=_written_uids(path)[1],
+                output_file=str(path),
+                model_version=self.model_version,
+            )
+            for frame, generator_score, path in zip(info.frames, result.generator_frame_scores, paths)
+        ]
+        validity = series_validity(np.asarray([result.scores]), np.asarray([result.source_score]))
+        source_row = dict(
+            common,
+            finding=self.finding,
+            source_score=result.source_score,
+            source_bin=result.source_bin,
+            num_frames=len(paths),
+            first_score=result.scores[0],
+            last_score=result.scores[-1],
+            flip_reached=bool(validity.flip_rate),
+            monotone=bool(validity.monotone_rate),
+            spearman=validity.median_spearman,
+            series_instance_uid=series_uid,
+            series_dir=str(paths[0].parent),
+            **looks,
+            model_version=self.model_version,
+        )
+        return frame_rows, source_row, written
+
+    # ------------------------------------------------------------------------------------- many sources
+
+    def run(self, input: str | os.PathLike | None, output_dir: str | os.PathLike) -> InferenceSummary:
+        """Explain every image of ``input`` (file, folder or CSV manifest; default: RG1_UNCR.dcm).
+
+        Raises ``FileNotFoundError`` when the input does not exist or holds no candidate files;
+        per-file problems are recorded, logged and written to ``errors.csv`` instead.
+        """
+        start = time.perf_counter()
+        records = collect_inputs(input if input not in (None, "") else default_input())
+        self.prepare()
+        output_dir = Path(output_dir)
+        summary = InferenceSummary(output_dir=output_dir, num_inputs=len(records))
+        frame_rows: list[dict] = []
+        source_rows: list[dict] = []
+        logger.info(
+            "explaining %d input(s) with %s on %s: bins %s, %s resolution, %d-bit -> %s",
+            len(records), self.model_version, self.device, self.bins, self.resolution, self.bits, output_dir,
+        )
+        progress = tqdm(records, desc="exaggeration series", unit="image", disable=None)
+        for record in progress:
+            path = record["image"]
+            source_start = time.perf_counter()
+            try:
+                result = self.explain(path)
+                frames, source_row, _ = self.write(result, output_dir)
+            except Exception as error:  # noqa: BLE001 - one bad input must not stop the others
+                failure = _failure(path, error)
+                logger.error("%s: %s -- %s", path, failure["error"], failure["hint"])
+                summary.failures.append(failure)
+                write_csv_atomic(pd.DataFrame(summary.failures, columns=ERROR_COLUMNS), output_dir / "errors.csv")
+                continue
+            source_row["seconds"] = round(time.perf_counter() - source_start, 3)
+            frame_rows.extend(frames)
+            source_rows.append(source_row)
+            summary.num_series += 1
+            summary.num_files += len(frames)
+            # Logs are rewritten after every source, so an interrupted run still lists what it wrote.
+            write_csv_atomic(pd.DataFrame(frame_rows, columns=FRAME_COLUMNS), output_dir / "frames.csv")
+            write_csv_atomic(pd.DataFrame(source_rows, columns=SOURCE_COLUMNS), output_dir / "sources.csv")
+            progress.set_postfix(score=f"{result.source_score:.2f}->{result.scores[-1]:.2f}")
+        if not source_rows:  # still leave empty logs with headers, so scripts can rely on them
+            write_csv_atomic(pd.DataFrame(columns=FRAME_COLUMNS), output_dir / "frames.csv")
+            write_csv_atomic(pd.DataFrame(columns=SOURCE_COLUMNS), output_dir / "sources.csv")
+        summary.seconds = time.perf_counter() - start
+        summary.stage_seconds = {stage: self.timer.seconds.get(stage, 0.0) for stage in STAGES}
+        logger.info("time per stage (s): %s", {k: round(v, 2) for k, v in summary.stage_seconds.items()})
+        return summary
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+
+def _as_bool(value: Any, name: str) -> bool:
+    """A boolean option that may arrive from the command line as text (``--quicklook false``)."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("true", "yes", "on", "1"):
+            return True
+        if text in ("false", "no", "off", "0"):
+            return False
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return bool(value)
+
+
+def _quicklook_name(source: str, series_uid: str) -> str:
+    """``<file stem>-<8 hex of the series UID>``, filesystem-safe (stems repeat across folders)."""
+    stem = Path(source).name
+    for suffix in (".nii.gz", ".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".nii"):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._") or "image"
+    return f"{stem[:60]}-{hashlib.sha256(series_uid.encode()).hexdigest()[:8]}"
+
+
+def _written_uids(path: Path) -> tuple[str, str]:
+    """(StudyInstanceUID, SOPInstanceUID) of a written instance, read back from the file."""
+    dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID", "SOPInstanceUID"])
+    return str(dataset.StudyInstanceUID), str(dataset.SOPInstanceUID)
+
+
+def _remove(paths: Sequence[Path]) -> None:
+    for path in paths:
+        Path(path).unlink(missing_ok=True)
+    for folder in {Path(p).parent for p in paths}:
+        try:
+            folder.rmdir()  # only if empty
+        except OSError:
+            pass
+
+
+def _failure(path: str, error: BaseException) -> dict:
+    """One row of ``errors.csv``: what is wrong and what to do."""
+    if isinstance(error, CXRInputError):
+        return {"source": path, "error": error.problem, "hint": error.hint}
+    if isinstance(error, ValueError):
+        return {"source": path, "error": str(error), "hint": "check the input image and the inference settings"}
+    return {
+        "source": path,
+        "error": f"{type(error).__name__}: {error}",
+        "hint": "unexpected failure; rerun with this file alone and report the log if it persists",
+    }
+
+
+def run_and_exit(
+    runner: ExaggerationInference | Callable[[], ExaggerationInference],
+    input: Any,
+    output_dir: str | os.PathLike,
+) -> InferenceSummary:
+    """Bundle entry point: run, print the summary, and exit non-zero on problems.
+
+    ``runner`` may be a zero-argument factory (``"_mode_": "callable"`` in the config), so that bad
+    settings are reported here as a message rather than as a config-instantiation traceback.
+    Exit status 2 when the input, the weights or the settings are unusable (nothing is written),
+    1 when some inputs failed (the others are written), else the summary is returned.
+    """
+    try:
+        if not isinstance(runner, ExaggerationInference):
+            runner = runner()
+        runner.prepare()
+        summary = runner.run(input, output_dir)
+    except (FileNotFoundError, ValueError) as error:
+        logger.error("%s", error)
+        raise SystemExit(2) from None
+    print(summary.describe(), flush=True)
+    if summary.exit_code:
+        raise SystemExit(summary.exit_code)
+    return summary
