@@ -2,6 +2,7 @@
 
 Commands:
   classify   score chest X-rays (file, folder or CSV manifest) with the bundle's black-box classifier.
+  export     send DICOM series (e.g. the inference workflow's output) to a PACS by C-STORE or STOW-RS.
 """
 
 from __future__ import annotations
@@ -91,6 +92,78 @@ def _classify_command(args: argparse.Namespace) -> int:
     return 1 if len(errors) else 0
 
 
+def _export_destination(args: argparse.Namespace):
+    from monai_exaggeration.export import Destination, DestinationError, select_destination
+
+    if args.config:
+        return select_destination(args.config, args.destination)
+    import os
+
+    secrets = {}
+    for option, field in (("password_env", "password"), ("bearer_token_env", "bearer_token")):
+        variable = getattr(args, option)
+        if variable:
+            if variable not in os.environ:
+                raise DestinationError(f"environment variable {variable} (--{option}) is not set")
+            secrets[field] = os.environ[variable]
+    settings = dict(
+        url=args.url or "", host=args.host or "", port=args.port, called_ae=args.called_ae, calling_ae=args.calling_ae,
+        username=args.username or "", tls_ca=args.tls_ca or "", tls_cert=args.tls_cert or "", tls_key=args.tls_key or "",
+        connect_timeout=args.timeout, acse_timeout=args.timeout, dimse_timeout=args.timeout, network_timeout=args.timeout,
+        **secrets,
+    )
+    if not settings["url"] and not settings["host"]:
+        raise DestinationError("give a destination: --host/--port/--called-ae, --url, or --config FILE [--destination NAME]")
+    return Destination(**settings)
+
+
+def _export_command(args: argparse.Namespace) -> int:
+    from monai_exaggeration.export import (
+        DestinationError,
+        PermanentSendError,
+        SendLedger,
+        TransientSendError,
+        collect_dicom_files,
+        export_files,
+        make_sender,
+    )
+
+    try:
+        destination = _export_destination(args)
+        files = [] if args.echo else collect_dicom_files(args.sources)
+    except (DestinationError, FileNotFoundError, ValueError) as error:
+        logger.error("%s", error)
+        return 2
+    if args.echo:
+        sender = make_sender(destination)
+        try:
+            status = sender.echo()
+        except (TransientSendError, PermanentSendError) as error:
+            logger.error("C-ECHO to %s failed: %s", destination.label, error)
+            return 1
+        finally:
+            sender.close()
+        print(f"C-ECHO to {destination.label}: status 0x{status:04X}" + (" (success)" if status == 0 else ""))
+        return 0 if status == 0 else 1
+    if not files:
+        logger.error("nothing to send: no files found in %s", ", ".join(args.sources))
+        return 2
+    first = Path(args.sources[0]).expanduser()
+    home = first if first.is_dir() else first.parent
+    ledger_path = Path(args.ledger) if args.ledger else home / "export_ledger.sqlite"
+    report_path = Path(args.report) if args.report else home / "export_report.csv"
+    try:
+        with SendLedger(ledger_path) as ledger:
+            report = export_files(files, destination, ledger, retries=args.retries, backoff=args.backoff)
+    except ValueError as error:
+        logger.error("%s", error)
+        return 2
+    report.write_csv(report_path)
+    print(report.describe())
+    print(f"report: {report_path}; ledger: {ledger_path}")
+    return report.exit_code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m monai_exaggeration", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -108,6 +181,39 @@ def build_parser() -> argparse.ArgumentParser:
     classify_parser.add_argument("--aspect", choices=ASPECT_POLICIES, default="pad", help="aspect policy (default: pad)")
     classify_parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     classify_parser.set_defaults(handler=_classify_command)
+
+    export_parser = commands.add_parser(
+        "export",
+        help="send DICOM series to a PACS (C-STORE or DICOMweb STOW-RS)",
+        description="Send DICOM files (folders searched recursively, files, or an inference frames.csv) to a PACS. "
+        "Instances the destination has confirmed are kept in a send ledger (SQLite), so an interrupted export "
+        "can simply be run again: it sends only what is missing. Exit status: 0 all arrived, 1 some failed, "
+        "2 bad arguments or nothing to send.",
+    )
+    export_parser.add_argument("sources", nargs="*", help="folders, DICOM files or an inference frames.csv")
+    where = export_parser.add_argument_group("destination (DIMSE)")
+    where.add_argument("--host", help="PACS host name or address")
+    where.add_argument("--port", type=int, default=104, help="PACS DICOM port (default: %(default)s)")
+    where.add_argument("--called-ae", default="ANY-SCP", help="the PACS's AE title (default: %(default)s)")
+    where.add_argument("--calling-ae", default="EXAGGERATION", help="our AE title (default: %(default)s)")
+    where.add_argument("--tls-ca", help="CA certificate file: use TLS and verify the peer")
+    where.add_argument("--tls-cert", help="our certificate (TLS client authentication)")
+    where.add_argument("--tls-key", help="our private key")
+    web = export_parser.add_argument_group("destination (DICOMweb)")
+    web.add_argument("--url", help="DICOMweb base URL, e.g. https://pacs.example.org/dicom-web (STOW-RS)")
+    web.add_argument("--username", help="HTTP basic authentication user")
+    web.add_argument("--password-env", help="environment variable holding the basic-auth password")
+    web.add_argument("--bearer-token-env", help="environment variable holding a bearer token")
+    named = export_parser.add_argument_group("named destinations")
+    named.add_argument("--config", help="YAML/JSON file with a 'destinations:' mapping (see docs/pacs_export.md)")
+    named.add_argument("--destination", help="name of the destination in --config")
+    export_parser.add_argument("--echo", action="store_true", help="only check the peer with C-ECHO")
+    export_parser.add_argument("--ledger", help="send ledger (default: <first source folder>/export_ledger.sqlite)")
+    export_parser.add_argument("--report", help="CSV report (default: <first source folder>/export_report.csv)")
+    export_parser.add_argument("--retries", type=int, default=3, help="retries of transient failures (default: %(default)s)")
+    export_parser.add_argument("--backoff", type=float, default=0.5, help="first retry delay in s, doubling (default: %(default)s)")
+    export_parser.add_argument("--timeout", type=float, default=30.0, help="network timeouts in s (default: %(default)s)")
+    export_parser.set_defaults(handler=_export_command)
     return parser
 
 

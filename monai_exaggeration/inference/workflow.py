@@ -446,7 +446,7 @@ class ExaggerationInference:
         start = time.perf_counter()
         records = collect_inputs(input if input not in (None, "") else default_input())
         self.prepare()
-        output_dir = Path(output_dir)
+        output_dir = Path(output_dir).expanduser().resolve()  # absolute paths in the logs and the summary
         summary = InferenceSummary(output_dir=output_dir, num_inputs=len(records))
         frame_rows: list[dict] = []
         source_rows: list[dict] = []
@@ -544,23 +544,46 @@ def run_and_exit(
     runner: ExaggerationInference | Callable[[], ExaggerationInference],
     input: Any,
     output_dir: str | os.PathLike,
+    export_destination: Any = None,
 ) -> InferenceSummary:
-    """Bundle entry point: run, print the summary, and exit non-zero on problems.
+    """Bundle entry point: run, optionally export, print the summary, and exit non-zero on problems.
 
-    ``runner`` may be a zero-argument factory (``"_mode_": "callable"`` in the config), so that bad
-    settings are reported here as a message rather than as a config-instantiation traceback.
+    ``runner`` (and ``export_destination``) may be zero-argument factories (``"_mode_": "callable"``
+    in the config), so that bad settings are reported here as a message rather than as a
+    config-instantiation traceback. ``export_destination`` (a
+    :class:`~monai_exaggeration.export.Destination`, or a factory returning one or None) sends every
+    written series to that PACS afterwards (ledger and report in ``output_dir``).
     Exit status 2 when the input, the weights or the settings are unusable (nothing is written),
-    1 when some inputs failed (the others are written), else the summary is returned.
+    1 when some inputs failed or did not reach the PACS (the others are written), else the summary
+    is returned.
     """
+    from monai_exaggeration.export import DestinationError
+
     try:
         if not isinstance(runner, ExaggerationInference):
             runner = runner()
+        destination = export_destination() if callable(export_destination) else export_destination
         runner.prepare()
         summary = runner.run(input, output_dir)
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError, DestinationError) as error:
         logger.error("%s", error)
         raise SystemExit(2) from None
     print(summary.describe(), flush=True)
-    if summary.exit_code:
-        raise SystemExit(summary.exit_code)
+    status = summary.exit_code
+    if destination is not None and summary.num_files:
+        status = max(status, _export(summary, destination))
+    if status:
+        raise SystemExit(status)
     return summary
+
+
+def _export(summary: InferenceSummary, destination: Any) -> int:
+    """Send the run's series to ``destination``; 0 when all arrived, else 1."""
+    from monai_exaggeration.export import SendLedger, collect_dicom_files, export_files
+
+    files = collect_dicom_files([summary.output_dir / "frames.csv"])
+    with SendLedger(summary.output_dir / "export_ledger.sqlite") as ledger:
+        report = export_files(files, destination, ledger)
+    report.write_csv(summary.output_dir / "export_report.csv")
+    print(report.describe() + f"; report: {summary.output_dir / 'export_report.csv'}", flush=True)
+    return report.exit_code

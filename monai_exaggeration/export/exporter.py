@@ -1,0 +1,193 @@
+"""Export DICOM files to one destination: skip what the ledger says arrived, retry transient failures.
+
+``export_files`` reads each file's SOP Instance UID (header only), skips those the send ledger
+already holds for the destination, sends the rest over one association (or DICOMweb session),
+records each confirmed instance in the ledger immediately, retries transient failures with
+exponential back-off, and returns an :class:`ExportReport` (also written as CSV by the CLI).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+from tqdm import tqdm
+
+from monai_exaggeration.export.destinations import Destination
+from monai_exaggeration.export.ledger import SendLedger
+from monai_exaggeration.export.senders import PermanentSendError, SendResult, TransientSendError, make_sender
+from monai_exaggeration.utils import atomic_write
+
+__all__ = ["REPORT_COLUMNS", "ExportReport", "ExportRow", "collect_dicom_files", "export_files"]
+
+logger = logging.getLogger("monai_exaggeration.export")
+
+REPORT_COLUMNS = ["file", "sop_instance_uid", "destination", "result", "status", "message"]
+#: Files an export never sends (quick-looks, logs, the ledger itself).
+_SKIPPED_SUFFIXES = {".csv", ".png", ".gif", ".jpg", ".jpeg", ".json", ".txt", ".log", ".sqlite", ".sqlite-wal", ".sqlite-shm", ".tmp", ".md"}
+
+
+@dataclass
+class ExportRow:
+    file: str
+    sop_instance_uid: str
+    destination: str
+    result: str  # sent | already_sent | warning | failed
+    status: str  # DICOM status as 0xXXXX ("" when no answer)
+    message: str = ""
+
+
+@dataclass
+class ExportReport:
+    destination: str
+    rows: list[ExportRow] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def count(self, result: str) -> int:
+        return sum(row.result == result for row in self.rows)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every instance is at the destination (sent now, before, or with a warning), else 1."""
+        return 1 if self.count("failed") else 0
+
+    @property
+    def instances_per_second(self) -> float:
+        sent = self.count("sent") + self.count("warning")
+        return sent / self.seconds if self.seconds > 0 else 0.0
+
+    def describe(self) -> str:
+        return (
+            f"export to {self.destination}: {self.count('sent')} sent, {self.count('warning')} stored with warning, "
+            f"{self.count('already_sent')} already present, {self.count('failed')} failed "
+            f"in {self.seconds:.1f} s ({self.instances_per_second:.1f} instances/s)"
+        )
+
+    def write_csv(self, path: str | os.PathLike) -> Path:
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(REPORT_COLUMNS)
+                for row in self.rows:
+                    writer.writerow([getattr(row, name) for name in REPORT_COLUMNS])
+
+        return atomic_write(path, write)
+
+
+def collect_dicom_files(sources: Sequence[str | os.PathLike]) -> list[Path]:
+    """DICOM files to send from folders (recursive), files, or inference ``frames.csv`` logs (``output_file``)."""
+    files: list[Path] = []
+    for source in sources:
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"not found: {path} -- give folders, DICOM files or an inference frames.csv")
+        if path.is_dir():
+            files.extend(p for p in sorted(path.rglob("*")) if p.is_file() and not p.name.startswith(".")
+                         and p.suffix.lower() not in _SKIPPED_SUFFIXES)
+        elif path.suffix.lower() == ".csv":
+            with open(path, newline="") as handle:
+                reader = csv.DictReader(handle)
+                if "output_file" not in (reader.fieldnames or []):
+                    raise ValueError(f"{path} has no output_file column -- give the frames.csv of an inference run")
+                files.extend(Path(row["output_file"]) for row in reader if row["output_file"])
+        else:
+            files.append(path)
+    return list(dict.fromkeys(files))
+
+
+def _header(path: Path) -> pydicom.Dataset | None:
+    """The header of a DICOM file, or None when the file is not DICOM (then it is skipped)."""
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID", "SOPClassUID"])
+    except (InvalidDicomError, EOFError, OSError):
+        return None
+
+
+def export_files(
+    files: Iterable[str | os.PathLike],
+    destination: Destination,
+    ledger: SendLedger,
+    retries: int = 3,
+    backoff: float = 0.5,
+    progress: bool = True,
+    after_each: Callable[[ExportRow], None] | None = None,
+) -> ExportReport:
+    """Send ``files`` to ``destination``; see the module docstring. Never raises for per-instance problems."""
+    start = time.perf_counter()
+    label = destination.label
+    report = ExportReport(label)
+    pending: list[tuple[Path, pydicom.Dataset]] = []
+    for path in map(Path, files):
+        header = _header(path)
+        if header is None or "SOPInstanceUID" not in header:
+            if path.suffix.lower() in (".dcm", ".dicom"):
+                report.rows.append(ExportRow(str(path), "", label, "failed", "", "not a readable DICOM file"))
+            else:
+                logger.info("skipping %s: not a DICOM file", path)
+            continue
+        uid = str(header.SOPInstanceUID)
+        if ledger.is_sent(uid, label):
+            report.rows.append(ExportRow(str(path), uid, label, "already_sent", "", "in the send ledger"))
+            continue
+        pending.append((path, header))
+
+    sender = None
+    try:
+        if pending:
+            contexts = []
+            for path, header in pending:
+                syntax = str(getattr(header.file_meta, "TransferSyntaxUID", "1.2.840.10008.1.2.1"))
+                contexts.append((str(header.SOPClassUID), syntax))
+            sender = make_sender(destination, contexts)
+        bar = tqdm(pending, desc=f"export to {label}", unit="instance", disable=not progress or None)
+        fatal: str | None = None
+        for path, header in bar:
+            uid = str(header.SOPInstanceUID)
+            if fatal is not None:
+                row = ExportRow(str(path), uid, label, "failed", "", fatal)
+            else:
+                try:
+                    result = _send_with_retries(sender, path, retries, backoff)
+                except PermanentSendError as error:
+                    fatal = str(error)
+                    logger.error("%s", error)
+                    result = SendResult("failed", -1, fatal)
+                row = ExportRow(str(path), uid, label, result.result,
+                                f"0x{result.status:04X}" if result.status >= 0 else "", result.message)
+                if result.stored:
+                    ledger.record(uid, label, result.status, path)
+                elif fatal is None:
+                    logger.error("%s (%s): %s %s", path, uid, row.status, row.message)
+            report.rows.append(row)
+            if after_each is not None:
+                after_each(row)
+    finally:
+        if sender is not None:
+            sender.close()
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _send_with_retries(sender, path: Path, retries: int, backoff: float) -> SendResult:
+    """Send one file; transient failures are retried ``retries`` times with back-off 0.5, 1, 2 ... s."""
+    try:
+        dataset = pydicom.dcmread(path)
+    except (InvalidDicomError, EOFError, OSError, ValueError) as error:
+        return SendResult("failed", -1, f"cannot read the file: {error}")
+    for attempt in range(retries + 1):
+        try:
+            return sender.send(dataset)
+        except TransientSendError as error:
+            if attempt == retries:
+                return SendResult("failed", -1, f"{error} (after {retries} retries)")
+            delay = backoff * 2**attempt
+            logger.warning("%s; retrying in %.1f s", error, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
