@@ -43,12 +43,22 @@ def shared_dicom(shared_data: Path) -> Path:
     return shared_data / "dicom"
 
 
+def _shared_folder(shared_data: Path, name: str, what: str) -> Path:
+    folder = shared_data / name
+    if not folder.is_dir():
+        pytest.skip(f"{what} not found at {folder}")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def wingspan(shared_data: Path) -> Path:
+    """Heart/lung masks and CTR of 259 chest radiographs (``../shared/data/wingspan-ctr``)."""
+    return _shared_folder(shared_data, "wingspan-ctr", "wingspan-ctr")
+
+
 @pytest.fixture(scope="session")
 def nih_dir(shared_data: Path) -> Path:
-    folder = shared_data / "nih-cardiomegaly-128"
-    if not folder.is_dir():
-        pytest.skip(f"NIH cardiomegaly sample not found at {folder}")
-    return folder
+    return _shared_folder(shared_data, "nih-cardiomegaly-128", "NIH cardiomegaly sample")
 
 
 @pytest.fixture(scope="session")
