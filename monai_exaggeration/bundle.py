@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from monai_exaggeration.networks.classifier import BlackBoxClassifier
+from monai_exaggeration.networks.classifier import BlackBoxClassifier, load_state_dict_file
+from monai_exaggeration.networks.segmentation import HeartLungSegmenter
 from monai_exaggeration.utils import select_device
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "default_bundle_root",
     "default_dataset_dir",
     "load_bundle_classifier",
+    "load_bundle_segmenter",
 ]
 
 #: Environment variable that overrides the default dataset folder.
@@ -67,3 +69,25 @@ def load_bundle_classifier(
         network, weights, labels=[finding], output=finding, input_size=parser.get_parsed_content("image_size")
     )
     return classifier.to(select_device(device))
+
+
+def load_bundle_segmenter(
+    bundle_root: str | os.PathLike | None = None,
+    weights: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+) -> HeartLungSegmenter:
+    """The bundle's heart/lung segmentation network (``train_segmentation.json``) as a frozen instrument."""
+    from monai.bundle import ConfigParser
+
+    root = Path(bundle_root or default_bundle_root())
+    name = "configs/train_segmentation.json"
+    config = root / name if (root / name).is_file() else Path(default_bundle_root()) / name
+    parser = ConfigParser()
+    parser.read_config(str(config))
+    parser["bundle_root"] = str(root)
+    if weights is None:
+        weights = Path(parser.get_parsed_content("ckpt_dir")) / parser.get_parsed_content("ckpt_name")
+    network = parser.get_parsed_content("network_def")
+    network.load_state_dict(load_state_dict_file(weights))
+    segmenter = HeartLungSegmenter(network, image_size=parser.get_parsed_content("image_size"))
+    return segmenter.to(select_device(device))

@@ -108,3 +108,33 @@ def test_segmentation_bundle_trains_and_reports_ctr(tiny_wingspan: Path, tmp_pat
     assert {"dice_heart", "dice_left_lung", "dice_right_lung", "ctr_mae"} <= set(metrics)
     assert 0.0 <= metrics["dice_heart"] <= 1.0
     assert metrics["ctr_mae_label_masks"] < 0.03  # 64 px label masks still measure CTR well
+
+
+def test_ctr_faithfulness_known_answers() -> None:
+    from monai_exaggeration.metrics import ctr_faithfulness
+
+    scores = np.array([[0.1, 0.4, 0.6, 0.9], [0.1, 0.4, 0.6, 0.9], [0.9, 0.6, 0.4, 0.1], [0.2, 0.3, 0.3, 0.4]])
+    ctr = np.array([[0.45, 0.48, 0.52, 0.55], [0.50, 0.49, 0.48, 0.47], [0.55, 0.53, 0.50, 0.45], [0.4, 0.4, np.nan, 0.4]])
+    result = ctr_faithfulness(ctr, scores)
+    assert result["n_series"] == 3 and result["n_missing"] == 1
+    assert result["median_spearman_ctr_step"] == pytest.approx(-1.0)  # +1, -1, -1
+    assert result["mean_delta_ctr"] == pytest.approx((0.10 - 0.03 - 0.10) / 3)
+    assert result["share_ctr_increases"] == pytest.approx(1 / 3)
+    # scores cross 0.5 in all three; CTR crosses the same way in series 1 (up) and 3 (down), not in 2
+    assert result["n_score_crosses"] == 3 and result["share_ctr_crosses_with_score"] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError):
+        ctr_faithfulness(ctr[:, :1], scores[:, :1])
+
+
+def test_shipped_segmenter_measures_ctr_on_held_out_images(wingspan: Path) -> None:
+    from monai_exaggeration.bundle import load_bundle_segmenter
+    from monai_exaggeration.transforms import load_cxr
+
+    segmenter = load_bundle_segmenter()
+    records = [r for r in load_segmentation_split(wingspan, "test") if not np.isnan(r["ctr"])][:8]
+    images = torch.stack([load_cxr(r["image"], 256, "stretch") for r in records])  # any size: resized inside
+    masks = segmenter(images)
+    assert masks.shape == (8, 3, 128, 128) and float(masks.min()) >= 0.0 and float(masks.max()) <= 1.0
+    errors = [abs(c - r["ctr"]) for c, r in zip(segmenter.ctr(images), records)]
+    assert np.mean(errors) < 0.05
+    assert not any(p.requires_grad for p in segmenter.parameters())

@@ -1,6 +1,13 @@
 """Evaluation measures of exaggeration series."""
 
-from monai_exaggeration.metrics.ctr import cardiothoracic_ratio, horizontal_extent, largest_component
+from monai_exaggeration.metrics.ctr import cardiothoracic_ratio, ctr_faithfulness, horizontal_extent, largest_component
 from monai_exaggeration.metrics.validity import SeriesValidity, series_validity
 
-__all__ = ["SeriesValidity", "cardiothoracic_ratio", "horizontal_extent", "largest_component", "series_validity"]
+__all__ = [
+    "SeriesValidity",
+    "cardiothoracic_ratio",
+    "ctr_faithfulness",
+    "horizontal_extent",
+    "largest_component",
+    "series_validity",
+]

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from skimage.measure import label
 
-__all__ = ["cardiothoracic_ratio", "largest_component", "horizontal_extent"]
+__all__ = ["cardiothoracic_ratio", "ctr_faithfulness", "largest_component", "horizontal_extent"]
 
 
 def largest_component(mask: np.ndarray, min_fraction: float = 0.0) -> np.ndarray:
@@ -64,3 +64,42 @@ def cardiothoracic_ratio(
     if heart_width == 0 or thorax_width == 0:
         return float("nan")
     return heart_width / thorax_width
+
+
+def ctr_faithfulness(ctr: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """Does the heart follow the classifier along the series? ``ctr`` and ``scores`` are (S, N).
+
+    Returns the median (over series) Spearman correlation of CTR with the step, the mean and median
+    ΔCTR between the last and the first frame, the share of series whose ΔCTR is positive, and the
+    share of series whose CTR crosses ``threshold`` (0.5, the radiological cut-off) in the same
+    direction as the classifier's score crosses it, among the series where the score crosses it.
+    Series with a missing CTR (NaN) are left out and counted in ``n_missing``.
+    """
+    from scipy.stats import spearmanr
+
+    ctr = np.asarray(ctr, dtype=np.float64)
+    scores = np.asarray(scores, dtype=np.float64)
+    if ctr.shape != scores.shape or ctr.ndim != 2 or ctr.shape[1] < 2:
+        raise ValueError(f"ctr and scores must both be (S, N >= 2), got {ctr.shape} and {scores.shape}")
+    complete = ~np.isnan(ctr).any(axis=1)
+    ctr, scores = ctr[complete], scores[complete]
+    steps = np.arange(ctr.shape[1])
+    rhos = [float(spearmanr(steps, row).statistic) if np.ptp(row) > 0 else 0.0 for row in ctr]
+    delta = ctr[:, -1] - ctr[:, 0]
+
+    def crossing(series: np.ndarray) -> np.ndarray:  # +1 crosses upwards, -1 downwards, 0 never
+        above = series >= threshold
+        return np.where(~above[:, 0] & above[:, -1], 1, np.where(above[:, 0] & ~above[:, -1], -1, 0))
+
+    score_cross, ctr_cross = crossing(scores), crossing(ctr)
+    crossed = score_cross != 0
+    return {
+        "n_series": int(len(ctr)),
+        "n_missing": int((~complete).sum()),
+        "median_spearman_ctr_step": float(np.median(rhos)) if rhos else float("nan"),
+        "mean_delta_ctr": float(delta.mean()) if len(delta) else float("nan"),
+        "median_delta_ctr": float(np.median(delta)) if len(delta) else float("nan"),
+        "share_ctr_increases": float((delta > 0).mean()) if len(delta) else float("nan"),
+        "n_score_crosses": int(crossed.sum()),
+        "share_ctr_crosses_with_score": float((ctr_cross[crossed] == score_cross[crossed]).mean()) if crossed.any() else float("nan"),
+    }

@@ -17,3 +17,8 @@ from monai_exaggeration.networks.explainer import (  # noqa: E402
 )
 
 __all__ += ["ConditionalBatchNorm2d", "ExaggerationDiscriminator", "ExaggerationGenerator", "count_parameters"]
+
+# heart/lung segmentation (CTR)
+from monai_exaggeration.networks.segmentation import HeartLungSegmenter  # noqa: E402
+
+__all__ += ["HeartLungSegmenter"]
