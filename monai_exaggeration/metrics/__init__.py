@@ -1,12 +1,22 @@
 """Evaluation measures of exaggeration series."""
 
 from monai_exaggeration.metrics.ctr import cardiothoracic_ratio, ctr_faithfulness, horizontal_extent, largest_component
+from monai_exaggeration.metrics.realism import (
+    frechet_distance,
+    identity_rate,
+    kernel_inception_distance,
+    penultimate_features,
+)
 from monai_exaggeration.metrics.validity import SeriesValidity, series_validity
 
 __all__ = [
     "SeriesValidity",
     "cardiothoracic_ratio",
     "ctr_faithfulness",
+    "frechet_distance",
+    "identity_rate",
+    "kernel_inception_distance",
+    "penultimate_features",
     "horizontal_extent",
     "largest_component",
     "series_validity",
