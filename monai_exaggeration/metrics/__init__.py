@@ -1,6 +1,7 @@
 """Evaluation measures of exaggeration series."""
 
 from monai_exaggeration.metrics.ctr import cardiothoracic_ratio, ctr_faithfulness, horizontal_extent, largest_component
+from monai_exaggeration.metrics.localisation import change_inside_outside, mass_inside, saliency_maps
 from monai_exaggeration.metrics.realism import (
     frechet_distance,
     identity_rate,
@@ -12,12 +13,15 @@ from monai_exaggeration.metrics.validity import SeriesValidity, series_validity
 __all__ = [
     "SeriesValidity",
     "cardiothoracic_ratio",
+    "change_inside_outside",
     "ctr_faithfulness",
     "frechet_distance",
     "identity_rate",
     "kernel_inception_distance",
     "penultimate_features",
+    "saliency_maps",
     "horizontal_extent",
     "largest_component",
+    "mass_inside",
     "series_validity",
 ]
