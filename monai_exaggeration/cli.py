@@ -96,7 +96,11 @@ def _export_destination(args: argparse.Namespace):
     from monai_exaggeration.export import Destination, DestinationError, select_destination
 
     if args.config:
+        if args.host or args.url:
+            raise DestinationError("give either --config FILE [--destination NAME] or --host/--url, not both")
         return select_destination(args.config, args.destination)
+    if args.destination:
+        raise DestinationError(f"--destination {args.destination} needs --config FILE (the destinations file that names it)")
     import os
 
     secrets = {}
@@ -128,7 +132,11 @@ def _export_command(args: argparse.Namespace) -> int:
         make_sender,
     )
 
+    if args.debug:
+        logging.getLogger("pynetdicom").setLevel(logging.INFO)
     try:
+        if args.retries < 0 or args.backoff < 0 or args.timeout <= 0:
+            raise ValueError("--retries and --backoff must be >= 0, --timeout > 0")
         destination = _export_destination(args)
         files = [] if args.echo else collect_dicom_files(args.sources)
     except (DestinationError, FileNotFoundError, ValueError) as error:
@@ -143,7 +151,8 @@ def _export_command(args: argparse.Namespace) -> int:
             return 1
         finally:
             sender.close()
-        print(f"C-ECHO to {destination.label}: status 0x{status:04X}" + (" (success)" if status == 0 else ""))
+        what = "C-ECHO" if destination.kind == "dimse" else "DICOMweb query"
+        print(f"{what} to {destination.label}: status 0x{status:04X}" + (" (success)" if status == 0 else ""))
         return 0 if status == 0 else 1
     if not files:
         logger.error("nothing to send: no files found in %s", ", ".join(args.sources))
@@ -153,10 +162,14 @@ def _export_command(args: argparse.Namespace) -> int:
     ledger_path = Path(args.ledger) if args.ledger else home / "export_ledger.sqlite"
     report_path = Path(args.report) if args.report else home / "export_report.csv"
     try:
+        report_path.parent.mkdir(parents=True, exist_ok=True)
         with SendLedger(ledger_path) as ledger:
             report = export_files(files, destination, ledger, retries=args.retries, backoff=args.backoff)
-    except ValueError as error:
+    except (ValueError, OSError) as error:
         logger.error("%s", error)
+        return 2
+    if not report.rows:
+        logger.error("nothing to send: no DICOM files in %s", ", ".join(args.sources))
         return 2
     report.write_csv(report_path)
     print(report.describe())
@@ -185,10 +198,17 @@ def build_parser() -> argparse.ArgumentParser:
     export_parser = commands.add_parser(
         "export",
         help="send DICOM series to a PACS (C-STORE or DICOMweb STOW-RS)",
-        description="Send DICOM files (folders searched recursively, files, or an inference frames.csv) to a PACS. "
-        "Instances the destination has confirmed are kept in a send ledger (SQLite), so an interrupted export "
-        "can simply be run again: it sends only what is missing. Exit status: 0 all arrived, 1 some failed, "
-        "2 bad arguments or nothing to send.",
+        description="Send DICOM files (folders searched recursively, files, or an inference frames.csv) to a PACS\n"
+        "by DICOM C-STORE or DICOMweb STOW-RS. Instances the destination has confirmed are kept in a send\n"
+        "ledger (SQLite), so an interrupted export can simply be run again: it sends only what is missing.\n"
+        "Writes export_report.csv. Exit status: 0 all arrived, 1 some failed, 2 bad arguments or nothing to send.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  python -m monai_exaggeration export --echo --host pacs --port 11112 --called-ae ARCHIVE\n"
+        "  python -m monai_exaggeration export out/ --host pacs --port 11112 --called-ae ARCHIVE --calling-ae EXAGGERATION\n"
+        "  python -m monai_exaggeration export out/frames.csv --config destinations.yaml --destination research-pacs\n"
+        "  PACS_TOKEN=... python -m monai_exaggeration export out/ --url https://pacs/dicom-web --bearer-token-env PACS_TOKEN\n"
+        "see docs/pacs_export.md",
     )
     export_parser.add_argument("sources", nargs="*", help="folders, DICOM files or an inference frames.csv")
     where = export_parser.add_argument_group("destination (DIMSE)")
@@ -213,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     export_parser.add_argument("--retries", type=int, default=3, help="retries of transient failures (default: %(default)s)")
     export_parser.add_argument("--backoff", type=float, default=0.5, help="first retry delay in s, doubling (default: %(default)s)")
     export_parser.add_argument("--timeout", type=float, default=30.0, help="network timeouts in s (default: %(default)s)")
+    export_parser.add_argument("--debug", action="store_true", help="log pynetdicom's association and DIMSE messages")
     export_parser.set_defaults(handler=_export_command)
     return parser
 

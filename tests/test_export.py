@@ -3,7 +3,6 @@ STOW-RS, the send ledger (re-run and resume after a crash), clear failures, and 
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
@@ -13,50 +12,14 @@ import pydicom
 import pytest
 
 from conftest import REPO_ROOT
+from export_helpers import needs_orthanc, uids_of
 from monai_exaggeration.cli import main as cli_main
-from monai_exaggeration.dicom import SeriesInfo, write_series
-from monai_exaggeration.export import (
-    Destination,
-    DestinationError,
-    SendLedger,
-    classify_status,
-    collect_dicom_files,
-    export_files,
-    load_destinations,
-)
-from monai_exaggeration.export.orthanc import LocalOrthanc, free_port, orthanc_binary
+from monai_exaggeration.export import Destination, SendLedger, collect_dicom_files, export_files
+from monai_exaggeration.export.orthanc import LocalOrthanc, free_port
 from monai_exaggeration.transforms import read_cxr
 
-pytestmark = pytest.mark.skipif(
-    orthanc_binary() is None, reason="Orthanc is not installed (apt-get install orthanc orthanc-dicomweb; .ci/run does)"
-)
-
-
-@pytest.fixture(scope="module")
-def series(tmp_path_factory: pytest.TempPathFactory, rg1_uncr: Path) -> list[Path]:
-    """Two real SC series (10 + 10 instances, 96 x 90 px) of the RG1 chest, as the inference writes them."""
-    image = read_cxr(rg1_uncr)
-    out = tmp_path_factory.mktemp("series")
-    rng = np.random.default_rng(0)
-    files: list[Path] = []
-    for model in ("model A", "model B"):
-        frames = [np.clip(rng.random((96, 90)) * 0.2 + step / 12, 0, 1).astype(np.float32) for step in range(10)]
-        info = SeriesInfo.from_scores("cardiomegaly", model, [(b + 0.5) / 10 for b in range(10)], num_bins=10)
-        meta = dict(image.meta, source_shape=(96, 90))
-        files += write_series(frames, rg1_uncr, meta, info, out)
-    return files
-
-
-@pytest.fixture()
-def pacs(tmp_path: Path):
-    """A fresh Orthanc per test (starts in ~0.1 s; killed afterwards: a graceful stop takes ~3 s)."""
-    server = LocalOrthanc(tmp_path / "orthanc").start()
-    yield server
-    server.stop(kill=True)
-
-
-def uids_of(files: list[Path]) -> list[str]:
-    return [str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files]
+pytest_plugins = ["orthanc_fixture"]  # the pacs and series fixtures
+pytestmark = needs_orthanc
 
 
 def test_echo_and_store_a_series_verified_through_rest(pacs: LocalOrthanc, series: list[Path], tmp_path: Path) -> None:
@@ -182,53 +145,6 @@ def test_collect_files_from_folder_and_frames_csv(series: list[Path], tmp_path: 
     assert collect_dicom_files([log]) == series[:4]
     with pytest.raises(FileNotFoundError):
         collect_dicom_files([tmp_path / "missing"])
-
-
-def test_destinations_file_and_status_codes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    config = tmp_path / "dest.yaml"
-    config.write_text(
-        "destinations:\n"
-        "  pacs: {host: pacs.example.org, port: 11112, called_ae: ARCHIVE, tls: {ca: /etc/ca.pem}}\n"
-        "  web: {url: 'https://pacs.example.org/dicom-web', bearer_token_env: PACS_TOKEN}\n"
-    )
-    monkeypatch.setenv("PACS_TOKEN", "secret")
-    destinations = load_destinations(config)
-    assert destinations["pacs"].kind == "dimse" and destinations["pacs"].uses_tls and destinations["pacs"].label == "pacs"
-    assert destinations["web"].kind == "dicomweb" and destinations["web"].bearer_token == "secret"
-    assert "secret" not in repr(destinations["web"])
-    for bad in ["destinations: {x: {port: 4242}}", "destinations: {x: {host: h, colour: red}}",
-                "destinations: {x: {host: h, called_ae: WAY-TOO-LONG-AE-TITLE}}", "nothing: here"]:
-        config.write_text(bad)
-        with pytest.raises(DestinationError):
-            load_destinations(config)
-    assert classify_status(0x0000).result == "sent"
-    assert classify_status(0xB007).result == "warning" and classify_status(0xB007).stored
-    assert classify_status(0xA700).result == "failed" and "out of resources" in classify_status(0xA700).message
-    assert classify_status(0x0122).message == "refused: SOP class not supported"
-    assert not classify_status(0xC001).stored
-
-
-def test_concurrent_ledger_writers_keep_every_row(tmp_path: Path) -> None:
-    path = tmp_path / "ledger.sqlite"
-
-    problems: list[BaseException] = []
-
-    def write(start: int) -> None:
-        try:
-            with SendLedger(path) as ledger:
-                for index in range(start, start + 50):
-                    ledger.record(f"1.2.3.{index}", "dest", 0, f"f{index}.dcm")
-        except BaseException as error:  # noqa: BLE001 - reported below
-            problems.append(error)
-
-    threads = [threading.Thread(target=write, args=(n * 50,)) for n in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert problems == []
-    with SendLedger(path) as ledger:
-        assert ledger.count("dest") == 200 and ledger.is_sent("1.2.3.199", "dest") and not ledger.is_sent("1.2.3.199", "x")
 
 
 def test_inference_export_step_sends_the_written_series(pacs: LocalOrthanc, rg1_uncr: Path, tmp_path: Path, capsys) -> None:

@@ -1,4 +1,16 @@
-"""PACS export of the counterfactual series: DICOM C-STORE (pynetdicom) and DICOMweb STOW-RS, resumable."""
+"""PACS export of the counterfactual series: DICOM C-STORE (pynetdicom) and DICOMweb STOW-RS, resumable.
+
+    from monai_exaggeration.export import Destination, SendLedger, export_series
+
+    destination = Destination(host="pacs.example.org", port=11112, called_ae="ARCHIVE", calling_ae="EXAGGERATION")
+    with SendLedger("out/export_ledger.sqlite") as ledger:
+        report = export_series(["out/dicom"], destination, ledger)
+    report.write_csv("out/export_report.csv"); print(report.describe())
+
+Modules: ``destinations`` (peers from flags or a YAML/JSON file), ``dimse`` (C-ECHO/C-STORE),
+``dicomweb`` (STOW-RS), ``status`` (status codes, error kinds), ``ledger`` (SQLite send ledger),
+``exporter`` (the loop, retries, report), ``orthanc`` (a throw-away local Orthanc for trials and tests).
+"""
 
 from monai_exaggeration.export.destinations import (
     Destination,
@@ -7,16 +19,22 @@ from monai_exaggeration.export.destinations import (
     load_destinations,
     select_destination,
 )
-from monai_exaggeration.export.exporter import REPORT_COLUMNS, ExportReport, ExportRow, collect_dicom_files, export_files
+from monai_exaggeration.export.exporter import (
+    REPORT_COLUMNS,
+    ExportReport,
+    ExportRow,
+    collect_dicom_files,
+    export_files,
+    export_series,
+)
 from monai_exaggeration.export.ledger import SendLedger
-from monai_exaggeration.export.senders import (
-    DicomwebSender,
-    DimseSender,
+from monai_exaggeration.export.senders import DicomwebSender, DimseSender, Sender, make_sender
+from monai_exaggeration.export.status import (
     PermanentSendError,
     SendResult,
     TransientSendError,
+    UnreachableError,
     classify_status,
-    make_sender,
 )
 
 __all__ = [
@@ -30,11 +48,14 @@ __all__ = [
     "PermanentSendError",
     "SendLedger",
     "SendResult",
+    "Sender",
     "TransientSendError",
+    "UnreachableError",
     "classify_status",
-    "destination_if_enabled",
     "collect_dicom_files",
+    "destination_if_enabled",
     "export_files",
+    "export_series",
     "load_destinations",
     "make_sender",
     "select_destination",

@@ -4,6 +4,10 @@
 already holds for the destination, sends the rest over one association (or DICOMweb session),
 records each confirmed instance in the ledger immediately, retries transient failures with
 exponential back-off, and returns an :class:`ExportReport` (also written as CSV by the CLI).
+A permanent failure (e.g. association rejected), a peer still unreachable after the retries, or
+``give_up_after`` instances in a row without any answer stop the export: the remaining instances
+are reported failed with the reason, untried (run the export again later: it resumes).
+``export_series`` does the same for folders, files or an inference ``frames.csv``.
 """
 
 from __future__ import annotations
@@ -22,10 +26,11 @@ from tqdm import tqdm
 
 from monai_exaggeration.export.destinations import Destination
 from monai_exaggeration.export.ledger import SendLedger
-from monai_exaggeration.export.senders import PermanentSendError, SendResult, TransientSendError, make_sender
+from monai_exaggeration.export.senders import Sender, make_sender
+from monai_exaggeration.export.status import PermanentSendError, SendResult, TransientSendError, UnreachableError
 from monai_exaggeration.utils import atomic_write
 
-__all__ = ["REPORT_COLUMNS", "ExportReport", "ExportRow", "collect_dicom_files", "export_files"]
+__all__ = ["REPORT_COLUMNS", "ExportReport", "ExportRow", "collect_dicom_files", "export_files", "export_series"]
 
 logger = logging.getLogger("monai_exaggeration.export")
 
@@ -36,6 +41,8 @@ _SKIPPED_SUFFIXES = {".csv", ".png", ".gif", ".jpg", ".jpeg", ".json", ".txt", "
 
 @dataclass
 class ExportRow:
+    """One line of ``export_report.csv``."""
+
     file: str
     sop_instance_uid: str
     destination: str
@@ -46,11 +53,14 @@ class ExportRow:
 
 @dataclass
 class ExportReport:
+    """Every instance's outcome for one destination, with the time the export took."""
+
     destination: str
     rows: list[ExportRow] = field(default_factory=list)
     seconds: float = 0.0
 
     def count(self, result: str) -> int:
+        """Rows with ``result`` (sent, already_sent, warning, failed)."""
         return sum(row.result == result for row in self.rows)
 
     @property
@@ -64,6 +74,7 @@ class ExportReport:
         return sent / self.seconds if self.seconds > 0 else 0.0
 
     def describe(self) -> str:
+        """The summary line: sent, stored with warning, already present, failed, instances/s."""
         return (
             f"export to {self.destination}: {self.count('sent')} sent, {self.count('warning')} stored with warning, "
             f"{self.count('already_sent')} already present, {self.count('failed')} failed "
@@ -71,6 +82,7 @@ class ExportReport:
         )
 
     def write_csv(self, path: str | os.PathLike) -> Path:
+        """Write the report atomically (columns :data:`REPORT_COLUMNS`)."""
         def write(tmp: Path) -> None:
             with open(tmp, "w", newline="") as handle:
                 writer = csv.writer(handle)
@@ -118,15 +130,23 @@ def export_files(
     backoff: float = 0.5,
     progress: bool = True,
     after_each: Callable[[ExportRow], None] | None = None,
+    give_up_after: int = 3,
 ) -> ExportReport:
-    """Send ``files`` to ``destination``; see the module docstring. Never raises for per-instance problems."""
+    """Send ``files`` to ``destination``; see the module docstring. Never raises for per-instance problems.
+
+    ``retries``: retries of a transient failure per instance, after ``backoff`` * 2**k seconds;
+    ``after_each(row)``: called after every instance; ``give_up_after``: stop after that many
+    instances in a row got no answer (0: never).
+    """
     start = time.perf_counter()
+    retries = max(0, int(retries))
     label = destination.label
     report = ExportReport(label)
     pending: list[tuple[Path, pydicom.Dataset]] = []
+    seen: dict[str, Path] = {}
     for path in map(Path, files):
         header = _header(path)
-        if header is None or "SOPInstanceUID" not in header:
+        if header is None or "SOPInstanceUID" not in header or "SOPClassUID" not in header:
             if path.suffix.lower() in (".dcm", ".dicom"):
                 report.rows.append(ExportRow(str(path), "", label, "failed", "", "not a readable DICOM file"))
             else:
@@ -136,18 +156,27 @@ def export_files(
         if ledger.is_sent(uid, label):
             report.rows.append(ExportRow(str(path), uid, label, "already_sent", "", "in the send ledger"))
             continue
+        if uid in seen:
+            report.rows.append(ExportRow(str(path), uid, label, "already_sent", "", f"same SOP Instance UID as {seen[uid]}"))
+            continue
+        seen[uid] = path
         pending.append((path, header))
 
     sender = None
+    fatal: str | None = None
+    no_answer = 0  # instances in a row that got no answer even after the retries
     try:
         if pending:
             contexts = []
-            for path, header in pending:
+            for _path, header in pending:
                 syntax = str(getattr(header.file_meta, "TransferSyntaxUID", "1.2.840.10008.1.2.1"))
                 contexts.append((str(header.SOPClassUID), syntax))
-            sender = make_sender(destination, contexts)
+            try:
+                sender = make_sender(destination, contexts)
+            except PermanentSendError as error:
+                fatal = str(error)
+                logger.error("%s", error)
         bar = tqdm(pending, desc=f"export to {label}", unit="instance", disable=not progress or None)
-        fatal: str | None = None
         for path, header in bar:
             uid = str(header.SOPInstanceUID)
             if fatal is not None:
@@ -157,14 +186,23 @@ def export_files(
                     result = _send_with_retries(sender, path, retries, backoff)
                 except PermanentSendError as error:
                     fatal = str(error)
-                    logger.error("%s", error)
+                    logger.error("%s -- export stopped", error)
                     result = SendResult("failed", -1, fatal)
-                row = ExportRow(str(path), uid, label, result.result,
-                                f"0x{result.status:04X}" if result.status >= 0 else "", result.message)
+                except UnreachableError as error:
+                    fatal = f"{error} (after {retries} retries; run the export again later: it resumes)"
+                    logger.error("%s -- export stopped", fatal)
+                    result = SendResult("failed", -1, fatal)
+                no_answer = no_answer + 1 if isinstance(result, _NoAnswer) else 0
+                if fatal is None and give_up_after and no_answer >= give_up_after:
+                    fatal = f"not tried: {no_answer} instances in a row got no answer ({result.message})"
+                    logger.error("%s -- export stopped", fatal)
+                row = ExportRow(str(path), uid, label, result.result, result.status_hex, result.message)
                 if result.stored:
                     ledger.record(uid, label, result.status, path)
+                    if result.result == "warning":
+                        logger.warning("%s (%s): %s %s", path, uid, row.status, row.message)
                 elif fatal is None:
-                    logger.error("%s (%s): %s %s", path, uid, row.status, row.message)
+                    logger.error("%s (%s): failed %s %s", path, uid, row.status or "(no status)", row.message)
             report.rows.append(row)
             if after_each is not None:
                 after_each(row)
@@ -175,8 +213,30 @@ def export_files(
     return report
 
 
-def _send_with_retries(sender, path: Path, retries: int, backoff: float) -> SendResult:
-    """Send one file; transient failures are retried ``retries`` times with back-off 0.5, 1, 2 ... s."""
+def export_series(
+    sources: Sequence[str | os.PathLike] | str | os.PathLike,
+    destination: Destination,
+    ledger: SendLedger,
+    **options,
+) -> ExportReport:
+    """Send the DICOM files of ``sources`` (folders searched recursively, files, inference ``frames.csv`` logs).
+
+    ``options`` are those of :func:`export_files` (``retries``, ``backoff``, ``progress``, ``after_each``).
+    """
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    return export_files(collect_dicom_files(sources), destination, ledger, **options)
+
+
+class _NoAnswer(SendResult):
+    """A failure after the last retry of a transient error: the peer never answered for this instance."""
+
+
+def _send_with_retries(sender: Sender, path: Path, retries: int, backoff: float) -> SendResult:
+    """Send one file; transient failures are retried ``retries`` times with back-off 0.5, 1, 2 ... s.
+
+    Raises :class:`UnreachableError` when the peer still cannot be reached after the last retry.
+    """
     try:
         dataset = pydicom.dcmread(path)
     except (InvalidDicomError, EOFError, OSError, ValueError) as error:
@@ -186,7 +246,9 @@ def _send_with_retries(sender, path: Path, retries: int, backoff: float) -> Send
             return sender.send(dataset)
         except TransientSendError as error:
             if attempt == retries:
-                return SendResult("failed", -1, f"{error} (after {retries} retries)")
+                if isinstance(error, UnreachableError):
+                    raise
+                return _NoAnswer("failed", -1, f"{error} (after {retries} retries)")
             delay = backoff * 2**attempt
             logger.warning("%s; retrying in %.1f s", error, delay)
             time.sleep(delay)

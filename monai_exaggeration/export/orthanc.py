@@ -8,10 +8,13 @@
 The configuration allows C-ECHO from anyone, C-STORE only from the known AE title
 ``allowed_ae`` (``DicomModalities``), checks the called AE title, and loads the DICOMweb plugin.
 Storage lives in ``workdir`` and survives :meth:`stop` / :meth:`start` (for restart tests).
+``tls=OrthancTls(certificate, private_key, trusted)`` makes the DICOM port speak TLS only (Orthanc
+>= 1.9), requiring a client certificate signed by one of ``trusted``.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -20,11 +23,12 @@ import socket
 import subprocess
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from monai_exaggeration.export.destinations import Destination
 
-__all__ = ["LocalOrthanc", "orthanc_binary", "free_port"]
+__all__ = ["LocalOrthanc", "OrthancTls", "orthanc_binary", "free_port"]
 
 _PLUGIN_DIRS = ("/usr/share/orthanc/plugins", "/usr/lib/orthanc")
 
@@ -40,6 +44,16 @@ def free_port() -> int:
         return int(handle.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class OrthancTls:
+    """PEM files of Orthanc's DICOM TLS: its certificate and key, and the certificates it trusts (clients)."""
+
+    certificate: str
+    private_key: str
+    trusted: str
+    client_certificate_required: bool = True
+
+
 def _dicomweb_plugin() -> str | None:
     for folder in _PLUGIN_DIRS:
         candidates = sorted(Path(folder).glob("libOrthancDicomWeb.so*")) if Path(folder).is_dir() else []
@@ -51,7 +65,14 @@ def _dicomweb_plugin() -> str | None:
 class LocalOrthanc:
     """Start/stop an unprivileged Orthanc on loopback with its configuration in ``workdir``."""
 
-    def __init__(self, workdir: str | os.PathLike, aet: str = "ORTHANC", allowed_ae: str = "EXAGGERATION") -> None:
+    def __init__(
+        self,
+        workdir: str | os.PathLike,
+        aet: str = "ORTHANC",
+        allowed_ae: str = "EXAGGERATION",
+        tls: OrthancTls | None = None,
+        users: dict[str, str] | None = None,
+    ) -> None:
         binary = orthanc_binary()
         if binary is None:
             raise FileNotFoundError("Orthanc is not installed (Debian/Ubuntu: apt-get install orthanc orthanc-dicomweb)")
@@ -83,16 +104,29 @@ class LocalOrthanc:
             "StableAge": 1,
             "HttpsVerifyPeers": False,
         }
+        if tls is not None:
+            config.update(
+                DicomTlsEnabled=True,
+                DicomTlsCertificate=str(tls.certificate),
+                DicomTlsPrivateKey=str(tls.private_key),
+                DicomTlsTrustedCertificates=str(tls.trusted),
+                DicomTlsRemoteCertificateRequired=tls.client_certificate_required,
+            )
+        if users:  # HTTP basic authentication for the REST API and DICOMweb
+            config.update(AuthenticationEnabled=True, RegisteredUsers=dict(users))
+        self.tls = tls
+        self.users = dict(users or {})
         self.has_dicomweb = plugin is not None
         (self.workdir / "orthanc.json").write_text(json.dumps(config, indent=2))
 
     # -------------------------------------------------------------------------------- life cycle
 
     def start(self, timeout: float = 30.0) -> LocalOrthanc:
-        log = open(self.workdir / "orthanc.log", "ab")
-        self.process = subprocess.Popen(
-            [self.binary, str(self.workdir / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir
-        )
+        """Start Orthanc and wait until its REST API answers (``/system``)."""
+        with open(self.workdir / "orthanc.log", "ab") as log:
+            self.process = subprocess.Popen(
+                [self.binary, str(self.workdir / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -130,15 +164,28 @@ class LocalOrthanc:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
+    def version(self) -> str:
+        """Orthanc's version, from ``/system``."""
+        return str(self.rest("/system")["Version"])
+
     def rest(self, route: str, method: str = "GET", data: bytes | None = None) -> object:
         """JSON of Orthanc's REST API (raw bytes for non-JSON answers)."""
         request = urllib.request.Request(self.url + route, data=data, method=method)
+        if self.users:
+            user, password = next(iter(self.users.items()))
+            token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
         with urllib.request.urlopen(request, timeout=10) as answer:
             body = answer.read()
         try:
             return json.loads(body)
         except ValueError:
             return body
+
+    def clear(self) -> None:
+        """Delete every stored patient (a fresh, empty PACS without a restart)."""
+        for patient in self.rest("/patients"):
+            self.rest(f"/patients/{patient}", method="DELETE")
 
     def instances(self) -> list[str]:
         """SOP Instance UIDs of every stored instance."""
