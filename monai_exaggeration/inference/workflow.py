@@ -272,7 +272,10 @@ class ExaggerationInference:
         return self
 
     def _default_model_version(self) -> str:
-        weights = file_sha256(self.explainer_weights)[:12] if self.explainer_weights else "unsaved"
+        if self.explainer_weights:
+            weights = file_sha256(self.explainer_weights)[:12]
+        else:  # an in-memory generator: its weights themselves must enter the UIDs
+            weights = "unsaved-" + _state_sha256(self.generator)[:12]
         settings = {
             "num_bins": self.num_bins,
             "bins": self.bins,
@@ -281,9 +284,7 @@ class ExaggerationInference:
             "norm": self.norm,
             "resolution": self.resolution,
             "bits": self.bits,
-            "classifier": hashlib.sha256(
-                b"".join(t.detach().cpu().numpy().tobytes() for t in self.classifier.state_dict().values())
-            ).hexdigest()[:12],
+            "classifier": _state_sha256(self.classifier)[:12],
         }
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
         return f"explainer {weights} cfg {digest}"
@@ -365,10 +366,9 @@ class ExaggerationInference:
         )
         written: list[Path] = []
         try:
+            meta = result.meta if self.resolution == "source" else _model_grid_meta(result.meta, self.aspect)
             with self.timer("write"):
-                paths = write_series(
-                    list(result.frames), result.source, result.meta, info, output_dir / "dicom", bits=self.bits
-                )
+                paths = write_series(list(result.frames), result.source, meta, info, output_dir / "dicom", bits=self.bits)
             written.extend(paths)
             series_uid = paths[0].parent.name
             looks = {"gif": "", "montage": "", "score_plot": ""}
@@ -498,6 +498,25 @@ def _as_bool(value: Any, name: str) -> bool:
             return False
         raise ValueError(f"{name} must be true or false, got {value!r}")
     return bool(value)
+
+
+def _state_sha256(module: nn.Module) -> str:
+    """Hex SHA-256 of a module's state (parameters and buffers, in state-dict order)."""
+    return hashlib.sha256(b"".join(t.detach().cpu().numpy().tobytes() for t in module.state_dict().values())).hexdigest()
+
+
+def _model_grid_meta(meta: dict, aspect: str) -> dict:
+    """``meta`` for a model-size frame: ``source_shape`` becomes the source region the frame shows.
+
+    write_series scales PixelSpacing by ``source_shape / frame shape``; a model-size frame shows the
+    padded square (``pad``: side = longer side) or the centred square (``crop``: shorter side), so
+    its pixels stay square; ``stretch`` shows the whole image (rows and columns scaled apart).
+    """
+    shape = meta.get("source_shape")
+    if aspect == "stretch" or not shape or len(shape) != 2:
+        return meta
+    side = max(int(v) for v in shape) if aspect == "pad" else min(int(v) for v in shape)
+    return dict(meta, source_shape=[side, side])
 
 
 def _quicklook_name(source: str, series_uid: str) -> str:
