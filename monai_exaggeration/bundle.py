@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
 from monai_exaggeration.networks.classifier import BlackBoxClassifier, load_state_dict_file
+from monai_exaggeration.networks.encoder import CXREncoder
 from monai_exaggeration.networks.segmentation import HeartLungSegmenter
 from monai_exaggeration.utils import select_device
 
@@ -17,6 +20,7 @@ __all__ = [
     "default_bundle_root",
     "default_dataset_dir",
     "load_bundle_classifier",
+    "load_bundle_encoder",
     "load_bundle_segmenter",
 ]
 
@@ -71,17 +75,14 @@ def load_bundle_classifier(
     return classifier.to(select_device(device))
 
 
-def load_bundle_segmenter(
-    bundle_root: str | os.PathLike | None = None,
-    weights: str | os.PathLike | None = None,
-    device: str | torch.device | None = None,
-) -> HeartLungSegmenter:
-    """The bundle's heart/lung segmentation network (``train_segmentation.json``) as a frozen instrument."""
+def _bundle_instrument(
+    config_name: str, bundle_root: str | os.PathLike | None, weights: str | os.PathLike | None
+) -> tuple[nn.Module, Any]:
+    """``network_def`` of one of the bundle's configs with its weights (default ``<ckpt_dir>/<ckpt_name>``), and the parser."""
     from monai.bundle import ConfigParser
 
     root = Path(bundle_root or default_bundle_root())
-    name = "configs/train_segmentation.json"
-    config = root / name if (root / name).is_file() else Path(default_bundle_root()) / name
+    config = root / config_name if (root / config_name).is_file() else Path(default_bundle_root()) / config_name
     parser = ConfigParser()
     parser.read_config(str(config))
     parser["bundle_root"] = str(root)
@@ -89,5 +90,27 @@ def load_bundle_segmenter(
         weights = Path(parser.get_parsed_content("ckpt_dir")) / parser.get_parsed_content("ckpt_name")
     network = parser.get_parsed_content("network_def")
     network.load_state_dict(load_state_dict_file(weights))
+    return network, parser
+
+
+def load_bundle_segmenter(
+    bundle_root: str | os.PathLike | None = None,
+    weights: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+) -> HeartLungSegmenter:
+    """The bundle's heart/lung segmentation network (``train_segmentation.json``) as a frozen instrument."""
+    network, parser = _bundle_instrument("configs/train_segmentation.json", bundle_root, weights)
     segmenter = HeartLungSegmenter(network, image_size=parser.get_parsed_content("image_size"))
     return segmenter.to(select_device(device))
+
+
+def load_bundle_encoder(
+    bundle_root: str | os.PathLike | None = None,
+    weights: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+) -> CXREncoder:
+    """The bundle's self-supervised CXR encoder (``train_encoder.json``, ``models/encoder.pt``), frozen, eval mode."""
+    network, _ = _bundle_instrument("configs/train_encoder.json", bundle_root, weights)
+    for parameter in network.parameters():
+        parameter.requires_grad_(False)
+    return network.to(select_device(device)).eval()

@@ -78,7 +78,7 @@ def test_training_smoke_run_and_outputs(tiny_dataset: Path, tmp_path: Path) -> N
     assert list(out.glob("events.out.tfevents.*")) and (out / "series_latest.png").is_file()
     assert (out / "source_posteriors.csv").is_file()
 
-    evaluate = TRAIN + [str(CONFIGS / "evaluate.json")]
+    evaluate = TRAIN + [str(CONFIGS / "validate_explainer.json")]
     result = run_bundle(["run", "evaluating", "--config_file", config_arg(evaluate), *common], env=ONE_THREAD)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "evaluation" / "validity.json").read_text())

@@ -97,7 +97,7 @@ def test_default_run_writes_series_logs_and_quicklooks(default_run, rg1_uncr: Pa
     # the summary tells the user where everything is
     assert "1 series written (10 DICOM files), 0 failed" in result.stdout
     assert str(out / "frames.csv") in result.stdout and str(out / "dicom") in result.stdout
-    assert not list(out.rglob("*.tmp"))
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name], "temporary files left behind"
 
 
 def test_default_run_dicom_tags_match_source_and_log(default_run, rg1_uncr: Path) -> None:
@@ -222,7 +222,7 @@ def test_folder_with_bad_files_processes_the_good_ones(tmp_path: Path, rg1_uncr:
     assert set(Path(p).name for p in frames["source"]) == {"chest.png"}
     dicoms = list((out / "dicom").rglob("*"))
     assert len([p for p in dicoms if p.is_file()]) == 10 and len([p for p in dicoms if p.is_dir()]) == 1
-    assert not list(out.rglob("*.tmp"))
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name], "temporary files left behind"
     assert "1 series written" in summary.describe() and "errors.csv" in summary.describe()
 
 

@@ -59,3 +59,15 @@ def test_gradcam_of_a_monai_densenet() -> None:
     assert not any(p.requires_grad for p in classifier.parameters())
     with pytest.raises(ValueError, match="gradcam"):
         saliency_maps(classifier, torch.rand(1, 1, 32, 32), "lime")
+
+
+def test_gradcam_explains_the_predicted_class_of_a_negative_image(rg1_uncr) -> None:
+    """The shipped classifier calls RG1 negative; GradCAM still gives a finite, non-empty map (of "absent")."""
+    from monai_exaggeration.bundle import load_bundle_classifier
+    from monai_exaggeration.transforms import load_cxr
+
+    classifier = load_bundle_classifier()
+    image = load_cxr(rg1_uncr, 64)[None].as_tensor()
+    assert float(classifier(image)) < 0.5
+    maps = saliency_maps(classifier, image, "gradcam")
+    assert torch.isfinite(maps).all() and float(maps.max()) > 0.5

@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from monai_exaggeration.utils import atomic_write
 
-__all__ = ["preview_frames", "write_gif", "write_montage", "write_score_plot"]
+__all__ = ["preview_frames", "save_figure", "write_gif", "write_montage", "write_score_plot"]
 
 
 def preview_frames(frames: np.ndarray, max_side: int = 512) -> list[Image.Image]:
@@ -48,7 +48,7 @@ def _pyplot():
     return plt
 
 
-def _save_figure(figure, path: str | os.PathLike) -> Path:
+def save_figure(figure, path: str | os.PathLike) -> Path:
     """Save ``figure`` as PNG atomically and close it."""
     figure.tight_layout()
     try:
@@ -107,7 +107,7 @@ def write_montage(
         axis.set_title(f"step {step}", fontsize=8)
     if title:
         figure.suptitle(title, fontsize=9)
-    return _save_figure(figure, path)
+    return save_figure(figure, path)
 
 
 def write_score_plot(
@@ -131,4 +131,4 @@ def write_score_plot(
     axis.set(xlabel="step", ylabel=f"classifier score ({finding})", ylim=(0, 1), xticks=steps)
     axis.set_title("Posterior along the exaggeration series", fontsize=10)
     axis.legend(loc="upper left", fontsize=7)
-    return _save_figure(figure, path)
+    return save_figure(figure, path)

@@ -323,7 +323,7 @@ class ExaggerationInference:
             levels = np.float32(2**self.bits - 1)
             frames = np.rint(np.clip(frames, 0.0, 1.0) * levels) / levels
             if self.resolution == "source":
-                as_input = self._model_size(frames, source)  # what f sees of the written frames
+                as_input = self.as_model_input(frames, source)  # what f sees of the written frames
             else:
                 as_input = torch.from_numpy(frames) * 2.0 - 1.0
         with timer("classifier"):
@@ -342,8 +342,11 @@ class ExaggerationInference:
             source_bin=source_bin,
         )
 
-    def _model_size(self, frames: np.ndarray, source: MetaTensor) -> torch.Tensor:
-        """Full-resolution frames (K, rows, columns) in [0, 1] preprocessed as inputs: (K, S, S) in [-1, 1]."""
+    def as_model_input(self, frames: np.ndarray, source: MetaTensor) -> torch.Tensor:
+        """Source-grid frames (K, rows, columns) in [0, 1] preprocessed as model inputs: (K, S, S) in [-1, 1].
+
+        ``source`` is the loaded source (its metadata carries the grid).
+        """
         stack = MetaTensor(torch.from_numpy(frames), meta=dict(source.meta))  # meta carries the affine
         return self.preprocessing({"image": stack})["image"].as_tensor()
 

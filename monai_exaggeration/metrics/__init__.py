@@ -3,16 +3,22 @@
 from monai_exaggeration.metrics.ctr import cardiothoracic_ratio, ctr_faithfulness, horizontal_extent, largest_component
 from monai_exaggeration.metrics.localisation import change_inside_outside, mass_inside, saliency_maps
 from monai_exaggeration.metrics.realism import (
+    encoder_features,
     frechet_distance,
     identity_rate,
     kernel_inception_distance,
     penultimate_features,
+    view_retrieval_accuracy,
+    write_view_retrieval,
 )
 from monai_exaggeration.metrics.validity import SeriesValidity, series_validity
 
 __all__ = [
     "SeriesValidity",
     "cardiothoracic_ratio",
+    "encoder_features",
+    "view_retrieval_accuracy",
+    "write_view_retrieval",
     "change_inside_outside",
     "ctr_faithfulness",
     "frechet_distance",

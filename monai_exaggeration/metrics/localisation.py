@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -66,6 +68,20 @@ class _ScoreColumn(nn.Module):
         return self.classifier(images).reshape(len(images), -1)
 
 
+class _TwoClassLogits(_ScoreColumn):
+    """(B, 2) logits [absent, present] of a binary score, so that GradCAM explains the *predicted* class.
+
+    GradCAM keeps only positive evidence (a ReLU over the weighted activations); for an image the
+    classifier calls negative the evidence *for* the finding is often empty and the map undefined.
+    Explaining the predicted class, as GradCAM is normally used, gives every image a map.
+    """
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        score = super().forward(images)[:, :1].clamp(1e-6, 1 - 1e-6)
+        logit = torch.log(score) - torch.log1p(-score)
+        return torch.cat([-logit, logit], dim=1)
+
+
 def saliency_maps(
     classifier: nn.Module,
     images: torch.Tensor,
@@ -76,16 +92,18 @@ def saliency_maps(
     """Saliency maps (B, H, W) of ``classifier`` for ``images`` (B, 1, H, W): ``gradcam`` or ``occlusion``.
 
     ``target_layer`` names the GradCAM layer (default: the final ReLU of the features of the shipped MONAI
-    DenseNet inside :class:`~monai_exaggeration.networks.BlackBoxClassifier`). Occlusion maps are
+    DenseNet inside :class:`~monai_exaggeration.networks.BlackBoxClassifier`); GradCAM explains the
+    predicted class (finding present when the score is >= 0.5, else absent). Occlusion maps are
     the drop of the score when a ``mask_size`` patch is hidden (positive = the patch supported the
-    finding).
+    finding). A map without any positive weight is all zeros.
     """
     from monai.visualize import GradCAM, OcclusionSensitivity
 
     if method == "gradcam":
-        cam = GradCAM(nn_module=_ScoreColumn(classifier), target_layers=f"classifier.{target_layer}")
+        cam = GradCAM(nn_module=_TwoClassLogits(classifier), target_layers=f"classifier.{target_layer}")
         with torch.enable_grad():
-            maps = cam(images.clone().requires_grad_(True), class_idx=0)
+            maps = cam(images.clone().requires_grad_(True))  # class_idx None: the predicted class
+        maps = torch.nan_to_num(maps, nan=0.0)  # MONAI normalises each map; an all-zero map becomes NaN
         return F.interpolate(maps, size=images.shape[2:], mode="bilinear", align_corners=False)[:, 0].detach()
     if method == "occlusion":
         occlusion = OcclusionSensitivity(
@@ -95,7 +113,9 @@ def saliency_maps(
         with torch.no_grad():
             for image in images:  # MONAI's occlusion sensitivity takes one image at a time
                 base = classifier(image[None]).reshape(())
-                occluded, _ = occlusion(image[None])  # (1, classes, H, W): the score with the patch hidden
+                with warnings.catch_warnings():  # MONAI 1.6 indexes with lists (deprecated in torch, same result)
+                    warnings.filterwarnings("ignore", message="Using a non-tuple sequence", category=UserWarning)
+                    occluded, _ = occlusion(image[None])  # (1, classes, H, W): the score with the patch hidden
                 drops.append(base - occluded[0, 0])
         return torch.stack(drops).detach()
     raise ValueError(f"method must be 'gradcam' or 'occlusion', got {method!r}")

@@ -9,15 +9,30 @@ downloads. Always read a figure next to a real-versus-real baseline computed the
   ICLR 2018), averaged over random subsets; unlike FID it is unbiased for small sets.
 * Identity: the share of counterfactuals whose nearest real image (Euclidean, in feature space)
   is their own source (the papers report about 86–90 % on CXR).
+* :func:`view_retrieval_accuracy`: the same nearest-neighbour test for two random views of each
+  real image, the check that a feature space can recognise a patient at all.
 """
 
 from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["penultimate_features", "frechet_distance", "kernel_inception_distance", "identity_rate"]
+__all__ = [
+    "encoder_features",
+    "frechet_distance",
+    "identity_rate",
+    "kernel_inception_distance",
+    "penultimate_features",
+    "view_retrieval_accuracy",
+    "write_view_retrieval",
+]
 
 
 def _last_linear(model: nn.Module) -> nn.Linear:
@@ -79,3 +94,51 @@ def identity_rate(counterfactual_features: torch.Tensor, source_features: torch.
     distances = torch.cdist(counterfactual_features.double(), source_features.double())
     nearest = distances.argmin(dim=1)
     return float((nearest == torch.arange(len(nearest))).double().mean())
+
+
+@torch.no_grad()
+def encoder_features(encoder: nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """``encoder.features`` (e.g. :class:`~monai_exaggeration.networks.CXREncoder`) of ``images``: (N, D) on the CPU."""
+    if not hasattr(encoder, "features"):
+        raise ValueError(f"{type(encoder).__name__} has no features() method: use penultimate_features instead")
+    device = next(encoder.parameters(), torch.empty(0)).device
+    encoder.eval()
+    chunks = [encoder.features(images[i : i + batch_size].to(device)) for i in range(0, len(images), batch_size)]
+    return torch.cat(chunks).float().cpu()
+
+
+def view_retrieval_accuracy(
+    features: Callable[[torch.Tensor], torch.Tensor],
+    records: Sequence[dict],
+    image_size: int = 64,
+    aspect: str = "pad",
+    seed: int = 0,
+) -> float:
+    """Share of images whose first random view's nearest second view (in ``features``) is its own."""
+    from monai.data import Dataset
+    from monai.utils import set_determinism
+
+    from monai_exaggeration.transforms.contrastive import SECOND_VIEW, two_view_preprocessing
+
+    if len(records) < 2:
+        raise ValueError("view retrieval needs at least 2 images")
+    set_determinism(seed=seed)
+    try:
+        dataset = Dataset(list(records), two_view_preprocessing(image_size, aspect))
+        items = [dataset[i] for i in range(len(dataset))]
+    finally:
+        set_determinism(seed=None)
+    first = torch.stack([torch.as_tensor(item["image"]) for item in items])
+    second = torch.stack([torch.as_tensor(item[SECOND_VIEW]) for item in items])
+    return identity_rate(features(first), features(second))
+
+
+def write_view_retrieval(
+    encoder: nn.Module, records: Sequence[dict], image_size: int, aspect: str, path: str | os.PathLike
+) -> float:
+    """Measure :func:`view_retrieval_accuracy` of a trained encoder, print it and write it as JSON."""
+    accuracy = view_retrieval_accuracy(lambda x: encoder_features(encoder, x), records, image_size, aspect)
+    result = {"view_retrieval_top1": accuracy, "num_images": len(records), "image_size": image_size}
+    Path(path).write_text(json.dumps(result, indent=2))
+    print(f"view retrieval top-1 on {len(records)} images: {accuracy:.3f} ({path})")
+    return accuracy

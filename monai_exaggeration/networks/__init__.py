@@ -22,3 +22,8 @@ __all__ += ["ConditionalBatchNorm2d", "ExaggerationDiscriminator", "Exaggeration
 from monai_exaggeration.networks.segmentation import HeartLungSegmenter  # noqa: E402
 
 __all__ += ["HeartLungSegmenter"]
+
+# self-supervised CXR encoder (realism / identity features)
+from monai_exaggeration.networks.encoder import CXREncoder  # noqa: E402
+
+__all__ += ["CXREncoder"]

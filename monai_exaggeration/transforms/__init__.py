@@ -10,6 +10,7 @@ from monai_exaggeration.transforms.cxr import (
     to_model_range,
     to_unit_range,
 )
+from monai_exaggeration.transforms.contrastive import two_view_preprocessing, view_augmentation
 from monai_exaggeration.transforms.readers import DICOM_KEYWORDS, CXRImage, read_cxr
 
 __all__ = [
@@ -24,4 +25,6 @@ __all__ = [
     "read_cxr",
     "to_model_range",
     "to_unit_range",
+    "two_view_preprocessing",
+    "view_augmentation",
 ]

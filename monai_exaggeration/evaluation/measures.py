@@ -1,0 +1,186 @@
+"""Everything measured on one source image and its exaggeration series (no aggregation here).
+
+:func:`measure_source` runs the explainer on one image through the inference workflow (so the
+frames measured are exactly the frames a user gets) and returns a :class:`SourceMeasures`: a row of
+the per-image CSV, one row per frame, the feature vectors needed for realism and identity, and
+(for the few example images) the pictures of the report.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.stats import spearmanr
+from torch import nn
+
+from monai_exaggeration.inference import ExaggerationInference
+from monai_exaggeration.metrics.ctr import largest_component
+from monai_exaggeration.metrics.localisation import change_inside_outside, mass_inside, saliency_maps
+from monai_exaggeration.metrics.realism import encoder_features, penultimate_features
+from monai_exaggeration.networks.segmentation import HeartLungSegmenter
+from monai_exaggeration.transforms import to_model_range, to_unit_range
+
+__all__ = ["FEATURE_SPACES", "SourceMeasures", "counterfactual_step", "heart_mask", "measure_source"]
+
+#: Feature spaces for realism and identity: the classifier's penultimate layer, the in-project SimCLR encoder.
+FEATURE_SPACES = ("classifier", "encoder")
+
+
+@dataclass
+class SourceMeasures:
+    """Measures of one source: CSV rows, features (source and frames), example pictures (optional)."""
+
+    row: dict
+    frame_rows: list[dict]
+    source_features: dict[str, torch.Tensor]  # space -> (D,)
+    frame_features: dict[str, torch.Tensor]  # space -> (K, D)
+    example: dict | None = field(default=None, repr=False)
+
+
+def counterfactual_step(source_score: float, num_frames: int, threshold: float = 0.5) -> int:
+    """The frame at the far end from the source's class: the last for a negative source, the first for a positive."""
+    return 0 if source_score >= threshold else num_frames - 1
+
+
+def heart_mask(segmenter: HeartLungSegmenter, image: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """Boolean heart mask (largest component) of ``image`` (1, H, W) in the model range, on a ``size`` grid."""
+    probabilities = segmenter(image[None].float())[:, :1]  # (1, 1, s, s)
+    resized = F.interpolate(probabilities, size=size, mode="bilinear", align_corners=False)[0, 0].cpu().numpy()
+    return largest_component(resized > 0.5, min_fraction=0.001)
+
+
+def _spearman(values: np.ndarray) -> float:
+    values = np.asarray(values, dtype=np.float64)
+    if np.isnan(values).any() or np.ptp(values) == 0:
+        return 0.0 if not np.isnan(values).any() else float("nan")
+    return float(spearmanr(np.arange(len(values)), values).statistic)
+
+
+def measure_source(
+    runner: ExaggerationInference,
+    segmenter: HeartLungSegmenter,
+    encoder: nn.Module,
+    record: dict,
+    finding: str,
+    keep_example: bool = False,
+    occlusion: bool = True,
+    gradcam_layer: str = "model.class_layers.relu",
+) -> SourceMeasures:
+    """Explain ``record["image"]`` and measure validity, CTR, localisation, saliency and features."""
+    start = time.perf_counter()
+    path = record["image"]
+    result = runner.explain(path)
+    classifier = runner.classifier
+    device = runner.device
+    num_frames = len(result.bins)
+    scores = np.asarray(result.scores, dtype=np.float64)
+    generator_scores = np.asarray(result.generator_frame_scores, dtype=np.float64)
+    centres = np.asarray(result.centres, dtype=np.float64)
+
+    # the source and the written frames, on the source grid ([0, 1]) and as model inputs ([-1, 1])
+    source = runner.loader(path)
+    source_unit = source[0].numpy().astype(np.float32)
+    source_input = runner.preprocessing({"image": source})["image"].as_tensor()  # (1, S, S)
+    frame_inputs = runner.as_model_input(result.frames, source)[:, None]  # (K, 1, S, S)
+    frames_model_range = to_model_range(torch.from_numpy(result.frames)[:, None].float())
+
+    # clinical faithfulness: CTR of the source and of every written frame
+    ctr_source = segmenter.ctr(to_model_range(torch.from_numpy(source_unit)[None, None]).to(device))[0]
+    ctr = np.asarray(segmenter.ctr(frames_model_range.to(device)), dtype=np.float64)
+
+    # preservation / localisation on the source grid: the counterfactual against the source
+    step = counterfactual_step(result.source_score, num_frames)
+    heart_source_grid = heart_mask(segmenter, to_model_range(torch.from_numpy(source_unit)[None]).to(device), source_unit.shape)
+    if heart_source_grid.any() and not heart_source_grid.all():
+        localisation = change_inside_outside(source_unit, result.frames[step], heart_source_grid)
+    else:  # no heart found: the region measures are undefined for this image
+        localisation = dict.fromkeys(
+            ("change_inside", "change_outside", "inside_outside_ratio", "change_mass_inside", "l1_outside", "ssim_outside"),
+            float("nan"),
+        )
+
+    # saliency against the counterfactual difference map, all on the model grid
+    model_grid = tuple(source_input.shape[1:])
+    heart_model_grid = heart_mask(segmenter, source_input.to(device), model_grid)
+    difference = (frame_inputs[step, 0] - source_input[0]).abs().numpy() / 2.0
+    gradcam = saliency_maps(classifier, source_input[None].to(device), "gradcam", target_layer=gradcam_layer)[0].cpu().numpy()
+    saliency = {"difference": difference, "gradcam": gradcam}
+    if occlusion:
+        saliency["occlusion"] = saliency_maps(classifier, source_input[None].to(device), "occlusion")[0].cpu().numpy()
+    has_heart = bool(heart_model_grid.any())
+    mass = {name: mass_inside(weights, heart_model_grid) if has_heart else float("nan") for name, weights in saliency.items()}
+
+    # features for realism and identity
+    stack = torch.cat([source_input[None], frame_inputs]).float()
+    features = {
+        "classifier": penultimate_features(classifier, stack),
+        "encoder": encoder_features(encoder, stack),
+    }
+    label = record.get(finding)
+    flipped = bool((scores >= 0.5).any()) if result.source_score < 0.5 else bool((scores < 0.5).any())
+    row = {
+        "source": str(path),
+        "label": int(label) if label is not None else "",
+        "source_score": result.source_score,
+        "source_bin": result.source_bin,
+        "counterfactual_step": step,
+        "counterfactual_score": float(scores[step]),
+        "first_score": float(scores[0]),
+        "last_score": float(scores[-1]),
+        "flip": flipped,
+        "spearman": _spearman(scores),
+        "monotone": bool((np.diff(scores) >= 0).all()),
+        "mae": float(np.abs(scores - centres).mean()),
+        "generator_mae": float(np.abs(generator_scores - centres).mean()),
+        "generator_spearman": _spearman(generator_scores),
+        "ctr_source": ctr_source,
+        "ctr_first": float(ctr[0]),
+        "ctr_last": float(ctr[-1]),
+        "delta_ctr": float(ctr[-1] - ctr[0]),
+        "ctr_spearman": _spearman(ctr),
+        "heart_fraction": float(heart_source_grid.mean()),
+        **{key: float(value) for key, value in localisation.items()},
+        "difference_mass_inside": mass["difference"],
+        "gradcam_mass_inside": mass["gradcam"],
+        "occlusion_mass_inside": mass.get("occlusion", float("nan")),
+        "heart_fraction_model_grid": float(heart_model_grid.mean()),
+        "seconds": 0.0,
+    }
+    frame_rows = [
+        {
+            "source": str(path),
+            "step": index,
+            "target_bin": result.bins[index],
+            "target_centre": float(centres[index]),
+            "score": float(scores[index]),
+            "generator_frame_score": float(generator_scores[index]),
+            "ctr": float(ctr[index]),
+        }
+        for index in range(num_frames)
+    ]
+    example = None
+    if keep_example:
+        example = {
+            "source": str(path),
+            "source_image": source_unit,
+            "frames": np.asarray(result.frames, dtype=np.float32),
+            "scores": scores.tolist(),
+            "ctr": ctr.tolist(),
+            "step": step,
+            "model_source": to_unit_range(source_input[0]).numpy(),
+            "heart": heart_model_grid,
+            "maps": saliency,
+            "mass": mass,
+        }
+    row["seconds"] = time.perf_counter() - start
+    return SourceMeasures(
+        row=row,
+        frame_rows=frame_rows,
+        source_features={space: values[0] for space, values in features.items()},
+        frame_features={space: values[1:] for space, values in features.items()},
+        example=example,
+    )
