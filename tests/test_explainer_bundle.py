@@ -91,6 +91,17 @@ def _latest_iteration(models: Path) -> int:
     return max(found, default=0)
 
 
+def _latest_readable_iteration(models: Path) -> int:
+    for path in sorted(models.glob("explainer_checkpoint_iteration=*.pt"),
+                       key=lambda p: int(p.stem.split("=")[-1]), reverse=True):
+        try:
+            torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - a checkpoint cut short by the kill
+            continue
+        return int(path.stem.split("=")[-1])
+    return 0
+
+
 def test_resume_after_kill_9(tiny_dataset: Path, tmp_path: Path) -> None:
     root = tmp_path / "bundle"
     models = root / "models"
@@ -107,9 +118,12 @@ def test_resume_after_kill_9(tiny_dataset: Path, tmp_path: Path) -> None:
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
-    killed_at = _latest_iteration(models)
-    assert killed_at >= 6, "no checkpoint was written before the deadline"
+    assert _latest_iteration(models) >= 6, "no checkpoint was written before the deadline"
     assert not (models / "explainer_final.pt").exists()
+    # The kill may land while MONAI writes the newest checkpoint (in place, not atomically): resuming
+    # must then fall back to the newest readable one, which n_saved=2 keeps.
+    killed_at = _latest_readable_iteration(models)
+    assert killed_at >= 4
 
     result = subprocess.run([*args, "--max_iterations", str(killed_at + 3)], cwd=REPO_ROOT, env=env,
                             capture_output=True, text=True, timeout=300)
