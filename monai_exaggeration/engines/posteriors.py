@@ -15,6 +15,7 @@ from monai.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from monai_exaggeration.binning import posterior_to_bin
+from monai_exaggeration.distributed import main_process_first
 from monai_exaggeration.utils import write_csv_atomic
 
 __all__ = ["classifier_fingerprint", "compute_posteriors", "with_source_posteriors"]
@@ -58,7 +59,22 @@ def with_source_posteriors(
 
     Posteriors come from ``cache_file`` (CSV: image, posterior, classifier) when it holds every image
     for this classifier's fingerprint; otherwise they are computed and the cache is (re)written.
+    Under ``torchrun`` rank 0 fills the cache while the other ranks wait, then they read it.
     """
+    return main_process_first(
+        lambda: _with_source_posteriors(records, classifier, preprocessing, cache_file, num_bins, batch_size),
+        what=f"computing the source posteriors ({cache_file})",
+    )
+
+
+def _with_source_posteriors(
+    records: Sequence[dict],
+    classifier: torch.nn.Module,
+    preprocessing: Callable,
+    cache_file: str | os.PathLike,
+    num_bins: int,
+    batch_size: int,
+) -> list[dict]:
     fingerprint = classifier_fingerprint(classifier)
     cache_file = Path(cache_file)
     images = [str(record["image"]) for record in records]

@@ -11,6 +11,7 @@ from monai.engines import Trainer
 from monai.engines.utils import default_prepare_batch
 from torch import nn
 
+from monai_exaggeration.distributed import unwrap
 from monai_exaggeration.engines.sampling import sample_target_bins
 from monai_exaggeration.losses import ExaggerationLoss, MaskProvider
 
@@ -35,6 +36,11 @@ class ExaggerationTrainer(Trainer):
     ``engine.state.output`` is a dict of floats: ``d_loss``, ``d_real``, ``d_fake`` and the latest
     generator terms ``g_adv``, ``g_cls``, ``g_cls_cycle``, ``g_identity``, ``g_cycle``, ``g_loss``.
     ``max_iterations`` stops training after that many iterations in total (resumed runs included).
+
+    Under ``torchrun`` G and D may be ``DistributedDataParallel`` wrappers (see
+    ``bundles/cxr/configs/multi_gpu_train.json``): their gradients are averaged across ranks. The
+    generator step scores G's images with the unwrapped, frozen D, so D's wrapper never waits for
+    gradients that a frozen D does not produce. The classifier is never wrapped.
     """
 
     def __init__(
@@ -60,8 +66,10 @@ class ExaggerationTrainer(Trainer):
     ) -> None:
         if hasattr(train_data_loader, "__len__") and len(train_data_loader) == 0:
             dataset = getattr(train_data_loader, "dataset", ())
+            replicas = getattr(getattr(train_data_loader, "sampler", None), "num_replicas", 1)
+            per_process = f", {len(dataset) // max(1, replicas)} per process of {replicas}" if replicas > 1 else ""
             raise ValueError(
-                f"the training set ({len(dataset)} images) gives no complete batch of "
+                f"the training set ({len(dataset)} images{per_process}) gives no complete batch of "
                 f"{getattr(train_data_loader, 'batch_size', '?')}: lower batch_size or add images"
             )
         super().__init__(
@@ -139,6 +147,7 @@ class ExaggerationTrainer(Trainer):
 
         # Generator: every n_critic-th iteration (D frozen meanwhile to skip its weight gradients).
         if engine.state.iteration % self.n_critic == 0:
+            critic = unwrap(self.discriminator)  # frozen here: no DDP gradient synchronisation to wait for
             self.discriminator.requires_grad_(False)
             try:
                 with self._autocast():
@@ -147,7 +156,7 @@ class ExaggerationTrainer(Trainer):
                         x=x,
                         generated=generated,
                         target_bins=target_bins,
-                        fake_scores=self.discriminator(generated, target_bins),
+                        fake_scores=critic(generated, target_bins),
                         classifier=self.classifier,
                         identity=self.generator(x, source_bins),
                         cycled=self.generator(generated, source_bins),

@@ -445,47 +445,67 @@ class ExaggerationInference:
 
         Raises ``FileNotFoundError`` when the input does not exist or holds no candidate files;
         per-file problems are recorded, logged and written to ``errors.csv`` instead.
+
+        Under ``torchrun`` (``WORLD_SIZE`` > 1) the inputs are sharded: rank r explains inputs r,
+        r + W, r + 2W, ... of the sorted list, writes its own series and its own partial logs
+        (``frames.rank<r>-of-<W>.partial.csv``, ...), and once every rank is done rank 0 merges them
+        into ``frames.csv``, ``sources.csv`` and ``errors.csv`` (in input order), removes the
+        partials and returns the summary of the whole run; the other ranks return their shard's.
+        ``output_dir`` must then be a folder that every rank (every node) can write and read.
         """
         start = time.perf_counter()
         records = collect_inputs(input if input not in (None, "") else default_input())
-        self.prepare()
-        output_dir = Path(output_dir).expanduser().resolve()  # absolute paths in the logs and the summary
-        summary = InferenceSummary(output_dir=output_dir, num_inputs=len(records))
-        frame_rows: list[dict] = []
-        source_rows: list[dict] = []
-        logger.info(
-            "explaining %d input(s) with %s on %s: bins %s, %s resolution, %d-bit -> %s",
-            len(records), self.model_version, self.device, self.bins, self.resolution, self.bits, output_dir,
-        )
-        progress = tqdm(records, desc="exaggeration series", unit="image", disable=None)
-        for record in progress:
-            path = record["image"]
-            source_start = time.perf_counter()
-            try:
-                result = self.explain(path)
-                frames, source_row, _ = self.write(result, output_dir)
-            except Exception as error:  # noqa: BLE001 - one bad input must not stop the others
-                failure = _failure(path, error)
-                logger.error("%s: %s -- %s", path, failure["error"], failure["hint"])
-                summary.failures.append(failure)
-                write_csv_atomic(pd.DataFrame(summary.failures, columns=ERROR_COLUMNS), output_dir / "errors.csv")
-                continue
-            source_row["seconds"] = round(time.perf_counter() - source_start, 3)
-            frame_rows.extend(frames)
-            source_rows.append(source_row)
-            summary.num_series += 1
-            summary.num_files += len(frames)
-            # Logs are rewritten after every source, so an interrupted run still lists what it wrote.
-            write_csv_atomic(pd.DataFrame(frame_rows, columns=FRAME_COLUMNS), output_dir / "frames.csv")
-            write_csv_atomic(pd.DataFrame(source_rows, columns=SOURCE_COLUMNS), output_dir / "sources.csv")
-            progress.set_postfix(score=f"{result.source_score:.2f}->{result.scores[-1]:.2f}")
-        if not source_rows:  # still leave empty logs with headers, so scripts can rely on them
-            write_csv_atomic(pd.DataFrame(columns=FRAME_COLUMNS), output_dir / "frames.csv")
-            write_csv_atomic(pd.DataFrame(columns=SOURCE_COLUMNS), output_dir / "sources.csv")
-        summary.seconds = time.perf_counter() - start
-        summary.stage_seconds = {stage: self.timer.seconds.get(stage, 0.0) for stage in STAGES}
-        logger.info("time per stage (s): %s", {k: round(v, 2) for k, v in summary.stage_seconds.items()})
-        return summary
+        created_group = _join_process_group()
+        try:
+            rank, world = _rank_and_world()
+            mine = records[rank::world]
+            self.prepare()
+            output_dir = Path(output_dir).expanduser().resolve()  # absolute paths in the logs and the summary
+            logs = _log_paths(output_dir, rank, world)
+            summary = InferenceSummary(output_dir=output_dir, num_inputs=len(mine))
+            frame_rows: list[dict] = []
+            source_rows: list[dict] = []
+            logger.info(
+                "%sexplaining %d input(s) with %s on %s: bins %s, %s resolution, %d-bit -> %s",
+                f"rank {rank} of {world}: " if world > 1 else "", len(mine), self.model_version, self.device,
+                self.bins, self.resolution, self.bits, output_dir,
+            )
+            progress = tqdm(mine, desc="exaggeration series", unit="image", disable=None)
+            for record in progress:
+                path = record["image"]
+                source_start = time.perf_counter()
+                try:
+                    result = self.explain(path)
+                    frames, source_row, _ = self.write(result, output_dir)
+                except Exception as error:  # noqa: BLE001 - one bad input must not stop the others
+                    failure = _failure(path, error)
+                    logger.error("%s: %s -- %s", path, failure["error"], failure["hint"])
+                    summary.failures.append(failure)
+                    write_csv_atomic(pd.DataFrame(summary.failures, columns=ERROR_COLUMNS), logs["errors"])
+                    continue
+                source_row["seconds"] = round(time.perf_counter() - source_start, 3)
+                frame_rows.extend(frames)
+                source_rows.append(source_row)
+                summary.num_series += 1
+                summary.num_files += len(frames)
+                # Logs are rewritten after every source, so an interrupted run still lists what it wrote.
+                write_csv_atomic(pd.DataFrame(frame_rows, columns=FRAME_COLUMNS), logs["frames"])
+                write_csv_atomic(pd.DataFrame(source_rows, columns=SOURCE_COLUMNS), logs["sources"])
+                progress.set_postfix(score=f"{result.source_score:.2f}->{result.scores[-1]:.2f}")
+            if not source_rows:  # still leave empty logs with headers, so scripts can rely on them
+                write_csv_atomic(pd.DataFrame(columns=FRAME_COLUMNS), logs["frames"])
+                write_csv_atomic(pd.DataFrame(columns=SOURCE_COLUMNS), logs["sources"])
+            if world > 1 and not summary.failures:  # every rank leaves a partial error log for the merge
+                write_csv_atomic(pd.DataFrame(columns=ERROR_COLUMNS), logs["errors"])
+            summary.seconds = time.perf_counter() - start
+            summary.stage_seconds = {stage: self.timer.seconds.get(stage, 0.0) for stage in STAGES}
+            logger.info("time per stage (s): %s", {k: round(v, 2) for k, v in summary.stage_seconds.items()})
+            if world > 1:
+                summary = _merge_shards(summary, records, output_dir, start)
+            return summary
+        finally:
+            if created_group:
+                _leave_process_group()
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -578,25 +598,39 @@ def run_and_exit(
     Exit status 2 when the input, the weights or the settings are unusable (nothing is written),
     1 when some inputs failed or did not reach the PACS (the others are written), else the summary
     is returned.
+
+    Under ``torchrun`` every rank explains its shard of the inputs (see
+    :meth:`ExaggerationInference.run`; on GPUs rank r uses ``cuda:<LOCAL_RANK>``); rank 0 prints the
+    summary of the whole run and does the export, each rank exits with the status of what it did.
     """
     from monai_exaggeration.export import DestinationError
 
+    created_group = _join_process_group()  # before the models are loaded: it selects this rank's GPU
     try:
-        if not isinstance(runner, ExaggerationInference):
-            runner = runner()
-        destination = export_destination() if callable(export_destination) else export_destination
-        runner.prepare()
-        summary = runner.run(input, output_dir)
-    except (FileNotFoundError, ValueError, DestinationError) as error:
-        logger.error("%s", error)
-        raise SystemExit(2) from None
-    print(summary.describe(), flush=True)
-    status = summary.exit_code
-    if destination is not None and summary.num_files:
-        status = max(status, _export(summary, destination))
-    if status:
-        raise SystemExit(status)
-    return summary
+        try:
+            if not isinstance(runner, ExaggerationInference):
+                runner = runner()
+            destination = export_destination() if callable(export_destination) else export_destination
+            runner.prepare()
+            summary = runner.run(input, output_dir)
+        except (FileNotFoundError, ValueError, DestinationError) as error:
+            logger.error("%s", error)
+            raise SystemExit(2) from None
+        rank, world = _rank_and_world()
+        if rank == 0:
+            print(summary.describe(), flush=True)
+        else:
+            logger.info("rank %d of %d: %d series written, %d failed; rank 0 prints the run's summary",
+                        rank, world, summary.num_series, len(summary.failures))
+        status = summary.exit_code
+        if rank == 0 and destination is not None and summary.num_files:
+            status = max(status, _export(summary, destination))
+        if status:
+            raise SystemExit(status)
+        return summary
+    finally:
+        if created_group:
+            _leave_process_group()
 
 
 def _export(summary: InferenceSummary, destination: Any) -> int:
@@ -609,3 +643,127 @@ def _export(summary: InferenceSummary, destination: Any) -> int:
     report.write_csv(summary.output_dir / "export_report.csv")
     print(report.describe() + f"; report: {summary.output_dir / 'export_report.csv'}", flush=True)
     return report.exit_code
+
+
+# ----------------------------------------------------------------------------------------- torchrun sharding
+
+#: The run's CSV logs: key -> (file name, columns).
+_RUN_LOGS = {
+    "frames": ("frames.csv", FRAME_COLUMNS),
+    "sources": ("sources.csv", SOURCE_COLUMNS),
+    "errors": ("errors.csv", ERROR_COLUMNS),
+}
+
+
+def _join_process_group() -> bool:
+    """Under ``torchrun`` with several processes, join the process group; True when this call created it.
+
+    Gloo even on GPU machines: the ranks only exchange small Python objects (their shard summaries).
+    """
+    from monai_exaggeration import distributed
+
+    if distributed.is_distributed() or not distributed.launched_by_torchrun() or distributed.get_world_size() < 2:
+        return False
+    return distributed.init_distributed(backend="gloo")
+
+
+def _leave_process_group() -> None:
+    """Leave the process group without a barrier (this may be an error path other ranks never reach)."""
+    from monai_exaggeration import distributed
+
+    distributed.cleanup_distributed(wait=False)
+
+
+def _rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of the process group; (0, 1) without one."""
+    from monai_exaggeration import distributed
+
+    if not distributed.is_distributed():
+        return 0, 1
+    return distributed.get_rank(), distributed.get_world_size()
+
+
+def _log_paths(output_dir: Path, rank: int, world: int) -> dict[str, Path]:
+    """Where a rank writes its logs: the final names in a single process, else ``<stem>.rank<r>-of-<W>.partial.csv``."""
+    if world == 1:
+        return {key: output_dir / name for key, (name, _) in _RUN_LOGS.items()}
+    return {
+        key: output_dir / f"{Path(name).stem}.rank{rank}-of-{world}.partial.csv" for key, (name, _) in _RUN_LOGS.items()
+    }
+
+
+def _input_order(records: Sequence[dict]) -> dict[str, int]:
+    """Position of each source (first occurrence) in the run's input list."""
+    order: dict[str, int] = {}
+    for index, record in enumerate(records):
+        order.setdefault(str(record["image"]), index)
+    return order
+
+
+def _merge_logs(output_dir: Path, world: int, order: dict[str, int]) -> None:
+    """Concatenate every rank's partial logs in input order, write the run's logs atomically, remove the partials.
+
+    The partial files are read as text and written back unchanged (no float or boolean reformatting).
+    ``errors.csv`` is written only when some input failed, as in a single-process run.
+    """
+    partials = [_log_paths(output_dir, rank, world) for rank in range(world)]
+    missing = [str(paths[key]) for paths in partials for key in _RUN_LOGS if not paths[key].is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"partial logs of some ranks are missing ({', '.join(missing)}): with several nodes, "
+            "output_dir must be a folder that all nodes share"
+        )
+    for key, (name, columns) in _RUN_LOGS.items():
+        table = pd.concat(
+            [pd.read_csv(paths[key], dtype=str, keep_default_na=False) for paths in partials], ignore_index=True
+        ).reindex(columns=columns)
+        position = np.asarray([order.get(source, len(order)) for source in table["source"]], dtype=np.int64)
+        table = table.iloc[np.argsort(position, kind="stable")]
+        if key != "errors" or len(table):
+            write_csv_atomic(table, output_dir / name)
+    for paths in partials:
+        for path in paths.values():
+            path.unlink(missing_ok=True)
+
+
+def _merge_shards(
+    summary: InferenceSummary, records: Sequence[dict], output_dir: Path, start: float
+) -> InferenceSummary:
+    """Wait for every rank; rank 0 merges the partial logs and returns the whole run's summary.
+
+    Other ranks return their own ``summary`` once the merged logs exist. If the merge fails, rank 0
+    raises its error and the other ranks a ``RuntimeError`` (none of them waits forever).
+    """
+    from monai_exaggeration import distributed
+
+    rank, world = _rank_and_world()
+    shards = distributed.gather_objects(summary)  # after this every rank has finished its shard
+    order = _input_order(records)
+    error: Exception | None = None
+    if rank == 0:
+        try:
+            _merge_logs(output_dir, world, order)
+        except Exception as caught:  # noqa: BLE001 - re-raised below, after telling the other ranks
+            error = caught
+    status = distributed.broadcast_object(None if error is None else f"{type(error).__name__}: {error}")
+    if error is not None:
+        raise error
+    if status is not None:
+        raise RuntimeError(f"rank 0 could not merge the shards' logs ({status}); see its log")
+    if rank != 0:
+        return summary
+    failures = sorted(
+        (failure for shard in shards for failure in shard.failures),
+        key=lambda failure: order.get(str(failure["source"]), len(order)),
+    )
+    merged = InferenceSummary(
+        output_dir=output_dir,
+        num_inputs=sum(shard.num_inputs for shard in shards),
+        num_series=sum(shard.num_series for shard in shards),
+        num_files=sum(shard.num_files for shard in shards),
+        failures=failures,
+        seconds=time.perf_counter() - start,
+        stage_seconds={stage: sum(shard.stage_seconds.get(stage, 0.0) for shard in shards) for stage in STAGES},
+    )
+    logger.info("merged the logs of %d ranks: %d series, %d failed", world, merged.num_series, len(failures))
+    return merged
