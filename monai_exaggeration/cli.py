@@ -235,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     export_parser.add_argument("--timeout", type=float, default=30.0, help="network timeouts in s (default: %(default)s)")
     export_parser.add_argument("--debug", action="store_true", help="log pynetdicom's association and DIMSE messages")
     export_parser.set_defaults(handler=_export_command)
+    from monai_exaggeration.reader_study.cli import add_reader_study_parser
+
+    add_reader_study_parser(commands)
     return parser
 
 

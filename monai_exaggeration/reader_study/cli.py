@@ -1,0 +1,121 @@
+"""``python -m monai_exaggeration reader-study <build|serve|analyze>``: argparse wiring of the reader study.
+
+:func:`add_reader_study_parser` adds the ``reader-study`` command to the package's command line
+(:func:`monai_exaggeration.cli.build_parser`) and returns its sub-command action.
+Exit codes: 0 done (``serve``: stopped with Ctrl-C), 2 bad input (a one-line message on stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Callable
+
+from monai_exaggeration.reader_study.config import ReaderStudyError
+
+__all__ = ["add_reader_study_parser"]
+
+logger = logging.getLogger("monai_exaggeration.reader_study")
+
+
+def _fail(error: BaseException) -> int:
+    logger.error("%s", " ".join(str(error).split()))  # one line, whatever the message holds
+    return 2
+
+
+def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Bad input (and unwritable outputs) become exit status 2 with a one-line message."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except (ReaderStudyError, OSError) as error:
+            return _fail(error)
+
+    return run
+
+
+def _build_command(args: argparse.Namespace) -> int:
+    from monai_exaggeration.reader_study.builder import build_study
+
+    result = build_study(args.config, args.out, force=args.force)
+    print(result.describe())
+    return 0
+
+
+def _serve_command(args: argparse.Namespace) -> int:
+    from monai_exaggeration.reader_study.server import StudyError, serve
+
+    try:
+        serve(args.study_dir, host=args.host, port=args.port, base_url=args.base_url)
+    except StudyError as error:
+        return _fail(error)
+    return 0
+
+
+def _analyze_command(args: argparse.Namespace) -> int:
+    from monai_exaggeration.reader_study.analysis import analyze_study
+
+    result = analyze_study(args.study_dir, args.out, mrmc_questions=args.mrmc_question)
+    print(result.describe())
+    return 0
+
+
+def _add_build(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "build",
+        help="build a study folder from an inference output",
+        description="Build a reader-study folder (study.json, de-identified PNG assets, private/ reader tokens and key) "
+        "from an inference output and a study.yaml. See docs/reader_study.md.",
+    )
+    parser.add_argument("--config", required=True, help="study.yaml (title, seed, inference_dir, cases, readers, arms, questions)")
+    parser.add_argument("--out", required=True, help="the study folder to create (must be new or empty)")
+    parser.add_argument("--force", action="store_true", help="replace a non-empty --out (never one holding responses)")
+    parser.set_defaults(handler=_guarded(_build_command))
+
+
+def _add_serve(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "serve",
+        help="serve the web reading app of a study",
+        description="Serve the reading app of a study folder: prints each reader's personal link, stores every answer "
+        "at once in STUDY_DIR/responses.sqlite. Loopback only by default. See docs/reader_app.md.",
+    )
+    parser.add_argument("study_dir", help="the study folder made by `reader-study build`")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="interface to listen on (default: %(default)s, this machine only; 0.0.0.0 for every interface)")
+    parser.add_argument("--port", type=int, default=8765, help="TCP port (default: %(default)s)")
+    parser.add_argument("--base-url", help="the address readers reach the app at, for the printed links "
+                        "(e.g. https://study.example.org behind a reverse proxy; default: http://HOST:PORT)")
+    parser.set_defaults(handler=_guarded(_serve_command))
+
+
+def _add_analyze(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "analyze",
+        help="analyse the answers of a study",
+        description="Analyse a study's answers: responses.csv, Likert summaries, ANOVA + Tukey HSD, mixed model, "
+        "paired confidence change, inter-reader kappa, forced-choice accuracy, iMRMC files and an HTML report.",
+    )
+    parser.add_argument("study_dir", help="the study folder (with responses.sqlite)")
+    parser.add_argument("--out", help="where to write the results (default: STUDY_DIR/analysis)")
+    parser.add_argument(
+        "--mrmc-question", action="append", metavar="ID",
+        help="a Likert rating question for the AUC and iMRMC export (repeatable; default: ids starting with 'confidence')",
+    )
+    parser.set_defaults(handler=_guarded(_analyze_command))
+
+
+def add_reader_study_parser(commands: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """Add ``reader-study`` (sub-commands ``build``, ``serve`` and ``analyze``) to ``commands``; return its sub-commands."""
+    parser = commands.add_parser(
+        "reader-study",
+        help="radiologist reader study: build a study, serve the reading app, analyse the answers",
+        description="Radiologist reader study of the explanations: `build` a study folder from an inference output, "
+        "`serve` the web reading app to the readers, `analyze` their answers. See docs/reader_study.md.",
+    )
+    study_commands = parser.add_subparsers(dest="reader_study_command", required=True)
+    _add_build(study_commands)
+    _add_serve(study_commands)
+    _add_analyze(study_commands)
+    return study_commands

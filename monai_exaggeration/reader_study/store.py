@@ -1,0 +1,152 @@
+"""The response store of a reader study: one SQLite file, ``DIR/responses.sqlite``, safe for concurrent use.
+
+Schema (one row per reader, case and question; a changed answer replaces the row)::
+
+    CREATE TABLE responses (
+        reader_id   TEXT NOT NULL,
+        case_id     TEXT NOT NULL,
+        question_id TEXT NOT NULL,
+        arm         TEXT NOT NULL,   -- the arm the case was read in
+        phase       TEXT NOT NULL,   -- "before" | "after" (the question's phase)
+        value       TEXT NOT NULL,   -- the answer as JSON: 4, "yes", "real", ["heart size"], "free text"
+        answered_at TEXT NOT NULL,   -- UTC ISO 8601 with microseconds, time of the last change
+        PRIMARY KEY (reader_id, case_id, question_id)
+    )
+
+The database is in WAL mode (readers never block the writer) with a busy timeout, and every call
+opens its own short-lived connection, so any number of threads and processes (web workers, the
+analysis) may use one store at the same time. :meth:`ResponseStore.save` is a single ``INSERT ...
+ON CONFLICT DO UPDATE`` statement committed at once: an answer is stored exactly once, and the
+latest save of a (reader, case, question) wins. The store does not validate answers against the
+study's questions; the reading app does that before saving.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+__all__ = ["RESPONSE_COLUMNS", "ResponseStore"]
+
+#: Columns of the ``responses`` table, of :meth:`ResponseStore.answers` rows and of :meth:`ResponseStore.to_frame`.
+RESPONSE_COLUMNS = ["reader_id", "case_id", "question_id", "arm", "phase", "value", "answered_at"]
+_PHASES = ("before", "after")
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS responses (
+    reader_id   TEXT NOT NULL,
+    case_id     TEXT NOT NULL,
+    question_id TEXT NOT NULL,
+    arm         TEXT NOT NULL,
+    phase       TEXT NOT NULL,
+    value       TEXT NOT NULL,
+    answered_at TEXT NOT NULL,
+    PRIMARY KEY (reader_id, case_id, question_id)
+)
+"""
+_UPSERT = """
+INSERT INTO responses (reader_id, case_id, question_id, arm, phase, value, answered_at)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (reader_id, case_id, question_id) DO UPDATE SET
+    arm = excluded.arm, phase = excluded.phase, value = excluded.value, answered_at = excluded.answered_at
+"""
+_SELECT = f"SELECT {', '.join(RESPONSE_COLUMNS)} FROM responses"
+_ORDER = " ORDER BY answered_at, reader_id, case_id, question_id"
+
+
+class ResponseStore:
+    """Reader answers in ``path`` (created with its table on first use). See the module docstring.
+
+    ``timeout``: seconds a call waits for a lock held by another connection before failing.
+    """
+
+    def __init__(self, path: str | os.PathLike, timeout: float = 30.0) -> None:
+        self.path = Path(path)
+        self.timeout = float(timeout)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._initialise()
+
+    def __repr__(self) -> str:
+        return f"ResponseStore({str(self.path)!r})"
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        connection = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)  # autocommit
+        try:
+            connection.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+            yield connection
+        finally:
+            connection.close()
+
+    def _initialise(self) -> None:
+        """WAL mode and the table. Switching to WAL needs a moment alone with the file: retry while it is busy."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                with self._connect() as connection:
+                    mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                    if str(mode).lower() != "wal":
+                        raise sqlite3.OperationalError(f"could not switch {self.path} to WAL mode (got {mode})")
+                    connection.execute(_SCHEMA)
+                return
+            except sqlite3.OperationalError as error:
+                if ("locked" not in str(error) and "busy" not in str(error)) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+
+    # ------------------------------------------------------------------------------------- writing
+
+    def save(self, reader_id: str, case_id: str, question_id: str, arm: str, phase: str, value: Any) -> str:
+        """Store (or replace) one answer and commit at once; return its ``answered_at`` time.
+
+        ``value`` is any JSON value (number, text, boolean, list, mapping); NaN and infinities are refused.
+        """
+        for name, text in (("reader_id", reader_id), ("case_id", case_id), ("question_id", question_id), ("arm", arm)):
+            if not isinstance(text, str) or not text:
+                raise ValueError(f"{name} must be a non-empty string, got {text!r}")
+        if phase not in _PHASES:
+            raise ValueError(f"phase must be 'before' or 'after', got {phase!r}")
+        try:
+            encoded = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"answer value must be JSON (numbers, text, lists): {error}") from None
+        answered_at = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+        with self._connect() as connection:
+            connection.execute(_UPSERT, (reader_id, case_id, question_id, arm, phase, encoded, answered_at))
+        return answered_at
+
+    # ------------------------------------------------------------------------------------- reading
+
+    def _rows(self, where: str = "", parameters: tuple = ()) -> list[dict[str, Any]]:
+        with self._connect() as connection:
+            rows = connection.execute(_SELECT + where + _ORDER, parameters).fetchall()
+        return [dict(zip(RESPONSE_COLUMNS[:5], row[:5]), value=json.loads(row[5]), answered_at=row[6]) for row in rows]
+
+    def answers(self, reader_id: str) -> list[dict[str, Any]]:
+        """That reader's answers only, oldest first: dicts with :data:`RESPONSE_COLUMNS` keys, ``value`` decoded."""
+        return self._rows(" WHERE reader_id = ?", (reader_id,))
+
+    def progress(self) -> dict[str, int]:
+        """``{reader_id: number of distinct cases with at least one answer}``."""
+        with self._connect() as connection:
+            rows = connection.execute(
+                "SELECT reader_id, COUNT(DISTINCT case_id) FROM responses GROUP BY reader_id ORDER BY reader_id"
+            ).fetchall()
+        return {reader: int(count) for reader, count in rows}
+
+    def count(self) -> int:
+        """Number of stored answers."""
+        with self._connect() as connection:
+            return int(connection.execute("SELECT COUNT(*) FROM responses").fetchone()[0])
+
+    def to_frame(self) -> pd.DataFrame:
+        """Every answer as a DataFrame with :data:`RESPONSE_COLUMNS` (``value`` decoded from JSON)."""
+        return pd.DataFrame(self._rows(), columns=RESPONSE_COLUMNS)
