@@ -56,6 +56,8 @@ def test_save_replaces_and_reads_back(tmp_path: Path) -> None:
     assert list(frame.columns) == RESPONSE_COLUMNS and len(frame) == 8
     assert frame.loc[(frame["reader_id"] == "R2") & (frame["case_id"] == "C000002"), "value"].item() == 1
     assert store.answers("nobody") == []
+    assert [(row["case_id"], row["value"]) for row in store.answers("R2", "C000002")] == [("C000002", 1)]
+    assert store.answers("R1", "C000002") == []
     # what is on disk: the documented table, JSON values, WAL mode
     with sqlite3.connect(store.path) as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

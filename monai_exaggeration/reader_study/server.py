@@ -130,7 +130,7 @@ class Study:
         asked = {q["id"] for q in self.choice_questions(arm)}
         if not asked:
             return False
-        answered = {row["question_id"] for row in self.store.answers(identity.reader_id) if row["case_id"] == case_id}
+        answered = {row["question_id"] for row in self.store.answers(identity.reader_id, case_id)}
         return not asked <= answered
 
     def visible_assets(self, case_id: str, arm: str) -> dict[str, Any]:
@@ -302,8 +302,7 @@ def create_app(study_dir: str | Path) -> FastAPI:
         except (ValueError, UnicodeDecodeError) as error:
             raise HTTPException(422, str(error)) from None
         if question["type"] == "forced_choice":
-            given = [row["value"] for row in study.store.answers(who.reader_id)
-                     if row["case_id"] == case_id and row["question_id"] == question_id]
+            given = [row["value"] for row in study.store.answers(who.reader_id, case_id) if row["question_id"] == question_id]
             if given and given[0] != value:
                 raise HTTPException(409, "the real-or-generated answer is final once given (the case's images have been shown since)")
         study.store.save(who.reader_id, case_id, question_id, arm, question.get("phase", "after"), value)

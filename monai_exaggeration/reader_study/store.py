@@ -130,8 +130,11 @@ class ResponseStore:
             rows = connection.execute(_SELECT + where + _ORDER, parameters).fetchall()
         return [dict(zip(RESPONSE_COLUMNS[:5], row[:5]), value=json.loads(row[5]), answered_at=row[6]) for row in rows]
 
-    def answers(self, reader_id: str) -> list[dict[str, Any]]:
-        """That reader's answers only, oldest first: dicts with :data:`RESPONSE_COLUMNS` keys, ``value`` decoded."""
+    def answers(self, reader_id: str, case_id: str | None = None) -> list[dict[str, Any]]:
+        """That reader's answers only (to ``case_id`` only, when given), oldest first: dicts with
+        :data:`RESPONSE_COLUMNS` keys, ``value`` decoded."""
+        if case_id is not None:
+            return self._rows(" WHERE reader_id = ? AND case_id = ?", (reader_id, case_id))
         return self._rows(" WHERE reader_id = ?", (reader_id,))
 
     def progress(self) -> dict[str, int]:
