@@ -43,6 +43,7 @@ __all__ = [
     "log_on_main_process_only",
     "main_process_first",
     "main_process_summary_writer",
+    "on_main_process",
     "shard",
     "unwrap",
 ]
@@ -270,12 +271,11 @@ def unwrap(module: nn.Module) -> nn.Module:
     return module
 
 
-def main_process_first(compute: Callable[[], T], what: str = "the shared computation") -> T:
-    """Run ``compute`` on rank 0 first; the other ranks wait for it, then run ``compute`` themselves.
+def on_main_process(compute: Callable[[], T], what: str = "the shared computation") -> T | None:
+    """Run ``compute`` on rank 0 only while the other ranks wait; rank 0 gets its result, the others None.
 
-    Meant for on-disk caches: rank 0 fills the cache, the others then only read it. If ``compute``
-    fails on rank 0 its error is raised there and the other ranks raise ``RuntimeError`` instead of
-    waiting forever. Without a process group this is ``compute()``.
+    If ``compute`` fails on rank 0 its error is raised there and the other ranks raise
+    ``RuntimeError`` instead of waiting forever. Without a process group this is ``compute()``.
     """
     if not is_distributed() or dist.get_world_size() == 1:
         return compute()
@@ -288,13 +288,21 @@ def main_process_first(compute: Callable[[], T], what: str = "the shared computa
             error = caught
     # The other ranks wait here until rank 0 is done (or has failed).
     status = broadcast_object(None if error is None else f"{type(error).__name__}: {error}")
-    if dist.get_rank() == 0:
-        if error is not None:
-            raise error
-        return result
+    if error is not None:
+        raise error
     if status is not None:
         raise RuntimeError(f"{what} failed on rank 0 ({status}); see rank 0's log")
-    return compute()
+    return result
+
+
+def main_process_first(compute: Callable[[], T], what: str = "the shared computation") -> T:
+    """Run ``compute`` on rank 0 first; the other ranks wait for it, then run ``compute`` themselves.
+
+    Meant for on-disk caches: rank 0 fills the cache, the others then only read it. Errors as in
+    :func:`on_main_process`. Without a process group this is ``compute()``.
+    """
+    result = on_main_process(compute, what)
+    return result if is_main_process() else compute()
 
 
 class NullSummaryWriter:

@@ -739,17 +739,7 @@ def _merge_shards(
     rank, world = _rank_and_world()
     shards = distributed.gather_objects(summary)  # after this every rank has finished its shard
     order = _input_order(records)
-    error: Exception | None = None
-    if rank == 0:
-        try:
-            _merge_logs(output_dir, world, order)
-        except Exception as caught:  # noqa: BLE001 - re-raised below, after telling the other ranks
-            error = caught
-    status = distributed.broadcast_object(None if error is None else f"{type(error).__name__}: {error}")
-    if error is not None:
-        raise error
-    if status is not None:
-        raise RuntimeError(f"rank 0 could not merge the shards' logs ({status}); see its log")
+    distributed.on_main_process(lambda: _merge_logs(output_dir, world, order), what="merging the shards' logs")
     if rank != 0:
         return summary
     failures = sorted(

@@ -204,13 +204,19 @@ def _forced_choice_truths(count: int, seed: int) -> list[str]:
 # ----------------------------------------------------------------------------------------- inputs
 
 
-def _read_log(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
+def _read_csv(path: Path, what: str, not_found: str, unreadable: str) -> pd.DataFrame:
+    """``path`` as a table of strings, or ``ReaderStudyError`` saying what is wrong and what to do."""
     if not path.is_file():
-        raise ReaderStudyError(f"{path} not found -- inference_dir must be an output folder of the inference workflow; {_INFERENCE_HINT}")
+        raise ReaderStudyError(f"{what}{path} not found -- {not_found}")
     try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise ReaderStudyError(f"{path} is not a readable CSV ({error}) -- run the inference again") from None
+        raise ReaderStudyError(f"{what}{path} is not a readable CSV ({error}){unreadable}") from None
+
+
+def _read_log(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
+    table = _read_csv(path, "", f"inference_dir must be an output folder of the inference workflow; {_INFERENCE_HINT}",
+                      " -- run the inference again")
     missing = [column for column in required if column not in table.columns]
     if missing:
         raise ReaderStudyError(f"{path} lacks column(s) {', '.join(missing)} -- is it an inference log? {_INFERENCE_HINT}")
@@ -218,12 +224,7 @@ def _read_log(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
 
 
 def _read_cases(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise ReaderStudyError(f"cases file {path} not found -- 'cases' must be a CSV with a 'source' column")
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise ReaderStudyError(f"cases file {path} is not a readable CSV ({error})") from None
+    table = _read_csv(path, "cases file ", "'cases' must be a CSV with a 'source' column", "")
     if "source" not in table.columns:
         raise ReaderStudyError(
             f"cases file {path} has no 'source' column (it has {', '.join(table.columns) or 'none'}) -- "
