@@ -39,7 +39,6 @@ from monai_exaggeration.binning import bin_centres
 from monai_exaggeration.bundle import default_bundle_root, load_bundle_classifier
 from monai_exaggeration.data import default_input
 from monai_exaggeration.inference import STAGES, ExaggerationInference
-from monai_exaggeration.networks import ExaggerationGenerator
 from monai_exaggeration.transforms import load_cxr
 
 NUM_BINS = 10
@@ -47,13 +46,10 @@ NUM_BINS = 10
 
 def build_explainer(device: str, resolution: str, quicklook: bool) -> ExaggerationInference:
     """The shipped explainer exactly as ``bundles/cxr/configs/inference.json`` configures it."""
-    generator = ExaggerationGenerator(
-        in_channels=1, num_bins=NUM_BINS, stem_channels=32, encoder_channels=[64, 128, 256, 256], image_size=64
-    )
     weights = Path(default_bundle_root()) / "models" / "explainer.pt"
     classifier = load_bundle_classifier(device=device)
     runner = ExaggerationInference(
-        generator, classifier, NUM_BINS, explainer_weights=weights, resolution=resolution, quicklook=quicklook, device=device
+        None, classifier, explainer_weights=weights, resolution=resolution, quicklook=quicklook, device=device
     )
     return runner.prepare()
 

@@ -1,3 +1,3 @@
 """monai_exaggeration: explain chest X-ray classifiers by progressive exaggeration (MONAI plugin)."""
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"

@@ -78,7 +78,11 @@ def load_bundle_classifier(
 def _bundle_instrument(
     config_name: str, bundle_root: str | os.PathLike | None, weights: str | os.PathLike | None
 ) -> tuple[nn.Module, Any]:
-    """``network_def`` of one of the bundle's configs with its weights (default ``<ckpt_dir>/<ckpt_name>``), and the parser."""
+    """``network_def`` of one of the bundle's configs with its weights, and the parser.
+
+    The weights default to ``<ckpt_dir>/<ckpt_name>`` of ``bundle_root``, else the shipped file of the
+    same name (so a scratch ``bundle_root``, e.g. a training run's, still finds the shipped instruments).
+    """
     from monai.bundle import ConfigParser
 
     root = Path(bundle_root or default_bundle_root())
@@ -88,6 +92,9 @@ def _bundle_instrument(
     parser["bundle_root"] = str(root)
     if weights is None:
         weights = Path(parser.get_parsed_content("ckpt_dir")) / parser.get_parsed_content("ckpt_name")
+        shipped = Path(default_bundle_root()) / "models" / weights.name
+        if not weights.is_file() and shipped.is_file():  # a scratch bundle_root uses the shipped instrument
+            weights = shipped
     network = parser.get_parsed_content("network_def")
     network.load_state_dict(load_state_dict_file(weights))
     return network, parser

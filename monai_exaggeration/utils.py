@@ -6,11 +6,12 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
 
-__all__ = ["atomic_write", "write_csv_atomic", "select_device"]
+__all__ = ["as_bool", "atomic_write", "write_csv_atomic", "select_device"]
 
 
 def _read_umask() -> int:
@@ -53,3 +54,15 @@ def select_device(device: str | torch.device | None = None) -> torch.device:
     if device is not None:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def as_bool(value: Any, name: str) -> bool:
+    """A boolean option that may arrive from the command line as text (``--quicklook false``)."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("true", "yes", "on", "1"):
+            return True
+        if text in ("false", "no", "off", "0"):
+            return False
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return bool(value)

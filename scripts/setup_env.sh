@@ -15,7 +15,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 # shellcheck disable=SC1091
 source "$venv/bin/activate"
-if ! python -c "import monai_exaggeration, torch, monai, pytest, pydicom_data" >/dev/null 2>&1 \
+if ! python -c "import monai_exaggeration, torch, monai, pytest, data_store" >/dev/null 2>&1 \
    || [ "$repo/setup.cfg" -nt "$venv/.installed" ]; then
   echo "[setup] installing $torch_spec, then monai_exaggeration[test] (a few minutes the first time)"
   python -m pip install --quiet --upgrade pip

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from conftest import REPO_ROOT, config_arg, run_bundle
 
@@ -20,6 +21,7 @@ TINY = [
     "--image_size", "32", "--batch_size", "4", "--num_val_images", "4",
     "--network_def#stem_channels", "8", "--network_def#encoder_channels", "[8,16]",
     "--discriminator_def#channels", "[8,16,16]", "--classifier_weights", CLASSIFIER,
+    "--warmup_iterations", "0",  # the CPU recipe's warm start would fill these few iterations
 ]
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
@@ -72,7 +74,8 @@ def test_training_smoke_run_and_outputs(tiny_dataset: Path, tmp_path: Path) -> N
     models = root / "models"
     assert {"explainer_best.pt", "explainer_final.pt", "explainer_checkpoint_iteration=4.pt"} <= {p.name for p in models.iterdir()}
     final = torch.load(models / "explainer_final.pt", map_location="cpu", weights_only=True)
-    assert set(final) == {"generator", "discriminator", "g_optimizer", "d_optimizer", "trainer"}
+    assert set(final) == {"generator", "explainer", "training_state", "discriminator", "g_optimizer", "d_optimizer", "trainer"}
+    assert final["explainer"]["image_size"] == 32 and final["explainer"]["args"]["encoder_channels"] == [8, 16]
     assert final["trainer"]["iteration"] == 4
     out = root / "eval" / "explainer"
     assert list(out.glob("events.out.tfevents.*")) and (out / "series_latest.png").is_file()
@@ -84,6 +87,70 @@ def test_training_smoke_run_and_outputs(tiny_dataset: Path, tmp_path: Path) -> N
     report = json.loads((out / "evaluation" / "validity.json").read_text())
     assert report["num_series"] == 2 and len(report["per_bin_mae"]) == 10  # the tiny val split has 2 images
     assert (out / "evaluation" / "compatibility.png").stat().st_size > 1000
+
+
+def test_train_json_weights_explain_with_no_architecture_flags(tiny_dataset: Path, tmp_path: Path) -> None:
+    """The design card's flow: train with train.json (any widths, here 32 px), then explain with inference.json
+    and nothing but the weights' path; the series is written at the trained size with its recorded composition."""
+    import pandas as pd
+
+    root = tmp_path / "bundle"
+    tiny = ["--image_size", "32", "--batch_size", "4", "--num_val_images", "4", "--classifier_weights", CLASSIFIER,
+            "--network_def#stem_channels", "8", "--network_def#encoder_channels", "[8,16,16]",
+            "--discriminator_def#channels", "[8,16,16]"]
+    result = run_bundle(
+        ["run", "training", "--config_file", str(CONFIGS / "train.json"), "--bundle_root", str(root),
+         "--dataset_dir", str(tiny_dataset), *tiny, "--max_iterations", "2", "--n_critic", "1", "--val_interval", "2",
+         "--composition", "transfer"],
+        env=ONE_THREAD,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    weights = root / "models" / "explainer_final.pt"
+    out = tmp_path / "out"
+    source = next((tiny_dataset / "images").glob("*.png"))
+    result = run_bundle(
+        ["run", "inference", "--config_file", str(CONFIGS / "inference.json"), "--bundle_root", str(REPO_ROOT / "bundles" / "cxr"),
+         "--explainer_weights", str(weights), "--input", str(source), "--output_dir", str(out), "--quicklook", "false",
+         "--resolution", "model"],
+        env=ONE_THREAD,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    frames = pd.read_csv(out / "frames.csv")
+    assert len(frames) == 10
+    import pydicom
+
+    first = pydicom.dcmread(frames["output_file"][0])
+    assert (first.Rows, first.Columns) == (32, 32)  # the trained size, read from the weights
+    sources = pd.read_csv(out / "sources.csv")
+    step = int(sources["source_bin"][0])
+    source_frame = pydicom.dcmread(frames["output_file"][step]).pixel_array.astype(np.float64)
+    # transfer composition: the frame of the source's own bin is the (model-size) source itself
+    from monai_exaggeration.transforms import cxr_preprocessing
+
+    model_input = cxr_preprocessing("image", 32, "pad")({"image": str(source)})["image"][0].numpy()
+    assert np.abs(source_frame - np.rint((model_input + 1) / 2 * 255)).max() <= 1
+
+
+def test_old_explainer_file_gets_a_message_naming_the_override(tmp_path: Path) -> None:
+    from monai_exaggeration.networks import ExaggerationGenerator
+
+    old = tmp_path / "old_explainer.pt"
+    torch.save(ExaggerationGenerator(num_bins=10, stem_channels=32, encoder_channels=[64, 128, 256, 256], image_size=64).state_dict(), old)
+    result = run_bundle(
+        ["run", "inference", "--config_file", str(CONFIGS / "inference.json"), "--bundle_root", str(REPO_ROOT / "bundles" / "cxr"),
+         "--explainer_weights", str(old), "--output_dir", str(tmp_path / "out")],
+        env=ONE_THREAD,
+    )
+    assert result.returncode != 0
+    message = result.stdout + result.stderr
+    assert "legacy_explainer_v0.json" in message and "Traceback" not in message
+    legacy = config_arg([str(CONFIGS / "inference.json"), str(CONFIGS / "legacy_explainer_v0.json")])
+    result = run_bundle(
+        ["run", "inference", "--config_file", legacy, "--bundle_root", str(REPO_ROOT / "bundles" / "cxr"),
+         "--explainer_weights", str(old), "--output_dir", str(tmp_path / "out2"), "--quicklook", "false", "--num_frames", "2"],
+        env=ONE_THREAD,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
 
 
 def _latest_iteration(models: Path) -> int:

@@ -153,13 +153,11 @@ def test_inference_export_step_sends_the_written_series(pacs: LocalOrthanc, rg1_
 
     from monai_exaggeration.bundle import load_bundle_classifier
     from monai_exaggeration.inference import ExaggerationInference, run_and_exit
-    from monai_exaggeration.networks import ExaggerationGenerator
 
     png = tmp_path / "chest.png"
     Image.fromarray((read_cxr(rg1_uncr).pixels[::12, ::12] * 255).astype(np.uint8)).save(png)
-    generator = ExaggerationGenerator(in_channels=1, num_bins=10, stem_channels=32, encoder_channels=[64, 128, 256, 256], image_size=64)
     runner = ExaggerationInference(
-        generator, load_bundle_classifier(), 10, explainer_weights=REPO_ROOT / "bundles" / "cxr" / "models" / "explainer.pt",
+        None, load_bundle_classifier(), explainer_weights=REPO_ROOT / "bundles" / "cxr" / "models" / "explainer.pt",
         num_frames=4, quicklook=False,
     )
     out = tmp_path / "out"

@@ -51,13 +51,6 @@ PNG_SHAPE = (200, 160)  # rows x columns of the synthetic PNG chest
 # ----------------------------------------------------------------------------------- helpers
 
 
-def shipped_generator() -> ExaggerationGenerator:
-    """``network_def`` of inference.json."""
-    return ExaggerationGenerator(
-        in_channels=1, num_bins=10, stem_channels=32, encoder_channels=[64, 128, 256, 256], image_size=64, residual=False
-    )
-
-
 def tiny_generator(seed: int = 0) -> ExaggerationGenerator:
     """A small randomly initialised generator (for tests where the trained weights do not matter).
 
@@ -143,7 +136,7 @@ def shipped_runner(classifier, **settings) -> ExaggerationInference:
     """ExaggerationInference configured exactly as inference.json (shipped weights), on the CPU."""
     settings.setdefault("explainer_weights", EXPLAINER)
     settings.setdefault("quicklook", False)
-    return ExaggerationInference(shipped_generator(), classifier, num_bins=10, finding="cardiomegaly", device="cpu", **settings)
+    return ExaggerationInference(None, classifier, finding="cardiomegaly", device="cpu", **settings)
 
 
 # ----------------------------------------------------------------------------------- 1. bundle command, default input
@@ -334,7 +327,7 @@ def test_bundle_plain_run_model_resolution_frames(plain_run_bad_folder, rg1_uncr
     source = pydicom.dcmread(rg1_uncr, stop_before_pixels=True)
     for row, path in zip(frames.itertuples(), files):
         ds = pydicom.dcmread(path)
-        assert (ds.Rows, ds.Columns) == (64, 64) and ds.pixel_array.shape == (64, 64)
+        assert (ds.Rows, ds.Columns) == (128, 128) and ds.pixel_array.shape == (128, 128)  # the shipped model size
         assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
         assert ds.StudyInstanceUID == source.StudyInstanceUID
         assert f"Step {row.step} of 5" in ds.ImageComments and f"target bin {row.target_bin} of 10" in ds.ImageComments
@@ -579,7 +572,7 @@ def test_model_resolution_frames_are_model_size(png_runs) -> None:
     files = [Path(p) for p in frames["output_file"]]
     for path in files:
         ds = pydicom.dcmread(path)
-        assert (ds.Rows, ds.Columns) == (64, 64) and ds.pixel_array.dtype == np.uint8
+        assert (ds.Rows, ds.Columns) == (128, 128) and ds.pixel_array.dtype == np.uint8
     assert_dciodvfy_clean(files)
 
 

@@ -37,16 +37,9 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 SC_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
 
 
-def shipped_generator() -> ExaggerationGenerator:
-    """The network of inference.json (the shipped CPU-profile explainer)."""
-    return ExaggerationGenerator(
-        in_channels=1, num_bins=10, stem_channels=32, encoder_channels=[64, 128, 256, 256], image_size=64, residual=False
-    )
-
-
 def make_runner(**settings) -> ExaggerationInference:
     settings.setdefault("explainer_weights", EXPLAINER)
-    return ExaggerationInference(shipped_generator(), load_bundle_classifier(), num_bins=10, **settings)
+    return ExaggerationInference(None, load_bundle_classifier(), **settings)
 
 
 def chest_png(path: Path, rg1: Path, size: tuple[int, int] = (160, 200)) -> Path:
@@ -167,7 +160,7 @@ def test_bundle_plain_run_with_options(tmp_path: Path, rg1_uncr: Path) -> None:
     frames = pd.read_csv(out / "frames.csv")
     assert frames["target_bin"].tolist() == [0, 2, 4, 7, 9]
     ds = pydicom.dcmread(frames["output_file"][0])
-    assert (ds.Rows, ds.Columns) == (64, 64) and ds.BitsAllocated == 16 and ds.pixel_array.dtype == np.uint16
+    assert (ds.Rows, ds.Columns) == (128, 128) and ds.BitsAllocated == 16 and ds.pixel_array.dtype == np.uint16
     assert float(ds.WindowWidth) == 65536
     assert not (out / "quicklook").exists()
 
@@ -283,7 +276,7 @@ def test_written_scores_are_the_scores_of_the_written_frames(tmp_path: Path, rg1
     png = chest_png(tmp_path / "chest.png", rg1_uncr)
     runner.run(png, tmp_path / "out")
     frames = pd.read_csv(tmp_path / "out" / "frames.csv")
-    preprocessing = cxr_preprocessing("image", 64, "pad")
+    preprocessing = cxr_preprocessing("image", runner.image_size, "pad")
     for row in frames.iloc[[0, 9]].itertuples():
         image = preprocessing({"image": row.output_file})["image"]
         with torch.no_grad():
@@ -344,11 +337,21 @@ def test_bad_settings_are_rejected() -> None:
 
 
 def test_weights_that_do_not_fit_the_network_say_so(tmp_path: Path) -> None:
+    from monai_exaggeration.networks import ExplainerRecord, save_explainer
+
     small = ExaggerationGenerator(in_channels=1, num_bins=10, stem_channels=8, encoder_channels=[8, 8], image_size=16)
-    path = tmp_path / "other.pt"
-    torch.save(small.state_dict(), path)
-    with pytest.raises(ValueError, match="do not fit the configured network_def"):
-        make_runner(explainer_weights=path).prepare()
+    bare = tmp_path / "bare.pt"
+    torch.save(small.state_dict(), bare)  # a pre-0.6 file: no architecture recorded
+    with pytest.raises(ValueError, match="legacy_explainer_v0.json"):
+        make_runner(explainer_weights=bare).prepare()
+    recorded = save_explainer(tmp_path / "recorded.pt", small, ExplainerRecord(small))
+    assert make_runner(explainer_weights=recorded).prepare().image_size == 16  # built from its record
+    other = ExaggerationGenerator(in_channels=1, num_bins=10, stem_channels=8, encoder_channels=[16, 8], image_size=16)
+    runner = ExaggerationInference(other, load_bundle_classifier(), explainer_weights=recorded)
+    with pytest.raises(ValueError, match="do not fit the generator"):
+        runner.prepare()
+    with pytest.raises(ValueError, match="trained with image_size = 16"):
+        make_runner(explainer_weights=recorded, image_size=64).prepare()
 
 
 def test_stage_timings_are_recorded(tmp_path: Path, rg1_uncr: Path) -> None:

@@ -16,10 +16,12 @@ from monai_exaggeration.engines.posteriors import (
 from monai_exaggeration.engines.sampling import TARGET_SAMPLING, sample_target_bins
 from monai_exaggeration.engines.series import (
     NORM_MODES,
+    compose_series,
     generate_series,
     series_batch_statistics,
+    transfer_frame,
 )
-from monai_exaggeration.engines.trainer import ExaggerationTrainer
+from monai_exaggeration.engines.trainer import ExaggerationTrainer, TrainingState
 
 __all__ = [
     "ExaggerationTrainer",
@@ -29,13 +31,16 @@ __all__ = [
     "SeriesValidityMetric",
     "SeriesValidityReport",
     "TARGET_SAMPLING",
+    "TrainingState",
     "attach_resume",
     "latest_checkpoint",
     "classifier_fingerprint",
     "compute_posteriors",
+    "compose_series",
     "generate_series",
     "sample_target_bins",
     "series_batch_statistics",
     "series_montage",
+    "transfer_frame",
     "with_source_posteriors",
 ]

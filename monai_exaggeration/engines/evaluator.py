@@ -13,7 +13,8 @@ from ignite.metrics import Metric
 from monai.engines import Evaluator
 from torch import nn
 
-from monai_exaggeration.engines.series import generate_series
+from monai_exaggeration.binning import posterior_to_bin
+from monai_exaggeration.engines.series import compose_series, generate_series
 from monai_exaggeration.metrics import series_validity
 from monai_exaggeration.utils import atomic_write
 
@@ -23,6 +24,8 @@ __all__ = ["SeriesEvaluator", "SeriesValidityMetric", "SeriesMontageLogger", "se
 class SeriesEvaluator(Evaluator):
     """Generate the full series (bins 0..N-1) of each validation image and score every frame with f.
 
+    ``composition`` (``generated`` or ``transfer``, see :func:`~.series.compose_series`) makes the
+    frames as the explainer was trained to make them.
     ``engine.state.output``: ``image`` (B, C, H, W), ``series`` (B, N, C, H, W), ``scores`` (B, N)
     and ``source_score`` (B,). Attach :class:`SeriesValidityMetric` instances as metrics.
     """
@@ -35,6 +38,7 @@ class SeriesEvaluator(Evaluator):
         classifier: nn.Module,
         num_bins: int,
         norm: str = "series",
+        composition: str = "generated",
         **kwargs: Any,
     ) -> None:
         super().__init__(device=device, val_data_loader=val_data_loader, decollate=False, **kwargs)
@@ -42,14 +46,17 @@ class SeriesEvaluator(Evaluator):
         self.classifier = classifier
         self.num_bins = num_bins
         self.norm = norm
+        self.composition = composition
 
     @torch.no_grad()
     def _iteration(self, engine: Engine, batchdata: dict[str, Any]) -> dict[str, torch.Tensor]:
         image = batchdata["image"]
         image = (image.as_tensor() if hasattr(image, "as_tensor") else image).to(engine.state.device)
+        source_score = self.classifier(image).reshape(-1)
         series = generate_series(self.generator, image, self.num_bins, norm=self.norm)
+        series = compose_series(image, series, posterior_to_bin(source_score, self.num_bins), self.composition)
         scores = self.classifier(series.flatten(0, 1)).reshape(series.shape[:2])
-        return {"image": image, "series": series, "scores": scores, "source_score": self.classifier(image)}
+        return {"image": image, "series": series, "scores": scores, "source_score": source_score}
 
 
 class SeriesValidityMetric(Metric):

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-__all__ = ["NORM_MODES", "generate_series", "series_batch_statistics"]
+__all__ = ["NORM_MODES", "compose_series", "generate_series", "series_batch_statistics", "transfer_frame"]
 
 NORM_MODES = ("series", "running")
 
@@ -64,3 +64,32 @@ def generate_series(
     with series_batch_statistics(generator):
         series = [generator(image[None].expand(frames, *image.shape), targets) for image in images]
     return torch.stack(series)
+
+
+def transfer_frame(x: torch.Tensor, generated: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
+    """``clamp(x + generated - reconstruction, -1, 1)``: the generator's change applied to the source.
+
+    ``generated`` = G(x, b_t), ``reconstruction`` = G(x, b_src) (any broadcastable shapes). Where the
+    change is zero the source comes back exactly (the ``transfer`` composition).
+    """
+    return torch.clamp(x + (generated - reconstruction), -1.0, 1.0)
+
+
+def compose_series(
+    images: torch.Tensor, series: torch.Tensor, source_bins: torch.Tensor | Sequence[int], composition: str = "generated"
+) -> torch.Tensor:
+    """Frames of a series as the explainer's ``composition`` defines them.
+
+    ``images`` (B, C, H, W), ``series`` (B, N, C, H, W) = G(x, b) for every bin b = 0..N-1,
+    ``source_bins`` (B,). ``generated`` returns ``series``; ``transfer`` returns
+    x + G(x, b) - G(x, b_src), whose frame at b_src is x exactly.
+    """
+    if composition == "generated":
+        return series
+    if composition != "transfer":
+        raise ValueError(f"composition must be 'generated' or 'transfer', got {composition!r}")
+    source_bins = torch.as_tensor(source_bins, device=series.device).long().reshape(-1)
+    reconstruction = series[torch.arange(series.shape[0], device=series.device), source_bins]  # (B, C, H, W)
+    frames = transfer_frame(images[:, None], series, reconstruction[:, None])
+    is_source = torch.arange(series.shape[1], device=series.device)[None, :] == source_bins[:, None]
+    return torch.where(is_source[:, :, None, None, None], images[:, None].expand_as(frames), frames)

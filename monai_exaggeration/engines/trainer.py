@@ -2,25 +2,66 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
 from monai.engines import Trainer
+from monai.engines.workflow import Workflow
 from monai.engines.utils import default_prepare_batch
 from torch import nn
 
 from monai_exaggeration.distributed import unwrap
 from monai_exaggeration.engines.sampling import sample_target_bins
-from monai_exaggeration.losses import ExaggerationLoss, MaskProvider
+from monai_exaggeration.engines.series import transfer_frame
+from monai_exaggeration.losses import ExaggerationLoss, MaskProvider, l1_reconstruction
+from monai_exaggeration.networks.explainer_file import COMPOSITIONS
 
-__all__ = ["ExaggerationTrainer"]
+__all__ = ["ExaggerationTrainer", "TrainingState"]
 
 
 def _plain(tensor: torch.Tensor) -> torch.Tensor:
     """Drop MONAI metadata (MetaTensor) for speed inside the training step."""
     return tensor.as_tensor() if hasattr(tensor, "as_tensor") else tensor
+
+
+class TrainingState:
+    """What a checkpoint needs beyond networks, optimisers and the engine: the AMP gradient scalers
+    (one per optimiser) and the training seconds accumulated over all sittings.
+
+    A ``state_dict``/``load_state_dict`` object for MONAI's ``CheckpointSaver``/``CheckpointLoader``
+    (``train#trainer.training_state`` in the bundle's ``checkpoint_dict``).
+    """
+
+    def __init__(self, g_scaler: torch.amp.GradScaler, d_scaler: torch.amp.GradScaler) -> None:
+        self.g_scaler = g_scaler
+        self.d_scaler = d_scaler
+        self.seconds_before = 0.0  # training seconds of earlier sittings (restored from the checkpoint)
+        self.sitting_start: float | None = None
+
+    @property
+    def seconds(self) -> float:
+        """Training seconds so far, all sittings together."""
+        now = 0.0 if self.sitting_start is None else time.perf_counter() - self.sitting_start
+        return self.seconds_before + now
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "g_scaler": self.g_scaler.state_dict() if self.g_scaler.is_enabled() else {},
+            "d_scaler": self.d_scaler.state_dict() if self.d_scaler.is_enabled() else {},
+            "seconds": float(self.seconds),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name in ("g_scaler", "d_scaler"):
+            scaler, saved = getattr(self, name), state.get(name) or {}
+            if scaler.is_enabled() and saved:
+                scaler.load_state_dict(saved)
+        self.seconds_before = float(state.get("seconds", 0.0))
+        if self.sitting_start is not None:
+            self.sitting_start = time.perf_counter()
 
 
 class ExaggerationTrainer(Trainer):
@@ -33,8 +74,27 @@ class ExaggerationTrainer(Trainer):
     [-1, 1], ``source_bin`` (B,) and ``source_posterior`` (B,) (see
     :func:`~monai_exaggeration.engines.with_source_posteriors`), and ``label`` for calibrated sampling.
 
+    Options beyond the paper (each off by default):
+
+    * ``composition="transfer"`` ("train what you ship"): the classifier and the discriminator see
+      the frame inference writes, x + G(x, b_t) - G(x, b_src) (exactly x where b_t = b_src), not
+      G(x, b_t); the reconstruction and cycle terms are unchanged. G(x, b_t) and G(x, b_src) are
+      computed in one batch, so they share batch-norm statistics as the frames of a series do.
+    * ``warmup_iterations``: the first iterations train G alone as a conditional autoencoder
+      (L1 between x and G(x, b) for random b; no D, no classifier), a cheap warm start.
+    * ``change_region``: a callable giving, for the source images, where the change may happen
+      (e.g. :class:`~monai_exaggeration.losses.DilatedRegion` around the heart); the loss's
+      ``lambda_change`` term penalises the change outside it.
+    * ``max_seconds``: stop after this many training seconds (all sittings together, so a resumed
+      run honours the same budget); used for equal-budget ablations.
+
+    AMP (``amp=True``; the bundle turns it on when CUDA is available) uses one ``GradScaler`` per
+    optimiser, each stepped once per update of its optimiser; both live in ``training_state`` and
+    belong in the checkpoint (``checkpoint_dict`` of ``train.json``), so a resumed run keeps its scales.
+
     ``engine.state.output`` is a dict of floats: ``d_loss``, ``d_real``, ``d_fake`` and the latest
-    generator terms ``g_adv``, ``g_cls``, ``g_cls_cycle``, ``g_identity``, ``g_cycle``, ``g_loss``.
+    generator terms ``g_adv``, ``g_cls``, ``g_cls_cycle``, ``g_identity``, ``g_cycle``, ``g_change``,
+    ``g_loss`` (``g_warmup`` during the warm start).
     ``max_iterations`` stops training after that many iterations in total (resumed runs included).
 
     Under ``torchrun`` G and D may be ``DistributedDataParallel`` wrappers (see
@@ -58,6 +118,10 @@ class ExaggerationTrainer(Trainer):
         target_sampling: str = "uniform",
         mask_provider: MaskProvider | None = None,
         max_iterations: int | None = None,
+        composition: str = "generated",
+        warmup_iterations: int = 0,
+        change_region: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        max_seconds: float | None = None,
         epoch_length: int | None = None,
         prepare_batch: Callable = default_prepare_batch,
         train_handlers: Sequence | None = None,
@@ -85,6 +149,10 @@ class ExaggerationTrainer(Trainer):
         )
         if n_critic < 1:
             raise ValueError(f"n_critic must be >= 1, got {n_critic}")
+        if composition not in COMPOSITIONS:
+            raise ValueError(f"composition must be one of {COMPOSITIONS}, got {composition!r}")
+        if warmup_iterations < 0:
+            raise ValueError(f"warmup_iterations must be >= 0, got {warmup_iterations}")
         self.generator = generator
         self.discriminator = discriminator
         self.classifier = classifier
@@ -95,24 +163,51 @@ class ExaggerationTrainer(Trainer):
         self.n_critic = n_critic
         self.target_sampling = target_sampling
         self.mask_provider = mask_provider
+        self.composition = composition
+        self.warmup_iterations = int(warmup_iterations)
+        self.change_region = change_region
         self.last_generator_terms: dict[str, float] = {}
+        device_type = torch.device(device).type
+        self.g_scaler = torch.amp.GradScaler(device_type, enabled=bool(amp))
+        self.d_scaler = torch.amp.GradScaler(device_type, enabled=bool(amp))
+        self.training_state = TrainingState(self.g_scaler, self.d_scaler)
+        self.add_event_handler(Events.STARTED, self._start_sitting)
         if max_iterations is not None:
             self.add_event_handler(Events.ITERATION_COMPLETED, self._stop_at, max_iterations)
+        if max_seconds is not None:
+            if max_seconds <= 0:
+                raise ValueError(f"max_seconds must be > 0, got {max_seconds}")
+            self.add_event_handler(Events.ITERATION_COMPLETED, self._stop_after, float(max_seconds))
+
+    def run(self) -> None:  # type: ignore[override]
+        """Train (continuing from the current state). MONAI's ``Trainer.run`` would add one shared
+        CUDA scaler; this trainer keeps its own pair (``g_scaler``, ``d_scaler``)."""
+        self.scaler = None
+        Workflow.run(self)
+
+    def _start_sitting(self, engine: Engine) -> None:
+        self.training_state.sitting_start = time.perf_counter()
 
     @staticmethod
     def _stop_at(engine: Engine, max_iterations: int) -> None:
         if engine.state.iteration >= max_iterations:
             engine.terminate()
 
+    def _stop_after(self, engine: Engine, max_seconds: float) -> None:
+        if self.training_state.seconds >= max_seconds:
+            engine.logger.info("time budget of %.0f s reached at iteration %d", max_seconds, engine.state.iteration)
+            engine.terminate()
+
     def _autocast(self) -> torch.autocast:
         return torch.autocast(device_type=torch.device(self.state.device).type, enabled=bool(self.amp))
 
-    def _step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+    @staticmethod
+    def _step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
         optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(optimizer)
-            self.scaler.update()
+        if scaler.is_enabled():
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
         else:
             loss.backward()
             optimizer.step()
@@ -123,6 +218,29 @@ class ExaggerationTrainer(Trainer):
         if hasattr(self.mask_provider, "update"):  # masks stored with the dataset travel in the batch
             self.mask_provider.update(batch)
         return self.mask_provider(images)
+
+    def frames(
+        self, x: torch.Tensor, target_bins: torch.Tensor, source_bins: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(frame shown to f and D, G(x, b_t), G(x, b_src)) under the trainer's composition.
+
+        ``generated``: the frame is G(x, b_t) and G(x, b_src) is None (computed by the caller if needed).
+        ``transfer``: both come from one batch and the frame is x where b_t = b_src.
+        """
+        if self.composition == "generated":
+            generated = self.generator(x, target_bins)
+            return generated, generated, None
+        both = self.generator(torch.cat([x, x]), torch.cat([target_bins, source_bins]))
+        generated, reconstruction = both.chunk(2)
+        frame = transfer_frame(x, generated, reconstruction)
+        frame = torch.where((target_bins == source_bins)[:, None, None, None], x, frame)
+        return frame, generated, reconstruction
+
+    def _warmup(self, x: torch.Tensor, target_bins: torch.Tensor) -> dict[str, float]:
+        with self._autocast():
+            loss = l1_reconstruction(x, self.generator(x, target_bins))
+        self._step(loss, self.g_optimizer, self.g_scaler)
+        return {"g_warmup": float(loss.detach())}
 
     def _iteration(self, engine: Engine, batchdata: dict[str, Any]) -> dict[str, float]:
         device = engine.state.device
@@ -135,15 +253,17 @@ class ExaggerationTrainer(Trainer):
         )
         self.generator.train()
         self.discriminator.train()
+        if engine.state.iteration <= self.warmup_iterations:
+            return self._warmup(x, target_bins)
 
         # Discriminator: every iteration.
         with self._autocast():
             with torch.no_grad():
-                fake = self.generator(x, target_bins)
+                fake, _, _ = self.frames(x, target_bins, source_bins)
             d_terms = self.loss_function.discriminator_terms(
                 self.discriminator(x, source_bins), self.discriminator(fake.detach(), target_bins)
             )
-        self._step(d_terms["total"], self.d_optimizer)
+        self._step(d_terms["total"], self.d_optimizer, self.d_scaler)
 
         # Generator: every n_critic-th iteration (D frozen meanwhile to skip its weight gradients).
         if engine.state.iteration % self.n_critic == 0:
@@ -151,19 +271,24 @@ class ExaggerationTrainer(Trainer):
             self.discriminator.requires_grad_(False)
             try:
                 with self._autocast():
-                    generated = self.generator(x, target_bins)
+                    frame, generated, reconstruction = self.frames(x, target_bins, source_bins)
+                    if reconstruction is None:
+                        reconstruction = self.generator(x, source_bins)
+                    region = None if self.change_region is None else self.change_region(x)
                     g_terms = self.loss_function.generator_terms(
                         x=x,
-                        generated=generated,
+                        generated=frame,
                         target_bins=target_bins,
-                        fake_scores=critic(generated, target_bins),
+                        fake_scores=critic(frame, target_bins),
                         classifier=self.classifier,
-                        identity=self.generator(x, source_bins),
+                        identity=reconstruction,
                         cycled=self.generator(generated, source_bins),
                         masks=self._masks(batchdata, x),
                         source_posterior=source_posterior,
+                        change=generated - reconstruction,
+                        change_region=region,
                     )
-                self._step(g_terms["total"], self.g_optimizer)
+                self._step(g_terms["total"], self.g_optimizer, self.g_scaler)
             finally:
                 self.discriminator.requires_grad_(True)
             self.last_generator_terms = {

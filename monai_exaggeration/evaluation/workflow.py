@@ -36,7 +36,7 @@ from monai_exaggeration.evaluation.summary import summarise
 from monai_exaggeration.inference import ExaggerationInference
 from monai_exaggeration.inference.workflow import file_sha256
 from monai_exaggeration.networks.segmentation import HeartLungSegmenter
-from monai_exaggeration.utils import atomic_write, write_csv_atomic
+from monai_exaggeration.utils import as_bool, atomic_write, write_csv_atomic
 
 __all__ = ["EvaluationResult", "ExplanationEvaluation", "evaluate_and_exit"]
 
@@ -96,7 +96,7 @@ class ExplanationEvaluation:
         gradcam_layer: str = "model.class_layers.relu",
         seed: int = 0,
     ) -> None:
-        self.runner = _built(runner, ExaggerationInference)
+        self.runner = _built(runner, ExaggerationInference).prepare()  # bins and size come from the explainer file
         every_bin = list(range(self.runner.num_bins))
         if list(self.runner.bins) != every_bin:
             raise ValueError(
@@ -109,7 +109,7 @@ class ExplanationEvaluation:
         self.encoder = _built(encoder, nn.Module).to(self.runner.device).eval()
         self.finding = finding
         self.num_examples = int(num_examples)
-        self.occlusion = bool(occlusion)
+        self.occlusion = as_bool(occlusion, "occlusion")  # "--occlusion false" arrives as text
         self.gradcam_layer = gradcam_layer
         self.seed = int(seed)
 

@@ -42,14 +42,15 @@ from tqdm import tqdm
 from monai_exaggeration.binning import bin_centre, check_num_bins, posterior_to_bin
 from monai_exaggeration.data import collect_inputs, default_input
 from monai_exaggeration.dicom import SeriesInfo, write_series
-from monai_exaggeration.engines.series import NORM_MODES, generate_series
+from monai_exaggeration.engines.posteriors import classifier_fingerprint
+from monai_exaggeration.engines.series import NORM_MODES, compose_series, generate_series
 from monai_exaggeration.errors import CXRInputError
 from monai_exaggeration.inference import quicklook
 from monai_exaggeration.inference.frames import RESOLUTIONS, full_resolution_frames, select_bins
 from monai_exaggeration.metrics import series_validity
-from monai_exaggeration.networks import load_state_dict_file
+from monai_exaggeration.networks.explainer_file import COMPOSITIONS, load_explainer
 from monai_exaggeration.transforms import ASPECT_POLICIES, LoadCXR, cxr_preprocessing, to_unit_range
-from monai_exaggeration.utils import select_device, write_csv_atomic
+from monai_exaggeration.utils import as_bool, select_device, write_csv_atomic
 
 __all__ = [
     "FRAME_COLUMNS",
@@ -189,8 +190,12 @@ class _StageTimer:
 class ExaggerationInference:
     """Explain chest X-rays with a trained explainer: see the module docstring.
 
-    ``generator`` is the explainer's network (weights loaded from ``explainer_weights`` by
-    :meth:`prepare`, unless ``explainer_weights`` is None), ``classifier`` the black box (a module or
+    The explainer comes from ``explainer_weights``, a file that records its architecture, number of
+    bins, model size and composition (:func:`~monai_exaggeration.networks.load_explainer`), so
+    ``generator``, ``num_bins`` and ``image_size`` are normally left None. A ``generator`` given
+    with ``explainer_weights`` receives the file's weights (for files written before 0.6, which
+    record no architecture); a ``generator`` without ``explainer_weights`` is used as it is (in
+    memory, ``image_size`` from its config or the argument). ``classifier`` is the black box (a module or
     a zero-argument callable returning one, so that loading errors surface in :meth:`prepare`).
     ``first_bin``/``last_bin``/``num_frames`` choose the target bins (:func:`~.frames.select_bins`).
     ``model_version`` enters every output UID; by default it is derived from the weights and every
@@ -200,12 +205,12 @@ class ExaggerationInference:
 
     def __init__(
         self,
-        generator: nn.Module,
+        generator: nn.Module | None,
         classifier: nn.Module | Callable[[], nn.Module],
-        num_bins: int,
+        num_bins: int | None = None,
         finding: str = "cardiomegaly",
         explainer_weights: str | os.PathLike | None = None,
-        image_size: int = 64,
+        image_size: int | None = None,
         aspect: str = "pad",
         norm: str = "series",
         first_bin: int = 0,
@@ -218,9 +223,16 @@ class ExaggerationInference:
         series_number: int = 900,
         model_version: str | None = None,
         device: str | torch.device | None = None,
+        composition: str | None = None,
     ) -> None:
-        self.num_bins = check_num_bins(num_bins)
-        self.bins = select_bins(num_bins, first_bin, last_bin, num_frames)
+        if generator is None and explainer_weights is None:
+            raise ValueError("the inference needs explainer_weights (an explainer file) or an in-memory generator")
+        self._bin_selection = (first_bin, last_bin, num_frames)
+        self.num_bins: int | None = None
+        self.bins: list[int] | None = None
+        if num_bins is not None:  # checked now, so that bad settings fail before anything is loaded
+            self.num_bins = check_num_bins(num_bins)
+            self.bins = select_bins(num_bins, *self._bin_selection)
         if aspect not in ASPECT_POLICIES:
             raise ValueError(f"aspect must be one of {ASPECT_POLICIES}, got {aspect!r}")
         if norm not in NORM_MODES:
@@ -229,21 +241,25 @@ class ExaggerationInference:
             raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")
         if bits not in (8, 16):
             raise ValueError(f"bits must be 8 or 16, got {bits!r}")
+        if composition is not None and composition not in COMPOSITIONS:
+            raise ValueError(f"composition must be one of {COMPOSITIONS}, got {composition!r}")
         self.generator = generator
         self._classifier = classifier
         self.finding = finding
         self.explainer_weights = None if explainer_weights is None else Path(explainer_weights)
-        self.image_size = int(image_size)
+        self.explainer_record: dict[str, Any] = {}
+        self.image_size = None if image_size is None else int(image_size)
+        self.composition = composition
         self.aspect = aspect
         self.norm = norm
         self.resolution = resolution
         self.bits = bits
-        self.quicklook = _as_bool(quicklook, "quicklook")
+        self.quicklook = as_bool(quicklook, "quicklook")
         self.gif_frame_ms = gif_frame_ms
         self.series_number = series_number
         self.model_version = model_version
         self.device = select_device(device)
-        self.preprocessing = cxr_preprocessing("image", self.image_size, aspect, load=False)
+        self.preprocessing = None
         self.loader = LoadCXR()
         self.classifier: nn.Module | None = None
         self.timer = _StageTimer(self.device)
@@ -251,25 +267,52 @@ class ExaggerationInference:
     # ------------------------------------------------------------------------------------- set-up
 
     def prepare(self) -> ExaggerationInference:
-        """Load the weights and the classifier (idempotent). Raises ``FileNotFoundError``/``ValueError``."""
+        """Load the explainer (architecture from its file), the classifier (idempotent).
+
+        Raises ``FileNotFoundError``/``ValueError`` with a message that says what to do.
+        """
         if self.classifier is not None:
             return self
         if self.explainer_weights is not None:
-            state = load_state_dict_file(self.explainer_weights)
-            try:
-                self.generator.load_state_dict(state)
-            except RuntimeError as error:
-                raise ValueError(
-                    f"explainer weights {self.explainer_weights} do not fit the configured network_def "
-                    f"(image_size, stem/encoder/decoder widths and num_bins must match the training config): "
-                    f"{str(error).splitlines()[0]}"
-                ) from error
+            loaded = load_explainer(self.explainer_weights, network=self.generator)
+            self.generator, self.explainer_record = loaded.generator, loaded.record
+            self._adopt(loaded.num_bins, loaded.record.get("image_size"), loaded.composition)
+        else:
+            config = self.generator.config() if hasattr(self.generator, "config") else {}
+            self._adopt(config.get("num_bins", self.num_bins), config.get("image_size"), "generated")
         self.generator = self.generator.to(self.device).eval()
         classifier = self._classifier if isinstance(self._classifier, nn.Module) else self._classifier()
         self.classifier = classifier.to(self.device).eval()
+        trained_for = self.explainer_record.get("classifier")
+        if trained_for and trained_for != classifier_fingerprint(self.classifier):
+            logger.warning(
+                "the explainer %s was trained against another classifier (fingerprint %s, this one %s): "
+                "its series may not move this classifier as intended",
+                self.explainer_weights, trained_for, classifier_fingerprint(self.classifier),
+            )
         if self.model_version is None:
             self.model_version = self._default_model_version()
         return self
+
+    def _adopt(self, num_bins: int | None, image_size: int | None, composition: str) -> None:
+        """Take the number of bins, the model size and the composition of the explainer itself;
+        explicit settings that contradict it are an error."""
+        for name, trained, asked in (("num_bins", num_bins, self.num_bins), ("image_size", image_size, self.image_size)):
+            if trained is not None and asked is not None and int(trained) != int(asked):
+                raise ValueError(
+                    f"the explainer was trained with {name} = {trained} but the settings ask for {asked}: "
+                    f"leave {name} unset (null), it is read from the explainer file"
+                )
+        if num_bins is None and self.num_bins is None:
+            raise ValueError("num_bins is unknown: the generator does not record it, so set num_bins")
+        self.num_bins = check_num_bins(int(num_bins if num_bins is not None else self.num_bins))
+        self.bins = select_bins(self.num_bins, *self._bin_selection)
+        size = image_size if image_size is not None else self.image_size
+        if size is None:
+            raise ValueError("image_size is unknown: the generator does not record it, so set image_size")
+        self.image_size = int(size)
+        self.composition = self.composition or composition
+        self.preprocessing = cxr_preprocessing("image", self.image_size, self.aspect, load=False)
 
     def _default_model_version(self) -> str:
         if self.explainer_weights:
@@ -282,6 +325,7 @@ class ExaggerationInference:
             "image_size": self.image_size,
             "aspect": self.aspect,
             "norm": self.norm,
+            "composition": self.composition,
             "resolution": self.resolution,
             "bits": self.bits,
             "classifier": _state_sha256(self.classifier)[:12],
@@ -311,13 +355,16 @@ class ExaggerationInference:
                 self.generator, model_input.as_tensor()[None].to(self.device), self.num_bins, norm=self.norm
             )[0, :, 0].float().cpu()  # (N, S, S)
         with timer("frames"):
+            model_frames = compose_series(
+                model_input.as_tensor()[None], series[None, :, None], [source_bin], self.composition
+            )[0, :, 0]  # the generator's frames as the explainer composes them (N, S, S)
             generated = series[self.bins]
             if self.resolution == "source":
                 frames = full_resolution_frames(
                     source[0].numpy(), generated, series[source_bin], model_input, self.preprocessing
                 )
             else:
-                frames = to_unit_range(generated).clamp(0, 1).numpy()
+                frames = to_unit_range(model_frames[self.bins]).clamp(0, 1).numpy()
             # Round to the stored grey levels now, so the frames scored below are exactly those written
             # (write_series maps k / levels back to k).
             levels = np.float32(2**self.bits - 1)
@@ -328,7 +375,7 @@ class ExaggerationInference:
                 as_input = torch.from_numpy(frames) * 2.0 - 1.0
         with timer("classifier"):
             scores = self._score(as_input[:, None])
-            generator_scores = self._score(generated[:, None])
+            generator_scores = self._score(model_frames[self.bins][:, None])
         centres = bin_centre(torch.tensor(self.bins), self.num_bins).tolist()
         return SeriesResult(
             source=str(path),
@@ -509,18 +556,6 @@ class ExaggerationInference:
 
 
 # ----------------------------------------------------------------------------------------- helpers
-
-
-def _as_bool(value: Any, name: str) -> bool:
-    """A boolean option that may arrive from the command line as text (``--quicklook false``)."""
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text in ("true", "yes", "on", "1"):
-            return True
-        if text in ("false", "no", "off", "0"):
-            return False
-        raise ValueError(f"{name} must be true or false, got {value!r}")
-    return bool(value)
 
 
 def _state_sha256(module: nn.Module) -> str:

@@ -20,6 +20,7 @@ from torch import nn
 from monai_exaggeration.binning import bin_centre, check_num_bins
 
 __all__ = [
+    "DilatedRegion",
     "ExaggerationLoss",
     "FixedMasks",
     "MaskProvider",
@@ -254,6 +255,40 @@ class SegmentationMasks:
         return out.clamp(0.0, 1.0)
 
 
+class DilatedRegion:
+    """Where the counterfactual change is allowed: a structure of a segmentation network, dilated.
+
+    For the ``change`` term of :class:`ExaggerationLoss` (e.g. the heart, dilated so that it can grow
+    into the neighbouring lung). ``segmenter`` maps (B, 1, H, W) images in [-1, 1] to probabilities
+    (B, K, S, S) (e.g. :class:`~monai_exaggeration.networks.HeartLungSegmenter`; channel 0 is the
+    heart). The union of ``channels`` is thresholded, resized to the images, dilated by
+    ``dilation`` x the image width on every side and softened over a few pixels. Run under no_grad.
+    """
+
+    def __init__(
+        self, segmenter: nn.Module, channels: Sequence[int] = (0,), threshold: float = 0.5, dilation: float = 0.1
+    ) -> None:
+        if not 0 <= dilation < 0.5:
+            raise ValueError(f"dilation must be a fraction of the image width in [0, 0.5), got {dilation}")
+        self.segmenter = segmenter.eval().requires_grad_(False)
+        self.channels = list(channels)
+        self.threshold = threshold
+        self.dilation = dilation
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            probabilities = self.segmenter(images.float())[:, self.channels].amax(dim=1, keepdim=True)
+            if probabilities.shape[-2:] != images.shape[-2:]:
+                probabilities = F.interpolate(probabilities, size=images.shape[-2:], mode="bilinear", align_corners=False)
+            region = (probabilities >= self.threshold).float()
+            radius = int(round(self.dilation * images.shape[-1]))
+            if radius > 0:
+                region = F.max_pool2d(region, 2 * radius + 1, stride=1, padding=radius)
+            soft = max(1, images.shape[-1] // 64)
+            region = F.avg_pool2d(region, 2 * soft + 1, stride=1, padding=soft, count_include_pad=False)
+        return region.clamp(0.0, 1.0).to(images.dtype)
+
+
 # ---------------------------------------------------------------------------------------------- total
 def _zero(like: torch.Tensor) -> torch.Tensor:
     return like.new_zeros(())
@@ -263,7 +298,10 @@ def _zero(like: torch.Tensor) -> torch.Tensor:
 class ExaggerationLoss:
     """Weighted sum of the explainer's loss terms (defaults: lambda_GAN = 1, lambda_f = 1, lambda_rec = 100).
 
-    G: total = lambda_gan * adv + lambda_cls * (cls + cls_cycle) + lambda_rec * (identity + cycle).
+    G: total = lambda_gan * adv + lambda_cls * (cls + cls_cycle) + lambda_rec * (identity + cycle)
+    + lambda_change * change, where ``change`` = mean(|G(x, b_t) - G(x, b_src)| * (1 - R)) penalises the
+    counterfactual change outside an allowed region R (e.g. the dilated heart; everywhere when no
+    region is given). ``lambda_change`` defaults to 0 (the papers' loss).
     D: hinge loss. All inputs are explicit tensors (plus the frozen classifier and optional masks of
     the source images), so a trainer decides what to compute and cache.
     """
@@ -272,9 +310,12 @@ class ExaggerationLoss:
     lambda_gan: float = 1.0
     lambda_cls: float = 1.0
     lambda_rec: float = 100.0
+    lambda_change: float = 0.0
 
     def __post_init__(self) -> None:
         check_num_bins(self.num_bins)
+        if self.lambda_change < 0:
+            raise ValueError(f"lambda_change must be >= 0, got {self.lambda_change}")
 
     def generator_terms(
         self,
@@ -287,6 +328,8 @@ class ExaggerationLoss:
         cycled: torch.Tensor | None = None,
         masks: torch.Tensor | None = None,
         source_posterior: torch.Tensor | None = None,
+        change: torch.Tensor | None = None,
+        change_region: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Generator loss terms and their weighted ``total``.
 
@@ -300,9 +343,11 @@ class ExaggerationLoss:
             cycled: G(G(x, b_t), b_src), or None to skip the cycle and cycle-classifier terms.
             masks: CARL region masks of ``x`` (B, K, H, W), or None for plain L1.
             source_posterior: cached f(x), else computed from ``x`` without gradient.
+            change: G(x, b_t) - G(x, b_src) (B, 1, H, W), or None to skip the change term.
+            change_region: where change is allowed (B, 1, H, W) in [0, 1]; None penalises it everywhere.
 
         Returns:
-            ``adv``, ``cls``, ``cls_cycle``, ``identity``, ``cycle``, ``total`` (skipped terms are 0).
+            ``adv``, ``cls``, ``cls_cycle``, ``identity``, ``cycle``, ``change``, ``total`` (skipped terms are 0).
         """
         terms = {
             "adv": generator_adversarial_loss(fake_scores),
@@ -310,7 +355,11 @@ class ExaggerationLoss:
             "cls_cycle": _zero(generated),
             "identity": _zero(generated),
             "cycle": _zero(generated),
+            "change": _zero(generated),
         }
+        if change is not None and self.lambda_change > 0:
+            outside = 1.0 if change_region is None else 1.0 - _as_mask(change_region, change)
+            terms["change"] = (change.abs() * outside).mean()
         if cycled is not None:
             terms["cls_cycle"] = cycle_classifier_loss(classifier, cycled, x, source_posterior)
             terms["cycle"] = l1_reconstruction(x, cycled, masks)
@@ -320,6 +369,7 @@ class ExaggerationLoss:
             self.lambda_gan * terms["adv"]
             + self.lambda_cls * (terms["cls"] + terms["cls_cycle"])
             + self.lambda_rec * (terms["identity"] + terms["cycle"])
+            + self.lambda_change * terms["change"]
         )
         return terms
 

@@ -27,3 +27,14 @@ __all__ += ["HeartLungSegmenter"]
 from monai_exaggeration.networks.encoder import CXREncoder  # noqa: E402
 
 __all__ += ["CXREncoder"]
+
+# explainer files that carry their architecture
+from monai_exaggeration.networks.explainer_file import (  # noqa: E402
+    COMPOSITIONS,
+    ExplainerRecord,
+    LoadedExplainer,
+    load_explainer,
+    save_explainer,
+)
+
+__all__ += ["COMPOSITIONS", "ExplainerRecord", "LoadedExplainer", "load_explainer", "save_explainer"]

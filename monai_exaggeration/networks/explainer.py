@@ -145,6 +145,18 @@ class ExaggerationGenerator(nn.Module):
         if self.residual:
             self.residual_scale = nn.Parameter(torch.zeros(()))
 
+    def config(self) -> dict:
+        """Constructor arguments that rebuild this architecture (recorded in explainer checkpoints)."""
+        return {
+            "in_channels": self.in_channels,
+            "num_bins": self.num_bins,
+            "stem_channels": self.stem_channels,
+            "encoder_channels": list(self.encoder_channels),
+            "decoder_channels": list(self.decoder_channels),
+            "image_size": None if self.image_size is None else int(self.image_size),
+            "residual": self.residual,
+        }
+
     @property
     def num_blocks(self) -> int:
         """K, the number of encoder (and decoder) blocks."""
