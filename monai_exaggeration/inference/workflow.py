@@ -284,11 +284,11 @@ class ExaggerationInference:
         classifier = self._classifier if isinstance(self._classifier, nn.Module) else self._classifier()
         self.classifier = classifier.to(self.device).eval()
         trained_for = self.explainer_record.get("classifier")
-        if trained_for and trained_for != classifier_fingerprint(self.classifier):
+        if trained_for and trained_for != (this_one := classifier_fingerprint(self.classifier)):
             logger.warning(
                 "the explainer %s was trained against another classifier (fingerprint %s, this one %s): "
                 "its series may not move this classifier as intended",
-                self.explainer_weights, trained_for, classifier_fingerprint(self.classifier),
+                self.explainer_weights, trained_for, this_one,
             )
         if self.model_version is None:
             self.model_version = self._default_model_version()
