@@ -98,7 +98,7 @@ def test_cli_help_runs_as_a_module() -> None:
     result = subprocess.run([sys.executable, "-m", "monai_exaggeration", "export", "--help"], capture_output=True, text=True,
                             cwd=REPO_ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=60, check=False)
     assert result.returncode == 0, result.stderr
-    for words in ("--called-ae", "--url", "--config", "--ledger", "STOW-RS", "Exit status"):
+    for words in ("--called-ae", "--url", "--config", "--ledger", "--verify", "C-FIND", "STOW-RS", "Exit status"):
         assert words in result.stdout
 
 

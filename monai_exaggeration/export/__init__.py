@@ -9,7 +9,8 @@
 
 Modules: ``destinations`` (peers from flags or a YAML/JSON file), ``dimse`` (C-ECHO/C-STORE),
 ``dicomweb`` (STOW-RS), ``status`` (status codes, error kinds), ``ledger`` (SQLite send ledger),
-``exporter`` (the loop, retries, report), ``orthanc`` (a throw-away local Orthanc for trials and tests).
+``exporter`` (the loop, retries, report, ``verify=True``: ask the destination what it holds by C-FIND
+or QIDO-RS), ``orthanc`` (a throw-away local Orthanc for trials and tests).
 """
 
 from monai_exaggeration.export.destinations import (
@@ -27,10 +28,11 @@ from monai_exaggeration.export.exporter import (
     export_files,
     export_series,
 )
-from monai_exaggeration.export.ledger import SendLedger
-from monai_exaggeration.export.senders import DicomwebSender, DimseSender, Sender, make_sender
+from monai_exaggeration.export.ledger import LedgerError, SendLedger, move_aside
+from monai_exaggeration.export.senders import DicomwebSender, DimseSender, Querier, Sender, make_querier, make_sender
 from monai_exaggeration.export.status import (
     PermanentSendError,
+    QueryError,
     SendResult,
     TransientSendError,
     UnreachableError,
@@ -45,7 +47,10 @@ __all__ = [
     "DimseSender",
     "ExportReport",
     "ExportRow",
+    "LedgerError",
     "PermanentSendError",
+    "Querier",
+    "QueryError",
     "SendLedger",
     "SendResult",
     "Sender",
@@ -57,6 +62,8 @@ __all__ = [
     "export_files",
     "export_series",
     "load_destinations",
+    "make_querier",
     "make_sender",
+    "move_aside",
     "select_destination",
 ]

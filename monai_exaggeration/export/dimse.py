@@ -1,8 +1,10 @@
-"""DIMSE sender: C-ECHO and C-STORE over one reused association (pynetdicom), optionally over TLS.
+"""DIMSE sender: C-ECHO, C-STORE and C-FIND over one reused association (pynetdicom), optionally over TLS.
 
 Presentation contexts are requested for the SOP classes and transfer syntaxes the files actually
 have (plus Explicit/Implicit VR Little Endian as fallback). The association is opened on first
-use and re-opened by :meth:`DimseSender.ensure_open` when it dropped.
+use and re-opened by :meth:`DimseSender.ensure_open` when it dropped. :meth:`DimseSender.find_instances`
+(``export --verify``) asks the peer which instances of a series it holds: an IMAGE-level C-FIND in
+the Study Root information model, on an association made for it (:func:`dimse_querier`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import time
 from collections.abc import Iterable
 
 from pydicom.dataset import Dataset
@@ -18,13 +21,14 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from monai_exaggeration.export.destinations import Destination
 from monai_exaggeration.export.status import (
     PermanentSendError,
+    QueryError,
     SendResult,
     TransientSendError,
     UnreachableError,
     classify_status,
 )
 
-__all__ = ["DimseSender", "ssl_context"]
+__all__ = ["STUDY_ROOT_FIND", "DimseSender", "dimse_querier", "ssl_context"]
 
 logger = logging.getLogger("monai_exaggeration.export")
 # pynetdicom logs every PDU at INFO: noise in an export log (set it back to INFO to debug a peer).
@@ -32,6 +36,16 @@ if logging.getLogger("pynetdicom").level == logging.NOTSET:
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
 
 _VERIFICATION = "1.2.840.10008.1.1"
+#: Study Root Query/Retrieve Information Model - FIND.
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+_PENDING = (0xFF00, 0xFF01)
+_FIND_FAILURES = {
+    0x0122: "SOP class not supported",
+    0x0124: "not authorized",
+    0xA700: "out of resources",
+    0xA900: "identifier does not match SOP class",
+    0xFE00: "cancelled",
+}
 _MAX_SOP_CLASSES = 120  # 128 presentation contexts at most, keep room for the fallbacks
 
 
@@ -185,6 +199,72 @@ class DimseSender:
             raise TransientSendError(f"{self.where} is out of resources (status 0x{result.status:04X})")
         return result
 
+    def find_instances(self, study_instance_uid: str, series_instance_uid: str) -> set[str]:
+        """SOP Instance UIDs of one series that the peer holds (IMAGE-level C-FIND, Study Root).
+
+        Needs an association with :data:`STUDY_ROOT_FIND` (see :func:`dimse_querier`). Raises
+        :class:`QueryError` when the peer refuses the query, :class:`TransientSendError` when it
+        does not answer.
+        """
+        try:
+            self.ensure_open()
+        except PermanentSendError as error:
+            raise QueryError(f"cannot query {self.where} (C-FIND): {error}") from error
+        if not any(c.abstract_syntax == STUDY_ROOT_FIND for c in self.assoc.accepted_contexts):
+            self.close()
+            raise QueryError(
+                f"{self.where} does not accept C-FIND (Study Root Query/Retrieve - FIND) from our AE title "
+                f"{self.destination.calling_ae}: it cannot be asked which instances it holds"
+            )
+        query = Dataset()
+        query.QueryRetrieveLevel = "IMAGE"
+        query.StudyInstanceUID = study_instance_uid
+        query.SeriesInstanceUID = series_instance_uid
+        query.SOPInstanceUID = ""
+        held: set[str] = set()
+        asked = time.monotonic()
+        try:
+            for status, identifier in self.assoc.send_c_find(query, STUDY_ROOT_FIND):
+                if not status or "Status" not in status:
+                    self.close()
+                    if time.monotonic() - asked < 0.9 * self.destination.dimse_timeout:  # the peer hung up at once
+                        raise QueryError(
+                            f"{self.where} closed the association instead of answering our C-FIND: it does not let "
+                            f"our calling AE title {self.destination.calling_ae} query (C-FIND) or does not support it"
+                        )
+                    raise TransientSendError(f"no answer to C-FIND from {self.where} within {self.destination.dimse_timeout} s")
+                code = int(status.Status)
+                if code in _PENDING:
+                    if identifier is not None and identifier.get("SOPInstanceUID"):
+                        held.add(str(identifier.SOPInstanceUID))
+                elif code == 0x0000:
+                    return held
+                elif 0xA700 <= code <= 0xA7FF:
+                    self._abort()
+                    raise TransientSendError(f"{self.where} is out of resources for C-FIND (status 0x{code:04X})")
+                else:
+                    meaning = _FIND_FAILURES.get(code, "unable to process" if 0xC000 <= code <= 0xCFFF else "failed")
+                    comment = str(status.get("ErrorComment", "") or "")
+                    self._abort()
+                    raise QueryError(
+                        f"{self.where} refused the C-FIND for series {series_instance_uid}: status 0x{code:04X} "
+                        f"({meaning}{': ' + comment if comment else ''})"
+                    )
+        except (ConnectionError, OSError) as error:
+            self._abort()
+            raise TransientSendError(f"connection to {self.where} lost during C-FIND: {error}") from error
+        self._abort()
+        raise TransientSendError(f"the C-FIND answer of {self.where} ended without a final status")
+
+    def _abort(self) -> None:
+        """Abort the association (after a broken exchange a release could wait for answers that never come)."""
+        if self.assoc is not None:
+            try:
+                if self.assoc.is_established:
+                    self.assoc.abort()
+            finally:
+                self.assoc = None
+
     def close(self) -> None:
         """Release the association (if any)."""
         if self.assoc is not None:
@@ -193,3 +273,10 @@ class DimseSender:
                     self.assoc.release()
             finally:
                 self.assoc = None
+
+
+def dimse_querier(destination: Destination) -> DimseSender:
+    """A :class:`DimseSender` whose association offers only Study Root C-FIND (for :meth:`DimseSender.find_instances`)."""
+    querier = DimseSender(destination)
+    querier.ae.add_requested_context(STUDY_ROOT_FIND, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    return querier

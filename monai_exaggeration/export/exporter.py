@@ -8,6 +8,14 @@ A permanent failure (e.g. association rejected), a peer still unreachable after 
 ``give_up_after`` instances in a row without any answer stop the export: the remaining instances
 are reported failed with the reason, untried (run the export again later: it resumes).
 ``export_series`` does the same for folders, files or an inference ``frames.csv``.
+
+With ``verify=True`` the ledger is not trusted alone: before sending, the destination is asked
+which instances of each series it holds (C-FIND at IMAGE level for DIMSE, QIDO-RS for DICOMweb;
+:func:`~.senders.make_querier`). Instances the ledger lists but the destination lacks are marked
+lost in the ledger and sent again; instances the destination holds but the ledger lacks are added
+to it (this rebuilds a lost ledger). After sending, the series that got instances are queried
+again, and the report counts the instances the destination listed (``confirmed`` of ``expected``).
+A destination that cannot answer the queries stops the export before anything is sent.
 """
 
 from __future__ import annotations
@@ -26,8 +34,14 @@ from tqdm import tqdm
 
 from monai_exaggeration.export.destinations import Destination
 from monai_exaggeration.export.ledger import SendLedger
-from monai_exaggeration.export.senders import Sender, make_sender
-from monai_exaggeration.export.status import PermanentSendError, SendResult, TransientSendError, UnreachableError
+from monai_exaggeration.export.senders import Sender, make_querier, make_sender
+from monai_exaggeration.export.status import (
+    PermanentSendError,
+    QueryError,
+    SendResult,
+    TransientSendError,
+    UnreachableError,
+)
 from monai_exaggeration.utils import atomic_write
 
 __all__ = ["REPORT_COLUMNS", "ExportReport", "ExportRow", "collect_dicom_files", "export_files", "export_series"]
@@ -58,6 +72,14 @@ class ExportReport:
     destination: str
     rows: list[ExportRow] = field(default_factory=list)
     seconds: float = 0.0
+    #: ``verify=True``: the destination was asked what it holds; ``confirmed`` of ``expected`` instances were listed.
+    verified: bool = False
+    confirmed: int = 0
+    expected: int = 0
+    #: instances the ledger had as sent but the destination lacked (sent again)
+    lost: int = 0
+    #: why the destination's answer is missing or incomplete ("" when it answered every query)
+    verify_error: str = ""
 
     def count(self, result: str) -> int:
         """Rows with ``result`` (sent, already_sent, warning, failed)."""
@@ -65,8 +87,15 @@ class ExportReport:
 
     @property
     def exit_code(self) -> int:
-        """0 when every instance is at the destination (sent now, before, or with a warning), else 1."""
-        return 1 if self.count("failed") else 0
+        """0 when every instance is at the destination (sent now, before, or with a warning), else 1.
+
+        When verifying, also 1 unless the destination listed every instance.
+        """
+        if self.count("failed"):
+            return 1
+        if self.verified and (self.verify_error or self.confirmed < self.expected):
+            return 1
+        return 0
 
     @property
     def instances_per_second(self) -> float:
@@ -74,12 +103,22 @@ class ExportReport:
         return sent / self.seconds if self.seconds > 0 else 0.0
 
     def describe(self) -> str:
-        """The summary line: sent, stored with warning, already present, failed, instances/s."""
-        return (
+        """The summary line: sent, stored with warning, already present, failed, instances/s (and what was confirmed)."""
+        line = (
             f"export to {self.destination}: {self.count('sent')} sent, {self.count('warning')} stored with warning, "
             f"{self.count('already_sent')} already present, {self.count('failed')} failed "
             f"in {self.seconds:.1f} s ({self.instances_per_second:.1f} instances/s)"
         )
+        if self.verified:
+            if self.verify_error and not self.confirmed:
+                line += f"; confirmed in PACS: unknown ({self.verify_error})"
+            else:
+                line += f"; confirmed in PACS: {self.confirmed} of {self.expected}"
+                if self.lost:
+                    line += f" ({self.lost} in the send ledger but missing from the PACS were resent)"
+                if self.verify_error:
+                    line += f" ({self.verify_error})"
+        return line
 
     def write_csv(self, path: str | os.PathLike) -> Path:
         """Write the report atomically (columns :data:`REPORT_COLUMNS`)."""
@@ -117,7 +156,10 @@ def collect_dicom_files(sources: Sequence[str | os.PathLike]) -> list[Path]:
 def _header(path: Path) -> pydicom.Dataset | None:
     """The header of a DICOM file, or None when the file is not DICOM (then it is skipped)."""
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID", "SOPClassUID"])
+        return pydicom.dcmread(
+            path, stop_before_pixels=True,
+            specific_tags=["SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"],
+        )
     except (InvalidDicomError, EOFError, OSError):
         return None
 
@@ -131,18 +173,20 @@ def export_files(
     progress: bool = True,
     after_each: Callable[[ExportRow], None] | None = None,
     give_up_after: int = 3,
+    verify: bool = False,
 ) -> ExportReport:
     """Send ``files`` to ``destination``; see the module docstring. Never raises for per-instance problems.
 
-    ``retries``: retries of a transient failure per instance, after ``backoff`` * 2**k seconds;
-    ``after_each(row)``: called after every instance; ``give_up_after``: stop after that many
-    instances in a row got no answer (0: never).
+    ``retries``: retries of a transient failure per instance (and per query), after ``backoff`` * 2**k
+    seconds; ``after_each(row)``: called after every instance; ``give_up_after``: stop after that many
+    instances in a row got no answer (0: never); ``verify``: ask the destination what it holds
+    instead of trusting the ledger alone.
     """
     start = time.perf_counter()
     retries = max(0, int(retries))
     label = destination.label
-    report = ExportReport(label)
-    pending: list[tuple[Path, pydicom.Dataset]] = []
+    report = ExportReport(label, verified=bool(verify))
+    candidates: list[tuple[Path, pydicom.Dataset, str]] = []
     seen: dict[str, Path] = {}
     for path in map(Path, files):
         header = _header(path)
@@ -153,14 +197,63 @@ def export_files(
                 logger.info("skipping %s: not a DICOM file", path)
             continue
         uid = str(header.SOPInstanceUID)
-        if ledger.is_sent(uid, label):
-            report.rows.append(ExportRow(str(path), uid, label, "already_sent", "", "in the send ledger"))
-            continue
         if uid in seen:
-            report.rows.append(ExportRow(str(path), uid, label, "already_sent", "", f"same SOP Instance UID as {seen[uid]}"))
+            in_ledger = not verify and ledger.is_sent(uid, label)
+            reason = "in the send ledger" if in_ledger else f"same SOP Instance UID as {seen[uid]}"
+            report.rows.append(ExportRow(str(path), uid, label, "already_sent", "", reason))
             continue
         seen[uid] = path
-        pending.append((path, header))
+        candidates.append((path, header, uid))
+
+    held: dict[tuple[str, str], set[str]] = {}
+    if verify:
+        unplaced = [(path, uid) for path, header, uid in candidates if _series_key(header) is None]
+        for path, uid in unplaced:
+            report.rows.append(ExportRow(str(path), uid, label, "failed", "",
+                                         "cannot be verified: the file has no StudyInstanceUID / SeriesInstanceUID"))
+        candidates = [entry for entry in candidates if _series_key(entry[1]) is not None]
+        report.expected = len(candidates)
+        try:
+            held = _held_by_destination(destination, [_series_key(header) for _p, header, _u in candidates], retries, backoff)
+        except (PermanentSendError, TransientSendError) as error:
+            report.verify_error = f"cannot ask which instances it holds: {error}"
+            logger.error("--verify: %s %s -- nothing was sent. Allow C-FIND (DIMSE) or QIDO-RS (DICOMweb) for us at "
+                         "the PACS, or export without --verify to trust the send ledger", label, report.verify_error)
+            for path, _header_, uid in candidates:
+                report.rows.append(ExportRow(str(path), uid, label, "failed", "", f"not verified: {report.verify_error}"))
+            report.seconds = time.perf_counter() - start
+            return report
+
+    pending: list[tuple[Path, pydicom.Dataset]] = []
+    notes: dict[str, str] = {}  # why an instance is sent again
+    confirmed_before, found, lost = [], [], []
+    for path, header, uid in candidates:
+        in_ledger = ledger.is_sent(uid, label)
+        if not verify:
+            if in_ledger:
+                report.rows.append(ExportRow(str(path), uid, label, "already_sent", "", "in the send ledger"))
+            else:
+                pending.append((path, header))
+        elif uid in held.get(_series_key(header), ()):
+            if in_ledger:
+                confirmed_before.append(uid)
+                message = "in the send ledger; confirmed in the PACS"
+            else:
+                found.append((uid, path))
+                message = "found in the PACS by query (added to the send ledger)"
+            report.rows.append(ExportRow(str(path), uid, label, "already_sent", "", message))
+        else:
+            if in_ledger:
+                lost.append(uid)
+                notes[uid] = "resent: in the send ledger but missing from the PACS"
+            pending.append((path, header))
+    if verify:
+        ledger.mark_verified(confirmed_before, label)
+        ledger.record_found(found, label)
+        ledger.mark_lost(lost, label)
+        report.lost = len(lost)
+        if lost:
+            logger.warning("%s lacks %d instance(s) the send ledger had as sent: sending them again", label, len(lost))
 
     sender = None
     fatal: str | None = None
@@ -196,7 +289,10 @@ def export_files(
                 if fatal is None and give_up_after and no_answer >= give_up_after:
                     fatal = f"not tried: {no_answer} instances in a row got no answer ({result.message})"
                     logger.error("%s -- export stopped", fatal)
-                row = ExportRow(str(path), uid, label, result.result, result.status_hex, result.message)
+                message = result.message
+                if uid in notes:
+                    message = notes[uid] + (f"; {message}" if message else "") if result.stored else message
+                row = ExportRow(str(path), uid, label, result.result, result.status_hex, message)
                 if result.stored:
                     ledger.record(uid, label, result.status, path)
                     if result.result == "warning":
@@ -209,8 +305,76 @@ def export_files(
     finally:
         if sender is not None:
             sender.close()
+    if verify:
+        _confirm(report, destination, ledger, candidates, held, retries, backoff, requery=fatal is None)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _series_key(header: pydicom.Dataset) -> tuple[str, str] | None:
+    """(StudyInstanceUID, SeriesInstanceUID) of a file, or None when it lacks one."""
+    study, series = header.get("StudyInstanceUID"), header.get("SeriesInstanceUID")
+    return (str(study), str(series)) if study and series else None
+
+
+def _held_by_destination(
+    destination: Destination, series: Iterable[tuple[str, str]], retries: int, backoff: float
+) -> dict[tuple[str, str], set[str]]:
+    """For each (study, series): the SOP Instance UIDs the destination holds (one query each, retried when transient).
+
+    Raises :class:`QueryError` (or another :class:`PermanentSendError`) when the destination refuses
+    to answer, :class:`TransientSendError` when it still does not answer after the retries.
+    """
+    held: dict[tuple[str, str], set[str]] = {}
+    querier = make_querier(destination)
+    try:
+        for key in dict.fromkeys(series):
+            for attempt in range(retries + 1):
+                try:
+                    held[key] = set(querier.find_instances(*key))
+                    break
+                except QueryError:
+                    raise
+                except TransientSendError as error:
+                    if attempt == retries:
+                        raise
+                    delay = backoff * 2**attempt
+                    logger.warning("%s; retrying the query in %.1f s", error, delay)
+                    time.sleep(delay)
+    finally:
+        querier.close()
+    return held
+
+
+def _confirm(
+    report: ExportReport,
+    destination: Destination,
+    ledger: SendLedger,
+    candidates: list[tuple[Path, pydicom.Dataset, str]],
+    held: dict[tuple[str, str], set[str]],
+    retries: int,
+    backoff: float,
+    requery: bool,
+) -> None:
+    """After sending: query the series that got instances again and count what the destination lists."""
+    rows = {row.sop_instance_uid: row for row in report.rows if row.result in ("sent", "warning")}
+    if requery and rows:
+        changed = [_series_key(header) for _path, header, uid in candidates if uid in rows]
+        try:
+            held = {**held, **_held_by_destination(destination, changed, retries, backoff)}
+        except (PermanentSendError, TransientSendError) as error:
+            report.verify_error = f"the instances sent now could not be confirmed: {error}"
+            logger.error("--verify: %s", report.verify_error)
+            rows = {}
+    listed = {uid for _path, header, uid in candidates if uid in held.get(_series_key(header), ())}
+    report.confirmed = len(listed)
+    ledger.mark_verified([uid for uid in rows if uid in listed], report.destination)
+    unlisted = [uid for uid in rows if uid not in listed] if requery else []
+    for uid in unlisted:
+        row = rows[uid]
+        row.message = "; ".join(filter(None, [row.message, "stored, but the PACS's query does not list it"]))
+    if unlisted:
+        logger.error("%s confirmed %d instance(s) but does not list them when asked", report.destination, len(unlisted))
 
 
 def export_series(

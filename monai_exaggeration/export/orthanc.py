@@ -5,8 +5,9 @@
         ...
         pacs.instances()                          # SOP Instance UIDs stored, via the REST API
 
-The configuration allows C-ECHO from anyone, C-STORE only from the known AE title
-``allowed_ae`` (``DicomModalities``), checks the called AE title, and loads the DICOMweb plugin.
+The configuration allows C-ECHO from anyone, C-STORE and C-FIND only from the known AE title
+``allowed_ae`` (``DicomModalities``; ``allow_find=False`` refuses its C-FIND, as a PACS that only
+accepts storage from us would), checks the called AE title, and loads the DICOMweb plugin.
 Storage lives in ``workdir`` and survives :meth:`stop` / :meth:`start` (for restart tests).
 ``tls=OrthancTls(certificate, private_key, trusted)`` makes the DICOM port speak TLS only (Orthanc
 >= 1.9), requiring a client certificate signed by one of ``trusted``.
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from monai_exaggeration.export.destinations import Destination
 
-__all__ = ["LocalOrthanc", "OrthancTls", "orthanc_binary", "free_port"]
+__all__ = ["LocalOrthanc", "OrthancTls", "dcmtk_tool", "orthanc_binary", "free_port"]
 
 _PLUGIN_DIRS = ("/usr/share/orthanc/plugins", "/usr/lib/orthanc")
 
@@ -72,6 +73,7 @@ class LocalOrthanc:
         allowed_ae: str = "EXAGGERATION",
         tls: OrthancTls | None = None,
         users: dict[str, str] | None = None,
+        allow_find: bool = True,
     ) -> None:
         binary = orthanc_binary()
         if binary is None:
@@ -98,7 +100,11 @@ class LocalOrthanc:
             "DicomAlwaysAllowEcho": True,
             "DicomAlwaysAllowStore": False,
             "DicomCheckModalityHost": False,
-            "DicomModalities": {"exaggeration": [allowed_ae, "127.0.0.1", 104]},  # port unused: Orthanc never calls back
+            "DicomAlwaysAllowFind": False,
+            "DicomModalities": {  # port unused: Orthanc never calls back
+                "exaggeration": {"AET": allowed_ae, "Host": "127.0.0.1", "Port": 104, "AllowEcho": True,
+                                 "AllowStore": True, "AllowFind": allow_find, "AllowMove": False, "AllowGet": False},
+            },
             "Plugins": [plugin] if plugin else [],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
             "StableAge": 1,
@@ -187,6 +193,14 @@ class LocalOrthanc:
         for patient in self.rest("/patients"):
             self.rest(f"/patients/{patient}", method="DELETE")
 
+    def delete_series(self, series_instance_uid: str) -> None:
+        """Delete one series (``DELETE /series/{id}``), as a PACS losing data would."""
+        matches = [m for m in self.rest("/tools/lookup", method="POST", data=series_instance_uid.encode())
+                   if m.get("Type") == "Series"]
+        if not matches:
+            raise KeyError(f"Orthanc has no series {series_instance_uid}")
+        self.rest(f"/series/{matches[0]['ID']}", method="DELETE")
+
     def instances(self) -> list[str]:
         """SOP Instance UIDs of every stored instance."""
         uids = []
@@ -202,3 +216,17 @@ class LocalOrthanc:
 
     def dicomweb_destination(self, **settings) -> Destination:
         return Destination(url=f"{self.url}/dicom-web", **settings)
+
+
+def dcmtk_tool(name: str) -> str | None:
+    """dcmtk's ``name`` (storescu, echoscu, ...) on PATH or in /usr/bin; None when absent.
+
+    pynetdicom installs Python apps of the same names with other options, so the tool must say it is dcmtk's.
+    """
+    for folder in os.environ.get("PATH", "").split(os.pathsep) + ["/usr/bin"]:
+        candidate = Path(folder) / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            version = subprocess.run([str(candidate), "--version"], capture_output=True, text=True)
+            if "dcmtk" in (version.stdout + version.stderr).lower():
+                return str(candidate)
+    return None

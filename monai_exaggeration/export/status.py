@@ -3,14 +3,23 @@
 :class:`TransientSendError` is worth retrying (connection refused or reset, association aborted,
 timeout, "out of resources", HTTP 5xx; :class:`UnreachableError` when no connection can be made at
 all); :class:`PermanentSendError` is not (association rejected,
-e.g. a wrong called AE title; HTTP 401/403).
+e.g. a wrong called AE title; HTTP 401/403), nor is :class:`QueryError` (the peer will not answer
+the queries of ``export --verify``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["WARNING_STATUSES", "PermanentSendError", "SendResult", "TransientSendError", "UnreachableError", "classify_status"]
+__all__ = [
+    "WARNING_STATUSES",
+    "PermanentSendError",
+    "QueryError",
+    "SendResult",
+    "TransientSendError",
+    "UnreachableError",
+    "classify_status",
+]
 
 #: Warning statuses of C-STORE (PS3.4 B.2.3): the instance is stored.
 WARNING_STATUSES = {0xB000: "coercion of data elements", 0xB006: "elements discarded", 0xB007: "data set does not match SOP class"}
@@ -36,6 +45,10 @@ class UnreachableError(TransientSendError):
 
 class PermanentSendError(RuntimeError):
     """A retry cannot help (rejected association, misconfiguration)."""
+
+
+class QueryError(PermanentSendError):
+    """The destination cannot be asked which instances it holds (C-FIND refused or unsupported, QIDO-RS refused)."""
 
 
 @dataclass(frozen=True)
