@@ -12,6 +12,7 @@ from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
+import pytest
 
 TOKENS = {"R1": "token-reader-one-0123456789abcdef", "R2": "token-reader-two-0123456789abcdef"}
 ADMIN = "token-admin-0123456789abcdef-admin"
@@ -110,3 +111,27 @@ def live_server(study_dir: Path) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def bearer(reader: str) -> dict:
+    """The Authorization header of a reader (by name, or a raw token)."""
+    return {"Authorization": f"Bearer {TOKENS.get(reader, reader)}"}
+
+
+def put(client, reader: str, case: str, question: str, value) -> object:
+    """Answer one question of one case as ``reader``."""
+    return client.put(f"/api/answers/{case}/{question}", json={"value": value}, headers=bearer(reader))
+
+
+@pytest.fixture()
+def study(tmp_path: Path) -> Path:
+    return make_study(tmp_path / "study")
+
+
+@pytest.fixture()
+def client(study: Path):
+    from fastapi.testclient import TestClient
+
+    from monai_exaggeration.reader_study.server import create_app
+
+    return TestClient(create_app(study))

@@ -10,30 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from reader_app_helpers import ADMIN, ASSIGNMENTS, NUM_FRAMES, TOKENS, live_server, make_study
+from reader_app_helpers import ADMIN, ASSIGNMENTS, NUM_FRAMES, TOKENS, bearer, client, live_server, make_study, put, study  # noqa: F401 (fixtures)
 
 fastapi = pytest.importorskip("fastapi", reason="the reading app needs fastapi (pip install -e .[test])")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from monai_exaggeration.reader_study.server import MAX_BODY_BYTES, create_app  # noqa: E402
+from monai_exaggeration.reader_study.server import MAX_BODY_BYTES, create_app, personal_links  # noqa: E402
 
 
-def bearer(reader: str) -> dict:
-    return {"Authorization": f"Bearer {TOKENS[reader] if reader in TOKENS else reader}"}
-
-
-@pytest.fixture()
-def study(tmp_path: Path) -> Path:
-    return make_study(tmp_path / "study")
-
-
-@pytest.fixture()
-def client(study: Path) -> TestClient:
-    return TestClient(create_app(study))
-
-
-def put(client: TestClient, reader: str, case: str, question: str, value) -> object:
-    return client.put(f"/api/answers/{case}/{question}", json={"value": value}, headers=bearer(reader))
 
 
 def test_tokens_are_required_and_checked(client: TestClient) -> None:
@@ -47,19 +31,29 @@ def test_tokens_are_required_and_checked(client: TestClient) -> None:
 
 
 def test_personal_link_signs_in_with_a_cookie(client: TestClient) -> None:
-    response = client.get(f"/r/{TOKENS['R2']}", follow_redirects=False)
-    assert response.status_code == 303 and response.headers["location"] == "/read"
-    assert "httponly" in response.headers["set-cookie"].lower()
+    """The link's page posts the token to /api/session, which sets the cookie; no GET sets a cookie."""
+    for path in ("/r", f"/r/{TOKENS['R2']}"):  # the link /r#<token> (fragment not sent) and the older /r/<token>
+        page = client.get(path, follow_redirects=False)
+        assert page.status_code == 200 and "/static/signin.js" in page.text and "set-cookie" not in page.headers
+    assert client.get("/api/me").status_code == 401
+    response = client.post("/api/session", json={"token": TOKENS["R2"]})
+    assert response.status_code == 200 and response.json() == {"reader_id": "R2", "role": "reader", "next": "/read"}
+    cookie = response.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie and "secure" not in cookie
     assert client.get("/api/me").json() == {"reader_id": "R2", "role": "reader"}  # the cookie is enough now
-    assert client.get("/r/wrong-token", follow_redirects=False).status_code == 403
-    admin = client.get(f"/r/{ADMIN}", follow_redirects=False)
-    assert admin.headers["location"] == "/admin"
+    wrong = client.post("/api/session", json={"token": "wrong-token"})
+    assert wrong.status_code == 403 and "set-cookie" not in wrong.headers
+    assert client.post("/api/session", json={"nothing": 1}).status_code == 422
+    form = client.post("/api/session", content=f'{{"token": "{TOKENS["R1"]}"}}', headers={"Content-Type": "text/plain"})
+    assert form.status_code == 415  # JSON only: a cross-site form cannot sign a browser in
+    assert client.post("/api/session", json={"token": ADMIN}).json()["next"] == "/admin"
+    assert client.delete("/api/session").status_code == 200 and client.get("/api/me").status_code == 401
 
 
 def test_each_arm_shows_only_its_assets(client: TestClient) -> None:
     series = client.get("/api/cases/C00001", headers=bearer("R1")).json()  # R1 reads C00001 with the series
-    assert series["arm"] == "series" and len(series["frames"]) == NUM_FRAMES and len(series["scores"]) == NUM_FRAMES
-    assert "saliency" not in series
+    assert series["arm"] == "series" and len(series["frames"]) == NUM_FRAMES and not series["explained"]
+    assert "saliency" not in series and "scores" not in series  # the scores come with the explanation
     image_only = client.get("/api/cases/C00002", headers=bearer("R1")).json()
     assert image_only["arm"] == "image" and not {"frames", "scores", "saliency"} & set(image_only)
     assert "understandability" not in {q["id"] for q in image_only["questions"]}  # asked only with an explanation
@@ -71,6 +65,8 @@ def test_each_arm_shows_only_its_assets(client: TestClient) -> None:
     assert client.get("/assets/C00001/frame_002.png", headers=bearer("R1")).status_code == 200
     assert client.get("/assets/C00002/frame_002.png", headers=bearer("R1")).status_code == 403
     assert client.get("/assets/C00002/saliency.png", headers=bearer("R2")).status_code == 200
+    assert len(client.get("/api/cases/C00001", headers=bearer("R1")).json()["scores"]) == NUM_FRAMES  # frame served
+    assert len(client.get("/api/cases/C00001", headers=bearer(ADMIN)).json()["scores"]) == NUM_FRAMES
     assert client.get("/api/cases/C99999", headers=bearer("R1")).status_code == 404
 
 
@@ -187,6 +183,7 @@ def _chromium() -> str:
 
 def test_reader_session_in_a_real_browser(study: Path, tmp_path: Path) -> None:
     """Log in with the personal link, answer every question type, step with the keyboard, close, resume."""
+    import httpx
     from playwright.sync_api import expect, sync_playwright
 
     artifacts = Path(os.environ.get("EXAG_TEST_ARTIFACTS", tmp_path))
@@ -195,8 +192,11 @@ def test_reader_session_in_a_real_browser(study: Path, tmp_path: Path) -> None:
         browser = playwright.chromium.launch(executable_path=_chromium(), headless=True, args=["--no-sandbox"])
         context = browser.new_context(viewport={"width": 1400, "height": 1000})
         page = context.new_page()
-        page.goto(f"{url}/r/{TOKENS['R1']}")
+        console: list[str] = []
+        page.on("console", lambda message: console.append(message.text))
+        page.goto(personal_links(study, url)["R1"])  # /r#<token>, as `reader-study links` prints it
         expect(page.locator("#case-title")).to_contain_text("Case 1 of 3")  # R1's first case: the series arm
+        assert page.url == f"{url}/read"  # no token left in the address bar
         expect(page.locator("#who")).to_have_text("reader R1")
         # first the real-vs-generated image alone, nothing else of the case
         expect(page.locator("#choice-step")).to_be_visible()
@@ -214,6 +214,8 @@ def test_reader_session_in_a_real_browser(study: Path, tmp_path: Path) -> None:
         assert page.locator("#series-controls").is_hidden()
         page.locator("#reveal").click()
         expect(page.locator("fieldset[data-question=confidence_before] input[value='3']")).to_be_disabled()  # final once explained
+        frozen = httpx.put(f"{url}/api/answers/C00001/confidence_before", json={"value": 3}, headers=bearer("R1"), timeout=30)
+        assert frozen.status_code == 409  # the server keeps it final too: the page fetched the explanation
         # the series: keyboard stepping and playing
         expect(page.locator("#series-controls")).to_be_visible()
         expect(page.locator("#step-label")).to_have_text(f"frame 1 / {NUM_FRAMES}")
@@ -250,18 +252,22 @@ def test_reader_session_in_a_real_browser(study: Path, tmp_path: Path) -> None:
         page.locator("fieldset[data-question=confidence_before] input[value='5']").check()
         expect(page.locator("#saved")).to_have_text("saved")
         context.close()
-        # a fresh browser: the personal link resumes at the first unfinished case with the answers kept
+        # a fresh browser: the personal link (here in its older /r/<token> form) resumes at the first unfinished case
         context = browser.new_context()
         page = context.new_page()
+        page.on("console", lambda message: console.append(message.text))
         page.goto(f"{url}/r/{TOKENS['R1']}")
         expect(page.locator("#case-title")).to_contain_text("Case 2 of 3")
         expect(page.locator("fieldset[data-question=confidence_before] input[value='5']")).to_be_checked()
         expect(page.locator("#progress")).to_have_text("1 of 3 cases complete")
         # the administrator's progress page
         admin = context.new_page()
-        admin.goto(f"{url}/r/{ADMIN}")
+        admin.on("console", lambda message: console.append(message.text))
+        admin.goto(personal_links(study, url)["admin"])
         expect(admin.locator("tr[data-reader=R1] td").nth(1)).to_have_text("1")
+        assert admin.url == f"{url}/admin"
         browser.close()
+    assert not [text for text in console if "Content Security Policy" in text], console  # nothing inline was blocked
     stored = {(r["case_id"], r["question_id"]): r["value"] for r in TestClient(create_app(study)).get(
         "/api/readers/R1/answers", headers=bearer(ADMIN)).json()}
     assert stored[("C00001", "comment")] == "bigger heart" and stored[("C00001", "what_changed")] == ["heart size"]
@@ -274,13 +280,14 @@ def test_personal_links_and_bad_folders(study: Path, tmp_path: Path) -> None:
     from monai_exaggeration.reader_study.server import StudyError, personal_links
 
     links = personal_links(study, "http://localhost:8765/")
-    assert links["R1"] == f"http://localhost:8765/r/{TOKENS['R1']}" and links["admin"].endswith(ADMIN)
+    assert links["R1"] == f"http://localhost:8765/r#{TOKENS['R1']}" and links["admin"] == f"http://localhost:8765/r#{ADMIN}"
     with pytest.raises(StudyError, match="not a study folder"):
         create_app(tmp_path / "empty")
 
 
-def test_serve_command_prints_links_and_serves(study: Path, tmp_path: Path) -> None:
-    """`reader-study serve` as a user runs it: personal links printed, the app answering on loopback, Ctrl-C stops it."""
+def test_serve_command_prints_links_and_serves(study: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`reader-study serve` as a user runs it: personal links in private/links.txt (not printed), the app answering
+    on loopback, Ctrl-C stops it; `reader-study links` prints the links."""
     import signal
     import subprocess
     import sys
@@ -306,9 +313,22 @@ def test_serve_command_prints_links_and_serves(study: Path, tmp_path: Path) -> N
             if "Uvicorn running" in line or "Application startup complete" in line or not line:
                 break
         printed = "".join(lines)
-        assert f"http://localhost:{port}/r/{TOKENS['R1']}" in printed and f"/r/{ADMIN}" in printed, printed
-        response = httpx.get(f"http://127.0.0.1:{port}/r/{TOKENS['R2']}", follow_redirects=True, timeout=30)
-        assert response.status_code == 200 and "reader.js" in response.text
+        links_file = study / "private" / "links.txt"
+        assert str(links_file.resolve()) in printed and TOKENS["R1"] not in printed and ADMIN not in printed, printed
+        listed = dict(line.split("\t") for line in links_file.read_text().splitlines() if not line.startswith("#"))
+        assert listed == personal_links(study, f"http://localhost:{port}") and listed["R1"].endswith(f"/r#{TOKENS['R1']}")
+        assert links_file.stat().st_mode & 0o077 == 0  # the owner's only
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as browser:
+            assert browser.post("/api/session", json={"token": TOKENS["R2"]}).status_code == 200
+            response = browser.get("/read")
+            assert response.status_code == 200 and "reader.js" in response.text
+            assert browser.get("/api/me").json()["reader_id"] == "R2"
     finally:
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) == 0
+    from monai_exaggeration.cli import main
+
+    assert main(["reader-study", "links", str(study), "--base-url", "https://study.example.org/"]) == 0
+    shown = capsys.readouterr().out.splitlines()
+    assert f"R1\thttps://study.example.org/r#{TOKENS['R1']}" in shown and f"admin\thttps://study.example.org/r#{ADMIN}" in shown
+    assert main(["reader-study", "links", str(tmp_path / "nothing")]) == 2

@@ -40,6 +40,12 @@ Reads ``DIR/study.json``, ``DIR/responses.sqlite`` (:mod:`.store`) and, when pre
     analysis with the FDA's iMRMC tool (Java application or R package).
 ``summary.json``, ``report.html``
     Key numbers and notes; a self-contained HTML report (tables, plots as embedded PNG).
+
+Every CSV is safe to open in a spreadsheet (OWASP's advice against CSV injection): a text cell
+that starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a leading ``'``, so a
+reader's comment ``=HYPERLINK(...)`` is shown as text, never run as a formula. Numbers are never
+changed: numeric cells are not text, and a text cell that is just a number (``-2``, ``+0.5``) is
+harmless and kept as it is. :func:`csv_safe` does this; the tables in memory keep the raw text.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +77,7 @@ __all__ = [
     "cohen_kappa",
     "confidence_change",
     "confidence_pairs",
+    "csv_safe",
     "fleiss_kappa",
     "forced_choice_accuracy",
     "imrmc_text",
@@ -84,6 +92,9 @@ LONG_COLUMNS = [
     "ground_truth", "forced_choice_truth",
 ]
 _CATEGORICAL = ("yes_no", "forced_choice", "choice", "likert")
+#: First characters that make a spreadsheet read a cell as a formula (OWASP, CSV injection).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 
 
 @dataclass
@@ -515,6 +526,23 @@ def _export_value(value: Any) -> Any:
     return json.dumps(value, ensure_ascii=False) if isinstance(value, (list, dict)) else value
 
 
+def _csv_cell(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith(FORMULA_START) and not _PLAIN_NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
+def csv_safe(table: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``table`` whose text cells cannot start a spreadsheet formula (see the module docstring)."""
+    safe = table.copy()
+    for column in safe.columns:
+        if safe[column].dtype == object or pd.api.types.is_string_dtype(safe[column]):
+            safe[column] = safe[column].map(_csv_cell)
+    if safe.columns.dtype == object:
+        safe.columns = [_csv_cell(name) for name in safe.columns]
+    return safe
+
+
 def _json_ready(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -562,7 +590,7 @@ def analyze_study(
 
     out.mkdir(parents=True, exist_ok=True)
     for name, table in tables.items():
-        result.files[name] = write_csv_atomic(table, out / f"{name}.csv")
+        result.files[name] = write_csv_atomic(csv_safe(table), out / f"{name}.csv")
     title = str(data.study.get("title", "Reader study"))
     for qid in mrmc_questions:
         text = imrmc_text(responses, qid, title)

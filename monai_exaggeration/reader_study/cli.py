@@ -1,4 +1,4 @@
-"""``python -m monai_exaggeration reader-study <build|serve|analyze>``: argparse wiring of the reader study.
+"""``python -m monai_exaggeration reader-study <build|serve|links|analyze>``: argparse wiring of the reader study.
 
 :func:`add_reader_study_parser` adds the ``reader-study`` command to the package's command line
 (:func:`monai_exaggeration.cli.build_parser`) and returns its sub-command action.
@@ -47,9 +47,21 @@ def _serve_command(args: argparse.Namespace) -> int:
     from monai_exaggeration.reader_study.server import StudyError, serve
 
     try:
-        serve(args.study_dir, host=args.host, port=args.port, base_url=args.base_url)
+        serve(args.study_dir, host=args.host, port=args.port, base_url=args.base_url, secure_cookies=args.secure_cookies)
     except StudyError as error:
         return _fail(error)
+    return 0
+
+
+def _links_command(args: argparse.Namespace) -> int:
+    from monai_exaggeration.reader_study.server import StudyError, default_base_url, personal_links
+
+    try:
+        links = personal_links(args.study_dir, args.base_url or default_base_url(args.host, args.port))
+    except StudyError as error:
+        return _fail(error)
+    for who, link in links.items():
+        print(f"{who}\t{link}")
     return 0
 
 
@@ -85,9 +97,27 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", default="127.0.0.1",
                         help="interface to listen on (default: %(default)s, this machine only; 0.0.0.0 for every interface)")
     parser.add_argument("--port", type=int, default=8765, help="TCP port (default: %(default)s)")
-    parser.add_argument("--base-url", help="the address readers reach the app at, for the printed links "
+    parser.add_argument("--base-url", help="the address readers reach the app at, for the personal links "
                         "(e.g. https://study.example.org behind a reverse proxy; default: http://HOST:PORT)")
+    parser.add_argument("--secure-cookies", action="store_true",
+                        help="mark the session cookie Secure (browsers send it over HTTPS only): use it behind an HTTPS "
+                        "reverse proxy, not when readers reach the app over plain http")
     parser.set_defaults(handler=_guarded(_serve_command))
+
+
+def _add_links(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "links",
+        help="print the personal links of a study",
+        description="Print each reader's personal link and the administrator's (BASE/r#TOKEN), one per line. "
+        "`serve` never prints them (a server's output often ends up in a log); it writes them to "
+        "STUDY_DIR/private/links.txt. See docs/reader_app.md.",
+    )
+    parser.add_argument("study_dir", help="the study folder made by `reader-study build`")
+    parser.add_argument("--base-url", help="the address readers reach the app at (default: http://HOST:PORT)")
+    parser.add_argument("--host", default="127.0.0.1", help="as given to serve, for the default base URL")
+    parser.add_argument("--port", type=int, default=8765, help="as given to serve, for the default base URL")
+    parser.set_defaults(handler=_guarded(_links_command))
 
 
 def _add_analyze(commands: argparse._SubParsersAction) -> None:
@@ -107,15 +137,17 @@ def _add_analyze(commands: argparse._SubParsersAction) -> None:
 
 
 def add_reader_study_parser(commands: argparse._SubParsersAction) -> argparse._SubParsersAction:
-    """Add ``reader-study`` (sub-commands ``build``, ``serve`` and ``analyze``) to ``commands``; return its sub-commands."""
+    """Add ``reader-study`` (sub-commands ``build``, ``serve``, ``links`` and ``analyze``) to ``commands``; return its sub-commands."""
     parser = commands.add_parser(
         "reader-study",
         help="radiologist reader study: build a study, serve the reading app, analyse the answers",
         description="Radiologist reader study of the explanations: `build` a study folder from an inference output, "
-        "`serve` the web reading app to the readers, `analyze` their answers. See docs/reader_study.md.",
+        "`serve` the web reading app to the readers, print their personal `links`, `analyze` their answers. "
+        "See docs/reader_study.md.",
     )
     study_commands = parser.add_subparsers(dest="reader_study_command", required=True)
     _add_build(study_commands)
     _add_serve(study_commands)
+    _add_links(study_commands)
     _add_analyze(study_commands)
     return study_commands

@@ -5,14 +5,27 @@ A FastAPI application over a study folder made by ``reader-study build`` (``stud
 :class:`~monai_exaggeration.reader_study.store.ResponseStore`, one row per answer, stored the
 moment it is given, so a closed browser resumes where the reader stopped.
 
-Access: each reader opens a personal link ``/r/<token>`` that sets an HTTP-only cookie (API
-clients may send ``Authorization: Bearer <token>`` instead). A reader sees only the cases
-assigned to them, only the assets their arm shows, and only their own answers; the administrator
-token sees the progress of every reader. Tokens are compared in constant time. Missing token:
-401; unknown token or a reader asking for what is not theirs: 403; unknown case or question:
-404; invalid answer: 422; oversized body: 413. The forced-choice (real versus generated) image
-comes first and alone: the case's other images are refused (403) until it is judged, and that
-judgement cannot be changed afterwards (409). Every asset (page, script, style, image) is served
+Access: each reader opens a personal link ``/r#<token>``: the token is in the URL fragment, which
+browsers never send, and the sign-in page posts it to ``POST /api/session``, which sets an
+HTTP-only, SameSite=strict cookie (``Secure`` with ``secure_cookies``); the page then moves to a
+token-free URL. Links of the older form ``/r/<token>`` still work the same way (the page reads the
+token from its path), and the uvicorn log redacts ``/r/<...>`` and every known token. API clients
+may send ``Authorization: Bearer <token>`` instead. A reader sees only the cases assigned to them,
+only the assets their arm shows, and only their own answers; the administrator token sees the
+progress of every reader. Tokens are compared in constant time. Missing token: 401; unknown token
+or a reader asking for what is not theirs: 403; unknown case or question: 404; invalid answer,
+malformed JSON or JSON nested deeper than :data:`MAX_JSON_DEPTH`: 422; oversized body: 413.
+
+Phases: the forced-choice (real versus generated) image comes first and alone: the case's other
+images are refused (403) until it is judged, and that judgement cannot be changed afterwards
+(409). Once a reader has been served a case's explanation (one of its frames or its saliency map,
+or ``POST /api/cases/<case>/explanation``, which also returns the frame scores), the store records
+it and the reader's "before" answers to that case (phase ``before`` or id ``*_before``) are final
+(409 for a new or changed answer), also after a restart.
+
+Every response carries ``Content-Security-Policy`` (``default-src 'self'``: no inline script or
+style), ``X-Content-Type-Options: nosniff`` and ``Referrer-Policy: no-referrer``; ``/api/*``
+answers are ``Cache-Control: no-store``. Every asset (page, script, style, image) is served
 locally: the app works offline.
 """
 
@@ -20,8 +33,12 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
+import os
 import re
 import sys
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -31,16 +48,26 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from monai_exaggeration.reader_study.store import ResponseStore
+from monai_exaggeration.reader_study.store import AnswerFrozenError, ResponseStore
 
-__all__ = ["COOKIE", "MAX_BODY_BYTES", "Identity", "Study", "StudyError", "create_app", "personal_links", "serve", "validate_answer"]
+__all__ = [
+    "COOKIE", "CONTENT_SECURITY_POLICY", "MAX_BODY_BYTES", "MAX_JSON_DEPTH", "Identity", "Study", "StudyError",
+    "TokenRedactingFilter", "create_app", "personal_links", "serve", "validate_answer", "write_links",
+]
 
 #: Name of the session cookie that holds a reader's token.
 COOKIE = "exaggeration_reader"
 #: Largest request body accepted (an answer is a few hundred bytes; free text is capped below).
 MAX_BODY_BYTES = 16 * 1024
+#: Deepest nesting of arrays and objects accepted in a JSON body (an answer needs 2).
+MAX_JSON_DEPTH = 16
 #: Longest free-text answer in characters.
 MAX_TEXT = 4000
+#: Sent with every response: only this server's own scripts, styles and images; no framing.
+CONTENT_SECURITY_POLICY = "default-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+#: Loggers of uvicorn whose records go through :class:`TokenRedactingFilter` while the app runs.
+REDACTED_LOGGERS = ("uvicorn.access", "uvicorn.error")
+_LINK_PATH = re.compile(r"(/r/)[^\s\"'?#/]+")
 _ASSET_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}\.png$")
 _STATIC = resources.files("monai_exaggeration.reader_study") / "static"
 
@@ -113,6 +140,21 @@ class Study:
         if arm is None:
             raise HTTPException(403, f"case {case_id!r} is not assigned to you")
         return arm
+
+    @property
+    def tokens(self) -> list[str]:
+        """Every reader and administrator token (for log redaction)."""
+        return [token for token, _ in self._tokens]
+
+    @staticmethod
+    def is_before(question: dict) -> bool:
+        """Whether ``question`` is answered on the image alone, before the explanation (phase or ``*_before`` id)."""
+        return question.get("phase") == "before" or str(question["id"]).endswith("_before")
+
+    def explanation_urls(self, case_id: str, arm: str) -> set[str]:
+        """URLs of the case's explanation images (frames, saliency map) shown in ``arm``."""
+        visible = self.visible_assets(case_id, arm)
+        return {*visible.get("frames", []), *([visible["saliency"]] if "saliency" in visible else [])}
 
     def choice_questions(self, arm: str) -> list[dict]:
         """The real-versus-generated (forced choice) questions asked in ``arm``."""
@@ -189,23 +231,115 @@ def _page(name: str) -> HTMLResponse:
     return HTMLResponse((_STATIC / name).read_text(encoding="utf-8"), headers={"Cache-Control": "no-store"})
 
 
-def create_app(study_dir: str | Path) -> FastAPI:
-    """The reading app for one study folder."""
+def json_depth(text: str) -> int:
+    """How deeply arrays and objects nest in the JSON ``text`` (brackets inside strings do not count).
+
+    One linear pass, no recursion: safe on any body, well-formed or not.
+    """
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+async def read_json(request: Request) -> Any:
+    """The request body as JSON: 413 when over :data:`MAX_BODY_BYTES`, 422 when not UTF-8 JSON or nested too deeply."""
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        raise HTTPException(413, f"request body larger than {MAX_BODY_BYTES} bytes")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise HTTPException(422, "the request body is not UTF-8 text") from None
+    if json_depth(text) > MAX_JSON_DEPTH:
+        raise HTTPException(422, f"the JSON body nests arrays or objects more than {MAX_JSON_DEPTH} levels deep")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as error:
+        raise HTTPException(422, f"the request body is not valid JSON ({error})") from None
+
+
+class TokenRedactingFilter(logging.Filter):
+    """Replaces ``/r/<anything>`` and every known token in log records with ``[redacted]``.
+
+    Works on the record's message and its string arguments, so uvicorn's access-log formatter (which
+    unpacks ``record.args``) still gets its five arguments.
+    """
+
+    def __init__(self, tokens: Iterable[str] = ()) -> None:
+        super().__init__()
+        self.tokens = sorted({str(token) for token in tokens if token}, key=len, reverse=True)
+
+    def redact(self, text: str) -> str:
+        text = _LINK_PATH.sub(r"\1[redacted]", text)
+        for token in self.tokens:
+            text = text.replace(token, "[redacted]")
+        return text
+
+    def _clean(self, value: Any) -> Any:
+        return self.redact(value) if isinstance(value, str) else value
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = self._clean(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(self._clean(value) for value in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {key: self._clean(value) for key, value in record.args.items()}
+        return True
+
+
+def create_app(study_dir: str | Path, secure_cookies: bool = False) -> FastAPI:
+    """The reading app for one study folder; ``secure_cookies``: mark the session cookie ``Secure`` (behind HTTPS)."""
     study = Study(study_dir)
-    app = FastAPI(title=study.definition.get("title", "Reader study"), docs_url=None, redoc_url=None, openapi_url=None)
+    redactor = TokenRedactingFilter(study.tokens)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # uvicorn has configured its loggers by now: tokens never reach its log, whatever the request
+        loggers = [logging.getLogger(name) for name in REDACTED_LOGGERS]
+        for logger in loggers:
+            logger.addFilter(redactor)
+        try:
+            yield
+        finally:
+            for logger in loggers:
+                logger.removeFilter(redactor)
+
+    app = FastAPI(title=study.definition.get("title", "Reader study"), docs_url=None, redoc_url=None, openapi_url=None,
+                  lifespan=lifespan)
     app.state.study = study
+    app.state.log_filter = redactor
+
+    def secured(request: Request, response: Response) -> Response:
+        response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        if request.url.path.startswith("/api/"):
+            response.headers["Cache-Control"] = "no-store"
+        return response
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next):
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return JSONResponse({"detail": f"request body larger than {MAX_BODY_BYTES} bytes"}, status_code=413)
+            return secured(request, JSONResponse({"detail": f"request body larger than {MAX_BODY_BYTES} bytes"}, status_code=413))
         if request.method in ("POST", "PUT", "PATCH") and length is None:
-            return JSONResponse({"detail": "a Content-Length header is required"}, status_code=411)
-        response = await call_next(request)
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "no-referrer"
-        return response
+            return secured(request, JSONResponse({"detail": "a Content-Length header is required"}, status_code=411))
+        return secured(request, await call_next(request))
 
     def identity(request: Request) -> Identity:
         header = request.headers.get("authorization", "")
@@ -236,13 +370,36 @@ def create_app(study_dir: str | Path) -> FastAPI:
             return RedirectResponse("/admin" if who.is_admin else "/read", status_code=303)
         return _page("welcome.html")
 
-    @app.get("/r/{token}", include_in_schema=False)
-    def personal_link(token: str) -> Response:
+    @app.get("/r", include_in_schema=False)
+    def sign_in_page() -> HTMLResponse:
+        # personal links are /r#<token>: the fragment never reaches the server; signin.js posts it to /api/session
+        return _page("signin.html")
+
+    @app.get("/r/{legacy}", include_in_schema=False)
+    def legacy_link(legacy: str) -> HTMLResponse:
+        # older links /r/<token>: the same page, which takes the token from its path (redacted in the log)
+        return _page("signin.html")
+
+    @app.post("/api/session")
+    async def sign_in(request: Request) -> Response:
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+            raise HTTPException(415, 'send the token as JSON {"token": "..."} with Content-Type: application/json')
+        payload = await read_json(request)
+        token = payload.get("token") if isinstance(payload, dict) else None
+        if not isinstance(token, str) or not token:
+            raise HTTPException(422, 'send a JSON object {"token": "..."}')
         who = study.identify(token)
         if who is None:
             raise HTTPException(403, "unknown access token: check your personal study link")
-        response = RedirectResponse("/admin" if who.is_admin else "/read", status_code=303)
-        response.set_cookie(COOKIE, token, httponly=True, samesite="strict", max_age=90 * 24 * 3600)
+        response = JSONResponse({"reader_id": who.reader_id, "role": "admin" if who.is_admin else "reader",
+                                 "next": "/admin" if who.is_admin else "/read"})
+        response.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=secure_cookies, max_age=90 * 24 * 3600)
+        return response
+
+    @app.delete("/api/session")
+    def sign_out() -> Response:
+        response = JSONResponse({"signed_out": True})
+        response.delete_cookie(COOKIE, httponly=True, samesite="strict", secure=secure_cookies)
         return response
 
     @app.get("/read", include_in_schema=False)
@@ -276,14 +433,30 @@ def create_app(study_dir: str | Path) -> FastAPI:
     @app.get("/api/cases/{case_id}")
     def case(case_id: str, who: Identity = Depends(identity)) -> dict:
         arm = study.arm_of(who, case_id)
+        visible = study.visible_assets(case_id, arm)
+        explained = who.is_admin or bool(study.store.explained(who.reader_id, case_id))
+        if not explained:
+            visible.pop("scores", None)  # the frame scores are part of the explanation: see POST .../explanation
         return {
             "case_id": case_id,
             "arm": arm,
             "arm_label": study.arms.get(arm, {}).get("label", arm),
             "shows": study.arms.get(arm, {}).get("shows", []),
             "questions": study.questions_for(arm) if arm else list(study.questions.values()),
-            **study.visible_assets(case_id, arm),
+            "explained": explained,
+            **visible,
         }
+
+    @app.post("/api/cases/{case_id}/explanation")
+    def explanation(case_id: str, who: Identity = Depends(reader)) -> dict:
+        """The reader moves on to the explanation: recorded for good, the case's "before" answers are final from now on."""
+        arm = study.arm_of(who, case_id)
+        if study.choice_pending(who, case_id, arm):
+            raise HTTPException(403, "answer the real-or-generated question first: the case's images are shown after it")
+        shown_at = study.store.mark_explained(who.reader_id, case_id)
+        visible = study.visible_assets(case_id, arm)
+        return {"case_id": case_id, "explained": True, "shown_at": shown_at,
+                **{key: visible[key] for key in ("frames", "scores", "saliency") if key in visible}}
 
     @app.put("/api/answers/{case_id}/{question_id}")
     async def answer(case_id: str, question_id: str, request: Request, who: Identity = Depends(reader)) -> dict:
@@ -291,21 +464,23 @@ def create_app(study_dir: str | Path) -> FastAPI:
         question = study.questions.get(question_id)
         if question is None or question not in study.questions_for(arm):
             raise HTTPException(404, f"question {question_id!r} is not asked for this case")
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            raise HTTPException(413, f"request body larger than {MAX_BODY_BYTES} bytes")
+        payload = await read_json(request)
         try:
-            payload = json.loads(body)
             if not isinstance(payload, dict) or "value" not in payload:
                 raise ValueError('send a JSON object {"value": ...}')
             value = validate_answer(question, payload["value"])
-        except (ValueError, UnicodeDecodeError) as error:
+        except ValueError as error:
             raise HTTPException(422, str(error)) from None
         if question["type"] == "forced_choice":
             given = [row["value"] for row in study.store.answers(who.reader_id, case_id) if row["question_id"] == question_id]
             if given and given[0] != value:
                 raise HTTPException(409, "the real-or-generated answer is final once given (the case's images have been shown since)")
-        study.store.save(who.reader_id, case_id, question_id, arm, question.get("phase", "after"), value)
+        try:
+            study.store.save(who.reader_id, case_id, question_id, arm, question.get("phase", "after"), value,
+                             final_once_explained=study.is_before(question))
+        except AnswerFrozenError as error:
+            raise HTTPException(409, f"question {question_id!r} is answered before the explanation and is final once "
+                                     f"the explanation has been shown ({error})") from None
         return {"case_id": case_id, "question_id": question_id, "value": value}
 
     @app.get("/api/readers/{reader_id}/answers")
@@ -345,32 +520,64 @@ def create_app(study_dir: str | Path) -> FastAPI:
         path = (study.folder / relative).resolve()
         if root not in path.parents or not path.is_file():
             raise HTTPException(404, "no such image")
+        if not who.is_admin and "/" + relative in study.explanation_urls(case_id, arm):
+            study.store.mark_explained(who.reader_id, case_id)  # recorded before a single byte of it is sent
         return FileResponse(path, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
     return app
 
 
 def personal_links(study_dir: str | Path, base_url: str) -> dict[str, str]:
-    """``{reader_id: link}`` plus ``"admin"`` for a study served at ``base_url``."""
-    secrets = json.loads((Path(study_dir) / "private" / "readers.json").read_text())
+    """``{reader_id: link}`` plus ``"admin"`` for a study served at ``base_url``: ``BASE/r#<token>``.
+
+    The token is in the fragment, which browsers never send to a server (nor to a proxy's log).
+    """
+    try:
+        secrets = json.loads((Path(study_dir) / "private" / "readers.json").read_text())
+    except FileNotFoundError:
+        raise StudyError(f"{study_dir} is not a study folder (private/readers.json is missing)") from None
     base = base_url.rstrip("/")
-    links = {reader: f"{base}/r/{token}" for reader, token in secrets.get("readers", {}).items()}
+    links = {reader: f"{base}/r#{token}" for reader, token in secrets.get("readers", {}).items()}
     if secrets.get("admin_token"):
-        links["admin"] = f"{base}/r/{secrets['admin_token']}"
+        links["admin"] = f"{base}/r#{secrets['admin_token']}"
     return links
 
 
-def serve(study_dir: str | Path, host: str = "127.0.0.1", port: int = 8765, base_url: str | None = None) -> None:
-    """Serve the reading app until interrupted, after printing every reader's personal link."""
+def default_base_url(host: str, port: int) -> str:
+    """The address the printed links use when ``--base-url`` is not given."""
+    return f"http://{'localhost' if host in ('127.0.0.1', '::1') else host}:{port}"
+
+
+def write_links(study_dir: str | Path, base_url: str) -> Path:
+    """Write every personal link to ``STUDY_DIR/private/links.txt`` (readable by the owner only); return its path."""
+    path = Path(study_dir) / "private" / "links.txt"
+    lines = ["# Personal links of the reader study: send each reader only their own; anyone with a link can answer",
+             "# as that reader. Written by `reader-study serve` (or print them with `reader-study links STUDY_DIR`)."]
+    lines += [f"{who}\t{link}" for who, link in personal_links(study_dir, base_url).items()]
+    temporary = path.with_name(".links.txt.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+    os.chmod(temporary, 0o600)
+    os.replace(temporary, path)
+    return path
+
+
+def serve(study_dir: str | Path, host: str = "127.0.0.1", port: int = 8765, base_url: str | None = None,
+          secure_cookies: bool = False) -> None:
+    """Serve the reading app until interrupted. The personal links go to ``private/links.txt``, never to the output.
+
+    Nothing this prints or logs holds a token: the output of a server often ends up in a log file.
+    """
     import uvicorn
 
-    app = create_app(study_dir)  # raises StudyError for a folder that is not a study
-    shown = base_url or f"http://{'localhost' if host in ('127.0.0.1', '::1') else host}:{port}"
+    app = create_app(study_dir, secure_cookies=secure_cookies)  # raises StudyError for a folder that is not a study
+    links = write_links(study_dir, base_url or default_base_url(host, port))
     print(f"Reader study {app.title!r} from {Path(study_dir).resolve()}; answers in responses.sqlite there.")
-    print("Personal links (send each reader only their own; anyone with a link can answer as that reader):")
-    for who, link in personal_links(study_dir, shown).items():
-        print(f"  {who:>8}: {link}")
+    print(f"Personal links (send each reader only their own): {links.resolve()}; "
+          f"or run `python -m monai_exaggeration reader-study links {study_dir}`.")
     if host not in ("127.0.0.1", "localhost", "::1"):
-        print("Serving beyond this machine: put it behind HTTPS (a reverse proxy) so tokens are not sent in clear text.")
-    sys.stdout.flush()  # the links before uvicorn's log, also when stdout is a pipe
+        print("Serving beyond this machine: put it behind HTTPS (a reverse proxy) so tokens are not sent in clear text"
+              + ("." if secure_cookies else ", and add --secure-cookies."))
+    sys.stdout.flush()  # before uvicorn's log, also when stdout is a pipe
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -12,6 +12,12 @@ Schema (one row per reader, case and question; a changed answer replaces the row
         answered_at TEXT NOT NULL,   -- UTC ISO 8601 with microseconds, time of the last change
         PRIMARY KEY (reader_id, case_id, question_id)
     )
+    CREATE TABLE explanations (      -- when each reader was first served each case's explanation
+        reader_id   TEXT NOT NULL,
+        case_id     TEXT NOT NULL,
+        shown_at    TEXT NOT NULL,   -- UTC ISO 8601 with microseconds, never changed afterwards
+        PRIMARY KEY (reader_id, case_id)
+    )
 
 The database is in WAL mode (readers never block the writer) with a busy timeout, and every call
 opens its own short-lived connection, so any number of threads and processes (web workers, the
@@ -19,6 +25,11 @@ analysis) may use one store at the same time. :meth:`ResponseStore.save` is a si
 ON CONFLICT DO UPDATE`` statement committed at once: an answer is stored exactly once, and the
 latest save of a (reader, case, question) wins. The store does not validate answers against the
 study's questions; the reading app does that before saving.
+
+:meth:`ResponseStore.mark_explained` records, once and for good, that a reader has been served a
+case's explanation; ``save(..., final_once_explained=True)`` then refuses (:class:`AnswerFrozenError`)
+to create or change that reader's answer to that case, checking and writing in one ``BEGIN
+IMMEDIATE`` transaction so that no answer slips in after the explanation was recorded.
 """
 
 from __future__ import annotations
@@ -35,7 +46,7 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["RESPONSE_COLUMNS", "ResponseStore"]
+__all__ = ["RESPONSE_COLUMNS", "AnswerFrozenError", "ResponseStore"]
 
 #: Columns of the ``responses`` table, of :meth:`ResponseStore.answers` rows and of :meth:`ResponseStore.to_frame`.
 RESPONSE_COLUMNS = ["reader_id", "case_id", "question_id", "arm", "phase", "value", "answered_at"]
@@ -50,7 +61,13 @@ CREATE TABLE IF NOT EXISTS responses (
     value       TEXT NOT NULL,
     answered_at TEXT NOT NULL,
     PRIMARY KEY (reader_id, case_id, question_id)
-)
+);
+CREATE TABLE IF NOT EXISTS explanations (
+    reader_id TEXT NOT NULL,
+    case_id   TEXT NOT NULL,
+    shown_at  TEXT NOT NULL,
+    PRIMARY KEY (reader_id, case_id)
+);
 """
 _UPSERT = """
 INSERT INTO responses (reader_id, case_id, question_id, arm, phase, value, answered_at)
@@ -60,6 +77,18 @@ ON CONFLICT (reader_id, case_id, question_id) DO UPDATE SET
 """
 _SELECT = f"SELECT {', '.join(RESPONSE_COLUMNS)} FROM responses"
 _ORDER = " ORDER BY answered_at, reader_id, case_id, question_id"
+
+
+class AnswerFrozenError(ValueError):
+    """The answer may no longer be given or changed: the case's explanation was shown at ``shown_at``."""
+
+    def __init__(self, shown_at: str) -> None:
+        super().__init__(f"the explanation of this case was shown at {shown_at}")
+        self.shown_at = shown_at
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
 class ResponseStore:
@@ -95,7 +124,7 @@ class ResponseStore:
                     mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
                     if str(mode).lower() != "wal":
                         raise sqlite3.OperationalError(f"could not switch {self.path} to WAL mode (got {mode})")
-                    connection.execute(_SCHEMA)
+                    connection.executescript(_SCHEMA)
                 return
             except sqlite3.OperationalError as error:
                 if ("locked" not in str(error) and "busy" not in str(error)) or time.monotonic() > deadline:
@@ -104,10 +133,14 @@ class ResponseStore:
 
     # ------------------------------------------------------------------------------------- writing
 
-    def save(self, reader_id: str, case_id: str, question_id: str, arm: str, phase: str, value: Any) -> str:
+    def save(self, reader_id: str, case_id: str, question_id: str, arm: str, phase: str, value: Any,
+             final_once_explained: bool = False) -> str:
         """Store (or replace) one answer and commit at once; return its ``answered_at`` time.
 
         ``value`` is any JSON value (number, text, boolean, list, mapping); NaN and infinities are refused.
+        ``final_once_explained``: once :meth:`mark_explained` has recorded the case's explanation for
+        this reader, refuse (:class:`AnswerFrozenError`) a new or different answer; saving the answer
+        already stored changes nothing and returns its time.
         """
         for name, text in (("reader_id", reader_id), ("case_id", case_id), ("question_id", question_id), ("arm", arm)):
             if not isinstance(text, str) or not text:
@@ -118,10 +151,42 @@ class ResponseStore:
             encoded = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
         except (TypeError, ValueError) as error:
             raise ValueError(f"answer value must be JSON (numbers, text, lists): {error}") from None
-        answered_at = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+        row = (reader_id, case_id, question_id, arm, phase, encoded)
         with self._connect() as connection:
-            connection.execute(_UPSERT, (reader_id, case_id, question_id, arm, phase, encoded, answered_at))
-        return answered_at
+            if not final_once_explained:
+                answered_at = _now()
+                connection.execute(_UPSERT, (*row, answered_at))
+                return answered_at
+            connection.execute("BEGIN IMMEDIATE")  # the check and the write see the same database
+            try:
+                shown = connection.execute("SELECT shown_at FROM explanations WHERE reader_id = ? AND case_id = ?",
+                                           (reader_id, case_id)).fetchone()
+                if shown is not None:
+                    stored = connection.execute(
+                        "SELECT value, answered_at FROM responses WHERE reader_id = ? AND case_id = ? AND question_id = ?",
+                        (reader_id, case_id, question_id)).fetchone()
+                    if stored is None or stored[0] != encoded:
+                        raise AnswerFrozenError(shown[0])
+                    connection.execute("COMMIT")
+                    return stored[1]
+                answered_at = _now()
+                connection.execute(_UPSERT, (*row, answered_at))
+                connection.execute("COMMIT")
+                return answered_at
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+
+    def mark_explained(self, reader_id: str, case_id: str) -> str:
+        """Record that ``reader_id`` has been served the explanation of ``case_id``; return when that first happened."""
+        for name, text in (("reader_id", reader_id), ("case_id", case_id)):
+            if not isinstance(text, str) or not text:
+                raise ValueError(f"{name} must be a non-empty string, got {text!r}")
+        with self._connect() as connection:
+            connection.execute("INSERT OR IGNORE INTO explanations (reader_id, case_id, shown_at) VALUES (?, ?, ?)",
+                               (reader_id, case_id, _now()))
+            return connection.execute("SELECT shown_at FROM explanations WHERE reader_id = ? AND case_id = ?",
+                                      (reader_id, case_id)).fetchone()[0]
 
     # ------------------------------------------------------------------------------------- reading
 
@@ -144,6 +209,14 @@ class ResponseStore:
                 "SELECT reader_id, COUNT(DISTINCT case_id) FROM responses GROUP BY reader_id ORDER BY reader_id"
             ).fetchall()
         return {reader: int(count) for reader, count in rows}
+
+    def explained(self, reader_id: str, case_id: str | None = None) -> dict[str, str]:
+        """``{case_id: shown_at}`` of the cases whose explanation ``reader_id`` has been served (``case_id`` only, when given)."""
+        query, parameters = "SELECT case_id, shown_at FROM explanations WHERE reader_id = ?", (reader_id,)
+        if case_id is not None:
+            query, parameters = query + " AND case_id = ?", (reader_id, case_id)
+        with self._connect() as connection:
+            return dict(connection.execute(query + " ORDER BY case_id", parameters).fetchall())
 
     def count(self) -> int:
         """Number of stored answers."""

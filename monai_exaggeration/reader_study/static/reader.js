@@ -18,6 +18,9 @@ async function api(method, url, body) {
   return response.json();
 }
 
+// asked on the image alone, before the explanation: the server's rule (phase "before" or an id ending in _before)
+const isBefore = (q) => q.phase === "before" || q.id.endsWith("_before");
+
 function questionsFor(arm) {
   return state.study.questions.filter((q) => !q.arms || q.arms.length === 0 || q.arms.includes(arm));
 }
@@ -190,28 +193,59 @@ function renderForms() {
   before.innerHTML = ""; after.innerHTML = ""; choice.innerHTML = "";
   for (const question of state.data.questions) {
     if (question.type === "forced_choice" && state.data.forced_choice) choice.appendChild(field(question, given[question.id]));
-    else if (question.type !== "forced_choice") (question.phase === "before" ? before : after).appendChild(field(question, given[question.id]));
+    else if (question.type !== "forced_choice") (isBefore(question) ? before : after).appendChild(field(question, given[question.id]));
   }
   for (const set of choice.querySelectorAll("fieldset")) set.disabled = state.stage !== "choice";
 }
 
 function lockBefore() {
-  // answers given on the image alone are final once the explanation has been seen
+  // answers given on the image alone are final once the explanation has been seen (the server refuses a change: 409)
   for (const set of $("before-form").querySelectorAll("fieldset")) set.disabled = state.revealed;
 }
 
-function reveal() {
-  state.revealed = true;
+async function loadExplanation() {
+  // the server records that this reader has seen the case's explanation, then sends it (frames, scores, saliency)
+  const caseId = state.data.case_id;
+  const explanation = await api("POST", "/api/cases/" + encodeURIComponent(caseId) + "/explanation", {});
+  if (!state.data || state.data.case_id !== caseId) return false;  // another case was opened meanwhile
+  Object.assign(state.data, explanation);
+  const frames = state.data.frames ? (await Promise.all(state.data.frames.map(loadImage))).map(pixels) : [];
+  if (!state.data || state.data.case_id !== caseId) return false;
+  state.frames = frames;
+  state.frame = 0;
+  $("slider").max = Math.max(0, state.frames.length - 1);
+  if (state.data.saliency) $("saliency").src = state.data.saliency;
+  return true;
+}
+
+function showRevealed() {
+  const hasAfter = state.data.questions.some((q) => q.type !== "forced_choice" && !isBefore(q));
   lockBefore();
-  localStorage.setItem("revealed:" + state.study.reader_id + ":" + state.data.case_id, "1");
-  $("after").hidden = false;
-  $("reveal").hidden = true;
-  $("saliency-panel").hidden = !state.data.saliency;
+  $("after").hidden = !state.revealed || !hasAfter;
+  $("reveal").hidden = state.revealed;
+  $("saliency-panel").hidden = !(state.revealed && state.data.saliency);
   draw();
+}
+
+async function reveal() {
+  $("reveal").disabled = true;
+  try {
+    if (!(await loadExplanation())) return;
+    state.revealed = true;
+    showRevealed();
+  } catch (error) {
+    $("saved").textContent = "could not show the explanation: " + error.message;
+    $("saved").classList.add("error");
+  } finally {
+    $("reveal").disabled = false;
+  }
 }
 
 async function openCase(index) {
   stopPlay();
+  // nothing of the previous case (its explanation above all) stays on screen while this one loads
+  state.revealed = false; state.frames = [];
+  for (const id of ["series-controls", "saliency-panel", "after"]) $(id).hidden = true;
   state.index = index;
   const item = state.study.cases[index];
   $("done").hidden = true; $("case").hidden = false; $("saved").textContent = "";
@@ -241,30 +275,27 @@ async function showCase() {
   // the case itself: its image, then the arm's explanation
   const item = state.study.cases[state.index];
   state.stage = "case";
+  // the explanation's images are fetched only when it is shown: the server records that moment
   state.base = pixels(await loadImage(state.data.image));
-  state.frames = state.data.frames ? (await Promise.all(state.data.frames.map(loadImage))).map(pixels) : [];
+  state.frames = [];
   state.frame = 0;
-  $("slider").max = Math.max(0, state.frames.length - 1);
-  if (state.data.saliency) $("saliency").src = state.data.saliency;
+  $("saliency").removeAttribute("src");
   $("before").hidden = false;
   $("choice-step").hidden = choiceQuestions().length === 0;
   $("confirm-choice").hidden = true;
   $("choice-note").textContent = "Your judgement of the image shown alone (final).";
   const assessed = state.data.questions.filter((q) => q.type !== "forced_choice");
-  const hasAfter = assessed.some((q) => q.phase !== "before");
-  const explains = state.frames.length > 0 || Boolean(state.data.saliency);
+  const explains = (state.data.frames || []).length > 0 || Boolean(state.data.saliency);
   $("reveal").textContent = explains ? "Show the explanation" : "Continue";
   $("after-title").textContent = explains ? "With the explanation (" + state.data.arm_label + ")" : "Your assessment";
   const given = state.answers[item.case_id] || {};
-  const answeredAfter = assessed.some((q) => q.phase !== "before" && q.id in given);
-  state.revealed = answeredAfter || localStorage.getItem("revealed:" + state.study.reader_id + ":" + item.case_id) === "1";
-  $("after").hidden = !state.revealed || !hasAfter;
-  $("reveal").hidden = state.revealed;
-  $("saliency-panel").hidden = !(state.revealed && state.data.saliency);
+  const answeredAfter = assessed.some((q) => !isBefore(q) && q.id in given);
+  // the server knows whether this reader has seen the explanation (also on another browser)
+  state.revealed = Boolean(state.data.explained) || answeredAfter;
+  if (state.revealed && !(await loadExplanation())) return;
   renderForms();
-  lockBefore();
   renderCaseList();
-  draw();
+  showRevealed();
 }
 
 document.addEventListener("keydown", (event) => {
