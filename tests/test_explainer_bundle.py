@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from conftest import REPO_ROOT, config_arg, run_bundle
 
@@ -58,6 +59,7 @@ def test_paper_defaults() -> None:
     assert parser["network_def"]["encoder_channels"] == [128, 256, 512, 1024, 1024]
 
 
+@pytest.mark.slow
 def test_training_smoke_run_and_outputs(tiny_dataset: Path, tmp_path: Path) -> None:
     """Plain `run` trains a few iterations, validates, checkpoints, logs to TensorBoard; `evaluating` reports."""
     root = tmp_path / "bundle"
@@ -73,6 +75,7 @@ def test_training_smoke_run_and_outputs(tiny_dataset: Path, tmp_path: Path) -> N
         assert term in log, term
     models = root / "models"
     assert {"explainer_best.pt", "explainer_final.pt", "explainer_checkpoint_iteration=4.pt"} <= {p.name for p in models.iterdir()}
+    assert not (models / ".training.lock").exists()  # the run's lock is removed when it ends
     final = torch.load(models / "explainer_final.pt", map_location="cpu", weights_only=True)
     assert set(final) == {"generator", "explainer", "training_state", "discriminator", "g_optimizer", "d_optimizer", "trainer"}
     assert final["explainer"]["image_size"] == 32 and final["explainer"]["args"]["encoder_channels"] == [8, 16]
@@ -89,6 +92,7 @@ def test_training_smoke_run_and_outputs(tiny_dataset: Path, tmp_path: Path) -> N
     assert (out / "evaluation" / "compatibility.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_train_json_weights_explain_with_no_architecture_flags(tiny_dataset: Path, tmp_path: Path) -> None:
     """The design card's flow: train with train.json (any widths, here 32 px), then explain with inference.json
     and nothing but the weights' path; the series is written at the trained size with its recorded composition."""
@@ -169,6 +173,7 @@ def _latest_readable_iteration(models: Path) -> int:
     return 0
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9(tiny_dataset: Path, tmp_path: Path) -> None:
     root = tmp_path / "bundle"
     models = root / "models"
@@ -197,6 +202,7 @@ def test_resume_after_kill_9(tiny_dataset: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert "resuming training from" in log and f"(iteration {killed_at})" in log
+    assert "taking over a stale training lock" in log  # the killed run's lock names a dead PID
     final = torch.load(models / "explainer_final.pt", map_location="cpu", weights_only=True)
     assert final["trainer"]["iteration"] == killed_at + 3
 

@@ -90,6 +90,7 @@ def make_trainer(records: list[dict], generator, discriminator, classifier, **kw
     )
 
 
+@pytest.mark.slow
 def test_short_training_moves_scores_toward_bin_centres() -> None:
     classifier = disc_classifier()
     records = toy_batches(classifier)
@@ -229,3 +230,44 @@ def test_resume_skips_a_damaged_newest_checkpoint(tmp_path, caplog) -> None:
     assert used.name == "explainer_checkpoint_iteration=10.pt"
     assert "skipping damaged checkpoint" in caplog.text and "(iteration 10)" in caplog.text
     assert attach_resume(Engine(lambda engine, batch: None), tmp_path / "empty", {"generator": generator}) is None
+
+
+def test_resume_prefers_a_newer_final_file_prunes_to_n_saved_and_stops_when_done(tmp_path) -> None:
+    from ignite.engine import Engine
+    from monai.handlers import CheckpointSaver
+
+    from monai_exaggeration.engines import attach_resume
+
+    generator, _ = tiny_networks()
+
+    def checkpoint(iteration: int) -> dict:
+        return {"generator": generator.state_dict(), "trainer": {"iteration": iteration, "epoch_length": 2, "max_epochs": 100}}
+
+    for iteration in (2, 4, 6, 8):  # e.g. two killed sittings: n_saved=2 each, never pruned across them
+        torch.save(checkpoint(iteration), tmp_path / f"explainer_checkpoint_iteration={iteration}.pt")
+    torch.save(checkpoint(9), tmp_path / "explainer_final.pt")  # the finished run's final file holds the same dict
+
+    def saver_on(engine: Engine) -> CheckpointSaver:
+        saver = CheckpointSaver(str(tmp_path), {"generator": generator, "trainer": engine}, file_prefix="explainer",
+                                save_interval=2, epoch_level=False, n_saved=2)
+        saver.attach(engine)
+        return saver
+
+    finished = Engine(lambda engine, batch: None)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    used = attach_resume(finished, tmp_path, {"generator": generator, "trainer": finished}, saver=saver_on(finished),
+                         max_iterations=9)
+    assert used.name == "explainer_final.pt"
+    finished.run(range(2), max_epochs=10)  # already trained to 9: returns at once, nothing written or removed
+    assert finished.state.iteration == 0 and sorted(p.name for p in tmp_path.iterdir()) == before
+
+    engine = Engine(lambda engine, batch: None)
+    saver = saver_on(engine)
+    used = attach_resume(engine, tmp_path, {"generator": generator, "trainer": engine}, saver=saver, max_iterations=12)
+    assert used.name == "explainer_final.pt"
+    assert sorted(p.name for p in tmp_path.glob("explainer_checkpoint_*.pt")) == [
+        "explainer_checkpoint_iteration=6.pt", "explainer_checkpoint_iteration=8.pt"]  # pruned to n_saved now
+    engine.run(range(2), max_epochs=6)
+    assert engine.state.iteration == 12  # continued from the final file's 9
+    assert sorted(p.name for p in tmp_path.glob("explainer_checkpoint_*.pt")) == [
+        "explainer_checkpoint_iteration=10.pt", "explainer_checkpoint_iteration=12.pt"]

@@ -1,6 +1,13 @@
 """Engines: the explainer's trainer, its validation evaluator, series generation, caches."""
 
-from monai_exaggeration.engines.checkpoint import attach_resume, latest_checkpoint
+from monai_exaggeration.engines.checkpoint import (
+    SHIPPED_WEIGHTS,
+    TrainingLock,
+    TrainingLockedError,
+    attach_resume,
+    check_weight_names,
+    latest_checkpoint,
+)
 from monai_exaggeration.engines.evaluator import (
     SeriesEvaluator,
     SeriesMontageLogger,
@@ -26,13 +33,17 @@ from monai_exaggeration.engines.trainer import ExaggerationTrainer, TrainingStat
 __all__ = [
     "ExaggerationTrainer",
     "NORM_MODES",
+    "SHIPPED_WEIGHTS",
     "SeriesEvaluator",
     "SeriesMontageLogger",
     "SeriesValidityMetric",
     "SeriesValidityReport",
     "TARGET_SAMPLING",
+    "TrainingLock",
+    "TrainingLockedError",
     "TrainingState",
     "attach_resume",
+    "check_weight_names",
     "latest_checkpoint",
     "classifier_fingerprint",
     "compute_posteriors",

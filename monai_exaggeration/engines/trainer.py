@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -95,7 +96,8 @@ class ExaggerationTrainer(Trainer):
     ``engine.state.output`` is a dict of floats: ``d_loss``, ``d_real``, ``d_fake`` and the latest
     generator terms ``g_adv``, ``g_cls``, ``g_cls_cycle``, ``g_identity``, ``g_cycle``, ``g_change``,
     ``g_loss`` (``g_warmup`` during the warm start).
-    ``max_iterations`` stops training after that many iterations in total (resumed runs included).
+    ``max_iterations`` stops training after that many iterations in total (resumed runs included);
+    ``final_iteration`` is True while the handlers of the last iteration run.
 
     Under ``torchrun`` G and D may be ``DistributedDataParallel`` wrappers (see
     ``bundles/cxr/configs/multi_gpu_train.json``): their gradients are averaged across ranks. The
@@ -171,32 +173,47 @@ class ExaggerationTrainer(Trainer):
         self.g_scaler = torch.amp.GradScaler(device_type, enabled=bool(amp))
         self.d_scaler = torch.amp.GradScaler(device_type, enabled=bool(amp))
         self.training_state = TrainingState(self.g_scaler, self.d_scaler)
+        if max_iterations is not None and max_iterations < 1:
+            raise ValueError(f"max_iterations must be >= 1, got {max_iterations}")
+        if max_seconds is not None and max_seconds <= 0:
+            raise ValueError(f"max_seconds must be > 0, got {max_seconds}")
+        self.max_iterations = None if max_iterations is None else int(max_iterations)
+        self.max_seconds = None if max_seconds is None else float(max_seconds)
+        #: True from the end of the step of the run's last iteration (max_iterations or the time budget
+        #: reached), so ITERATION_COMPLETED handlers (e.g. the loss log) can tell it apart.
+        self.final_iteration = False
+        #: Set by :func:`~monai_exaggeration.engines.attach_resume` when the checkpoint already reached the
+        #: budget: ``run()`` then returns at once, writing nothing.
+        self.already_trained: Path | None = None
         self.add_event_handler(Events.STARTED, self._start_sitting)
-        if max_iterations is not None:
-            self.add_event_handler(Events.ITERATION_COMPLETED, self._stop_at, max_iterations)
-        if max_seconds is not None:
-            if max_seconds <= 0:
-                raise ValueError(f"max_seconds must be > 0, got {max_seconds}")
-            self.add_event_handler(Events.ITERATION_COMPLETED, self._stop_after, float(max_seconds))
+        if self.max_iterations is not None or self.max_seconds is not None:
+            self.add_event_handler(Events.ITERATION_COMPLETED, self._stop_when_done)
 
     def run(self) -> None:  # type: ignore[override]
         """Train (continuing from the current state). MONAI's ``Trainer.run`` would add one shared
         CUDA scaler; this trainer keeps its own pair (``g_scaler``, ``d_scaler``)."""
+        if self.already_trained is not None:
+            return
         self.scaler = None
         Workflow.run(self)
 
     def _start_sitting(self, engine: Engine) -> None:
         self.training_state.sitting_start = time.perf_counter()
+        self.final_iteration = False
 
-    @staticmethod
-    def _stop_at(engine: Engine, max_iterations: int) -> None:
-        if engine.state.iteration >= max_iterations:
-            engine.terminate()
+    def _budget_reached(self) -> str | None:
+        if self.max_iterations is not None and self.state.iteration >= self.max_iterations:
+            return "iterations"
+        if self.max_seconds is not None and self.training_state.seconds >= self.max_seconds:
+            return "seconds"
+        return None
 
-    def _stop_after(self, engine: Engine, max_seconds: float) -> None:
-        if self.training_state.seconds >= max_seconds:
-            engine.logger.info("time budget of %.0f s reached at iteration %d", max_seconds, engine.state.iteration)
-            engine.terminate()
+    def _stop_when_done(self, engine: Engine) -> None:
+        if not self.final_iteration:
+            return
+        if self._budget_reached() != "iterations" and self.max_seconds is not None:
+            engine.logger.info("time budget of %.0f s reached at iteration %d", self.max_seconds, engine.state.iteration)
+        engine.terminate()
 
     def _autocast(self) -> torch.autocast:
         return torch.autocast(device_type=torch.device(self.state.device).type, enabled=bool(self.amp))
@@ -243,6 +260,11 @@ class ExaggerationTrainer(Trainer):
         return {"g_warmup": float(loss.detach())}
 
     def _iteration(self, engine: Engine, batchdata: dict[str, Any]) -> dict[str, float]:
+        output = self._train_step(engine, batchdata)
+        self.final_iteration = self._budget_reached() is not None
+        return output
+
+    def _train_step(self, engine: Engine, batchdata: dict[str, Any]) -> dict[str, float]:
         device = engine.state.device
         x = _plain(batchdata["image"]).to(device, non_blocking=engine.non_blocking)
         source_bins = torch.as_tensor(batchdata["source_bin"], device=device).long().reshape(-1)
