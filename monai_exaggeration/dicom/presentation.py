@@ -1,0 +1,254 @@
+"""Captions a viewer shows on a written exaggeration series: a presentation state, or burned-in copies.
+
+Both are built from the files the inference wrote and its ``frames.csv`` rows (one per frame:
+``step``, ``target_centre``, ``score``, ``output_file``, ``series_instance_uid``,
+``model_version``); the Secondary Capture files themselves are never changed.
+
+* :func:`write_presentation_state`: one Grayscale Softcopy Presentation State (GSPS, highdicom
+  :class:`highdicom.pr.GrayscaleSoftcopyPresentationState`) referencing every frame of the series,
+  with one graphic annotation per frame: two text objects in DISPLAY units, the frame's caption
+  (``Frame 3/10 | target 0.25 | cardiomegaly score 0.31``) at the top and
+  ``Research use, not for diagnosis`` at the bottom. A viewer that applies the presentation state
+  shows the captions over the unchanged pixels.
+* :func:`write_burned_in_series`: a new SC series whose pixels carry the same two lines (white
+  with a black outline), BurnedInAnnotation ``YES``, SourceImageSequence pointing at the plain frame.
+
+UIDs are deterministic (:func:`~monai_exaggeration.dicom.secondary_capture.derived_uid` of the SC
+series UID, the model version and ``"gsps"`` / ``"burned-in"`` parts), so rebuilding gives the
+same UIDs and a PACS receives no duplicates. Files: ``<dicom_dir>/<series UID>/presentation_state.dcm``
+and ``<dicom_dir>/<series UID>/step_XXX.dcm``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pandas as pd
+import pydicom
+from PIL import Image, ImageDraw, ImageFont
+from pydicom.dataset import Dataset
+
+from monai_exaggeration import __version__
+from monai_exaggeration.dicom.secondary_capture import SOFTWARE_NAME, derived_uid, series_file_name
+from monai_exaggeration.utils import atomic_write
+
+__all__ = [
+    "CAPTION_NOTE",
+    "FrameCaption",
+    "build_presentation_state",
+    "read_series",
+    "series_rows",
+    "write_burned_in_series",
+    "write_presentation_state",
+]
+
+CAPTION_NOTE = "Research use, not for diagnosis"
+MODEL_NAME = "progressive exaggeration explainer"
+#: Series numbers relative to the SC series: presentation state, report (report.py), burned-in copies.
+GSPS_SERIES_OFFSET, BURNED_IN_SERIES_OFFSET = 1, 3
+_TOP_BOX = (0.01, 0.01, 0.99, 0.06)
+_BOTTOM_BOX = (0.01, 0.94, 0.99, 0.99)
+
+
+@dataclass(frozen=True)
+class FrameCaption:
+    """What one frame's caption says: its place in the series, the target and the classifier's score."""
+
+    frame: int  # 1-based (the InstanceNumber; frames.csv's step + 1)
+    num_frames: int
+    target_centre: float
+    score: float
+    finding: str
+
+    @property
+    def text(self) -> str:
+        return (f"Frame {self.frame}/{self.num_frames} | target {self.target_centre:.2f} | "
+                f"{self.finding} score {self.score:.2f}")
+
+    @property
+    def lines(self) -> tuple[str, str]:
+        return self.text, CAPTION_NOTE
+
+
+def series_rows(frames: pd.DataFrame | str | os.PathLike, series_instance_uid: str | None = None) -> pd.DataFrame:
+    """The ``frames.csv`` rows of one series, in step order (the only series when ``series_instance_uid`` is None)."""
+    table = frames if isinstance(frames, pd.DataFrame) else pd.read_csv(frames, dtype={"series_instance_uid": str})
+    uids = list(dict.fromkeys(table["series_instance_uid"].astype(str)))
+    if series_instance_uid is None:
+        if len(uids) != 1:
+            raise ValueError(f"frames.csv lists {len(uids)} series: name the one to caption")
+        series_instance_uid = uids[0]
+    rows = table[table["series_instance_uid"].astype(str) == str(series_instance_uid)]
+    if rows.empty:
+        raise ValueError(f"frames.csv has no rows of series {series_instance_uid}")
+    return rows.sort_values("step").reset_index(drop=True)
+
+
+def read_series(rows: pd.DataFrame, pixels: bool = False) -> list[Dataset]:
+    """The written instances of ``rows`` (headers only unless ``pixels``), checked against the log."""
+    images = []
+    for row in rows.itertuples():
+        image = pydicom.dcmread(row.output_file, stop_before_pixels=not pixels)
+        if str(image.SOPInstanceUID) != str(row.sop_instance_uid):
+            raise ValueError(f"{row.output_file} holds {image.SOPInstanceUID}, frames.csv says {row.sop_instance_uid}")
+        images.append(image)
+    return images
+
+
+def _captions(rows: pd.DataFrame, finding: str) -> list[FrameCaption]:
+    return [FrameCaption(int(row.step) + 1, len(rows), float(row.target_centre), float(row.score), finding)
+            for row in rows.itertuples()]
+
+
+def _model_version(rows: pd.DataFrame) -> str:
+    versions = set(rows["model_version"].astype(str))
+    if len(versions) != 1:
+        raise ValueError(f"the frames of one series name {len(versions)} model versions: {sorted(versions)}")
+    return versions.pop()
+
+
+def _software(model_version: str) -> list[str]:
+    return [f"{SOFTWARE_NAME} {__version__}"[:64], model_version]
+
+
+def build_presentation_state(
+    images: Sequence[Dataset], captions: Sequence[FrameCaption], model_version: str
+) -> hd.pr.GrayscaleSoftcopyPresentationState:
+    """The GSPS captioning ``images`` (one SC series, in step order) with ``captions``."""
+    if len(images) != len(captions) or not images:
+        raise ValueError(f"{len(images)} images but {len(captions)} captions")
+    series_uid = str(images[0].SeriesInstanceUID)
+    layer = hd.pr.GraphicLayer("CAPTIONS", order=1, description="Frame, target, score; " + CAPTION_NOTE.lower())
+    annotations = [
+        hd.pr.GraphicAnnotation(
+            referenced_images=[image],
+            graphic_layer=layer,
+            text_objects=[
+                hd.pr.TextObject(caption.text, "DISPLAY", bounding_box=_TOP_BOX, text_justification="LEFT"),
+                hd.pr.TextObject(CAPTION_NOTE, "DISPLAY", bounding_box=_BOTTOM_BOX, text_justification="LEFT"),
+            ],
+        )
+        for image, caption in zip(images, captions)
+    ]
+    state = hd.pr.GrayscaleSoftcopyPresentationState(
+        referenced_images=list(images),
+        series_instance_uid=derived_uid(series_uid, model_version, "gsps-series"),
+        series_number=int(images[0].get("SeriesNumber") or 900) + GSPS_SERIES_OFFSET,
+        sop_instance_uid=derived_uid(series_uid, model_version, "gsps"),
+        instance_number=1,
+        manufacturer=SOFTWARE_NAME,
+        manufacturer_model_name=MODEL_NAME,
+        software_versions=_software(model_version),
+        device_serial_number=None,
+        content_label="EXAGGERATION",
+        content_description=f"Captions: frame, target, score; {CAPTION_NOTE.lower()}"[:64],
+        graphic_annotations=annotations,
+        graphic_layers=[layer],
+        series_description=f"Exaggeration captions - {CAPTION_NOTE.lower()}"[:64],
+    )
+    # General Series: the body part settles Laterality (type 2C for unknown or paired parts).
+    state.BodyPartExamined = images[0].get("BodyPartExamined") or "CHEST"
+    return state
+
+
+def write_presentation_state(rows: pd.DataFrame, dicom_dir: str | os.PathLike, finding: str) -> Path:
+    """Write the GSPS of one series (``rows`` from :func:`series_rows`) under ``dicom_dir``; return its path."""
+    images = read_series(rows)
+    state = build_presentation_state(images, _captions(rows, finding), _model_version(rows))
+    path = Path(dicom_dir) / str(state.SeriesInstanceUID) / "presentation_state.dcm"
+    return atomic_write(path, lambda tmp: state.save_as(tmp, enforce_file_format=True))
+
+
+# ------------------------------------------------------------------------------------------ burned in
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def burn_in(pixels: np.ndarray, lines: Sequence[str]) -> np.ndarray:
+    """A copy of ``pixels`` (uint8/uint16, rows x columns) with ``lines[0]`` at the top and ``lines[1]`` at the bottom.
+
+    White text (the largest grey level) with a black outline, so it reads on any background.
+    """
+    rows, columns = pixels.shape
+    size = max(10, min(rows, columns) // 36)
+    font = _font(size)
+    masks = {}
+    for name, stroke in (("outline", max(1, size // 8)), ("text", 0)):
+        canvas = Image.new("L", (columns, rows), 0)
+        draw = ImageDraw.Draw(canvas)
+        margin = max(2, size // 3)
+        draw.text((margin, margin), lines[0], fill=255, font=font, stroke_width=stroke, stroke_fill=255)
+        if len(lines) > 1:
+            draw.text((margin, rows - margin - size - stroke), lines[1], fill=255, font=font, stroke_width=stroke,
+                      stroke_fill=255)
+        masks[name] = np.asarray(canvas) > 127
+    out = pixels.copy()
+    out[masks["outline"]] = 0
+    out[masks["text"]] = np.iinfo(pixels.dtype).max
+    return out
+
+
+def write_burned_in_series(rows: pd.DataFrame, dicom_dir: str | os.PathLike, finding: str) -> list[Path]:
+    """Write a copy of one series with its captions burned into the pixels; return the paths in step order.
+
+    Each copy has a new deterministic SeriesInstanceUID/SOPInstanceUID, BurnedInAnnotation YES, the
+    plain frame in SourceImageSequence and its caption in ImageComments.
+    """
+    model_version = _model_version(rows)
+    images = read_series(rows, pixels=True)
+    captions = _captions(rows, finding)
+    series_uid = str(images[0].SeriesInstanceUID)
+    new_series = derived_uid(series_uid, model_version, "burned-in-series")
+    paths = []
+    for image, caption, row in zip(images, captions, rows.itertuples()):
+        copy = hd.sc.SCImage.from_ref_dataset(
+            ref_dataset=image,
+            pixel_array=burn_in(image.pixel_array, caption.lines),
+            photometric_interpretation=image.PhotometricInterpretation,
+            bits_allocated=int(image.BitsAllocated),
+            coordinate_system="PATIENT",
+            series_instance_uid=new_series,
+            series_number=int(image.get("SeriesNumber") or 900) + BURNED_IN_SERIES_OFFSET,
+            sop_instance_uid=derived_uid(series_uid, model_version, "burned-in", int(row.step)),
+            instance_number=int(image.InstanceNumber),
+            manufacturer=SOFTWARE_NAME,
+            pixel_spacing=tuple(float(v) for v in image.PixelSpacing) if "PixelSpacing" in image else None,
+            patient_orientation=("L", "F"),  # placeholder (single letters only); the plain frame's value is copied below
+            transfer_syntax_uid=pydicom.uid.ExplicitVRLittleEndian,
+            series_description=f"Exaggeration captioned - {CAPTION_NOTE.lower()}"[:64],
+            manufacturer_model_name=MODEL_NAME,
+            software_versions=_software(model_version),
+            specific_character_set=image.get("SpecificCharacterSet"),
+        )
+        reference = Dataset()
+        reference.ReferencedSOPClassUID = image.SOPClassUID
+        reference.ReferencedSOPInstanceUID = image.SOPInstanceUID
+        attributes = {
+            "Modality": image.Modality,
+            "PatientOrientation": image.get("PatientOrientation", ""),
+            "BodyPartExamined": image.get("BodyPartExamined") or "CHEST",
+            "ImageType": ["DERIVED", "SECONDARY"],
+            "ConversionType": "SYN",
+            "BurnedInAnnotation": "YES",
+            "SourceImageSequence": [reference],
+            "DerivationDescription": f"{str(image.get('DerivationDescription', ''))[:1000]}; caption burned in",
+            "ImageComments": f"{caption.text}; {CAPTION_NOTE.lower()}",
+        }
+        for keyword, value in attributes.items():  # what highdicom's SC constructor does not take
+            setattr(copy, keyword, value)
+        for keyword in ("WindowCenter", "WindowWidth", "WindowCenterWidthExplanation", "Laterality"):
+            if keyword in image:
+                copy[keyword] = image[keyword]
+        path = Path(dicom_dir) / str(new_series) / series_file_name(int(row.step))
+        paths.append(atomic_write(path, lambda tmp, copy=copy: copy.save_as(tmp, enforce_file_format=True)))
+    return paths

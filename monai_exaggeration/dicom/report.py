@@ -1,0 +1,187 @@
+"""A structured report of a written exaggeration series: DICOM Comprehensive SR following TID 1500.
+
+:func:`write_report` builds, from the series' files and its ``frames.csv`` rows, one
+Imaging Measurement Report (TID 1500, highdicom :class:`highdicom.sr.MeasurementReport`) with one
+measurement group (TID 1501) per frame:
+
+* tracking identifier ``Frame k/N (step s)`` and a deterministic tracking UID;
+* finding type: SNOMED CT 287272002 "Cardiomegaly" (other findings: a local code);
+* measurements: the classifier's score of the frame as written (``frames.csv`` ``score``), the
+  target bin centre, and the cardiothoracic ratio of the frame when given (``ctr``; NaN is left out);
+* source images: the SC instance of the frame and the source radiograph it was generated from;
+* algorithm identification: name ``monai_exaggeration progressive exaggeration``, version = the
+  model version (``frames.csv`` ``model_version``).
+
+The SR goes in the same patient and study as the series (highdicom copies them from the first
+evidence instance: the first frame). Values are stored as DS and, exactly, as FloatingPointValue,
+so :func:`read_report` returns the very floats of ``frames.csv``. Measurement names without a
+standard code use the local coding scheme ``99EXAG`` (declared in CodingSchemeIdentificationSequence).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import highdicom as hd
+import pandas as pd
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+from monai_exaggeration import __version__
+from monai_exaggeration.dicom.presentation import CAPTION_NOTE, MODEL_NAME, read_series
+from monai_exaggeration.dicom.secondary_capture import SOFTWARE_NAME, derived_uid
+from monai_exaggeration.utils import atomic_write
+
+__all__ = ["ALGORITHM_NAME", "LOCAL_SCHEME", "SCORE", "TARGET_CENTRE", "CTR", "build_report", "read_report", "write_report"]
+
+ALGORITHM_NAME = "monai_exaggeration progressive exaggeration"
+LOCAL_SCHEME = "99EXAG"
+SCORE = Code("SCORE", LOCAL_SCHEME, "Classifier score")
+TARGET_CENTRE = Code("TARGET", LOCAL_SCHEME, "Target bin centre")
+CTR = Code("CTR", LOCAL_SCHEME, "Cardiothoracic ratio")
+REPORT_SERIES_OFFSET = 2  # SeriesNumber = the SC series' + 2 (presentation state: + 1)
+_NO_UNITS = codes.UCUM.NoUnits
+_RATIO = Code("{ratio}", "UCUM", "ratio")
+
+
+def _finding_code(finding: str) -> Code:
+    if finding.strip().lower() == "cardiomegaly":
+        return codes.SCT.Cardiomegaly
+    return Code(finding.strip().upper().replace(" ", "_")[:16], LOCAL_SCHEME, finding.strip()[:64])
+
+
+def _measurement(name: Code, value: float, unit: Code, algorithm: hd.sr.AlgorithmIdentification) -> hd.sr.Measurement:
+    return hd.sr.Measurement(name=name, value=float(value), unit=unit, algorithm_id=algorithm)
+
+
+def build_report(
+    images: Sequence[Dataset],
+    rows: pd.DataFrame,
+    finding: str,
+    source: Dataset | None = None,
+    ctr: Sequence[float] | None = None,
+) -> hd.sr.ComprehensiveSR:
+    """The TID 1500 SR of one series: ``images`` (its SC headers) and ``rows`` (its frames.csv rows) in step order.
+
+    ``source``: the source image's header (referenced in every group and recorded as evidence);
+    ``ctr``: one cardiothoracic ratio per frame, or None.
+    """
+    if len(images) != len(rows) or not len(rows):
+        raise ValueError(f"{len(images)} images but {len(rows)} frames.csv rows")
+    if ctr is not None and len(ctr) != len(rows):
+        raise ValueError(f"{len(ctr)} CTR values for {len(rows)} frames")
+    versions = set(rows["model_version"].astype(str))
+    if len(versions) != 1:
+        raise ValueError(f"the frames of one series name {len(versions)} model versions: {sorted(versions)}")
+    model_version = versions.pop()
+    series_uid = str(images[0].SeriesInstanceUID)
+    algorithm = hd.sr.AlgorithmIdentification(
+        name=ALGORITHM_NAME, version=model_version, parameters=[f"finding={finding}"], manufacturer=SOFTWARE_NAME
+    )
+    groups = []
+    for index, (image, row) in enumerate(zip(images, rows.itertuples())):
+        measurements = [
+            _measurement(SCORE, row.score, _NO_UNITS, algorithm),
+            _measurement(TARGET_CENTRE, row.target_centre, _NO_UNITS, algorithm),
+        ]
+        if ctr is not None and ctr[index] is not None and math.isfinite(float(ctr[index])):
+            measurements.append(_measurement(CTR, ctr[index], _RATIO, algorithm))
+        sources = [hd.sr.SourceImageForMeasurementGroup(image.SOPClassUID, image.SOPInstanceUID)]
+        if source is not None:
+            sources.append(hd.sr.SourceImageForMeasurementGroup(source.SOPClassUID, source.SOPInstanceUID))
+        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=derived_uid(series_uid, model_version, "sr-group", int(row.step)),
+                identifier=f"Frame {int(row.step) + 1}/{len(rows)} (step {int(row.step)})",
+            ),
+            finding_type=_finding_code(finding),
+            algorithm_id=algorithm,
+            measurements=measurements,
+            source_images=sources,
+        ))
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=derived_uid(SOFTWARE_NAME, model_version, "device"), name=SOFTWARE_NAME,
+        manufacturer_name=SOFTWARE_NAME, model_name=MODEL_NAME,
+    )
+    content = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(
+            observer_device_context=hd.sr.ObserverContext(codes.DCM.Device, device)
+        ),
+        procedure_reported=codes.SCT.ChestImaging,
+        imaging_measurements=groups,
+    )
+    return hd.sr.ComprehensiveSR(
+        evidence=[*images, *([source] if source is not None else [])],
+        content=content,
+        series_instance_uid=derived_uid(series_uid, model_version, "sr-series"),
+        series_number=int(images[0].get("SeriesNumber") or 900) + REPORT_SERIES_OFFSET,
+        sop_instance_uid=derived_uid(series_uid, model_version, "sr"),
+        instance_number=1,
+        manufacturer=SOFTWARE_NAME,
+        is_complete=True,
+        series_description=f"Exaggeration report - {CAPTION_NOTE.lower()}"[:64],
+        manufacturer_model_name=MODEL_NAME,
+        software_versions=[f"{SOFTWARE_NAME} {__version__}"[:64], model_version],
+        coding_schemes=[hd.coding_schemes.CodingSchemeIdentificationItem(
+            designator=LOCAL_SCHEME, name="monai_exaggeration local codes",
+            responsible_organization="monai_exaggeration",
+        )],
+    )
+
+
+def write_report(
+    rows: pd.DataFrame,
+    dicom_dir: str | os.PathLike,
+    finding: str,
+    source: str | os.PathLike | Dataset | None = None,
+    ctr: Sequence[float] | None = None,
+) -> Path:
+    """Write the SR of one series (``rows`` from :func:`~.presentation.series_rows`) under ``dicom_dir``.
+
+    ``source`` is the source DICOM file (or its header); a non-DICOM source is not referenced.
+    Returns ``<dicom_dir>/<SR series UID>/report.dcm``.
+    """
+    header = source
+    if source is not None and not isinstance(source, Dataset):
+        try:
+            header = pydicom.dcmread(source, stop_before_pixels=True, force=True)
+        except (OSError, pydicom.errors.InvalidDicomError):
+            header = None
+        if header is not None and not ("SOPInstanceUID" in header and "SOPClassUID" in header):
+            header = None  # PNG/JPEG/NIfTI sources have nothing to reference
+    report = build_report(read_series(rows), rows, finding, header, ctr)
+    path = Path(dicom_dir) / str(report.SeriesInstanceUID) / "report.dcm"
+    return atomic_write(path, lambda tmp: report.save_as(tmp, enforce_file_format=True))
+
+
+def read_report(path: str | os.PathLike) -> list[dict]:
+    """One dict per measurement group of a report written by :func:`write_report`, in document order.
+
+    Keys: ``tracking_identifier``, ``frame_sop_instance_uid``, ``source_sop_instance_uid`` ("" when none),
+    ``score``, ``target_centre``, ``ctr`` (None when absent), ``algorithm_name``, ``algorithm_version``.
+    """
+    document = hd.sr.srread(path)
+    groups = []
+    for group in document.content.get_image_measurement_groups():
+        values = {}
+        for measurement in group.get_measurements():
+            values[measurement.name.value] = measurement.value
+        images = [item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for item in group.source_images]
+        texts = {item.ConceptNameCodeSequence[0].CodeValue: str(item.TextValue)
+                 for container in group for item in container.get("ContentSequence", []) if item.ValueType == "TEXT"}
+        groups.append({
+            "tracking_identifier": group.tracking_identifier,
+            "frame_sop_instance_uid": str(images[0]) if images else "",
+            "source_sop_instance_uid": str(images[1]) if len(images) > 1 else "",
+            "score": values.get(SCORE.value),
+            "target_centre": values.get(TARGET_CENTRE.value),
+            "ctr": values.get(CTR.value),
+            "algorithm_name": texts.get(codes.DCM.AlgorithmName.value, ""),
+            "algorithm_version": texts.get(codes.DCM.AlgorithmVersion.value, ""),
+        })
+    return groups

@@ -1,0 +1,212 @@
+"""Captions (GSPS, burned-in copies) and the TID 1500 structured report of a written series.
+
+A real series is written once per module from RG1_UNCR.dcm (the real CR chest of pydicom-data);
+the presentation state, the report and the burned-in copies are built from its files and its
+frames.csv, then read back with pydicom and highdicom and checked with dciodvfy (dicom3tools).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import shutil
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+
+from conftest import REPO_ROOT
+from monai_exaggeration.bundle import load_bundle_classifier, load_bundle_segmenter
+from monai_exaggeration.dicom import dciodvfy_report
+from monai_exaggeration.dicom.presentation import (
+    CAPTION_NOTE,
+    FrameCaption,
+    burn_in,
+    read_series,
+    series_rows,
+    write_burned_in_series,
+    write_presentation_state,
+)
+from monai_exaggeration.dicom.report import build_report, read_report, write_report
+from monai_exaggeration.inference import ExaggerationInference
+from monai_exaggeration.node.reporter import frame_ctr
+
+EXPLAINER = REPO_ROOT / "bundles" / "cxr" / "models" / "explainer.pt"
+GSPS_STORAGE = "1.2.840.10008.5.1.4.1.1.11.1"
+COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
+needs_dciodvfy = pytest.mark.skipif(shutil.which("dciodvfy") is None,
+                                    reason="dciodvfy (dicom3tools) is not installed: apt-get install dicom3tools")
+
+
+def _sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _run(rg1: Path, out: Path, **settings) -> tuple[pd.DataFrame, object]:
+    runner = ExaggerationInference(None, load_bundle_classifier(), explainer_weights=EXPLAINER, quicklook=False,
+                                   device="cpu", **settings)
+    summary = runner.run(rg1, out)
+    assert summary.exit_code == 0, summary.failures
+    frames = pd.read_csv(out / "frames.csv", dtype={"series_instance_uid": str, "sop_instance_uid": str})
+    return series_rows(frames), summary
+
+
+@pytest.fixture(scope="module")
+def series(tmp_path_factory: pytest.TempPathFactory, rg1_uncr: Path) -> pd.DataFrame:
+    """RG1's 10-frame series at source resolution (1955 x 1841, 8 bit), as the inference writes it."""
+    rows, _ = _run(rg1_uncr, tmp_path_factory.mktemp("series") / "out")
+    return rows
+
+
+@pytest.fixture(scope="module")
+def series16(tmp_path_factory: pytest.TempPathFactory, rg1_uncr: Path) -> pd.DataFrame:
+    """RG1's series at model resolution (128 x 128) with 16-bit frames (WindowCenter/Width present)."""
+    rows, _ = _run(rg1_uncr, tmp_path_factory.mktemp("series16") / "out", resolution="model", bits=16)
+    return rows
+
+
+def _captions(rows: pd.DataFrame) -> list[str]:
+    return [f"Frame {int(r.step) + 1}/{len(rows)} | target {r.target_centre:.2f} | cardiomegaly score {r.score:.2f}"
+            for r in rows.itertuples()]
+
+
+def test_presentation_state_captions_every_frame_with_its_score(series: pd.DataFrame, tmp_path: Path) -> None:
+    before = {path: _sha256(path) for path in series["output_file"]}
+    path = write_presentation_state(series, tmp_path, "cardiomegaly")
+    state = pydicom.dcmread(path)
+    first = pydicom.dcmread(series["output_file"][0], stop_before_pixels=True)
+    assert state.SOPClassUID == GSPS_STORAGE and state.Modality == "PR"
+    assert state.StudyInstanceUID == first.StudyInstanceUID and state.PatientID == first.PatientID
+    assert state.SeriesInstanceUID != first.SeriesInstanceUID and state.SeriesNumber == first.SeriesNumber + 1
+    referenced = [item.ReferencedSOPInstanceUID for item in state.ReferencedSeriesSequence[0].ReferencedImageSequence]
+    assert referenced == list(series["sop_instance_uid"])
+    assert state.ReferencedSeriesSequence[0].SeriesInstanceUID == first.SeriesInstanceUID
+    annotations = state.GraphicAnnotationSequence
+    assert len(annotations) == len(series) == 10
+    for annotation, uid, caption in zip(annotations, series["sop_instance_uid"], _captions(series)):
+        assert [item.ReferencedSOPInstanceUID for item in annotation.ReferencedImageSequence] == [uid]
+        texts = [item.UnformattedTextValue for item in annotation.TextObjectSequence]
+        assert texts == [caption, CAPTION_NOTE]
+        assert {item.BoundingBoxAnnotationUnits for item in annotation.TextObjectSequence} == {"DISPLAY"}
+        assert annotation.GraphicLayer == state.GraphicLayerSequence[0].GraphicLayer
+    assert "research use" in state.SeriesDescription and "not for diagnosis" in state.ContentDescription
+    assert "PixelData" not in state
+    assert {path: _sha256(path) for path in series["output_file"]} == before  # the frames are not touched
+    again = pydicom.dcmread(write_presentation_state(series, tmp_path / "again", "cardiomegaly"))
+    assert again.SOPInstanceUID == state.SOPInstanceUID and again.SeriesInstanceUID == state.SeriesInstanceUID
+
+
+def test_caption_wording() -> None:
+    caption = FrameCaption(frame=3, num_frames=10, target_centre=0.25, score=0.3127, finding="cardiomegaly")
+    assert caption.lines == ("Frame 3/10 | target 0.25 | cardiomegaly score 0.31", "Research use, not for diagnosis")
+
+
+def test_report_follows_tid1500_and_its_scores_equal_frames_csv(series: pd.DataFrame, rg1_uncr: Path,
+                                                               tmp_path: Path) -> None:
+    frames = np.stack([image.pixel_array for image in read_series(series, pixels=True)])
+    ctr = frame_ctr(load_bundle_segmenter(device="cpu"), frames)
+    assert all(0.2 < value < 0.8 for value in ctr)
+    path = write_report(series, tmp_path, "cardiomegaly", rg1_uncr, ctr)
+    report = pydicom.dcmread(path)
+    source = pydicom.dcmread(rg1_uncr, stop_before_pixels=True)
+    assert report.SOPClassUID == COMPREHENSIVE_SR and report.Modality == "SR"
+    assert report.StudyInstanceUID == source.StudyInstanceUID and report.PatientID == source.PatientID
+    assert report.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+    assert report.CompletionFlag == "COMPLETE" and report.VerificationFlag == "UNVERIFIED"
+    evidence = {item.ReferencedSOPInstanceUID for study in report.CurrentRequestedProcedureEvidenceSequence
+                for series_item in study.ReferencedSeriesSequence for item in series_item.ReferencedSOPSequence}
+    assert evidence == set(series["sop_instance_uid"]) | {source.SOPInstanceUID}
+    groups = read_report(path)
+    assert len(groups) == len(series)
+    # exactly the floats of frames.csv (FloatingPointValue), not rounded
+    assert [group["score"] for group in groups] == list(series["score"])
+    assert [group["target_centre"] for group in groups] == list(series["target_centre"])
+    assert [group["ctr"] for group in groups] == ctr
+    assert [group["frame_sop_instance_uid"] for group in groups] == list(series["sop_instance_uid"])
+    assert {group["source_sop_instance_uid"] for group in groups} == {source.SOPInstanceUID}
+    assert {group["algorithm_name"] for group in groups} == {"monai_exaggeration progressive exaggeration"}
+    assert {group["algorithm_version"] for group in groups} == set(series["model_version"])
+    assert groups[2]["tracking_identifier"] == "Frame 3/10 (step 2)"
+    # highdicom reads it back as a measurement report with image measurement groups
+    document = hd.sr.srread(path)
+    group = document.content.get_image_measurement_groups()[0]
+    assert group.finding_type.value == "287272002"  # SNOMED CT Cardiomegaly
+    assert [m.name.meaning for m in group.get_measurements()] == [
+        "Classifier score", "Target bin centre", "Cardiothoracic ratio"]
+    again = pydicom.dcmread(write_report(series, tmp_path / "again", "cardiomegaly", rg1_uncr, ctr))
+    assert again.SOPInstanceUID == report.SOPInstanceUID
+
+
+def test_report_leaves_out_missing_ctr_and_checks_its_inputs(series: pd.DataFrame, tmp_path: Path) -> None:
+    images = read_series(series)
+    ctr = [0.5] * len(series)
+    ctr[3] = math.nan
+    build_report(images, series, "cardiomegaly", None, ctr).save_as(tmp_path / "sr.dcm", enforce_file_format=True)
+    groups = read_report(tmp_path / "sr.dcm")
+    assert [group["ctr"] for group in groups] == [0.5, 0.5, 0.5, None, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]
+    assert {group["source_sop_instance_uid"] for group in groups} == {""}  # no source given: the frame only
+    with pytest.raises(ValueError, match="CTR values"):
+        build_report(images, series, "cardiomegaly", None, ctr[:3])
+    with pytest.raises(ValueError, match="images but"):
+        build_report(images[:2], series, "cardiomegaly")
+
+
+def test_burned_in_copy_has_new_uids_and_says_yes(series16: pd.DataFrame, tmp_path: Path) -> None:
+    before = {path: _sha256(path) for path in series16["output_file"]}
+    paths = write_burned_in_series(series16, tmp_path, "cardiomegaly")
+    assert len(paths) == len(series16)
+    plain = read_series(series16, pixels=True)
+    copies = [pydicom.dcmread(path) for path in paths]
+    assert len({copy.SeriesInstanceUID for copy in copies}) == 1
+    assert copies[0].SeriesInstanceUID != plain[0].SeriesInstanceUID
+    for copy, image, caption in zip(copies, plain, _captions(series16)):
+        assert copy.BurnedInAnnotation == "YES"
+        assert copy.SOPInstanceUID != image.SOPInstanceUID
+        assert copy.SourceImageSequence[0].ReferencedSOPInstanceUID == image.SOPInstanceUID
+        assert copy.StudyInstanceUID == image.StudyInstanceUID and copy.PatientID == image.PatientID
+        assert copy.Modality == image.Modality and copy.BitsAllocated == 16
+        assert copy.WindowCenter == image.WindowCenter
+        assert caption in copy.ImageComments
+        changed = copy.pixel_array != image.pixel_array
+        assert changed.any() and (copy.pixel_array[changed] == 0).sum() + (copy.pixel_array[changed] == 65535).sum() \
+            == changed.sum()  # only caption pixels (white text, black outline) changed
+        rows_changed = np.flatnonzero(changed.any(axis=1))
+        assert rows_changed.min() < 20 and rows_changed.max() > 108 and not changed[40:90].any()
+    assert {path: _sha256(path) for path in series16["output_file"]} == before
+    again = write_burned_in_series(series16, tmp_path / "again", "cardiomegaly")
+    assert [pydicom.dcmread(p).SOPInstanceUID for p in again] == [c.SOPInstanceUID for c in copies]
+
+
+def test_burn_in_8_bit_marks_text_white_on_black() -> None:
+    pixels = np.full((300, 400), 128, np.uint8)
+    out = burn_in(pixels, ("Frame 1/10 | target 0.05 | cardiomegaly score 0.04", CAPTION_NOTE))
+    assert out.dtype == np.uint8 and (out == 255).any() and (out == 0).any()
+    assert (out[100:200] == 128).all() and (pixels == 128).all()
+
+
+def test_series_rows_needs_a_series_when_there_are_several(series: pd.DataFrame) -> None:
+    two = pd.concat([series, series.assign(series_instance_uid="2.25.1")])
+    with pytest.raises(ValueError, match="2 series"):
+        series_rows(two)
+    assert list(series_rows(two, "2.25.1")["step"]) == list(range(10))
+    broken = series.copy()
+    broken.loc[0, "sop_instance_uid"] = "2.25.99"
+    with pytest.raises(ValueError, match="frames.csv says"):
+        read_series(broken)
+
+
+@needs_dciodvfy
+def test_gsps_report_and_burned_in_copy_pass_dciodvfy(series: pd.DataFrame, series16: pd.DataFrame, rg1_uncr: Path,
+                                                      tmp_path: Path) -> None:
+    files = {
+        "GSPS": write_presentation_state(series, tmp_path, "cardiomegaly"),
+        "SR": write_report(series, tmp_path, "cardiomegaly", rg1_uncr, [0.5] * len(series)),
+        "GSPS 16 bit": write_presentation_state(series16, tmp_path, "cardiomegaly"),
+        "burned-in": write_burned_in_series(series16, tmp_path, "cardiomegaly")[0],
+    }
+    for what, path in files.items():
+        errors, _warnings = dciodvfy_report(path)
+        assert errors == [], f"{what}: {errors}"
