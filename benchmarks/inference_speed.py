@@ -67,7 +67,8 @@ def time_explainer(runner: ExaggerationInference, path: str, output_dir: Path, r
         for stage in STAGES:
             per_stage[stage].append(runner.timer.seconds.get(stage, 0.0))
         errors.append(statistics.fmean(abs(s - c) for s, c in zip(result.generator_frame_scores, result.centres)))
-    change = float(abs(result.frames[-1] - result.frames[0]).mean())
+    frames = result.unit_frames
+    change = float(abs(frames[-1] - frames[0]).mean())
     return {stage: statistics.fmean(values) for stage, values in per_stage.items()}, statistics.fmean(errors), change
 
 

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from monai_exaggeration.bundle import default_bundle_root, load_bundle_classifier
 from monai_exaggeration.data import collect_inputs, default_input
-from monai_exaggeration.errors import CXRInputError
-from monai_exaggeration.transforms import ASPECT_POLICIES, load_cxr
+from monai_exaggeration.errors import report_user_error
+from monai_exaggeration.transforms import ASPECT_POLICIES, InputLimits, load_cxr
 from monai_exaggeration.utils import write_csv_atomic
 
 __all__ = ["main", "classify"]
@@ -30,6 +29,17 @@ logger = logging.getLogger("monai_exaggeration")
 SCORE_COLUMNS = ["image", "finding", "score", "predicted", "patient_id", "study_instance_uid", "sop_instance_uid"]
 
 
+class _ModelInput:
+    """Read one file and preprocess it for the classifier: ``(tensor (1, S, S), DICOM tags)`` (picklable)."""
+
+    def __init__(self, image_size: int, aspect: str) -> None:
+        self.image_size, self.aspect = image_size, aspect
+
+    def __call__(self, path: str) -> tuple[torch.Tensor, dict]:
+        image = load_cxr(path, spatial_size=self.image_size, aspect=self.aspect, limits=InputLimits.for_sources())
+        return image.as_tensor(), dict(image.meta["dicom"])
+
+
 def classify(
     inputs: list[dict],
     output_dir: Path,
@@ -38,31 +48,47 @@ def classify(
     image_size: int = 128,
     aspect: str = "pad",
     device: str | None = None,
+    batch_size: int = 64,
+    num_workers: int | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Score every input; write ``scores.csv`` and (if any failed) ``errors.csv``; return both tables."""
+    """Score every input; write ``scores.csv`` and (if any failed) ``errors.csv``; return both tables.
+
+    Files are read and preprocessed by ``num_workers`` reader processes (default: one per CPU but
+    one, :func:`~monai_exaggeration.data.streaming.default_workers`) while the classifier scores
+    ``batch_size`` images per forward; memory stays flat, rows keep the input order, and the scores
+    equal one-by-one scoring (the classifier is in eval mode).
+    """
+    from monai_exaggeration.data.streaming import LoadFailure, batches, compute_threads, stream_inputs
+    from monai_exaggeration.handlers import Progress
+
     classifier = load_bundle_classifier(bundle_root, weights=weights, device=device)
     finding = classifier.labels[classifier.output_index] if classifier.labels else "finding"
     device_ = next(classifier.parameters(), torch.empty(0)).device
     scores, errors = [], []
-    for record in tqdm(inputs, desc="classify", unit="image", disable=None):
-        path = record["image"]
-        try:
-            image = load_cxr(path, spatial_size=image_size, aspect=aspect)
-        except CXRInputError as error:
-            logger.error("%s", error)
-            errors.append({"image": path, "error": error.problem, "hint": error.hint})
-            continue
-        with torch.no_grad():
-            score = float(classifier(image[None].to(device_))[0])
-        tags = image.meta["dicom"]
-        row = {"image": path, "finding": finding, "score": score, "predicted": int(score >= 0.5)}
-        row.update(
-            patient_id=tags["PatientID"],
-            study_instance_uid=tags["StudyInstanceUID"],
-            sop_instance_uid=tags["SOPInstanceUID"],
-        )
-        row.update({key: value for key, value in record.items() if key != "image"})  # the manifest's values win
-        scores.append(row)
+    progress = Progress(len(inputs), "classify", unit="image", log=logger)
+    stream = stream_inputs(inputs, _ModelInput(image_size, aspect), num_workers=num_workers)
+    with compute_threads(num_workers, device_):
+        for group in batches(stream, max(1, int(batch_size))):
+            loaded = [(record, item) for _, record, item in group if not isinstance(item, LoadFailure)]
+            for _, record, item in group:
+                if isinstance(item, LoadFailure):
+                    logger.error("%s: %s -- %s", record["image"], item.error, item.hint)
+                    errors.append({"image": record["image"], "error": item.error, "hint": item.hint})
+            if loaded:
+                with torch.no_grad():
+                    batch = torch.stack([tensor for _, (tensor, _) in loaded]).to(device_)
+                    values = classifier(batch).reshape(-1).float().cpu().tolist()
+                for (record, (_, tags)), score in zip(loaded, values):
+                    row = {"image": record["image"], "finding": finding, "score": score, "predicted": int(score >= 0.5)}
+                    row.update(
+                        patient_id=tags["PatientID"],
+                        study_instance_uid=tags["StudyInstanceUID"],
+                        sop_instance_uid=tags["SOPInstanceUID"],
+                    )
+                    row.update({key: value for key, value in record.items() if key != "image"})  # the manifest's values win
+                    scores.append(row)
+            progress.update(len(group))
+    progress.close()
     score_table = pd.DataFrame(scores, columns=list(scores[0]) if scores else SCORE_COLUMNS)
     error_table = pd.DataFrame(errors, columns=["image", "error", "hint"])
     write_csv_atomic(score_table, output_dir / "scores.csv")
@@ -79,7 +105,10 @@ def _classify_command(args: argparse.Namespace) -> int:
         return 2
     output_dir = Path(args.output_dir)
     try:
-        scores, errors = classify(inputs, output_dir, args.bundle_root, args.weights, args.image_size, args.aspect, args.device)
+        scores, errors = classify(
+            inputs, output_dir, args.bundle_root, args.weights, args.image_size, args.aspect, args.device,
+            batch_size=args.batch_size, num_workers=args.num_workers,
+        )
     except FileNotFoundError as error:
         logger.error("%s", error)
         return 2
@@ -89,7 +118,9 @@ def _classify_command(args: argparse.Namespace) -> int:
         f"\n{len(inputs)} input(s): {len(scores)} scored, {len(errors)} failed. "
         f"Scores: {output_dir / 'scores.csv'}" + (f"; errors: {output_dir / 'errors.csv'}" if len(errors) else "")
     )
-    return 1 if len(errors) else 0
+    if len(errors):
+        return 2 if scores.empty else 1  # 2: every input failed
+    return 0
 
 
 def _export_destination(args: argparse.Namespace):
@@ -124,12 +155,14 @@ def _export_destination(args: argparse.Namespace):
 def _export_command(args: argparse.Namespace) -> int:
     from monai_exaggeration.export import (
         DestinationError,
+        LedgerError,
         PermanentSendError,
         SendLedger,
         TransientSendError,
         collect_dicom_files,
         export_files,
         make_sender,
+        move_aside,
     )
 
     if args.debug:
@@ -137,6 +170,8 @@ def _export_command(args: argparse.Namespace) -> int:
     try:
         if args.retries < 0 or args.backoff < 0 or args.timeout <= 0:
             raise ValueError("--retries and --backoff must be >= 0, --timeout > 0")
+        if args.echo and args.verify:
+            raise ValueError("--verify checks the instances of an export: give the files to export instead of --echo")
         destination = _export_destination(args)
         files = [] if args.echo else collect_dicom_files(args.sources)
     except (DestinationError, FileNotFoundError, ValueError) as error:
@@ -163,8 +198,18 @@ def _export_command(args: argparse.Namespace) -> int:
     report_path = Path(args.report) if args.report else home / "export_report.csv"
     try:
         report_path.parent.mkdir(parents=True, exist_ok=True)
-        with SendLedger(ledger_path) as ledger:
-            report = export_files(files, destination, ledger, retries=args.retries, backoff=args.backoff)
+        try:
+            ledger = SendLedger(ledger_path)
+        except LedgerError as error:
+            if not args.verify:
+                raise
+            aside = move_aside(ledger_path)  # --verify rebuilds it from what the PACS holds
+            logger.warning("send ledger %s was unusable (%s): moved it to %s; rebuilding it from what %s holds",
+                           ledger_path, error.problem, aside, destination.label)
+            ledger = SendLedger(ledger_path)
+        with ledger:
+            report = export_files(files, destination, ledger, retries=args.retries, backoff=args.backoff,
+                                  verify=args.verify)
     except (ValueError, OSError) as error:
         logger.error("%s", error)
         return 2
@@ -173,6 +218,9 @@ def _export_command(args: argparse.Namespace) -> int:
         return 2
     report.write_csv(report_path)
     print(report.describe())
+    if not args.verify and report.count("already_sent"):
+        print(f"({report.count('already_sent')} already present according to the send ledger, not checked with the "
+              "PACS: --verify asks it and resends what it lacks)")
     print(f"report: {report_path}; ledger: {ledger_path}")
     return report.exit_code
 
@@ -193,6 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     classify_parser.add_argument("--image_size", type=int, default=128, help="model input size (default: %(default)s)")
     classify_parser.add_argument("--aspect", choices=ASPECT_POLICIES, default="pad", help="aspect policy (default: pad)")
     classify_parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    classify_parser.add_argument("--batch_size", type=int, default=64, help="images per classifier forward (default: %(default)s)")
+    classify_parser.add_argument(
+        "--num_workers", type=int, default=None,
+        help="reader processes (default: one per CPU but one, at most 4; 0 reads in the main process)",
+    )
     classify_parser.set_defaults(handler=_classify_command)
 
     export_parser = commands.add_parser(
@@ -201,12 +254,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Send DICOM files (folders searched recursively, files, or an inference frames.csv) to a PACS\n"
         "by DICOM C-STORE or DICOMweb STOW-RS. Instances the destination has confirmed are kept in a send\n"
         "ledger (SQLite), so an interrupted export can simply be run again: it sends only what is missing.\n"
-        "Writes export_report.csv. Exit status: 0 all arrived, 1 some failed, 2 bad arguments or nothing to send.",
+        "With --verify the PACS is asked (C-FIND, or QIDO-RS for DICOMweb) which instances it holds, and\n"
+        "what it lacks is sent again. Writes export_report.csv. Exit status: 0 all arrived (with --verify:\n"
+        "and the PACS lists them all), 1 some failed or could not be confirmed, 2 bad arguments, a damaged\n"
+        "send ledger, or nothing to send.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
         "  python -m monai_exaggeration export --echo --host pacs --port 11112 --called-ae ARCHIVE\n"
         "  python -m monai_exaggeration export out/ --host pacs --port 11112 --called-ae ARCHIVE --calling-ae EXAGGERATION\n"
         "  python -m monai_exaggeration export out/frames.csv --config destinations.yaml --destination research-pacs\n"
+        "  python -m monai_exaggeration export out/ --config destinations.yaml --verify   # ask the PACS, resend losses\n"
         "  PACS_TOKEN=... python -m monai_exaggeration export out/ --url https://pacs/dicom-web --bearer-token-env PACS_TOKEN\n"
         "see docs/pacs_export.md",
     )
@@ -228,6 +285,11 @@ def build_parser() -> argparse.ArgumentParser:
     named.add_argument("--config", help="YAML/JSON file with a 'destinations:' mapping (see docs/pacs_export.md)")
     named.add_argument("--destination", help="name of the destination in --config")
     export_parser.add_argument("--echo", action="store_true", help="only check the peer with C-ECHO")
+    export_parser.add_argument(
+        "--verify", action="store_true",
+        help="ask the PACS which instances it holds (C-FIND at IMAGE level; QIDO-RS for --url) instead of trusting the "
+        "send ledger alone: resend what it lacks, rebuild a damaged ledger, report 'confirmed in PACS: N of M'",
+    )
     export_parser.add_argument("--ledger", help="send ledger (default: <first source folder>/export_ledger.sqlite)")
     export_parser.add_argument("--report", help="CSV report (default: <first source folder>/export_report.csv)")
     export_parser.add_argument("--retries", type=int, default=3, help="retries of transient failures (default: %(default)s)")
@@ -238,13 +300,25 @@ def build_parser() -> argparse.ArgumentParser:
     from monai_exaggeration.reader_study.cli import add_reader_study_parser
 
     add_reader_study_parser(commands)
+    from monai_exaggeration.node.cli import add_dicom_node_parser
+    add_dicom_node_parser(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a user error (bad input, setting or missing file) is one line and exit status 2.
+
+    ``EXAG_DEBUG=1`` shows its traceback instead (``export --debug`` also logs the DICOM messages).
+    """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.captureWarnings(True)  # library warnings go to the log, not as raw warnings to the console
     args = build_parser().parse_args(argv)
-    return int(args.handler(args))
+    try:
+        return int(args.handler(args))
+    except Exception as error:  # noqa: BLE001 - user errors become one line, the rest keeps its traceback
+        if report_user_error(error):
+            return 2
+        raise
 
 
 if __name__ == "__main__":

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +14,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-__all__ = ["as_bool", "atomic_write", "write_csv_atomic", "select_device"]
+__all__ = ["as_bool", "atomic_write", "json_text", "finite_or_none", "remove_stale_temporaries", "write_csv_atomic", "select_device"]
 
 
 def _read_umask() -> int:
@@ -31,7 +34,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + "".join(path.suffixes), dir=path.parent)
+    # ``.<name>.<random>.tmp``: hidden, and never ending in the real suffix (``.dcm``), so that folder
+    # scanners (PACS import, ``export``) do not pick up a file left by a killed run. Writers are
+    # therefore given their format explicitly.
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
     tmp = Path(tmp_name)
     try:
@@ -42,6 +48,48 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+#: Temporary names of :func:`atomic_write` (and of releases before 0.7, which kept the real suffix).
+_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)*$")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, before: float) -> list[Path]:
+    """Remove :func:`atomic_write` temporaries under ``folder`` last modified before ``before`` (epoch s).
+
+    A killed run can leave one behind; only files with our naming pattern, older than the current
+    run, are removed (a concurrent writer's fresh temporary is left alone). Returns what was removed.
+    """
+    removed = []
+    root = Path(folder)
+    if not root.is_dir():
+        return removed
+    for path in root.rglob(".*.tmp*"):
+        try:
+            if _TEMPORARY.match(path.name) and path.is_file() and path.stat().st_mtime < before:
+                path.unlink()
+                removed.append(path)
+        except OSError:
+            continue
+    return removed
+
+
+def finite_or_none(value: Any) -> Any:
+    """``value`` with every NaN/inf float (also numpy scalars and arrays, in dicts/lists) replaced by None."""
+    if isinstance(value, dict):
+        return {key: finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(item) for item in value]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # numpy scalar or array, tensor
+        return finite_or_none(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def json_text(value: Any, indent: int | None = 2) -> str:
+    """Strict JSON of ``value``: NaN and infinities become ``null`` (JSON has no NaN)."""
+    return json.dumps(finite_or_none(value), indent=indent, allow_nan=False)
 
 
 def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike) -> Path:

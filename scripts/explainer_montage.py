@@ -6,7 +6,7 @@ so every explainer is shown on the same sources. Columns: the written frames of 
 the change |last - first| (brighter = more change; the same scale for every montage).
 
     python scripts/explainer_montage.py --explainer_weights RUN/models/explainer_best.pt \\
-        --dataset_dir ../shared/data/nih-cardiomegaly-128 --title "(d) heart region" --out docs/images/ablation_d.png
+        --dataset_dir DATASET_DIR --title "(d) heart region" --out docs/images/ablation_d.png
 """
 
 from __future__ import annotations
@@ -44,12 +44,13 @@ def main(argv: list[str] | None = None) -> Path:
     figure, axes = plt.subplots(len(records), columns, figsize=(1.45 * columns, 1.6 * len(records)), squeeze=False)
     for row, record in enumerate(records):
         result = runner.explain(record["image"])
+        frames = result.unit_frames
         for col, target in enumerate(shown):
             index = result.bins.index(target)
             axis = axes[row, col]
-            axis.imshow(result.frames[index], cmap="gray", vmin=0, vmax=1)
+            axis.imshow(frames[index], cmap="gray", vmin=0, vmax=1)
             axis.set_title(f"b{target}: {result.scores[index]:.2f}", fontsize=7)
-        change = np.abs(result.frames[-1] - result.frames[0])
+        change = np.abs(frames[-1] - frames[0])
         axes[row, -1].imshow(change, cmap="magma", vmin=0, vmax=CHANGE_SCALE)
         axes[row, -1].set_title("|last-first|", fontsize=7)
         axes[row, 0].set_ylabel(f"label {int(record[args.finding])}\nf(x)={result.source_score:.2f}", fontsize=7)

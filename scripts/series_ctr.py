@@ -11,7 +11,6 @@ ends of each series, and how often CTR crosses 0.5 in the same direction as the 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from tqdm import tqdm
 from monai_exaggeration.bundle import load_bundle_segmenter
 from monai_exaggeration.metrics import ctr_faithfulness
 from monai_exaggeration.transforms import read_cxr, to_model_range
+from monai_exaggeration.utils import json_text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     scores = frames.pivot(index="series_instance_uid", columns="step", values="score").loc[table.index]
     summary = ctr_faithfulness(table.to_numpy(), scores.to_numpy())
     summary["mean_ctr_per_step"] = table.mean(axis=0).round(4).tolist()
-    text = json.dumps(summary, indent=2)
+    text = json_text(summary)
     print(text)
     if args.csv:
         frames.to_csv(args.csv, index=False)

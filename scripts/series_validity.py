@@ -12,7 +12,6 @@ that runs with a bin range or fewer frames are measured correctly.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from monai_exaggeration.metrics import series_validity
+from monai_exaggeration.utils import json_text
 
 
 def validity_of(frames: pd.DataFrame, column: str, source_scores: pd.Series) -> dict:
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         "written_frames": validity_of(frames, "score", sources),
         "generator_frames": validity_of(frames, "generator_frame_score", sources),
     }
-    text = json.dumps(result, indent=2)
+    text = json_text(result)
     print(text)
     if args.json:
         args.json.write_text(text)

@@ -41,6 +41,7 @@ def test_check_properties(tiny_dataset: Path, tmp_path: Path) -> None:
     assert len(workflow.train_dataset_data) + len(workflow.val_dataset_data) < 16  # the test split is held out
 
 
+@pytest.mark.slow
 def test_train_then_evaluate_through_monai_bundle(tiny_dataset: Path, tmp_path: Path) -> None:
     """`run training` trains and saves the best checkpoint; the evaluate config scores the test split."""
     bundle_root = tmp_path / "bundle"

@@ -138,7 +138,7 @@ def test_all_inputs_fail_still_writes_scores_header(weights: Path, tmp_path: Pat
     folder.mkdir()
     shutil.copy(get_testdata_file("CT_small.dcm"), folder / "ct.dcm")
     output_dir = tmp_path / "out"
-    assert run_classify(weights, output_dir, "--input", str(folder)) == 1
+    assert run_classify(weights, output_dir, "--input", str(folder)) == 2  # every input failed: exit 2 (documented exit-code table)
     assert len(pd.read_csv(output_dir / "errors.csv")) == 1
     header = (output_dir / "scores.csv").read_text().splitlines()[0].split(",")
     assert {"image", "finding", "score", "predicted", "sop_instance_uid"} <= set(header)

@@ -91,6 +91,7 @@ def tiny_wingspan(wingspan: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return folder
 
 
+@pytest.mark.slow
 def test_segmentation_bundle_trains_and_reports_ctr(tiny_wingspan: Path, tmp_path: Path) -> None:
     common = ["--bundle_root", str(tmp_path), "--dataset_dir", str(tiny_wingspan), "--image_size", "64"]
     env = {"OMP_NUM_THREADS": "1"}

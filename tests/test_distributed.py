@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -250,6 +251,7 @@ def _two_rank_worker(rank: int, port: int, folder: str) -> None:
     distributed.cleanup_distributed()
 
 
+@pytest.mark.slow
 def test_two_processes_cache_first_errors_and_ddp(tmp_path: Path) -> None:
     mp.start_processes(_two_rank_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
@@ -307,6 +309,7 @@ def ddp_training(
     return root, logs, result
 
 
+@pytest.mark.slow
 def test_ddp_training_keeps_ranks_in_sync_and_checkpoints_once(ddp_training) -> None:
     root, logs, _ = ddp_training
     assert_ranks_in_sync(root, 4)
@@ -331,6 +334,7 @@ def test_ddp_training_keeps_ranks_in_sync_and_checkpoints_once(ddp_training) -> 
         assert term not in log1, term
 
 
+@pytest.mark.slow
 def test_ddp_training_resumes_from_its_checkpoint(ddp_training, tiny_dataset: Path, tmp_path: Path) -> None:
     first, _, _ = ddp_training
     root, logs = tmp_path / "bundle", tmp_path / "logs"
@@ -351,6 +355,7 @@ def test_ddp_training_resumes_from_its_checkpoint(ddp_training, tiny_dataset: Pa
     assert final["trainer"]["iteration"] == 6
 
 
+@pytest.mark.slow
 def test_ddp_classifier_training(tiny_dataset: Path, tmp_path: Path) -> None:
     """multi_gpu_train_classifier.json: sharded training and validation, one checkpoint, logs on rank 0."""
     root, logs = tmp_path / "bundle", tmp_path / "logs"
@@ -376,6 +381,7 @@ def test_ddp_classifier_training(tiny_dataset: Path, tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------------- sharded inference
 
 
+@pytest.mark.slow
 def test_sharded_inference_writes_each_source_once_and_merges_the_logs(tiny_dataset: Path, tmp_path: Path) -> None:
     inbox = tmp_path / "inbox"
     inbox.mkdir()
@@ -413,7 +419,8 @@ def test_sharded_inference_writes_each_source_once_and_merges_the_logs(tiny_data
     run_bundle(["run", "inference", *common, "--output_dir", str(single)], env=ONE_THREAD)
     alone = pd.read_csv(single / "sources.csv", keep_default_na=False)
     columns = ["source", "series_instance_uid", "source_score", "first_score", "last_score", "num_frames"]
-    pd.testing.assert_frame_equal(alone[columns], sources_csv[columns])
+    # the same series; scores equal up to float rounding (the shards batch other sources together)
+    pd.testing.assert_frame_equal(alone[columns], sources_csv[columns], check_exact=False, atol=1e-5, rtol=0)
     alone_frames = pd.read_csv(single / "frames.csv", keep_default_na=False)
     assert alone_frames["sop_instance_uid"].tolist() == frames["sop_instance_uid"].tolist()
-    assert alone_frames["score"].tolist() == frames["score"].tolist()
+    np.testing.assert_allclose(alone_frames["score"], frames["score"], atol=1e-5, rtol=0)

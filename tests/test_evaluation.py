@@ -142,6 +142,7 @@ def test_report_is_self_contained(tmp_path: Path) -> None:
     assert not list(tmp_path.glob(".*tmp*")), "temporary files left behind"
 
 
+@pytest.mark.slow
 def test_evaluating_through_monai_bundle(tiny_dataset: Path, tmp_path: Path) -> None:
     """The documented command on a small labelled folder writes every output with consistent counts."""
     out = tmp_path / "evaluation"

@@ -67,6 +67,7 @@ def test_transfer_gradients_reach_the_generator_through_the_frozen_classifier() 
     assert all(p.grad is None for p in network.parameters())  # f stays frozen
 
 
+@pytest.mark.slow
 def test_transfer_training_moves_the_scores_and_keeps_the_source() -> None:
     classifier = disc_classifier()
     records = toy_batches(classifier)

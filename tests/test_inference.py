@@ -27,6 +27,7 @@ from conftest import REPO_ROOT, run_bundle
 from monai_exaggeration.bundle import load_bundle_classifier
 from monai_exaggeration.dicom import dciodvfy_errors
 from monai_exaggeration.dicom.secondary_capture import derived_uid
+from monai_exaggeration.transforms import read_cxr
 from monai_exaggeration.inference import (
     ERROR_COLUMNS,
     FRAME_COLUMNS,
@@ -230,16 +231,17 @@ def test_bundle_default_run_dicom_tags_match_source_and_frame_log(default_run, r
 
 
 def test_bundle_default_run_uids_are_derived_from_source_and_model_version(default_run, rg1_uncr: Path) -> None:
-    """DESIGN.md: UIDs from (source SOP Instance UID, model version, step): a re-send never duplicates."""
+    """UIDs from (source SOP Instance UID, model version, step, pixel SHA-256): a re-send never duplicates."""
     out, _ = default_run
     source_uid = str(pydicom.dcmread(rg1_uncr, stop_before_pixels=True).SOPInstanceUID)
+    pixel_key = read_cxr(rg1_uncr).meta["pixel_sha256"]
     frames = read_frames(out)
     version = frames["model_version"][0]
     assert frames["model_version"].nunique() == 1 and version.startswith("explainer ")
-    assert frames["series_instance_uid"][0] == str(derived_uid(source_uid, version, "series"))
+    assert frames["series_instance_uid"][0] == str(derived_uid(source_uid, version, "series", pixel_key))
     assert dicom_dir(out)[0].name == frames["series_instance_uid"][0]
     for row in frames.itertuples():
-        assert row.sop_instance_uid == str(derived_uid(source_uid, version, row.step))
+        assert row.sop_instance_uid == str(derived_uid(source_uid, version, row.step, pixel_key))
 
 
 # ----------------------------------------------------------------------------------- 5. CSV contents

@@ -229,7 +229,7 @@ def test_failed_quicklook_rolls_back_the_source(tmp_path: Path, rg1_uncr: Path, 
     runner = make_runner(quicklook=True)
     out = tmp_path / "out"
     summary = runner.run(chest_png(tmp_path / "chest.png", rg1_uncr), out)
-    assert summary.exit_code == 1 and summary.num_series == 0
+    assert summary.exit_code == 2 and summary.num_series == 0  # the only input failed
     assert "disk full" in summary.failures[0]["error"]
     leftovers = [p for p in all_files(out) if p.name not in ("errors.csv", "frames.csv", "sources.csv")]
     assert leftovers == []
@@ -289,9 +289,10 @@ def test_source_bin_frame_equals_source_at_full_resolution(tmp_path: Path, rg1_u
     result = runner.explain(rg1_uncr)
     source = LoadCXR()(rg1_uncr)[0].numpy()
     own = result.bins.index(result.source_bin)
-    assert result.frames.shape == (10, *source.shape)
-    assert np.abs(result.frames[own] - source).max() <= 0.5 / 255 + 1e-6
-    assert np.abs(result.frames[-1] - result.frames[0]).max() > 0.05  # the series does change something
+    frames = result.unit_frames
+    assert result.frames.dtype == np.uint8 and frames.shape == (10, *source.shape)
+    assert np.abs(frames[own] - source).max() <= 0.5 / 255 + 1e-6
+    assert np.abs(frames[-1] - frames[0]).max() > 0.05  # the series does change something
 
 
 # ----------------------------------------------------------------------------------- frames and bins

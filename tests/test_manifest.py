@@ -244,7 +244,7 @@ def test_load_split_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError) as err:
         load_split(tmp_path / "missing", "train")
     message = str(err.value)
-    assert "labels.csv" in message and "docs/datasets.md" in message and "nih-cardiomegaly-128" in message
+    assert "labels.csv" in message and "docs/datasets.md" in message and "shared" not in message
     with pytest.raises(FileNotFoundError, match="has no labels.csv"):
         load_split(tmp_path, "train")
     folder = _dataset(tmp_path, _synthetic(20))

@@ -32,6 +32,11 @@ def _is_candidate(path: Path) -> bool:
     return path.suffix.lower() not in NON_IMAGE_SUFFIXES or suffixes.endswith(".nii.gz")
 
 
+def _dangling(path: Path) -> bool:
+    """A symbolic link that leads nowhere (broken, or a loop)."""
+    return path.is_symlink() and not path.exists()
+
+
 def collect_inputs(path: str | os.PathLike) -> list[dict]:
     """Records ``{"image": abs_path, ...labels}`` for a file, a folder (recursive) or a ``.csv`` manifest.
 
@@ -39,14 +44,15 @@ def collect_inputs(path: str | os.PathLike) -> list[dict]:
     :data:`NON_IMAGE_SUFFIXES`) is a candidate, since DICOM files often have no suffix. Files are
     returned sorted so runs are reproducible. Unreadable files are reported later, by the loader.
     """
-    path = Path(path).expanduser()
+    path = Path(path).expanduser().absolute()
     if not path.exists():
         raise FileNotFoundError(f"input not found: {path} -- give a DICOM/PNG/JPEG file, a folder or a CSV manifest")
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and _is_candidate(p))
+        # Broken and looping symbolic links stay in the list, so the loader reports them in errors.csv.
+        files = sorted(p for p in path.rglob("*") if (p.is_file() or _dangling(p)) and _is_candidate(p))
         if not files:
             raise FileNotFoundError(f"no image files found under {path}")
-        return [{"image": str(p.resolve())} for p in files]
+        return [{"image": str(p if _dangling(p) else p.resolve())} for p in files]
     if path.suffix.lower() == ".csv":
         frame = read_manifest(path)
         return frame.to_dict("records")

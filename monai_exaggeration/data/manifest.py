@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from monai_exaggeration.errors import DatasetNotFoundError
 from monai_exaggeration.utils import write_csv_atomic
 
 __all__ = [
@@ -37,8 +38,8 @@ RESERVED_COLUMNS = ("image", "split", "patient_id", "view")
 """Manifest columns that are not labels."""
 
 _HELP = (
-    "Prepare a manifest with scripts/make_manifest.py (see docs/datasets.md), "
-    "e.g. point --dataset_dir at ../shared/data/nih-cardiomegaly-128, a folder with labels.csv"
+    "Point --dataset_dir at a folder with labels.csv ('image' column plus 0/1 label columns), or make one "
+    "from a public dataset (NIH ChestX-ray14, CheXpert, MIMIC-CXR) with scripts/make_manifest.py: see docs/datasets.md"
 )
 _MAX_LISTED = 5
 
@@ -96,7 +97,7 @@ def check_image_files(images: Sequence[str], source: str | os.PathLike = "manife
     """Raise FileNotFoundError listing the first few of ``images`` that do not exist."""
     missing = [p for p in images if not os.path.exists(p)]
     if missing:
-        raise FileNotFoundError(
+        raise DatasetNotFoundError(
             f"{source}: {len(missing)} of {len(images)} image file(s) do not exist, e.g. "
             f"{_preview(missing)}. Check the image root the manifest was made with."
         )
@@ -114,7 +115,7 @@ def read_manifest(
     """
     csv_path = Path(csv_path).expanduser()
     if not csv_path.is_file():
-        raise FileNotFoundError(f"Manifest not found: {csv_path}. {_HELP}.")
+        raise DatasetNotFoundError(f"Manifest not found: {csv_path}. {_HELP}.")
     df = pd.read_csv(csv_path, dtype={"image": str, "split": str, "patient_id": str, "view": str})
     if "image" not in df.columns:
         raise ValueError(
@@ -251,14 +252,14 @@ def _manifest_path(dataset_dir_or_csv: str | os.PathLike, manifest_name: str) ->
     if path.is_dir():
         csv_path = path / manifest_name
         if not csv_path.is_file():
-            raise FileNotFoundError(
+            raise DatasetNotFoundError(
                 f"Dataset folder {path} has no {manifest_name}. Expected a folder with a manifest "
                 f"CSV ('image' column plus 0/1 label columns). {_HELP}."
             )
         return csv_path
     if path.is_file():
         return path
-    raise FileNotFoundError(
+    raise DatasetNotFoundError(
         f"Dataset not found: {path} does not exist. Expected a folder with {manifest_name} or a "
         f"manifest CSV. {_HELP}."
     )

@@ -24,6 +24,7 @@ from monai.transforms import (
     Transform,
 )
 
+from monai_exaggeration.errors import DatasetNotFoundError
 from monai_exaggeration.data.manifest import SPLITS, check_fractions
 from monai_exaggeration.transforms import LoadCXRd
 
@@ -44,13 +45,13 @@ def load_segmentation_split(
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if not (root / "png").is_dir():
-        raise FileNotFoundError(
+        raise DatasetNotFoundError(
             f"Segmentation dataset not found: {root} has no png/ folder. Expected png/<id>.png and "
-            f"mask/{{heart,left_lung,right_lung}}/<id>.png, e.g. ../shared/data/wingspan-ctr"
+            f"mask/{{heart,left_lung,right_lung}}/<id>.png (see docs/datasets.md)"
         )
     ids = sorted(p.name for p in (root / "png").glob("*.png") if all((root / "mask" / s / p.name).is_file() for s in STRUCTURES))
     if not ids:
-        raise FileNotFoundError(f"no image in {root / 'png'} has all three masks under {root / 'mask'}")
+        raise DatasetNotFoundError(f"no image in {root / 'png'} has all three masks under {root / 'mask'}")
     truth = {}
     if (root / "ctr_ground_truth.csv").is_file():
         table = pd.read_csv(root / "ctr_ground_truth.csv")

@@ -1,4 +1,4 @@
-"""DICOM output: progressive-exaggeration series as Secondary Capture images (see DESIGN.md)."""
+"""DICOM output: progressive-exaggeration series as Secondary Capture images (see docs/inference.md)."""
 
 from monai_exaggeration.dicom import secondary_capture
 from monai_exaggeration.dicom.secondary_capture import *  # noqa: F401,F403

@@ -3,11 +3,14 @@
 One source radiograph -> one new series (same Patient, same Study) of single-frame Secondary
 Capture instances (highdicom :class:`highdicom.sc.SCImage`), one per step of the series, so that the
 counterfactuals sit next to the original in a PACS viewer. Conventions (tested in
-``tests/test_secondary_capture.py``; the spec is DESIGN.md, "DICOM output conventions"):
+``tests/test_secondary_capture.py``; the conventions are in docs/inference.md):
 
-* **UIDs are deterministic**: ``SeriesInstanceUID = derived_uid(source SOP, model version, "series")``
-  and ``SOPInstanceUID = derived_uid(source SOP, model version, step)``, so writing (or sending) the
-  same series again never creates duplicates in a PACS. :func:`derived_uid` makes ``2.25.<int>`` UIDs
+* **UIDs are deterministic**: ``SeriesInstanceUID = derived_uid(source SOP, model version, "series",
+  pixel SHA-256)`` and ``SOPInstanceUID = derived_uid(source SOP, model version, step, pixel SHA-256)``,
+  so writing (or sending) the same series again never creates duplicates in a PACS, and two
+  different images that share a SOP Instance UID (a re-export with other pixels, a MONOCHROME1
+  twin) get different series. The pixel SHA-256 is ``meta["pixel_sha256"]`` of
+  :func:`~monai_exaggeration.transforms.read_cxr` (left out when the metadata has none). :func:`derived_uid` makes ``2.25.<int>`` UIDs
   from a name-based (SHA-1, RFC 4122 version 5) UUID of its inputs (ISO/IEC 9834-8, DICOM PS3.5
   B.2); unlike ``pydicom.uid.generate_uid(entropy_srcs=...)`` the inputs are encoded unambiguously
   (``("ab", "c")`` differs from ``("a", "bc")``, step ``0`` from ``"0"``) and the result does not
@@ -35,7 +38,10 @@ counterfactuals sit next to the original in a PACS viewer. Conventions (tested i
   so every viewer shows [0, 65535] as black to white). Values within 0.01 outside [0, 1] are
   clipped; anything further out (e.g. a tanh output in [-1, 1]) is a ``ValueError``.
 * **Description**: ImageType ``DERIVED\\SECONDARY``, ConversionType ``SYN`` (synthetic image),
-  BurnedInAnnotation ``NO`` (frames carry no text), Modality copied when the source is CR/DX else
+  BurnedInAnnotation copied from the source (the frames are the source plus a change, so any text
+  in the source's pixels is carried over); for a source without it, ``meta["burned_in_annotation"]``
+  (set when the user declares non-DICOM inputs free of text) or else omitted with a warning in the
+  log, never a guessed ``NO``. Modality copied when the source is CR/DX else
   ``OT``, PatientOrientation copied when present (else empty, type 2), InstanceNumber
   ``step + 1``, DerivationDescription, ImageComments (step, target bin, bin centre, achieved
   score), SeriesDescription ``Exaggeration <finding> - research use only, not for diagnosis``
@@ -53,6 +59,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -83,8 +90,12 @@ __all__ = [
     "derived_uid",
     "quantise_frame",
     "series_file_name",
+    "series_instance_uid",
     "write_series",
 ]
+
+logger = logging.getLogger(__name__)
+_BURNED_IN_WARNED = False
 
 #: Fixed namespace of the name-based UUIDs behind :func:`derived_uid` (never change it: UIDs would change).
 UID_NAMESPACE = uuid.UUID("5b0f7c7e-2f4e-5d43-9a53-6d6f6e61692d")
@@ -228,10 +239,17 @@ def _format_score(score: float | None) -> str:
 
 
 def quantise_frame(frame: np.ndarray, bits: int) -> np.ndarray:
-    """``round(clip(frame, 0, 1) * (2**bits - 1))`` as uint8 (``bits=8``) or uint16 (``bits=16``)."""
+    """``round(clip(frame, 0, 1) * (2**bits - 1))`` as uint8 (``bits=8``) or uint16 (``bits=16``).
+
+    A frame that is already quantised (uint8 for 8 bits, uint16 for 16) is returned as it is.
+    """
     if bits not in (8, 16):
         raise ValueError(f"bits must be 8 or 16, got {bits}")
     dtype = np.uint8 if bits == 8 else np.uint16
+    if np.asarray(frame).dtype.kind == "u":
+        if np.asarray(frame).dtype != dtype:
+            raise ValueError(f"an integer frame written with {bits} bits must be {np.dtype(dtype).name}, got {frame.dtype}")
+        return np.asarray(frame)
     values = np.clip(np.asarray(frame, dtype=np.float64), 0.0, 1.0) * (2**bits - 1)
     return np.rint(values).astype(dtype)
 
@@ -254,8 +272,13 @@ def _check_frames(frames: Sequence[np.ndarray], info: SeriesInfo, source_shape: 
             raise ValueError(f"{where} has shape {array.shape}, frame 0 has {first_shape}: all frames must match")
         if min(array.shape) < 1 or max(array.shape) > 65535:
             raise ValueError(f"{where} has shape {array.shape}: rows and columns must be 1..65535")
+        if array.dtype.kind == "u":  # already quantised grey levels (checked against bits when written)
+            continue
         if array.dtype.kind != "f":
-            raise ValueError(f"{where} has dtype {array.dtype}: frames must be floating point display values in [0, 1]")
+            raise ValueError(
+                f"{where} has dtype {array.dtype}: frames must be floating point display values in [0, 1] "
+                "(or grey levels already quantised as uint8/uint16)"
+            )
         if not np.all(np.isfinite(array)):
             raise ValueError(f"{where} contains NaN or infinite values")
         low, high = float(array.min()), float(array.max())
@@ -343,6 +366,8 @@ class _Context:
     now: datetime.datetime
     charset: str | None
     extras: dict[str, str] = field(default_factory=dict)
+    pixel_key: tuple[str, ...] = ()
+    burned_in: str | None = None
 
 
 def _pixel_spacing(tags: dict[str, str], source_meta: dict, frame_shape: tuple[int, int]) -> tuple[float, float] | None:
@@ -358,12 +383,27 @@ def _pixel_spacing(tags: dict[str, str], source_meta: dict, frame_shape: tuple[i
     return (row_spacing * shape[0] / frame_shape[0], col_spacing * shape[1] / frame_shape[1])
 
 
+def _source_key(source, source_meta: dict, tags: dict[str, str]) -> str:
+    """The source's identity in derived UIDs: its SOP Instance UID, or ``sha256:<hex>`` of a non-DICOM file."""
+    return tags["SOPInstanceUID"] if tags.get("SOPInstanceUID") else _file_key(source, source_meta)
+
+
+def _pixel_key(source_meta: dict) -> tuple[str, ...]:
+    return (str(source_meta["pixel_sha256"]),) if (source_meta or {}).get("pixel_sha256") else ()
+
+
+def series_instance_uid(source, source_meta: dict, model_version: str) -> UID:
+    """The SeriesInstanceUID :func:`write_series` gives the series of this source and model version."""
+    tags = _source_tags(source, source_meta)
+    return derived_uid(_source_key(source, source_meta, tags), model_version, "series", *_pixel_key(source_meta))
+
+
 def _context(source, source_meta: dict, info: SeriesInfo, frame_shape: tuple[int, int]) -> _Context:
     tags = _source_tags(source, source_meta)
     is_dicom = bool(tags.get("SOPInstanceUID"))
     extras: dict[str, str] = {}
+    source_key = _source_key(source, source_meta, tags)
     if is_dicom:
-        source_key = tags["SOPInstanceUID"]
         patient_study = {keyword: tags.get(keyword, "") for keyword in _PATIENT_STUDY_KEYWORDS}
         if not patient_study["StudyInstanceUID"]:  # broken source: keep the series together at least
             patient_study["StudyInstanceUID"] = derived_uid(source_key, "", "study")
@@ -375,7 +415,6 @@ def _context(source, source_meta: dict, info: SeriesInfo, frame_shape: tuple[int
         orientation: list[str] | str = orientation_text.split("\\") if orientation_text else ""
         pixel_spacing = _pixel_spacing(tags, source_meta, frame_shape)
     else:
-        source_key = _file_key(source, source_meta)
         digest = source_key.split(":", 1)[1].upper()
         patient_study = {
             "PatientID": f"EXAG-{digest[:16]}",
@@ -396,6 +435,10 @@ def _context(source, source_meta: dict, info: SeriesInfo, frame_shape: tuple[int
     extras["BodyPartExamined"] = tags.get("BodyPartExamined") or info.body_part
     if tags.get("Laterality", "").upper() in ("R", "L"):
         extras["Laterality"] = tags["Laterality"].upper()
+    declared = tags.get("BurnedInAnnotation", "").strip().upper() if is_dicom else ""
+    if declared not in ("YES", "NO"):
+        declared = str((source_meta or {}).get("burned_in_annotation") or "").strip().upper()
+    pixel_key = _pixel_key(source_meta)
     texts = [*patient_study.values(), *extras.values(), info.finding, info.model_version]
     charset = None if all(text.isascii() for text in texts) else "ISO_IR 192"
     return _Context(
@@ -406,11 +449,13 @@ def _context(source, source_meta: dict, info: SeriesInfo, frame_shape: tuple[int
         is_dicom=is_dicom,
         modality=modality,
         orientation=orientation,
-        series_uid=derived_uid(source_key, info.model_version, "series"),
+        series_uid=derived_uid(source_key, info.model_version, "series", *pixel_key),
         pixel_spacing=pixel_spacing,
         now=datetime.datetime.now().replace(microsecond=0),
         charset=charset,
         extras=extras,
+        pixel_key=pixel_key,
+        burned_in=declared if declared in ("YES", "NO") else None,
     )
 
 
@@ -458,7 +503,7 @@ def build_instance(ctx: _Context, frame: np.ndarray, frame_info: FrameInfo, bits
         study_instance_uid=ctx.patient_study["StudyInstanceUID"],
         series_instance_uid=ctx.series_uid,
         series_number=int(info.series_number),
-        sop_instance_uid=derived_uid(ctx.source_key, info.model_version, step),
+        sop_instance_uid=derived_uid(ctx.source_key, info.model_version, step, *ctx.pixel_key),
         instance_number=step + 1,
         manufacturer=info.software_name,
         # Placeholder: highdicom only accepts single-letter values; the source's value is set verbatim below.
@@ -485,7 +530,10 @@ def build_instance(ctx: _Context, frame: np.ndarray, frame_info: FrameInfo, bits
     image.PatientOrientation = ctx.orientation
     image.ImageType = ["DERIVED", "SECONDARY"]
     image.ConversionType = "SYN"
-    image.BurnedInAnnotation = "NO"
+    if ctx.burned_in is not None:
+        image.BurnedInAnnotation = ctx.burned_in
+    elif "BurnedInAnnotation" in image:
+        del image.BurnedInAnnotation
     image.SecondaryCaptureDeviceManufacturer = info.software_name
     image.SecondaryCaptureDeviceManufacturerModelName = "progressive exaggeration explainer"
     image.SecondaryCaptureDeviceSoftwareVersions = image.SoftwareVersions
@@ -541,6 +589,16 @@ def write_series(
     source_shape = source_meta.get("source_shape")
     arrays = _check_frames(frames, info, source_shape)
     ctx = _context(source, source_meta, info, arrays[0].shape)
+    if ctx.burned_in is None:  # a warning the first time in a process, then at DEBUG level (archives)
+        global _BURNED_IN_WARNED
+        logger.log(
+            logging.DEBUG if _BURNED_IN_WARNED else logging.WARNING,
+            "%s: the source does not say whether its pixels carry text (BurnedInAnnotation), so the written "
+            "frames leave it out%s; for non-DICOM inputs known to carry no text, set burned_in_annotation_free",
+            source_meta.get("filename_or_obj") or source or "the source",
+            "" if _BURNED_IN_WARNED else " (said once; later sources like it are logged at DEBUG level)",
+        )
+        _BURNED_IN_WARNED = True
     series_dir = Path(output_dir) / str(ctx.series_uid)
     dir_existed = series_dir.exists()
     created: list[Path] = []

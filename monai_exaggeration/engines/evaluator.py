@@ -16,7 +16,7 @@ from torch import nn
 from monai_exaggeration.binning import posterior_to_bin
 from monai_exaggeration.engines.series import compose_series, generate_series
 from monai_exaggeration.metrics import series_validity
-from monai_exaggeration.utils import atomic_write
+from monai_exaggeration.utils import atomic_write, json_text
 
 __all__ = ["SeriesEvaluator", "SeriesValidityMetric", "SeriesMontageLogger", "series_montage"]
 
@@ -152,7 +152,7 @@ class SeriesValidityReport:
         scores = np.concatenate(self.metric._scores)
         result = series_validity(scores, np.concatenate(self.metric._sources))
         report = dict(result.as_dict(), validity=result.validity)
-        atomic_write(self.output_dir / "validity.json", lambda tmp: tmp.write_text(json.dumps(report, indent=2)))
+        atomic_write(self.output_dir / "validity.json", lambda tmp: tmp.write_text(json_text(report)))
         atomic_write(self.output_dir / "compatibility.png", lambda tmp: _compatibility_plot(scores, tmp))
         engine.logger.info("series validity: %s", json.dumps({k: v for k, v in report.items() if "per_bin" not in k}))
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 from torch import nn
 
-from monai_exaggeration.inference import ExaggerationInference
+from monai_exaggeration.inference import ExaggerationInference, SeriesResult
 from monai_exaggeration.metrics.ctr import largest_component
 from monai_exaggeration.metrics.localisation import change_inside_outside, mass_inside, saliency_maps
 from monai_exaggeration.metrics.realism import encoder_features, penultimate_features
@@ -69,11 +69,14 @@ def measure_source(
     keep_example: bool = False,
     occlusion: bool = True,
     gradcam_layer: str = "model.class_layers.relu",
+    result: SeriesResult | None = None,
+    seconds: float = 0.0,
 ) -> SourceMeasures:
-    """Explain ``record["image"]`` and measure validity, CTR, localisation, saliency and features."""
-    start = time.perf_counter()
+    """Explain ``record["image"]`` (or take its ``result``, explained in a batch in ``seconds``) and
+    measure validity, CTR, localisation, saliency and features."""
+    start = time.perf_counter() - seconds
     path = record["image"]
-    result = runner.explain(path)
+    result = runner.explain(path) if result is None else result
     classifier = runner.classifier
     device = runner.device
     num_frames = len(result.bins)
@@ -85,8 +88,9 @@ def measure_source(
     source = runner.loader(path)
     source_unit = source[0].numpy().astype(np.float32)
     source_input = runner.preprocessing({"image": source})["image"].as_tensor()  # (1, S, S)
-    frame_inputs = runner.as_model_input(result.frames, source)[:, None]  # (K, 1, S, S)
-    frames_model_range = to_model_range(torch.from_numpy(result.frames)[:, None].float())
+    unit_frames = result.unit_frames  # (K, rows, columns) in [0, 1], as written
+    frame_inputs = runner.as_model_input(unit_frames, source)[:, None]  # (K, 1, S, S)
+    frames_model_range = to_model_range(torch.from_numpy(unit_frames)[:, None].float())
 
     # clinical faithfulness: CTR of the source and of every written frame
     ctr_source = segmenter.ctr(to_model_range(torch.from_numpy(source_unit)[None, None]).to(device))[0]
@@ -96,7 +100,7 @@ def measure_source(
     step = counterfactual_step(result.source_score, num_frames)
     heart_source_grid = heart_mask(segmenter, to_model_range(torch.from_numpy(source_unit)[None]).to(device), source_unit.shape)
     if heart_source_grid.any() and not heart_source_grid.all():
-        localisation = change_inside_outside(source_unit, result.frames[step], heart_source_grid)
+        localisation = change_inside_outside(source_unit, unit_frames[step], heart_source_grid)
     else:  # no heart found: the region measures are undefined for this image
         localisation = dict.fromkeys(
             ("change_inside", "change_outside", "inside_outside_ratio", "change_mass_inside", "l1_outside", "ssim_outside"),
@@ -167,7 +171,7 @@ def measure_source(
         example = {
             "source": str(path),
             "source_image": source_unit,
-            "frames": np.asarray(result.frames, dtype=np.float32),
+            "frames": unit_frames,
             "scores": scores.tolist(),
             "ctr": ctr.tolist(),
             "step": step,

@@ -12,7 +12,6 @@ Output folder: ``metrics.json``, ``per_image.csv``, ``per_frame.csv``, ``plots/*
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -25,18 +24,19 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from monai_exaggeration.data import load_split, stratified_head
+from monai_exaggeration.data.streaming import LoadFailure, batches, compute_threads, stream_inputs
 from monai_exaggeration.errors import CXRInputError
 from monai_exaggeration.evaluation.measures import SourceMeasures, measure_source
 from monai_exaggeration.evaluation.plots import compatibility_plot, ctr_plot, examples_figure, identity_plot
 from monai_exaggeration.evaluation.report import write_report
 from monai_exaggeration.evaluation.summary import summarise
+from monai_exaggeration.handlers import Progress
 from monai_exaggeration.inference import ExaggerationInference
-from monai_exaggeration.inference.workflow import file_sha256
+from monai_exaggeration.inference.workflow import SourceReader, file_sha256
 from monai_exaggeration.networks.segmentation import HeartLungSegmenter
-from monai_exaggeration.utils import as_bool, atomic_write, write_csv_atomic
+from monai_exaggeration.utils import as_bool, atomic_write, json_text, write_csv_atomic
 
 __all__ = ["EvaluationResult", "ExplanationEvaluation", "evaluate_and_exit"]
 
@@ -121,27 +121,35 @@ class ExplanationEvaluation:
         measures: list[SourceMeasures] = []
         failures: list[dict] = []
         start = time.perf_counter()
-        for index, record in enumerate(tqdm(records, desc="evaluating", unit="image", disable=None)):
-            try:
-                measures.append(
-                    measure_source(
-                        self.runner,
-                        self.segmenter,
-                        self.encoder,
-                        record,
-                        self.finding,
-                        keep_example=index < self.num_examples,
-                        occlusion=self.occlusion,
-                        gradcam_layer=self.gradcam_layer,
-                    )
-                )
-            except CXRInputError as error:
-                logger.warning("skipped %s: %s", record["image"], error)
-                failures.append({"source": str(record["image"]), "error": str(error)})
-            done = index + 1
-            if done % 50 == 0 or done == len(records):  # a log line too, for runs without a terminal
-                elapsed = time.perf_counter() - start
-                logger.info("evaluated %d/%d images (%.2f s per image)", done, len(records), elapsed / done)
+        progress = Progress(len(records), "evaluating", unit="image", log=logger)
+        # Reader processes decode ahead; the explainer runs on a batch of sources at once (each series
+        # normalised with its own statistics, as alone); then each source is measured.
+        stream = stream_inputs(records, SourceReader(self.runner), num_workers=self.runner.num_workers)
+        with compute_threads(self.runner.num_workers, self.runner.device):
+            for group in batches(stream, self.runner.sources_per_batch()):
+                batch_start = time.perf_counter()
+                loaded = [(str(record["image"]), *item) for _, record, item in group if not isinstance(item, LoadFailure)]
+                results = iter(self.runner.explain_loaded(loaded) if loaded else [])
+                share = (time.perf_counter() - batch_start) / max(1, len(loaded))
+                for index, record, item in group:
+                    outcome = item if isinstance(item, LoadFailure) else next(results)
+                    try:
+                        if isinstance(outcome, LoadFailure):
+                            raise CXRInputError(record["image"], outcome.error, outcome.hint)
+                        if isinstance(outcome, Exception):
+                            raise outcome
+                        measures.append(
+                            measure_source(
+                                self.runner, self.segmenter, self.encoder, record, self.finding,
+                                keep_example=index < self.num_examples, occlusion=self.occlusion,
+                                gradcam_layer=self.gradcam_layer, result=outcome, seconds=share,
+                            )
+                        )
+                    except CXRInputError as error:
+                        logger.warning("skipped %s: %s", record["image"], error)
+                        failures.append({"source": str(record["image"]), "error": str(error)})
+                    progress.update(1)  # a bar on a terminal, else a log line every 30 s with images/s and time left
+        progress.close()
         if len(measures) < 2:
             raise ValueError(f"only {len(measures)} of {len(records)} images could be evaluated; at least 2 are needed")
         metrics, images, frames = summarise(measures, self.seed)
@@ -155,7 +163,7 @@ class ExplanationEvaluation:
             import pandas as pd
 
             write_csv_atomic(pd.DataFrame(failures), output_dir / "errors.csv")
-        atomic_write(output_dir / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=2)))
+        atomic_write(output_dir / "metrics.json", lambda tmp: Path(tmp).write_text(json_text(metrics)))
         write_report(metrics, metrics["context"], plots, output_dir / "report.html")
         return EvaluationResult(output_dir, metrics, failures)
 

@@ -76,8 +76,9 @@ def full_resolution_frames(
     units).
     """
     change = (frames.float() - reconstruction.float()[None]) / 2.0
-    change_up = to_source_grid(change, reference, preprocessing).numpy()
-    if change_up.shape[1:] != source.shape:
-        raise ValueError(f"inverse preprocessing gave {change_up.shape[1:]}, the source is {source.shape}")
-    return np.clip(source[None].astype(np.float32) + change_up, 0.0, 1.0).astype(np.float32)
+    result = to_source_grid(change, reference, preprocessing).numpy()  # float32, owned: computed in place
+    if result.shape[1:] != source.shape:
+        raise ValueError(f"inverse preprocessing gave {result.shape[1:]}, the source is {source.shape}")
+    result += source[None]
+    return np.clip(result, 0.0, 1.0, out=result)
 

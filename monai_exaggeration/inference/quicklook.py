@@ -21,15 +21,21 @@ __all__ = ["preview_frames", "save_figure", "write_gif", "write_montage", "write
 
 def preview_frames(frames: np.ndarray, max_side: int = 512) -> list[Image.Image]:
     """8-bit greyscale PIL images of ``frames`` (K, rows, columns), longer side at most ``max_side``."""
-    frames = np.asarray(frames)
+    frames = np.asarray(frames)  # float in [0, 1], or quantised grey levels (uint8/uint16)
     if frames.ndim != 3:
         raise ValueError(f"frames must be (K, rows, columns), got shape {frames.shape}")
     rows, cols = frames.shape[1:]
     scale = min(1.0, max_side / max(rows, cols))
     size = (max(1, round(cols * scale)), max(1, round(rows * scale)))
     images = []
-    for frame in frames:
-        image = Image.fromarray(np.rint(np.clip(frame, 0.0, 1.0) * 255).astype(np.uint8))  # 2-D uint8: mode "L"
+    for frame in frames:  # one at a time: frames may be large (source resolution)
+        if frame.dtype == np.uint8:  # grey levels already at 8 bits
+            eight_bit = frame
+        elif frame.dtype.kind == "u":  # quantised grey levels: 0..max of the type
+            eight_bit = np.rint(frame.astype(np.float32) * (255.0 / np.iinfo(frame.dtype).max)).astype(np.uint8)
+        else:
+            eight_bit = np.rint(np.clip(frame, 0.0, 1.0) * 255).astype(np.uint8)
+        image = Image.fromarray(eight_bit)  # 2-D uint8: mode "L"
         images.append(image.resize(size, Image.Resampling.LANCZOS) if scale < 1.0 else image)
     return images
 

@@ -37,20 +37,28 @@ import pydicom
 import torch
 from monai.data import MetaTensor
 from torch import nn
-from tqdm import tqdm
 
 from monai_exaggeration.binning import bin_centre, check_num_bins, posterior_to_bin
 from monai_exaggeration.data import collect_inputs, default_input
-from monai_exaggeration.dicom import SeriesInfo, write_series
+from monai_exaggeration.data.streaming import LoadFailure, batches, compute_threads, stream_inputs
+from monai_exaggeration.dicom import SeriesInfo, series_instance_uid, write_series
 from monai_exaggeration.engines.posteriors import classifier_fingerprint
 from monai_exaggeration.engines.series import NORM_MODES, compose_series, generate_series
-from monai_exaggeration.errors import CXRInputError
 from monai_exaggeration.inference import quicklook
 from monai_exaggeration.inference.frames import RESOLUTIONS, full_resolution_frames, select_bins
+from monai_exaggeration.inference.logs import (
+    ERROR_COLUMNS,
+    FRAME_COLUMNS,
+    RUN_LOGS,
+    SOURCE_COLUMNS,
+    SeriesWriter,
+    earlier_logs,
+)
+from monai_exaggeration.handlers import Progress
 from monai_exaggeration.metrics import series_validity
 from monai_exaggeration.networks.explainer_file import COMPOSITIONS, load_explainer
-from monai_exaggeration.transforms import ASPECT_POLICIES, LoadCXR, cxr_preprocessing, to_unit_range
-from monai_exaggeration.utils import as_bool, select_device, write_csv_atomic
+from monai_exaggeration.transforms import ASPECT_POLICIES, InputLimits, LoadCXR, cxr_preprocessing, to_unit_range
+from monai_exaggeration.utils import as_bool, remove_stale_temporaries, select_device, write_csv_atomic
 
 __all__ = [
     "FRAME_COLUMNS",
@@ -60,50 +68,13 @@ __all__ = [
     "ExaggerationInference",
     "InferenceSummary",
     "SeriesResult",
+    "SourceReader",
     "file_sha256",
     "run_and_exit",
 ]
 
 logger = logging.getLogger("monai_exaggeration.inference")
 
-#: Columns of ``frames.csv`` (one row per written frame).
-FRAME_COLUMNS = [
-    "source",
-    "source_sop_instance_uid",
-    "study_instance_uid",
-    "step",
-    "target_bin",
-    "target_centre",
-    "score",
-    "generator_frame_score",
-    "series_instance_uid",
-    "sop_instance_uid",
-    "output_file",
-    "model_version",
-]
-#: Columns of ``sources.csv`` (one row per source image that produced a series).
-SOURCE_COLUMNS = [
-    "source",
-    "source_sop_instance_uid",
-    "study_instance_uid",
-    "finding",
-    "source_score",
-    "source_bin",
-    "num_frames",
-    "first_score",
-    "last_score",
-    "flip_reached",
-    "monotone",
-    "spearman",
-    "series_instance_uid",
-    "series_dir",
-    "gif",
-    "montage",
-    "score_plot",
-    "seconds",
-    "model_version",
-]
-ERROR_COLUMNS = ["source", "error", "hint"]
 #: Timed stages of one source (seconds are summed over sources in :class:`InferenceSummary`).
 STAGES = ("read", "classifier", "generator", "frames", "write", "quicklook")
 
@@ -125,7 +96,7 @@ class SeriesResult:
     meta: dict
     bins: list[int]
     centres: list[float]
-    frames: np.ndarray  # (K, rows, columns) float32 in [0, 1], exactly the values written
+    frames: np.ndarray  # (K, rows, columns) grey levels exactly as written: uint8 (8 bits) or uint16 (16 bits)
     scores: list[float]  # f of each written frame
     generator_frame_scores: list[float]  # f of the generator's model-size frame
     source_score: float
@@ -134,6 +105,11 @@ class SeriesResult:
     @property
     def dicom(self) -> dict:
         return self.meta.get("dicom", {})
+
+    @property
+    def unit_frames(self) -> np.ndarray:
+        """The written frames as float32 display values in [0, 1] (K, rows, columns)."""
+        return self.frames.astype(np.float32) / np.float32(np.iinfo(self.frames.dtype).max)
 
 
 @dataclass
@@ -145,28 +121,44 @@ class InferenceSummary:
     num_series: int = 0
     num_files: int = 0
     failures: list[dict] = field(default_factory=list)
+    series_dirs: list[str] = field(default_factory=list)
+    quicklook_dirs: list[str] = field(default_factory=list)
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
 
     @property
     def exit_code(self) -> int:
-        """0 when every input produced its series, 1 when any failed."""
-        return 1 if self.failures else 0
+        """0 when every input produced its series, 1 when some failed, 2 when all of them failed."""
+        if not self.failures:
+            return 0
+        return 2 if self.num_series == 0 else 1
 
     def describe(self) -> str:
-        """The final summary printed for the user."""
+        """The final summary printed for the user: the paths that exist, or that nothing was written."""
         out = self.output_dir
         lines = [
             f"{self.num_inputs} input(s): {self.num_series} series written ({self.num_files} DICOM files), "
-            f"{len(self.failures)} failed, in {self.seconds:.1f} s.",
-            f"  DICOM series : {out / 'dicom'}/<SeriesInstanceUID>/",
-            f"  frame log    : {out / 'frames.csv'}",
-            f"  source log   : {out / 'sources.csv'}",
-            f"  quick-looks  : {out / 'quicklook'}/<name>/series.gif, montage.png, scores.png",
+            f"{len(self.failures)} failed, in {self.seconds:.1f} s."
         ]
+        if self.num_series:
+            lines.append(f"  DICOM series : {_one_or_many(self.series_dirs, out / 'dicom')}")
+            lines.append(f"  frame log    : {out / 'frames.csv'}")
+            lines.append(f"  source log   : {out / 'sources.csv'}")
+            if self.quicklook_dirs:
+                lines.append(
+                    f"  quick-looks  : {_one_or_many(self.quicklook_dirs, out / 'quicklook')} "
+                    "(series.gif, montage.png, scores.png)"
+                )
+        else:
+            lines.append("  nothing was written.")
         if self.failures:
             lines.append(f"  errors       : {out / 'errors.csv'}")
         return "\n".join(lines)
+
+
+def _one_or_many(folders: Sequence[str], parent: Path) -> str:
+    """The folder itself when there is one, else how many there are under ``parent``."""
+    return f"{folders[0]}/" if len(folders) == 1 else f"{len(folders)} folders under {parent}/"
 
 
 class _StageTimer:
@@ -200,7 +192,9 @@ class ExaggerationInference:
     ``first_bin``/``last_bin``/``num_frames`` choose the target bins (:func:`~.frames.select_bins`).
     ``model_version`` enters every output UID; by default it is derived from the weights and every
     setting that changes the pixels, so a re-run with the same models and settings yields identical
-    UIDs and any change yields new ones.
+    UIDs and any change yields new ones. ``input_limits`` overrides :meth:`InputLimits.for_sources`
+    (``min_size``, ``max_aspect``, ``max_megapixels``, ``max_file_mb``); ``burned_in_annotation_free``
+    declares non-DICOM inputs free of text, so their frames say BurnedInAnnotation NO (else it is left out).
     """
 
     def __init__(
@@ -224,6 +218,10 @@ class ExaggerationInference:
         model_version: str | None = None,
         device: str | torch.device | None = None,
         composition: str | None = None,
+        input_limits: dict | None = None,
+        burned_in_annotation_free: bool = False,
+        batch_size: int | None = None,
+        num_workers: int | None = None,
     ) -> None:
         if generator is None and explainer_weights is None:
             raise ValueError("the inference needs explainer_weights (an explainer file) or an in-memory generator")
@@ -260,7 +258,18 @@ class ExaggerationInference:
         self.model_version = model_version
         self.device = select_device(device)
         self.preprocessing = None
-        self.loader = LoadCXR()
+        try:
+            limits = InputLimits.for_sources(**dict(input_limits or {}))
+        except TypeError:
+            raise ValueError(
+                f"input_limits accepts min_size, max_aspect, max_megapixels and max_file_mb, got {dict(input_limits)}"
+            ) from None
+        self.loader = LoadCXR(limits)
+        self.burned_in_annotation_free = as_bool(burned_in_annotation_free, "burned_in_annotation_free")
+        if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) < 1):
+            raise ValueError(f"batch_size must be a positive number of sources (or null: automatic), got {batch_size!r}")
+        self.batch_size = None if batch_size is None else int(batch_size)
+        self.num_workers = num_workers
         self.classifier: nn.Module | None = None
         self.timer = _StageTimer(self.device)
 
@@ -339,55 +348,114 @@ class ExaggerationInference:
         with torch.no_grad():
             return [float(s) for s in self.classifier(images.to(self.device)).reshape(-1).cpu()]
 
-    @torch.no_grad()
+    def sources_per_batch(self) -> int:
+        """Sources per generator/classifier forward: ``batch_size``, or automatic.
+
+        Automatic: on a GPU as many as a quarter of its free memory holds (about 64 MB per frame of
+        the generator's activations, at most 32 sources); on a CPU 4 (larger batches are not faster
+        there, and each source waiting to be written holds its frames in memory).
+        """
+        if self.batch_size is not None:
+            return self.batch_size
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            per_source = len(self.bins or range(self.num_bins or 10)) * 64 * 2**20
+            return int(max(1, min(32, free // 4 // per_source)))
+        return 4
+
+    def load(self, path: str | os.PathLike) -> tuple[MetaTensor, MetaTensor]:
+        """``(source (1, rows, columns) in [0, 1], model input (1, S, S) in [-1, 1])`` of one file."""
+        self.prepare()
+        return SourceReader(self)(path)
+
     def explain(self, path: str | os.PathLike) -> SeriesResult:
         """The series of one source file (nothing written). Input problems raise ``CXRInputError``."""
+        with self.timer("read"):
+            source, model_input = self.load(path)
+        result = self.explain_loaded([(str(path), source, model_input)])[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    @torch.no_grad()
+    def explain_loaded(self, items: Sequence[tuple[str, MetaTensor, MetaTensor]]) -> list[SeriesResult | Exception]:
+        """The series of several loaded sources ``(path, source, model input)``, with one classifier
+        forward for their scores, one generator forward for all their series (each normalised with its
+        own frames' statistics, as one source alone), and one classifier forward for all their frames.
+
+        Returns one :class:`SeriesResult` per source, or the exception that source raised.
+        """
         self.prepare()
         timer = self.timer
-        with timer("read"):
-            source = self.loader(path)  # (1, rows, columns) in [0, 1]
-            model_input = self.preprocessing({"image": source})["image"]  # (1, S, S) in [-1, 1]
+        inputs = torch.stack([model_input.as_tensor() for _, _, model_input in items])  # (B, 1, S, S)
         with timer("classifier"):
-            source_score = self._score(model_input.as_tensor()[None])[0]
-        source_bin = int(posterior_to_bin(torch.tensor(source_score), self.num_bins))
+            source_scores = self._score(inputs)
+        source_bins = [int(posterior_to_bin(torch.tensor(score), self.num_bins)) for score in source_scores]
         with timer("generator"):
-            series = generate_series(
-                self.generator, model_input.as_tensor()[None].to(self.device), self.num_bins, norm=self.norm
-            )[0, :, 0].float().cpu()  # (N, S, S)
+            series = generate_series(self.generator, inputs.to(self.device), self.num_bins, norm=self.norm).float().cpu()
         with timer("frames"):
-            model_frames = compose_series(
-                model_input.as_tensor()[None], series[None, :, None], [source_bin], self.composition
-            )[0, :, 0]  # the generator's frames as the explainer composes them (N, S, S)
-            generated = series[self.bins]
-            if self.resolution == "source":
-                frames = full_resolution_frames(
-                    source[0].numpy(), generated, series[source_bin], model_input, self.preprocessing
-                )
-            else:
-                frames = to_unit_range(model_frames[self.bins]).clamp(0, 1).numpy()
-            # Round to the stored grey levels now, so the frames scored below are exactly those written
-            # (write_series maps k / levels back to k).
-            levels = np.float32(2**self.bits - 1)
-            frames = np.rint(np.clip(frames, 0.0, 1.0) * levels) / levels
-            if self.resolution == "source":
-                as_input = self.as_model_input(frames, source)  # what f sees of the written frames
-            else:
-                as_input = torch.from_numpy(frames) * 2.0 - 1.0
+            model_frames = compose_series(inputs, series, source_bins, self.composition)[:, :, 0]  # (B, N, S, S)
+            written: list[tuple[np.ndarray, torch.Tensor] | Exception] = []
+            for index, (_, source, model_input) in enumerate(items):
+                try:
+                    written.append(
+                        self._written_frames(source, model_input, series[index, :, 0], model_frames[index], source_bins[index])
+                    )
+                except Exception as error:  # noqa: BLE001 - one source's failure must not stop the others
+                    written.append(error)
+        ok = [index for index, item in enumerate(written) if not isinstance(item, Exception)]
         with timer("classifier"):
-            scores = self._score(as_input[:, None])
-            generator_scores = self._score(model_frames[self.bins][:, None])
+            frame_scores = self._score(torch.cat([written[i][1] for i in ok])[:, None]) if ok else []
+            generator_scores = self._score(model_frames[ok][:, self.bins].reshape(-1, 1, *inputs.shape[2:])) if ok else []
         centres = bin_centre(torch.tensor(self.bins), self.num_bins).tolist()
-        return SeriesResult(
-            source=str(path),
-            meta=dict(source.meta),
-            bins=list(self.bins),
-            centres=centres,
-            frames=frames,
-            scores=scores,
-            generator_frame_scores=generator_scores,
-            source_score=source_score,
-            source_bin=source_bin,
-        )
+        results: list[SeriesResult | Exception] = list(written)
+        count = len(self.bins)
+        for position, index in enumerate(ok):
+            path, source, _ = items[index]
+            results[index] = SeriesResult(
+                source=str(path),
+                meta=dict(source.meta),
+                bins=list(self.bins),
+                centres=centres,
+                frames=written[index][0],
+                scores=frame_scores[position * count : (position + 1) * count],
+                generator_frame_scores=generator_scores[position * count : (position + 1) * count],
+                source_score=source_scores[index],
+                source_bin=source_bins[index],
+            )
+        return results
+
+    def _written_frames(
+        self, source: MetaTensor, model_input: MetaTensor, series: torch.Tensor, model_frames: torch.Tensor, source_bin: int
+    ) -> tuple[np.ndarray, torch.Tensor]:
+        """The frames as written (grey levels, K x rows x columns) and as the classifier sees them (K, S, S).
+
+        One frame at a time, so that memory stays bounded at source resolution: only the quantised
+        frames (1 or 2 bytes per pixel) are kept, plus one float frame being built. Each frame is
+        rounded to the stored grey levels before it is scored, so the scores are those of the files.
+        """
+        levels = 2**self.bits - 1
+        dtype = np.uint8 if self.bits == 8 else np.uint16
+        shape = tuple(source.shape[1:]) if self.resolution == "source" else tuple(model_frames.shape[1:])
+        stored = np.empty((len(self.bins), *shape), dtype=dtype)
+        as_input = torch.empty((len(self.bins), self.image_size, self.image_size), dtype=torch.float32)
+        for index, target in enumerate(self.bins):
+            if self.resolution == "source":
+                frame = full_resolution_frames(
+                    source[0].numpy(), series[target][None], series[source_bin], model_input, self.preprocessing
+                )[0]
+            else:
+                frame = to_unit_range(model_frames[target]).clamp(0, 1).numpy().astype(np.float32)
+            frame *= levels
+            np.rint(frame, out=frame)
+            stored[index] = frame
+            frame /= levels  # exactly k / levels: the written value
+            if self.resolution == "source":
+                as_input[index] = self.as_model_input(frame[None], source)[0]  # what f sees of the written frame
+            else:
+                as_input[index] = torch.from_numpy(frame) * 2.0 - 1.0
+            del frame
+        return stored, as_input
 
     def as_model_input(self, frames: np.ndarray, source: MetaTensor) -> torch.Tensor:
         """Source-grid frames (K, rows, columns) in [0, 1] preprocessed as model inputs: (K, S, S) in [-1, 1].
@@ -417,6 +485,8 @@ class ExaggerationInference:
         written: list[Path] = []
         try:
             meta = result.meta if self.resolution == "source" else _model_grid_meta(result.meta, self.aspect)
+            if self.burned_in_annotation_free and not result.dicom.get("SOPInstanceUID"):
+                meta = dict(meta, burned_in_annotation="NO")
             with self.timer("write"):
                 paths = write_series(list(result.frames), result.source, meta, info, output_dir / "dicom", bits=self.bits)
             written.extend(paths)
@@ -499,8 +569,15 @@ class ExaggerationInference:
         into ``frames.csv``, ``sources.csv`` and ``errors.csv`` (in input order), removes the
         partials and returns the summary of the whole run; the other ranks return their shard's.
         ``output_dir`` must then be a folder that every rank (every node) can write and read.
+
+        Re-runs into the same ``output_dir``: ``frames.csv`` and ``sources.csv`` list every series in
+        the folder (earlier runs' rows whose series folder still exists, then this run's, which replace
+        earlier rows of the same series); ``errors.csv`` describes this run only. Temporaries left by a
+        killed run are removed first. Two inputs of one run that would write the same series (same SOP
+        Instance UID and pixels) are reported in ``errors.csv``, never written twice.
         """
         start = time.perf_counter()
+        started_at = time.time()
         records = collect_inputs(input if input not in (None, "") else default_input())
         created_group = _join_process_group()
         try:
@@ -509,39 +586,47 @@ class ExaggerationInference:
             self.prepare()
             output_dir = Path(output_dir).expanduser().resolve()  # absolute paths in the logs and the summary
             logs = _log_paths(output_dir, rank, world)
+            for stale in remove_stale_temporaries(output_dir, before=started_at):
+                logger.info("removed %s, left by an interrupted run", stale)
+            if rank == 0:
+                (output_dir / "errors.csv").unlink(missing_ok=True)  # errors.csv describes this run only
+            earlier = earlier_logs(output_dir) if world == 1 else None
             summary = InferenceSummary(output_dir=output_dir, num_inputs=len(mine))
-            frame_rows: list[dict] = []
-            source_rows: list[dict] = []
+            batch_size = self.sources_per_batch()
             logger.info(
-                "%sexplaining %d input(s) with %s on %s: bins %s, %s resolution, %d-bit -> %s",
+                "%sexplaining %d input(s) with %s on %s: bins %s, %s resolution, %d-bit, %d source(s) per batch -> %s",
                 f"rank {rank} of {world}: " if world > 1 else "", len(mine), self.model_version, self.device,
-                self.bins, self.resolution, self.bits, output_dir,
+                self.bins, self.resolution, self.bits, batch_size, output_dir,
             )
-            progress = tqdm(mine, desc="exaggeration series", unit="image", disable=None)
-            for record in progress:
-                path = record["image"]
-                source_start = time.perf_counter()
-                try:
-                    result = self.explain(path)
-                    frames, source_row, _ = self.write(result, output_dir)
-                except Exception as error:  # noqa: BLE001 - one bad input must not stop the others
-                    failure = _failure(path, error)
-                    logger.error("%s: %s -- %s", path, failure["error"], failure["hint"])
-                    summary.failures.append(failure)
-                    write_csv_atomic(pd.DataFrame(summary.failures, columns=ERROR_COLUMNS), logs["errors"])
-                    continue
-                source_row["seconds"] = round(time.perf_counter() - source_start, 3)
-                frame_rows.extend(frames)
-                source_rows.append(source_row)
-                summary.num_series += 1
-                summary.num_files += len(frames)
-                # Logs are rewritten after every source, so an interrupted run still lists what it wrote.
-                write_csv_atomic(pd.DataFrame(frame_rows, columns=FRAME_COLUMNS), logs["frames"])
-                write_csv_atomic(pd.DataFrame(source_rows, columns=SOURCE_COLUMNS), logs["sources"])
-                progress.set_postfix(score=f"{result.source_score:.2f}->{result.scores[-1]:.2f}")
-            if not source_rows:  # still leave empty logs with headers, so scripts can rely on them
-                write_csv_atomic(pd.DataFrame(columns=FRAME_COLUMNS), logs["frames"])
-                write_csv_atomic(pd.DataFrame(columns=SOURCE_COLUMNS), logs["sources"])
+            progress = Progress(len(mine), "exaggeration series", unit="image", log=logger)
+
+            def done(source_row: dict | None) -> None:
+                if source_row is not None:
+                    summary.num_series += 1
+                    summary.num_files += int(source_row["num_frames"])
+                    summary.series_dirs.append(source_row["series_dir"])
+                    if source_row["gif"]:
+                        summary.quicklook_dirs.append(str(Path(source_row["gif"]).parent))
+                progress.update(1)
+
+            writer = SeriesWriter(
+                write=lambda result: self.write(result, output_dir)[:2],
+                series_uid=lambda result: series_instance_uid(result.source, result.meta, self.model_version),
+                logs=logs, earlier=earlier, on_done=done, max_pending=2 * batch_size,
+            )
+            try:
+                stream = stream_inputs(mine, SourceReader(self), num_workers=self.num_workers)
+                with compute_threads(self.num_workers, self.device):
+                    for group in batches(stream, batch_size):
+                        started = time.perf_counter()
+                        loaded = [(record["image"], *item) for _, record, item in group if not isinstance(item, LoadFailure)]
+                        results = iter(self.explain_loaded(loaded) if loaded else [])
+                        for _, record, item in group:
+                            writer.submit(record["image"], item if isinstance(item, LoadFailure) else next(results), started)
+            finally:
+                writer.close()
+                progress.close()
+            summary.failures = writer.failures
             if world > 1 and not summary.failures:  # every rank leaves a partial error log for the merge
                 write_csv_atomic(pd.DataFrame(columns=ERROR_COLUMNS), logs["errors"])
             summary.seconds = time.perf_counter() - start
@@ -556,6 +641,17 @@ class ExaggerationInference:
 
 
 # ----------------------------------------------------------------------------------------- helpers
+
+
+class SourceReader:
+    """One file -> ``(source, model input)`` with a runner's reader and preprocessing (picklable: runs in reader processes)."""
+
+    def __init__(self, runner: ExaggerationInference) -> None:
+        self.loader, self.preprocessing = runner.loader, runner.preprocessing
+
+    def __call__(self, path: str) -> tuple[MetaTensor, MetaTensor]:
+        source = self.loader(path)
+        return source, self.preprocessing({"image": source})["image"]
 
 
 def _state_sha256(module: nn.Module) -> str:
@@ -602,19 +698,6 @@ def _remove(paths: Sequence[Path]) -> None:
             folder.rmdir()  # only if empty
         except OSError:
             pass
-
-
-def _failure(path: str, error: BaseException) -> dict:
-    """One row of ``errors.csv``: what is wrong and what to do."""
-    if isinstance(error, CXRInputError):
-        return {"source": path, "error": error.problem, "hint": error.hint}
-    if isinstance(error, ValueError):
-        return {"source": path, "error": str(error), "hint": "check the input image and the inference settings"}
-    return {
-        "source": path,
-        "error": f"{type(error).__name__}: {error}",
-        "hint": "unexpected failure; rerun with this file alone and report the log if it persists",
-    }
 
 
 def run_and_exit(
@@ -673,7 +756,12 @@ def _export(summary: InferenceSummary, destination: Any) -> int:
     from monai_exaggeration.export import SendLedger, collect_dicom_files, export_files
 
     files = collect_dicom_files([summary.output_dir / "frames.csv"])
-    with SendLedger(summary.output_dir / "export_ledger.sqlite") as ledger:
+    try:
+        ledger = SendLedger(summary.output_dir / "export_ledger.sqlite")
+    except ValueError as error:  # a damaged send ledger: say so, never resend blindly
+        logger.error("%s", error)
+        return 2
+    with ledger:
         report = export_files(files, destination, ledger)
     report.write_csv(summary.output_dir / "export_report.csv")
     print(report.describe() + f"; report: {summary.output_dir / 'export_report.csv'}", flush=True)
@@ -681,14 +769,6 @@ def _export(summary: InferenceSummary, destination: Any) -> int:
 
 
 # ----------------------------------------------------------------------------------------- torchrun sharding
-
-#: The run's CSV logs: key -> (file name, columns).
-_RUN_LOGS = {
-    "frames": ("frames.csv", FRAME_COLUMNS),
-    "sources": ("sources.csv", SOURCE_COLUMNS),
-    "errors": ("errors.csv", ERROR_COLUMNS),
-}
-
 
 def _join_process_group() -> bool:
     """Under ``torchrun`` with several processes, join the process group; True when this call created it.
@@ -721,9 +801,9 @@ def _rank_and_world() -> tuple[int, int]:
 def _log_paths(output_dir: Path, rank: int, world: int) -> dict[str, Path]:
     """Where a rank writes its logs: the final names in a single process, else ``<stem>.rank<r>-of-<W>.partial.csv``."""
     if world == 1:
-        return {key: output_dir / name for key, (name, _) in _RUN_LOGS.items()}
+        return {key: output_dir / name for key, (name, _) in RUN_LOGS.items()}
     return {
-        key: output_dir / f"{Path(name).stem}.rank{rank}-of-{world}.partial.csv" for key, (name, _) in _RUN_LOGS.items()
+        key: output_dir / f"{Path(name).stem}.rank{rank}-of-{world}.partial.csv" for key, (name, _) in RUN_LOGS.items()
     }
 
 
@@ -742,18 +822,22 @@ def _merge_logs(output_dir: Path, world: int, order: dict[str, int]) -> None:
     ``errors.csv`` is written only when some input failed, as in a single-process run.
     """
     partials = [_log_paths(output_dir, rank, world) for rank in range(world)]
-    missing = [str(paths[key]) for paths in partials for key in _RUN_LOGS if not paths[key].is_file()]
+    missing = [str(paths[key]) for paths in partials for key in RUN_LOGS if not paths[key].is_file()]
     if missing:
         raise FileNotFoundError(
             f"partial logs of some ranks are missing ({', '.join(missing)}): with several nodes, "
             "output_dir must be a folder that all nodes share"
         )
-    for key, (name, columns) in _RUN_LOGS.items():
+    earlier = earlier_logs(output_dir)  # earlier runs' rows, as in a single-process run
+    for key, (name, columns) in RUN_LOGS.items():
         table = pd.concat(
             [pd.read_csv(paths[key], dtype=str, keep_default_na=False) for paths in partials], ignore_index=True
         ).reindex(columns=columns)
         position = np.asarray([order.get(source, len(order)) for source in table["source"]], dtype=np.int64)
         table = table.iloc[np.argsort(position, kind="stable")]
+        if key in earlier and len(earlier[key]):
+            kept = earlier[key][~earlier[key]["series_instance_uid"].isin(set(table["series_instance_uid"]))]
+            table = pd.concat([kept, table], ignore_index=True)
         if key != "errors" or len(table):
             write_csv_atomic(table, output_dir / name)
     for paths in partials:
@@ -787,6 +871,8 @@ def _merge_shards(
         num_series=sum(shard.num_series for shard in shards),
         num_files=sum(shard.num_files for shard in shards),
         failures=failures,
+        series_dirs=[folder for shard in shards for folder in shard.series_dirs],
+        quicklook_dirs=[folder for shard in shards for folder in shard.quicklook_dirs],
         seconds=time.perf_counter() - start,
         stage_seconds={stage: sum(shard.stage_seconds.get(stage, 0.0) for shard in shards) for stage in STAGES},
     )

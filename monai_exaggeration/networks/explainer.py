@@ -87,7 +87,7 @@ class ExaggerationGenerator(nn.Module):
         1024 -> 1024 -> 512 -> 256 -> 128 -> 64 (``decoder_channels = (1024, 512, 256, 128, 64)``,
         ending at the stem width).
       * Convolutions directly followed by a batch norm have no bias (it would be cancelled).
-      * ``residual=True`` (an option for short CPU runs, see DESIGN.md "CPU budget"): output =
+      * ``residual=True`` (an option for short CPU runs, see docs/training.md, "CPU profile"): output =
         clamp(x + s * tanh(decoder(x, b)), -1, 1) with a learnable scalar s initialised to 0, so G
         is the exact identity at initialisation (for x in [-1, 1]). s receives gradient at once and
         the other parameters as soon as s != 0. Where x + delta leaves [-1, 1] the clamp stops the

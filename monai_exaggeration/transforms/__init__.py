@@ -11,7 +11,7 @@ from monai_exaggeration.transforms.cxr import (
     to_unit_range,
 )
 from monai_exaggeration.transforms.contrastive import two_view_preprocessing, view_augmentation
-from monai_exaggeration.transforms.readers import DICOM_KEYWORDS, CXRImage, read_cxr
+from monai_exaggeration.transforms.readers import DICOM_KEYWORDS, CXRImage, InputLimits, read_cxr
 
 __all__ = [
     "ASPECT_POLICIES",
@@ -22,6 +22,7 @@ __all__ = [
     "LoadCXRd",
     "cxr_preprocessing",
     "load_cxr",
+    "InputLimits",
     "read_cxr",
     "to_model_range",
     "to_unit_range",

@@ -27,14 +27,14 @@ from monai.transforms import (
     Compose,
     InvertibleTransform,
     MapTransform,
-    Resized,
     ScaleIntensityRanged,
     SpatialPadd,
     Transform,
 )
 from monai.utils import TraceKeys
 
-from monai_exaggeration.transforms.readers import read_cxr
+from monai_exaggeration.transforms.readers import InputLimits, read_cxr
+from monai_exaggeration.transforms.resize import AntiAliasedResized
 
 __all__ = [
     "ASPECT_POLICIES",
@@ -67,8 +67,11 @@ class LoadCXR(Transform):
     patient/study/series/instance attributes listed in :data:`~.readers.DICOM_KEYWORDS`.
     """
 
+    def __init__(self, limits: InputLimits | None = None) -> None:
+        self.limits = limits
+
     def __call__(self, path: str | os.PathLike) -> MetaTensor:
-        image = read_cxr(path)
+        image = read_cxr(path, self.limits)
         row_spacing, column_spacing = image.meta["pixel_spacing"]
         affine = torch.diag(torch.tensor([row_spacing, column_spacing, 1.0], dtype=torch.float64))
         return MetaTensor(torch.from_numpy(image.pixels)[None], affine=affine, meta=image.meta)
@@ -110,16 +113,16 @@ class CropToSquared(MapTransform, InvertibleTransform):
 
 
 def _aspect_transforms(keys: KeysCollection, spatial_size: int, aspect: str) -> list[Transform]:
-    resize = {"mode": "bilinear", "anti_aliasing": True}
+    # MONAI's Resized(mode="bilinear", anti_aliasing=True), computed with bounded memory (see .resize)
     if aspect == "pad":
         return [
-            Resized(keys, spatial_size=spatial_size, size_mode="longest", **resize),
+            AntiAliasedResized(keys, spatial_size=spatial_size, size_mode="longest"),
             SpatialPadd(keys, spatial_size=(spatial_size, spatial_size), mode="constant", value=-1.0),
         ]
     if aspect == "crop":
-        return [CropToSquared(keys), Resized(keys, spatial_size=(spatial_size, spatial_size), **resize)]
+        return [CropToSquared(keys), AntiAliasedResized(keys, spatial_size=(spatial_size, spatial_size))]
     if aspect == "stretch":
-        return [Resized(keys, spatial_size=(spatial_size, spatial_size), **resize)]
+        return [AntiAliasedResized(keys, spatial_size=(spatial_size, spatial_size))]
     raise ValueError(f"aspect must be one of {ASPECT_POLICIES}, got {aspect!r}")
 
 
@@ -145,7 +148,9 @@ def cxr_preprocessing(
     return Compose(transforms)
 
 
-def load_cxr(path: str | os.PathLike, spatial_size: int = 128, aspect: str = "pad") -> MetaTensor:
+def load_cxr(
+    path: str | os.PathLike, spatial_size: int = 128, aspect: str = "pad", limits: InputLimits | None = None
+) -> MetaTensor:
     """Load one file ready for the model: (1, size, size) in [-1, 1]. Errors are :class:`CXRInputError`."""
-    image = LoadCXR()(path)  # called directly so that input errors are not wrapped by Compose
+    image = LoadCXR(limits)(path)  # called directly so that input errors are not wrapped by Compose
     return cxr_preprocessing("image", spatial_size, aspect, load=False)({"image": image})["image"]

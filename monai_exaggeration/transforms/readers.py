@@ -14,7 +14,11 @@ Conventions (tested in ``tests/test_readers.py``):
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +36,9 @@ from pydicom.uid import (
 
 from monai_exaggeration.errors import CXRInputError
 
-__all__ = ["CXRImage", "DICOM_KEYWORDS", "read_cxr", "read_dicom", "read_raster", "read_nifti"]
+__all__ = ["CXRImage", "DICOM_KEYWORDS", "InputLimits", "read_cxr", "read_dicom", "read_raster", "read_nifti"]
+
+logger = logging.getLogger(__name__)
 
 #: Modalities accepted as (chest) projection radiographs. OT/SC cover secondary captures.
 ACCEPTED_MODALITIES = frozenset({"CR", "DX", "RG", "OT", "SC", ""})
@@ -66,6 +72,7 @@ DICOM_KEYWORDS = (
     "ImagerPixelSpacing",
     "PhotometricInterpretation",
     "BitsStored",
+    "BurnedInAnnotation",
     "Manufacturer",
     "TransferSyntaxUID",
 )
@@ -73,6 +80,70 @@ DICOM_KEYWORDS = (
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _EXPORT_HINT = "export the image again from the PACS or modality"
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """What an input may be, checked before its pixels are decoded (from the file size and header).
+
+    ``max_megapixels`` and ``max_file_mb`` bound the memory and time one input can take (an
+    8000 x 8000 image needs gigabytes at source resolution); ``min_size`` and ``max_aspect`` refuse
+    images no chest radiograph has (icons, strips). The defaults of :meth:`for_sources` are what
+    ``classify`` and inference use; training data (already small, prepared) only gets the upper bounds.
+    """
+
+    min_size: int = 0
+    max_aspect: float = math.inf
+    max_megapixels: float = 50.0
+    max_file_mb: float = 1024.0
+
+    @classmethod
+    def for_sources(cls, **overrides: Any) -> "InputLimits":
+        """Limits for images to explain or score: at least 64 x 64, aspect at most 3:1, at most 50 MP."""
+        settings = {"min_size": 64, "max_aspect": 3.0}
+        settings.update({key: value for key, value in overrides.items() if value is not None})
+        return cls(**settings)
+
+    def check_file(self, path: Path) -> None:
+        size = path.stat().st_size
+        if size == 0:
+            raise CXRInputError(path, "empty file (0 bytes)", "export the image again; the copy is empty")
+        if size > self.max_file_mb * 1024**2:
+            raise CXRInputError(
+                path,
+                f"file is {size / 1024**2:.0f} MB, above the limit of {self.max_file_mb:g} MB",
+                "give a smaller export, or raise the limit (max_file_mb) if this machine has the memory",
+            )
+
+    def check_shape(self, path: Path, rows: int, columns: int) -> None:
+        rows, columns = int(rows), int(columns)
+        if rows * columns > self.max_megapixels * 1e6:
+            raise CXRInputError(
+                path,
+                f"image is {columns} x {rows} ({rows * columns / 1e6:.1f} MP), above the limit of "
+                f"{self.max_megapixels:g} MP",
+                "downsample it, or raise the limit (max_megapixels) if this machine has the memory",
+            )
+        if min(rows, columns) < self.min_size:
+            raise CXRInputError(
+                path,
+                f"image is {columns} x {rows} pixels, smaller than the minimum {self.min_size} x {self.min_size}",
+                "give the full-size radiograph, not a thumbnail (or lower min_size)",
+            )
+        if min(rows, columns) > 0 and max(rows, columns) / min(rows, columns) > self.max_aspect:
+            raise CXRInputError(
+                path,
+                f"image is {columns} x {rows} pixels, an aspect ratio beyond {self.max_aspect:g}:1",
+                "give a whole chest radiograph, not a strip or a crop (or raise max_aspect)",
+            )
+
+
+def pixel_digest(values: np.ndarray) -> str:
+    """Hex SHA-256 of a pixel array (shape, dtype and values): identifies the image as displayed and explained."""
+    array = np.ascontiguousarray(values)
+    digest = hashlib.sha256(f"{array.shape}{array.dtype.str}".encode())
+    digest.update(array.data)
+    return digest.hexdigest()
 
 
 @dataclass
@@ -98,13 +169,19 @@ def _base_meta(path: Path, source_format: str, shape: tuple[int, int]) -> dict[s
 def _to_unit(values: np.ndarray, low: float, high: float, path: Path) -> np.ndarray:
     if not np.isfinite(low) or not np.isfinite(high) or high <= low:
         raise CXRInputError(path, "the image is blank (all pixels have the same value)", "check the export")
-    return np.clip((values.astype(np.float64) - low) / (high - low), 0.0, 1.0).astype(np.float32)
+    # float32 in place: one array of the image's size (exact for integer values up to 2**24)
+    unit = np.asarray(values, dtype=np.float32).copy() if np.asarray(values).dtype == np.float32 else np.asarray(values).astype(np.float32)
+    unit -= np.float32(low)
+    unit *= np.float32(1.0 / (high - low))
+    return np.clip(unit, 0.0, 1.0, out=unit)
 
 
 def _luminance(rgb: np.ndarray) -> np.ndarray:
     """ITU-R BT.601 luma of an (rows, columns, 3|4) array (alpha ignored)."""
-    weights = np.array([0.299, 0.587, 0.114])
-    return rgb[..., :3].astype(np.float64) @ weights
+    luma = rgb[..., 0].astype(np.float32) * np.float32(0.299)  # channel by channel: no (rows, columns, 3) float copy
+    luma += rgb[..., 1].astype(np.float32) * np.float32(0.587)
+    luma += rgb[..., 2].astype(np.float32) * np.float32(0.114)
+    return luma
 
 
 def _is_dicom(path: Path) -> bool:
@@ -115,28 +192,54 @@ def _is_dicom(path: Path) -> bool:
     return head[128:132] == b"DICM"
 
 
-def read_cxr(path: str | os.PathLike) -> CXRImage:
-    """Read any supported chest X-ray file; raise :class:`CXRInputError` with a clear message if unusable."""
+def read_cxr(path: str | os.PathLike, limits: InputLimits | None = None) -> CXRImage:
+    """Read any supported chest X-ray file; raise :class:`CXRInputError` with a clear message if unusable.
+
+    ``limits`` (default :class:`InputLimits`: at most 50 MP and 1 GB) are checked before decoding.
+    Library warnings about the file (e.g. pydicom's) go to this module's log at DEBUG level. The
+    metadata's ``pixel_sha256`` identifies the decoded pixel content.
+    """
     path = Path(path)
+    limits = limits or InputLimits()
     if not path.exists():
+        if path.is_symlink():
+            try:
+                path.resolve(strict=True)
+            except RuntimeError:  # Python < 3.13 reports a loop this way
+                raise CXRInputError(path, "symbolic link loop", "point the link at the image file") from None
+            except OSError as error:
+                if "loop" in str(error).lower() or getattr(error, "errno", None) == 40:
+                    raise CXRInputError(path, "symbolic link loop", "point the link at the image file") from None
+            raise CXRInputError(path, "broken symbolic link (its target does not exist)", "point the link at the image file")
         raise CXRInputError(path, "file not found", "check the path")
     if path.is_dir():
         raise CXRInputError(path, "is a folder, not an image file", "give one image file")
+    limits.check_file(path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            return _read_any(path, limits)
+        finally:
+            for warning in caught:
+                logger.debug("%s: %s", path, warning.message)
+
+
+def _read_any(path: Path, limits: InputLimits) -> CXRImage:
     name = path.name.lower()
     if name.endswith(NIFTI_SUFFIXES):
-        return read_nifti(path)
+        return read_nifti(path, limits)
     if name.endswith(RASTER_SUFFIXES):
-        return read_raster(path)
+        return read_raster(path, limits)
     if _is_dicom(path):
-        return read_dicom(path)
+        return read_dicom(path, limits)
     # Unknown suffix (PACS exports often have none): DICOM without preamble, then raster images.
     try:
-        return read_dicom(path)
+        return read_dicom(path, limits)
     except CXRInputError as dicom_error:
         if "not a DICOM file" not in dicom_error.problem:
             raise
     try:
-        return read_raster(path)
+        return read_raster(path, limits)
     except CXRInputError as raster_error:
         if "not a readable image" not in raster_error.problem:
             raise
@@ -250,12 +353,13 @@ def _dicom_meta(path: Path, dataset: pydicom.Dataset, shape: tuple[int, int]) ->
     return meta
 
 
-def read_dicom(path: str | os.PathLike) -> CXRImage:
+def read_dicom(path: str | os.PathLike, limits: InputLimits | None = None) -> CXRImage:
     """Read a single-frame DICOM radiograph (any transfer syntax pydicom/GDCM/OpenJPEG can decode)."""
     path = Path(path)
     dataset = _dcmread(path)
     _ensure_transfer_syntax(dataset)
     _check_dicom_content(path, dataset)
+    (limits or InputLimits()).check_shape(path, int(dataset.get("Rows", 0) or 0), int(dataset.get("Columns", 0) or 0))
     stored = _decode(path, dataset)
     if stored.ndim == 3:  # colour secondary capture (pydicom converts YBR to RGB)
         values, low, high = _luminance(stored), 0.0, 255.0
@@ -278,19 +382,36 @@ def read_dicom(path: str | os.PathLike) -> CXRImage:
     photometric = str(dataset.get("PhotometricInterpretation", "")).upper()
     shape = str(dataset.get("PresentationLUTShape", "")).upper()
     if photometric == "MONOCHROME1" or shape == "INVERSE":
-        pixels = 1.0 - pixels
+        np.subtract(np.float32(1.0), pixels, out=pixels)
         meta["inverted"] = True
+    meta["pixel_sha256"] = pixel_digest(pixels)  # what is shown and explained (after LUTs and polarity)
     return CXRImage(pixels, meta)
 
 
 # --------------------------------------------------------------------------------------- rasters
 
 
-def read_raster(path: str | os.PathLike) -> CXRImage:
+def _raster_shape(path: Path) -> tuple[int, int] | None:
+    """(rows, columns) from the file header, without decoding the pixels; None when unknown."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL's decompression-bomb warning: our limit decides
+            with Image.open(path) as image:
+                return int(image.height), int(image.width)
+    except Exception:  # noqa: BLE001 - not an image PIL knows: imageio decides below
+        return None
+
+
+def read_raster(path: str | os.PathLike, limits: InputLimits | None = None) -> CXRImage:
     """Read an 8- or 16-bit PNG/JPEG/TIFF (grayscale, RGB or RGBA) with imageio."""
     import imageio.v3 as iio
 
     path = Path(path)
+    limits = limits or InputLimits()
+    if (shape := _raster_shape(path)) is not None:
+        limits.check_shape(path, *shape)
     try:
         image = np.asarray(iio.imread(path))
     except Exception as error:  # noqa: BLE001 - imageio raises plugin-specific errors
@@ -303,6 +424,7 @@ def read_raster(path: str | os.PathLike) -> CXRImage:
         values = image
     else:
         raise CXRInputError(path, f"is a multi-frame image or volume (shape {image.shape})", "give one 2-D image")
+    limits.check_shape(path, *values.shape)
     if image.dtype == np.uint8:
         low, high = 0.0, 255.0
     elif image.dtype == np.bool_:
@@ -310,19 +432,24 @@ def read_raster(path: str | os.PathLike) -> CXRImage:
     else:
         low, high = float(np.min(values)), float(np.max(values))
     pixels = _to_unit(values, low, high, path)
-    return CXRImage(pixels, _base_meta(path, "raster", pixels.shape))
+    meta = _base_meta(path, "raster", pixels.shape)
+    meta["pixel_sha256"] = pixel_digest(pixels)
+    return CXRImage(pixels, meta)
 
 
 # --------------------------------------------------------------------------------------- NIfTI
 
 
-def read_nifti(path: str | os.PathLike) -> CXRImage:
+def read_nifti(path: str | os.PathLike, limits: InputLimits | None = None) -> CXRImage:
     """Read a 2-D NIfTI radiograph (first voxel axis = columns, second = rows, as MONAI/ITK write 2-D images)."""
     import nibabel as nib
 
     path = Path(path)
     try:
         image = nib.load(str(path))
+        header_shape = [int(v) for v in image.shape if int(v) != 1]
+        if len(header_shape) == 2:
+            (limits or InputLimits()).check_shape(path, header_shape[1], header_shape[0])
         data = np.asarray(image.dataobj)
     except Exception as error:  # noqa: BLE001
         raise CXRInputError(path, f"corrupt or unreadable NIfTI ({error})", _EXPORT_HINT) from None
@@ -336,6 +463,7 @@ def read_nifti(path: str | os.PathLike) -> CXRImage:
         low, high = float(np.min(values)), float(np.max(values))
     pixels = _to_unit(values, low, high, path)
     meta = _base_meta(path, "nifti", pixels.shape)
+    meta["pixel_sha256"] = pixel_digest(pixels)
     zooms = image.header.get_zooms()[:2]
     meta["pixel_spacing"] = [float(zooms[1]), float(zooms[0])]
     return CXRImage(pixels, meta)

@@ -1,0 +1,189 @@
+"""The inference run's CSV logs and its ordered background writer.
+
+* ``frames.csv`` (one row per written frame), ``sources.csv`` (one row per source) and ``errors.csv``
+  (one row per failed input): their columns, how earlier runs' rows are kept (:func:`earlier_logs`,
+  :func:`write_logs`) and how a failure becomes a row (:func:`failure_row`).
+* :class:`SeriesWriter`: writes each explained source (DICOM, quick-looks, log rows) in a background
+  thread, in input order, while the caller computes the next batch; at most ``max_pending``
+  sources wait, so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from monai_exaggeration.data.streaming import LoadFailure
+from monai_exaggeration.errors import CXRInputError
+from monai_exaggeration.utils import write_csv_atomic
+
+__all__ = [
+    "ERROR_COLUMNS", "FRAME_COLUMNS", "RUN_LOGS", "SOURCE_COLUMNS", "SeriesWriter", "earlier_logs", "failure_row",
+    "write_logs",
+]
+
+logger = logging.getLogger("monai_exaggeration.inference")
+
+#: Columns of ``frames.csv`` (one row per written frame).
+FRAME_COLUMNS = [
+    "source", "source_sop_instance_uid", "study_instance_uid", "step", "target_bin", "target_centre", "score",
+    "generator_frame_score", "series_instance_uid", "sop_instance_uid", "output_file", "model_version",
+]
+#: Columns of ``sources.csv`` (one row per source image that produced a series).
+SOURCE_COLUMNS = [
+    "source", "source_sop_instance_uid", "study_instance_uid", "finding", "source_score", "source_bin", "num_frames",
+    "first_score", "last_score", "flip_reached", "monotone", "spearman", "series_instance_uid", "series_dir", "gif",
+    "montage", "score_plot", "seconds", "model_version",
+]
+#: Columns of ``errors.csv`` (one row per failed input).
+ERROR_COLUMNS = ["source", "error", "hint"]
+#: The run's CSV logs: key -> (file name, columns).
+RUN_LOGS = {
+    "frames": ("frames.csv", FRAME_COLUMNS),
+    "sources": ("sources.csv", SOURCE_COLUMNS),
+    "errors": ("errors.csv", ERROR_COLUMNS),
+}
+
+
+def failure_row(path: str, error: BaseException | LoadFailure) -> dict:
+    """One row of ``errors.csv``: what is wrong and what to do."""
+    if isinstance(error, LoadFailure):
+        return {"source": path, "error": error.error, "hint": error.hint}
+    if isinstance(error, CXRInputError):
+        return {"source": path, "error": error.problem, "hint": error.hint}
+    if isinstance(error, ValueError):
+        return {"source": path, "error": str(error), "hint": "check the input image and the inference settings"}
+    return {
+        "source": path,
+        "error": f"{type(error).__name__}: {error}",
+        "hint": "unexpected failure; rerun with this file alone and report the log if it persists",
+    }
+
+
+def earlier_logs(output_dir: Path) -> dict[str, pd.DataFrame]:
+    """Rows of earlier runs' ``frames.csv``/``sources.csv`` whose series folder still exists (as text)."""
+    earlier = {}
+    for key in ("frames", "sources"):
+        name, columns = RUN_LOGS[key]
+        path = output_dir / name
+        try:
+            table = pd.read_csv(path, dtype=str, keep_default_na=False).reindex(columns=columns, fill_value="")
+        except (FileNotFoundError, pd.errors.EmptyDataError):
+            table = pd.DataFrame(columns=columns)
+        except (pd.errors.ParserError, UnicodeDecodeError) as error:
+            logger.warning("%s is unreadable (%s): it is rewritten with this run's rows only", path, error)
+            table = pd.DataFrame(columns=columns)
+        exists = {uid: (output_dir / "dicom" / uid).is_dir() for uid in set(table["series_instance_uid"])}
+        earlier[key] = table[table["series_instance_uid"].map(exists).astype(bool)]
+    return earlier
+
+
+def write_logs(
+    logs: dict[str, Path], frame_rows: list[dict], source_rows: list[dict], earlier: dict[str, pd.DataFrame] | None
+) -> None:
+    """Write ``frames.csv`` and ``sources.csv``: earlier runs' rows of other series, then this run's."""
+    now = {"frames": pd.DataFrame(frame_rows, columns=FRAME_COLUMNS), "sources": pd.DataFrame(source_rows, columns=SOURCE_COLUMNS)}
+    for key, table in now.items():
+        if earlier is not None and len(earlier[key]):
+            kept = earlier[key][~earlier[key]["series_instance_uid"].isin(set(table["series_instance_uid"].astype(str)))]
+            table = pd.concat([kept, table.astype(object)], ignore_index=True) if len(kept) else table
+        write_csv_atomic(table, logs[key])
+
+
+@dataclass
+class _Job:
+    path: str
+    outcome: Any  # a SeriesResult, or the exception / LoadFailure of the source
+    started: float
+
+
+class SeriesWriter:
+    """Write explained sources in order in a background thread (see the module docstring).
+
+    ``write(result)`` returns ``(frame_rows, source_row)`` (it may raise: the source becomes an
+    ``errors.csv`` row and leaves no files); ``series_uid(result)`` is the series a result would
+    write, so that two inputs of one run that would write the same series are reported, not written
+    twice. ``on_done(rows_or_none)`` is called after every source (progress). The logs are rewritten
+    after every source, so an interrupted run still lists what it wrote.
+    """
+
+    def __init__(
+        self,
+        write: Callable[[Any], tuple[list[dict], dict]],
+        series_uid: Callable[[Any], str],
+        logs: dict[str, Path],
+        earlier: dict[str, pd.DataFrame] | None,
+        on_done: Callable[[dict | None], None] = lambda row: None,
+        max_pending: int = 4,
+    ) -> None:
+        self._write, self._series_uid, self.logs, self.earlier, self.on_done = write, series_uid, logs, earlier, on_done
+        self.frame_rows: list[dict] = []
+        self.source_rows: list[dict] = []
+        self.failures: list[dict] = []
+        self.written_by: dict[str, str] = {}
+        self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max(1, max_pending))
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="series-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, path: str, outcome: Any, started: float | None = None) -> None:
+        """Queue one source's outcome (blocks while ``max_pending`` sources wait)."""
+        if self._error is not None:
+            raise self._error
+        self._queue.put(_Job(str(path), outcome, time.perf_counter() if started is None else started))
+
+    def close(self) -> None:
+        """Wait until everything queued is written; re-raise an error of the writer itself."""
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        if not self.source_rows:  # still leave logs with headers (and earlier runs' rows)
+            write_logs(self.logs, self.frame_rows, self.source_rows, self.earlier)
+
+    def _work(self) -> None:
+        while (job := self._queue.get()) is not None:
+            try:
+                self._one(job)
+            except BaseException as error:  # noqa: BLE001 - e.g. the disk is full for the logs themselves
+                self._error = error
+                while self._queue.get() is not None:  # drain, so submit() never blocks forever
+                    pass
+                return
+
+    def _one(self, job: _Job) -> None:
+        outcome = job.outcome
+        if not isinstance(outcome, (BaseException, LoadFailure)):
+            try:
+                series_uid = str(self._series_uid(outcome))
+                if series_uid in self.written_by:
+                    raise CXRInputError(
+                        job.path,
+                        f"same SOP Instance UID and pixels as {self.written_by[series_uid]}, whose series this run "
+                        "already wrote",
+                        "the input is a duplicate; remove one of the two",
+                    )
+                frames, source_row = self._write(outcome)
+                self.written_by[series_uid] = job.path
+            except Exception as error:  # noqa: BLE001 - one bad input must not stop the others
+                outcome = error
+        if isinstance(outcome, (BaseException, LoadFailure)):
+            failure = failure_row(job.path, outcome)
+            logger.error("%s: %s -- %s", job.path, failure["error"], failure["hint"])
+            self.failures.append(failure)
+            write_csv_atomic(pd.DataFrame(self.failures, columns=ERROR_COLUMNS), self.logs["errors"])
+            self.on_done(None)
+            return
+        source_row["seconds"] = round(time.perf_counter() - job.started, 3)
+        self.frame_rows.extend(frames)
+        self.source_rows.append(source_row)
+        write_logs(self.logs, self.frame_rows, self.source_rows, self.earlier)
+        self.on_done(source_row)
