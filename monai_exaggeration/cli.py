@@ -244,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     classify_parser.add_argument("--batch_size", type=int, default=64, help="images per classifier forward (default: %(default)s)")
     classify_parser.add_argument(
         "--num_workers", type=int, default=None,
-        help="reader processes (default: one per CPU but one, at most 4; 0 reads in the main process)",
+        help="reader processes (default: one per CPU beyond two, at most 4; 0 reads in the main process)",
     )
     classify_parser.set_defaults(handler=_classify_command)
 

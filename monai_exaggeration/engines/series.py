@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
@@ -54,15 +55,14 @@ def _grouped_batch_norm(module: nn.modules.batchnorm._BatchNorm, group: int):
     def forward(x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] % group:
             raise ValueError(f"a batch of {x.shape[0]} is not a whole number of series of {group} frames")
-        grouped = x.reshape(x.shape[0] // group, group, *x.shape[1:])
-        dims = (1, *range(3, grouped.ndim))
-        mean = grouped.mean(dim=dims, keepdim=True)
-        var = grouped.var(dim=dims, unbiased=False, keepdim=True)
-        out = ((grouped - mean) * torch.rsqrt(var + module.eps)).reshape(x.shape)
-        if module.affine:
-            shape = (1, -1, *([1] * (x.ndim - 2)))
-            out = out * module.weight.reshape(shape) + module.bias.reshape(shape)
-        return out
+        series, channels = x.shape[0] // group, x.shape[1]
+        # (S*N, C, ...) -> (N, S*C, ...): each series' channels become channels of their own, so the
+        # native (fused) batch norm computes the statistics of every series separately.
+        grouped = x.reshape(series, group, channels, *x.shape[2:]).transpose(0, 1).reshape(group, series * channels, *x.shape[2:])
+        weight = None if module.weight is None else module.weight.repeat(series)
+        bias = None if module.bias is None else module.bias.repeat(series)
+        out = F.batch_norm(grouped, None, None, weight, bias, training=True, momentum=0.0, eps=module.eps)
+        return out.reshape(group, series, channels, *x.shape[2:]).transpose(0, 1).reshape(x.shape)
 
     return forward
 
