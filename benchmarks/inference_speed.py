@@ -7,12 +7,13 @@ series, on CPU (and CUDA when present):
 * **explainer** — ``ExaggerationInference`` with the shipped models (``inference.json``): seconds per
   source split into read/preprocess, classifier, generator, frames (full-resolution frames and their
   re-preprocessing for scoring), DICOM write and quick-looks;
-* **baseline** — pixel-space gradient ascent, the standard optimisation counterfactual: for each
-  of the same 10 target scores (bin centres), Adam (lr ``--baseline-lr``) on a perturbation δ of the
-  preprocessed source x (64 px, model range) minimising ``BCE(f(x + δ), target) + λ·mean|δ|``,
-  clamped to [-1, 1], until ``|f(x + δ) − target| <= --tolerance`` or ``--baseline-steps`` steps;
-  each frame warm-starts from the previous frame's δ (as a user would). Same classifier, device
-  and input.
+* **baseline** — pixel-space gradient ascent, the standard optimisation counterfactual (the
+  ``gradient_ascent`` method of ``monai_exaggeration.methods``): for the same 10 target scores (bin
+  centres), Adam (lr ``--baseline-lr``) on perturbations δ of the preprocessed source x (model size
+  and range), all targets in one batch, minimising ``BCE(f(x + δ), target) + λ·mean|δ|``, clamped
+  to [-1, 1], each until ``|f(x + δ) − target| <= --tolerance`` or ``--baseline-steps`` steps. Same
+  classifier, device and input. ``benchmarks/methods.py`` compares every method, Latent Shift
+  included, over many images.
 
 Printed: the stage table, the baseline's steps and accuracy next to the explainer's, and two
 ratios measured in the same run: *compute* (baseline optimisation / explainer generator + scoring
@@ -33,12 +34,12 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from monai_exaggeration.binning import bin_centres
 from monai_exaggeration.bundle import default_bundle_root, load_bundle_classifier
 from monai_exaggeration.data import default_input
 from monai_exaggeration.inference import STAGES, ExaggerationInference
+from monai_exaggeration.methods import PixelGradientAscent
 from monai_exaggeration.transforms import load_cxr
 
 NUM_BINS = 10
@@ -73,41 +74,25 @@ def time_explainer(runner: ExaggerationInference, path: str, output_dir: Path, r
 
 
 def pixel_space_counterfactuals(
-    classifier: torch.nn.Module,
-    image: torch.Tensor,
-    targets: torch.Tensor,
-    steps: int,
-    tolerance: float,
-    lr: float,
-    l1_weight: float,
+    classifier: torch.nn.Module, image: torch.Tensor, steps: int, tolerance: float, lr: float, l1_weight: float
 ) -> tuple[float, list[int], list[float], float]:
-    """Optimise one perturbation per target; return seconds, steps used, achieved scores and the last frame's mean |change|."""
-    device = image.device
-    delta = torch.zeros_like(image, requires_grad=True)
-    used, achieved = [], []
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    """The ``gradient_ascent`` method (:class:`~monai_exaggeration.methods.PixelGradientAscent`) for every
+    bin: seconds, Adam steps per frame, achieved scores and the last frame's mean |change| (display units)."""
+    method = PixelGradientAscent(classifier, steps=steps, lr=lr, l1=l1_weight, tolerance=tolerance)
+    with torch.no_grad():
+        score = float(classifier(image))
+    source_bin = min(int(score * NUM_BINS), NUM_BINS - 1)
+    if image.device.type == "cuda":
+        torch.cuda.synchronize(image.device)
     start = time.perf_counter()
-    for target in targets:
-        optimiser = torch.optim.Adam([delta], lr=lr)
-        goal = target.reshape(1, 1).to(device)
-        score = float("nan")
-        for step in range(steps + 1):
-            candidate = (image + delta).clamp(-1.0, 1.0)
-            probability = classifier(candidate).reshape(1, 1)
-            score = float(probability.detach())
-            if abs(score - float(target)) <= tolerance or step == steps:
-                break
-            loss = F.binary_cross_entropy(probability.clamp(1e-6, 1 - 1e-6), goal) + l1_weight * delta.abs().mean()
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-        used.append(step)
-        achieved.append(score)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    made = method(image, [score], [source_bin], list(range(NUM_BINS)), NUM_BINS)
+    if image.device.type == "cuda":
+        torch.cuda.synchronize(image.device)
     seconds = time.perf_counter() - start
-    return seconds, used, achieved, float(delta.detach().abs().mean()) / 2.0  # display units [0, 1]
+    with torch.no_grad():
+        achieved = [float(s) for s in classifier(made.frames[0][:, None].to(image.device)).reshape(-1)]
+    change = float((made.frames[0, -1] - image[0, 0].cpu()).abs().mean()) / 2.0
+    return seconds, made.details[0]["steps"], achieved, change
 
 
 def run_device(device: str, args: argparse.Namespace) -> None:
@@ -125,12 +110,12 @@ def run_device(device: str, args: argparse.Namespace) -> None:
         print(f"  {stage:<12}{stages[stage]:>10.3f}{stages[stage] / total:>9.1%}")
     print(f"  {'total':<12}{total:>10.3f}")
 
-    image = load_cxr(args.input, spatial_size=64)[None].as_tensor().to(device)
+    image = load_cxr(args.input, spatial_size=runner.image_size)[None].as_tensor().to(device)
     targets = bin_centres(NUM_BINS)
     classifier = runner.classifier
-    pixel_space_counterfactuals(classifier, image, targets[:1], 5, args.tolerance, args.baseline_lr, args.l1)  # warm-up
+    pixel_space_counterfactuals(classifier, image, 5, args.tolerance, args.baseline_lr, args.l1)  # warm-up
     runs = [
-        pixel_space_counterfactuals(classifier, image, targets, args.baseline_steps, args.tolerance, args.baseline_lr, args.l1)
+        pixel_space_counterfactuals(classifier, image, args.baseline_steps, args.tolerance, args.baseline_lr, args.l1)
         for _ in range(args.baseline_repeats)
     ]
     baseline = statistics.fmean(run[0] for run in runs)

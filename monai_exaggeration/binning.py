@@ -7,9 +7,12 @@ centre is unbiased inside the bin and never asks the generator for an exact 0).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 
-__all__ = ["bin_centre", "bin_centres", "check_num_bins", "posterior_to_bin"]
+__all__ = ["bin_centre", "bin_centres", "centre_values", "check_num_bins", "posterior_to_bin"]
 
 
 def check_num_bins(num_bins: int) -> int:
@@ -23,6 +26,18 @@ def bin_centres(num_bins: int, device: torch.device | str | None = None) -> torc
     """Centres ``(b + 0.5)/N`` of all bins, shape (N,), float32."""
     check_num_bins(num_bins)
     return (torch.arange(num_bins, dtype=torch.float32, device=device) + 0.5) / num_bins
+
+
+def centre_values(num_bins: int, bins: Sequence[int] | None = None) -> np.ndarray:
+    """Centres ``(b + 0.5)/N`` of ``bins`` (default all ``0..N-1``) as float64 (exact decimal values such
+    as 0.15, for logs, DICOM text and measures); the one place outside torch that computes them.
+    ``num_bins`` may be 1 here (a single written frame describes its one bin)."""
+    if isinstance(num_bins, bool) or not isinstance(num_bins, (int, np.integer)) or num_bins < 1:
+        raise ValueError(f"num_bins must be a positive integer, got {num_bins!r}")
+    indices = np.arange(num_bins) if bins is None else np.asarray(list(bins), dtype=np.int64)
+    if indices.size and (indices.min() < 0 or indices.max() >= num_bins):
+        raise ValueError(f"bins must lie in 0..{num_bins - 1}, got {indices.tolist()}")
+    return (indices + 0.5) / num_bins
 
 
 def bin_centre(bins: torch.Tensor, num_bins: int) -> torch.Tensor:

@@ -28,12 +28,15 @@ __all__ = [
 DATASET_ENV = "EXAG_DATASET_DIR"
 
 
-def default_bundle_root() -> str:
-    """``bundles/cxr`` of the source tree this package is installed from, else ``./bundles/cxr``."""
-    source_tree = Path(__file__).resolve().parents[1] / "bundles" / "cxr"
+def default_bundle_root(name: str = "cxr") -> str:
+    """``bundles/<name>`` of the source tree this package is installed from, else ``./bundles/<name>``.
+
+    ``cxr`` is the explainer's bundle, ``cxr_autoencoder`` the Latent Shift baseline's autoencoder.
+    """
+    source_tree = Path(__file__).resolve().parents[1] / "bundles" / name
     if (source_tree / "configs").is_dir():
         return str(source_tree)
-    return str(Path("bundles") / "cxr")
+    return str(Path("bundles") / name)
 
 
 def default_dataset_dir(bundle_root: str | os.PathLike) -> str:

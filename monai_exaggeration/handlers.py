@@ -173,11 +173,9 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.
 
 
 def _roc_plot(labels: np.ndarray, scores: np.ndarray, metrics: dict[str, float], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from sklearn.metrics import roc_curve
+
+    from monai_exaggeration.plotting import plt, save_figure
 
     fpr, tpr, _ = roc_curve(labels.astype(int), scores)
     figure, axes = plt.subplots(figsize=(4.5, 4.5), dpi=120)
@@ -185,9 +183,7 @@ def _roc_plot(labels: np.ndarray, scores: np.ndarray, metrics: dict[str, float],
     axes.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
     axes.set(xlabel="1 - specificity", ylabel="sensitivity", title=title, xlim=(0, 1), ylim=(0, 1.01))
     axes.legend(loc="lower right")
-    figure.tight_layout()
-    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 class ScoreTableWriter:
@@ -299,15 +295,12 @@ class CTRReport:
         write_csv_atomic(table, self.output_dir / "ctr.csv")
         atomic_write(self.output_dir / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=2)))
         if len(known):
-            atomic_write(self.output_dir / "ctr.png", lambda tmp: _ctr_plot(known, metrics, tmp))
+            _ctr_plot(known, metrics, self.output_dir / "ctr.png")
         engine.logger.info("CTR report: %s", json.dumps(metrics))
 
 
 def _ctr_plot(known: pd.DataFrame, metrics: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from monai_exaggeration.plotting import plt, save_figure
 
     figure, axis = plt.subplots(figsize=(4.5, 4.5), dpi=120)
     axis.plot([0.3, 0.85], [0.3, 0.85], ls="--", color="grey", lw=1)
@@ -316,6 +309,4 @@ def _ctr_plot(known: pd.DataFrame, metrics: dict[str, Any], path: Path) -> None:
     axis.scatter(known["ctr_truth"], known["ctr_predicted"], s=12)
     axis.set(xlabel="CTR, ground truth", ylabel="CTR from predicted masks", xlim=(0.3, 0.85), ylim=(0.3, 0.85))
     axis.set_title(f"CTR: MAE {metrics['ctr_mae']:.3f} (n = {metrics['n_with_ctr_truth']})", fontsize=10)
-    figure.tight_layout()
-    figure.savefig(path, format="png")
-    plt.close(figure)
+    save_figure(figure, path)

@@ -19,7 +19,7 @@ import numpy as np
 from monai_exaggeration.bundle import load_bundle_classifier
 from monai_exaggeration.data import load_split, stratified_head
 from monai_exaggeration.inference import ExaggerationInference
-from monai_exaggeration.inference.quicklook import _pyplot, save_figure
+from monai_exaggeration.plotting import plt, save_figure
 
 CHANGE_SCALE = 0.15  # display units that map to white in the change column
 
@@ -39,7 +39,6 @@ def main(argv: list[str] | None = None) -> Path:
     runner = ExaggerationInference(None, load_bundle_classifier(), explainer_weights=args.explainer_weights,
                                    finding=args.finding, quicklook=False).prepare()
     shown = [int(b) for b in args.bins.split(",")]
-    plt = _pyplot()
     columns = len(shown) + 1
     figure, axes = plt.subplots(len(records), columns, figsize=(1.45 * columns, 1.6 * len(records)), squeeze=False)
     for row, record in enumerate(records):

@@ -105,3 +105,15 @@ def run_bundle(args: list[str], cwd: Path = REPO_ROOT, timeout: int = 300, env: 
 def config_arg(files: list[str]) -> str:
     """A list of config files as ``--config_file`` takes it."""
     return "[" + ",".join(f"'{name}'" for name in files) + "]"
+
+
+EVALUATE_CONFIGS = ["bundles/cxr/configs/inference.json", "bundles/cxr/configs/evaluate.json"]
+
+
+def evaluation_args(dataset: Path, output_dir: Path, *extra: str) -> list[str]:
+    """``run evaluating`` of the explainer bundle on 4 images (2 examples) of ``dataset``'s train split."""
+    return [
+        "run", "evaluating", "--config_file", config_arg(EVALUATE_CONFIGS), "--bundle_root", "bundles/cxr",
+        "--dataset_dir", str(dataset), "--split", "train", "--num_images", "4", "--num_examples", "2",
+        "--output_dir", str(output_dir), *extra,
+    ]

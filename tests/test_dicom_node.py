@@ -29,8 +29,8 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from conftest import REPO_ROOT, shared_data_dir
+from dicom_validation import dciodvfy_report
 from monai_exaggeration.cli import main as cli_main
-from monai_exaggeration.dicom import dciodvfy_report
 from monai_exaggeration.dicom.report import read_report
 from monai_exaggeration.dicom.secondary_capture import derived_uid
 from monai_exaggeration.export.orthanc import LocalOrthanc, dcmtk_tool, free_port, orthanc_binary

@@ -19,8 +19,8 @@ import pydicom
 import pytest
 
 from conftest import REPO_ROOT
+from dicom_validation import dciodvfy_report
 from monai_exaggeration.bundle import load_bundle_classifier, load_bundle_segmenter
-from monai_exaggeration.dicom import dciodvfy_report
 from monai_exaggeration.dicom.presentation import (
     CAPTION_NOTE,
     FrameCaption,
@@ -178,6 +178,45 @@ def test_burned_in_copy_has_new_uids_and_says_yes(series16: pd.DataFrame, tmp_pa
     assert {path: _sha256(path) for path in series16["output_file"]} == before
     again = write_burned_in_series(series16, tmp_path / "again", "cardiomegaly")
     assert [pydicom.dcmread(p).SOPInstanceUID for p in again] == [c.SOPInstanceUID for c in copies]
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")  # pydicom on the source's own non-standard values
+def test_captions_and_report_keep_source_values_highdicom_does_not_take(tmp_path: Path) -> None:
+    """A source with a one-part name, sex U, a year-only birth date, a colon time and a two-letter
+    orientation: the captioned copy, the presentation state and the report are written (highdicom's
+    typed arguments reject the date) and keep those values verbatim."""
+    import warnings
+
+    from monai_exaggeration.dicom import SeriesInfo, write_series
+
+    tags = {"SOPInstanceUID": "1.2.3.4", "SOPClassUID": "1.2.840.10008.5.1.4.1.1.1", "StudyInstanceUID": "1.2.3",
+            "Modality": "DX", "PatientName": "ward", "PatientSex": "U", "PatientBirthDate": "1980",
+            "StudyTime": "12:00:00", "PatientOrientation": "AL\\F", "Laterality": "L", "PatientID": "P1"}
+    frame = np.linspace(0, 1, 96 * 80, dtype=np.float32).reshape(96, 80)
+    info = SeriesInfo.from_scores("cardiomegaly", "test-model", [0.2, 0.7], num_bins=10)
+    written = write_series([frame, frame[::-1].copy()], None, {"dicom": tags, "source_shape": (96, 80)}, info,
+                           tmp_path / "sc")
+    rows = pd.DataFrame({"step": [0, 1], "target_centre": [0.05, 0.15], "score": [0.2, 0.7],
+                         "output_file": [str(p) for p in written], "series_instance_uid": written.series_instance_uid,
+                         "sop_instance_uid": list(written.sop_instance_uids), "model_version": "test-model"})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        paths = write_burned_in_series(rows, tmp_path, "cardiomegaly")
+        state = pydicom.dcmread(write_presentation_state(rows, tmp_path, "cardiomegaly"))
+        report = pydicom.dcmread(write_report(rows, tmp_path, "cardiomegaly"))
+    assert not [w for w in caught if "person name" in str(w.message)]
+    keywords = ("PatientName", "PatientSex", "PatientBirthDate", "StudyTime", "PatientID", "StudyInstanceUID")
+    for path, plain in zip(paths, written):
+        copy, image = pydicom.dcmread(path), pydicom.dcmread(plain)
+        for keyword in keywords:
+            assert str(copy[keyword].value) == str(image[keyword].value) == str(tags[keyword]), keyword
+        assert list(copy.PatientOrientation) == ["AL", "F"] and copy.Laterality == "L"
+        assert copy.BurnedInAnnotation == "YES" and copy.SourceImageSequence[0].ReferencedSOPInstanceUID == image.SOPInstanceUID
+    for instance in (state, report):
+        for keyword in keywords:
+            assert str(instance[keyword].value) == str(tags[keyword]), (instance.Modality, keyword)
+    assert [item["frame_sop_instance_uid"] for item in read_report(next(tmp_path.glob("*/report.dcm")))] == \
+        list(written.sop_instance_uids)
 
 
 def test_burn_in_8_bit_marks_text_white_on_black() -> None:

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import REPO_ROOT, config_arg, run_bundle
+from conftest import REPO_ROOT, config_arg, evaluation_args, run_bundle
 from monai_exaggeration.evaluation import SourceMeasures, counterfactual_step, summarise, write_report
 from monai_exaggeration.evaluation.summary import identity_summary, json_safe, realism_summary
 from monai_exaggeration.metrics import series_validity
@@ -146,12 +146,7 @@ def test_report_is_self_contained(tmp_path: Path) -> None:
 def test_evaluating_through_monai_bundle(tiny_dataset: Path, tmp_path: Path) -> None:
     """The documented command on a small labelled folder writes every output with consistent counts."""
     out = tmp_path / "evaluation"
-    result = run_bundle(
-        ["run", "evaluating", "--config_file", config_arg(EVALUATE), "--bundle_root", "bundles/cxr",
-         "--dataset_dir", str(tiny_dataset), "--split", "train", "--num_images", "4", "--num_examples", "2",
-         "--output_dir", str(out)],
-        timeout=600,
-    )
+    result = run_bundle(evaluation_args(tiny_dataset, out), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "4 images evaluated" in result.stdout and "report.html" in result.stdout
     metrics = json.loads((out / "metrics.json").read_text())

@@ -271,3 +271,22 @@ def test_resume_prefers_a_newer_final_file_prunes_to_n_saved_and_stops_when_done
     assert engine.state.iteration == 12  # continued from the final file's 9
     assert sorted(p.name for p in tmp_path.glob("explainer_checkpoint_*.pt")) == [
         "explainer_checkpoint_iteration=10.pt", "explainer_checkpoint_iteration=12.pt"]
+
+
+def test_series_validity_scores_selected_bins_against_their_own_centres() -> None:
+    """A 5-frame series of bins 0, 2, 4, 7, 9 (num_frames 5) is measured against those bins' centres."""
+    from monai_exaggeration.binning import centre_values
+    from monai_exaggeration.metrics import series_validity
+
+    bins = [0, 2, 4, 7, 9]
+    perfect = centre_values(10, bins)[None]  # 0.05, 0.25, 0.45, 0.75, 0.95
+    result = series_validity(perfect, np.array([0.3]), bins=bins, num_bins=10)
+    assert result.mae == pytest.approx(0.0, abs=1e-12) and result.flip_rate == 1.0
+    assert result.median_spearman == pytest.approx(1.0)
+    naive = series_validity(perfect, np.array([0.3]))  # as if the 5 frames were 5 bins of 5: wrong centres
+    assert naive.mae > 0.04
+    with pytest.raises(ValueError, match="5 frames per series but 4 bins"):
+        series_validity(perfect, np.array([0.3]), bins=bins[:4], num_bins=10)
+    with pytest.raises(ValueError, match="bins must lie in 0..9"):
+        centre_values(10, [10])
+    assert centre_values(10, [1]).tolist() == [0.15]  # exact decimal, as logs and DICOM text show it

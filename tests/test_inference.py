@@ -24,8 +24,8 @@ from pydicom.data import get_testdata_file
 from scipy.stats import spearmanr
 
 from conftest import REPO_ROOT, run_bundle
+from dicom_validation import dciodvfy_errors
 from monai_exaggeration.bundle import load_bundle_classifier
-from monai_exaggeration.dicom import dciodvfy_errors
 from monai_exaggeration.dicom.secondary_capture import derived_uid
 from monai_exaggeration.transforms import read_cxr
 from monai_exaggeration.inference import (

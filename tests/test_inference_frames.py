@@ -23,7 +23,7 @@ from monai_exaggeration.inference import (
     select_bins,
     to_source_grid,
 )
-from monai_exaggeration.inference import workflow as workflow_module
+from monai_exaggeration.methods import exaggeration as exaggeration_method_module
 from monai_exaggeration.networks import ExaggerationGenerator
 from monai_exaggeration.transforms import LoadCXR, cxr_preprocessing
 
@@ -181,7 +181,7 @@ def test_known_change_is_written_at_full_resolution_on_a_real_cr(
         offsets = c * torch.arange(num_bins, dtype=torch.float32).reshape(1, num_bins, 1, 1, 1)
         return images[:, None] + offsets  # (B, N, C, S, S)
 
-    monkeypatch.setattr(workflow_module, "generate_series", known_series)
+    monkeypatch.setattr(exaggeration_method_module, "generate_series", known_series)
     generator = ExaggerationGenerator(in_channels=1, num_bins=10, stem_channels=8, encoder_channels=[8, 8], image_size=64)
     runner = ExaggerationInference(generator, load_bundle_classifier(), num_bins=10, num_frames=3, quicklook=False,
                                    device="cpu")

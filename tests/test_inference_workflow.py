@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -17,8 +16,8 @@ from pydicom.data import get_testdata_file
 from scipy.stats import spearmanr
 
 from conftest import REPO_ROOT, run_bundle
+from dicom_validation import dciodvfy_errors
 from monai_exaggeration.bundle import load_bundle_classifier
-from monai_exaggeration.dicom import dciodvfy_errors
 from monai_exaggeration.inference import (
     ERROR_COLUMNS,
     FRAME_COLUMNS,
@@ -53,6 +52,11 @@ def chest_png(path: Path, rg1: Path, size: tuple[int, int] = (160, 200)) -> Path
 
 def all_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+def temporaries(folder: Path) -> list[Path]:
+    """Left-over temporary files of atomic writes under ``folder`` (``.<name>.<random>.tmp``, hidden)."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and ".tmp" in p.name)
 
 
 # ----------------------------------------------------------------------------------- bundle command
@@ -90,7 +94,7 @@ def test_default_run_writes_series_logs_and_quicklooks(default_run, rg1_uncr: Pa
     # the summary tells the user where everything is
     assert "1 series written (10 DICOM files), 0 failed" in result.stdout
     assert str(out / "frames.csv") in result.stdout and str(out / "dicom") in result.stdout
-    assert not [p for p in out.rglob("*") if ".tmp" in p.name], "temporary files left behind"
+    assert temporaries(out) == [], "temporary files left behind"
 
 
 def test_default_run_dicom_tags_match_source_and_log(default_run, rg1_uncr: Path) -> None:
@@ -215,7 +219,7 @@ def test_folder_with_bad_files_processes_the_good_ones(tmp_path: Path, rg1_uncr:
     assert set(Path(p).name for p in frames["source"]) == {"chest.png"}
     dicoms = list((out / "dicom").rglob("*"))
     assert len([p for p in dicoms if p.is_file()]) == 10 and len([p for p in dicoms if p.is_dir()]) == 1
-    assert not [p for p in out.rglob("*") if ".tmp" in p.name], "temporary files left behind"
+    assert temporaries(out) == [], "temporary files left behind"
     assert "1 series written" in summary.describe() and "errors.csv" in summary.describe()
 
 
@@ -234,6 +238,45 @@ def test_failed_quicklook_rolls_back_the_source(tmp_path: Path, rg1_uncr: Path, 
     leftovers = [p for p in all_files(out) if p.name not in ("errors.csv", "frames.csv", "sources.csv")]
     assert leftovers == []
     assert len(pd.read_csv(out / "frames.csv")) == 0
+
+
+@pytest.mark.parametrize("writer", ["dicom", "quicklook"])
+def test_failure_inside_a_write_leaves_no_temporary(tmp_path: Path, rg1_uncr: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    writer: str) -> None:
+    """Disk full half-way through a file: its temporary is removed and the source's files are rolled back.
+
+    The failure happens inside :func:`~monai_exaggeration.utils.atomic_write` (after bytes reached the
+    temporary file), the only place a temporary can be left behind by a run that does not die.
+    """
+    from monai_exaggeration.dicom import secondary_capture
+    from monai_exaggeration.inference import quicklook
+
+    module = secondary_capture if writer == "dicom" else quicklook
+    real, calls = module.atomic_write, []
+
+    def fails_on_the_second_file(path, write):
+        calls.append(path)
+        if len(calls) != 2:
+            return real(path, write)
+
+        def half(tmp: Path) -> None:
+            tmp.write_bytes(b"half a file")
+            raise OSError("No space left on device")
+
+        return real(path, half)
+
+    monkeypatch.setattr(module, "atomic_write", fails_on_the_second_file)
+    out = tmp_path / "out"
+    runner = make_runner(quicklook=True, num_frames=3)
+    chest_png(tmp_path / "inbox" / "a.png", rg1_uncr)
+    chest_png(tmp_path / "inbox" / "b.png", rg1_uncr, (170, 200))
+    summary = runner.run(tmp_path / "inbox", out)
+    assert len(calls) >= 2 and summary.num_series == 1 and "No space left" in summary.failures[0]["error"]
+    assert temporaries(out) == [], "temporary files left behind"
+    frames = pd.read_csv(out / "frames.csv")
+    written = [p for p in all_files(out) if p.name not in ("errors.csv", "frames.csv", "sources.csv")]
+    assert sorted(written) == sorted({Path(p) for p in frames["output_file"]} | {
+        Path(p) for p in pd.read_csv(out / "sources.csv")[["gif", "montage", "score_plot"]].to_numpy().ravel()})
 
 
 # ----------------------------------------------------------------------------------- API: content

@@ -105,7 +105,7 @@ def test_mixed_model_is_skipped_without_statsmodels(monkeypatch: pytest.MonkeyPa
     monkeypatch.setitem(sys.modules, "statsmodels.formula.api", None)
     _, responses = synthetic()
     table, notes = mixed_models(responses, QUESTIONS, ARMS)
-    assert table is None and notes == ["mixed-effects model skipped: statsmodels is not installed (pip install statsmodels)"]
+    assert table is None and notes == ['mixed-effects model skipped: statsmodels is not installed (pip install "monai_exaggeration[reader-study]")']
 
 
 def test_confidence_change_paired_tests() -> None:

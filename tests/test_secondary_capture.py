@@ -1,4 +1,4 @@
-"""DICOM Secondary Capture output of a progressive-exaggeration series (DESIGN.md, "DICOM output conventions")."""
+"""DICOM Secondary Capture output of a progressive-exaggeration series (docs/method.md, "DICOM conventions")."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
+from dicom_validation import dciodvfy_report
+from monai_exaggeration import dicom
 from monai_exaggeration.dicom import (
     FrameInfo,
     SeriesInfo,
-    dciodvfy_report,
+    WrittenSeries,
     derived_uid,
     quantise_frame,
     write_series,
@@ -138,6 +140,25 @@ def test_rg1_series_attributes(written, rg1, bits):
         else:
             assert "WindowCenter" not in ds
     assert len({ds.SOPInstanceUID for ds in datasets}) == 3
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_write_series_returns_the_uids_it_wrote(written, bits):
+    """Callers take the UIDs from the result instead of reading every file back."""
+    series = written[bits][1]
+    assert isinstance(series, WrittenSeries)
+    datasets = [pydicom.dcmread(p, stop_before_pixels=True) for p in series.paths]
+    assert list(series) == list(series.paths) and len(series) == 3 and series[-1] == series.paths[2]
+    assert list(series.sop_instance_uids) == [str(ds.SOPInstanceUID) for ds in datasets]
+    assert {str(ds.SeriesInstanceUID) for ds in datasets} == {series.series_instance_uid} == {series[0].parent.name}
+    assert {str(ds.StudyInstanceUID) for ds in datasets} == {series.study_instance_uid}
+    assert all(type(uid) is str for uid in (series.series_instance_uid, series.study_instance_uid, *series.sop_instance_uids))
+
+
+def test_public_api_has_no_private_types_or_validators():
+    """``write_series`` builds the instances; no helper taking the private context, no dciodvfy runner."""
+    assert "build_instance" not in dicom.__all__ and not hasattr(dicom, "build_instance")
+    assert not [name for name in dir(dicom) if "dciodvfy" in name]
 
 
 @pytest.mark.parametrize("bits", [8, 16])
@@ -268,7 +289,7 @@ def test_failure_while_writing_rolls_back_the_series(tmp_path, monkeypatch):
     out = tmp_path / "out"
     frame = np.linspace(0, 1, 48 * 40, dtype=np.float32).reshape(48, 40)
     info = SeriesInfo.from_scores("cardiomegaly", MODEL, [0.1, 0.5, 0.9])
-    real_build, calls = sc.build_instance, []
+    real_build, calls = sc._build_instance, []
 
     def failing_build(ctx, array, frame_info, bits):
         calls.append(frame_info.step)
@@ -276,14 +297,14 @@ def test_failure_while_writing_rolls_back_the_series(tmp_path, monkeypatch):
             raise OSError("No space left on device")
         return real_build(ctx, array, frame_info, bits)
 
-    monkeypatch.setattr(sc, "build_instance", failing_build)
+    monkeypatch.setattr(sc, "_build_instance", failing_build)
     with pytest.raises(OSError, match="No space"):
         write_series([frame] * 3, source, meta, info, out)
     assert calls == [0, 1, 2]
     assert list(out.rglob("*")) == []
 
     # a failure inside the atomic write itself leaves no temporary file either
-    monkeypatch.setattr(sc, "build_instance", real_build)
+    monkeypatch.setattr(sc, "_build_instance", real_build)
     real_save = pydicom.Dataset.save_as
 
     def half_save(self, filename, *args, **kwargs):
@@ -318,3 +339,75 @@ def test_long_finding_keeps_series_description_within_64_chars(tmp_path):
     frame = np.zeros((48, 40), np.float32)
     ds = pydicom.dcmread(write_series([frame], source, meta, info, tmp_path / "o")[0])
     assert len(ds.SeriesDescription) <= 64 and ds.SeriesDescription.endswith("not for diagnosis")
+
+
+# ------------------------------------------------------------------------------------------ source values
+
+
+def _flat_source(**tags) -> dict:
+    base = {"SOPInstanceUID": "1.2.3.4", "SOPClassUID": "1.2.840.10008.5.1.4.1.1.1", "StudyInstanceUID": "1.2.3",
+            "Modality": "DX"}
+    return {"dicom": dict(base, **tags), "source_shape": (48, 40), "pixel_sha256": "ab" * 32}
+
+
+def _record_sc_arguments(monkeypatch) -> dict:
+    """The keyword arguments ``write_series`` gives highdicom's SCImage constructor (last call)."""
+    import highdicom as hd
+
+    seen, real = {}, hd.sc.SCImage
+
+    def recording(**kwargs):
+        seen.clear()
+        seen.update(kwargs)
+        return real(**kwargs)
+
+    monkeypatch.setattr(hd.sc, "SCImage", recording)
+    return seen
+
+
+def test_typed_patient_study_laterality_and_orientation(tmp_path, monkeypatch):
+    """Values highdicom takes go through its constructor and come out as the source has them."""
+    import warnings
+
+    tags = dict(PatientName="Doe^Jane", ReferringPhysicianName="Who^Doctor", PatientSex="F", PatientBirthDate="19800101",
+                StudyDate="20200102", StudyTime="120000.123", PatientID="P1", StudyID="S1", AccessionNumber="A1",
+                PatientOrientation="P\\F", Laterality="l", StudyDescription="chest")
+    frame = np.linspace(0, 1, 48 * 40, dtype=np.float32).reshape(48, 40)
+    arguments = _record_sc_arguments(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # highdicom would warn about values it doubts
+        series = write_series([frame], None, _flat_source(**tags), SeriesInfo.from_scores("cardiomegaly", MODEL, [0.5]),
+                              tmp_path)
+    ds = pydicom.dcmread(series[0])
+    for keyword in ("PatientName", "ReferringPhysicianName", "PatientSex", "PatientBirthDate", "StudyDate", "StudyTime",
+                    "PatientID", "StudyID", "AccessionNumber", "StudyDescription"):
+        assert str(ds[keyword].value) == tags[keyword], keyword
+    assert list(ds.PatientOrientation) == ["P", "F"] and ds.Laterality == "L"
+    assert series.study_instance_uid == ds.StudyInstanceUID == "1.2.3"
+    assert (arguments["patient_name"], arguments["patient_sex"], arguments["study_time"]) == ("Doe^Jane", "F", "120000.123")
+    assert (arguments["patient_orientation"], arguments["laterality"]) == (("P", "F"), "L")
+    assert arguments["study_instance_uid"] == "1.2.3" and arguments["accession_number"] == "A1"
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")  # pydicom on the source's own non-standard values
+def test_source_values_highdicom_does_not_take_are_copied_verbatim(tmp_path, monkeypatch):
+    """A one-part name, sex U, a year-only birth date, a colon time, a two-letter orientation: kept as they are."""
+    import warnings
+
+    tags = dict(PatientName="ward", ReferringPhysicianName="smith", PatientSex="U", PatientBirthDate="1980",
+                StudyTime="12:00:00", PatientOrientation="AL\\F", Laterality="X")
+    frame = np.linspace(0, 1, 48 * 40, dtype=np.float32).reshape(48, 40)
+    arguments = _record_sc_arguments(monkeypatch)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        series = write_series([frame], None, _flat_source(**tags), SeriesInfo.from_scores("cardiomegaly", MODEL, [0.5]),
+                              tmp_path)
+    assert not [w for w in caught if "person name" in str(w.message)], [str(w.message) for w in caught]
+    ds = pydicom.dcmread(series[0])
+    for keyword in ("PatientName", "ReferringPhysicianName", "PatientSex", "PatientBirthDate", "StudyTime"):
+        assert str(ds[keyword].value) == tags[keyword], keyword
+    assert list(ds.PatientOrientation) == ["AL", "F"]
+    assert "Laterality" not in ds and arguments["laterality"] is None  # only R or L is copied
+    for argument in ("patient_name", "referring_physician_name", "patient_sex", "patient_birth_date", "study_time"):
+        assert argument not in arguments, argument  # set after construction, verbatim
+    assert arguments["patient_id"] == "" and arguments["study_instance_uid"] == "1.2.3"

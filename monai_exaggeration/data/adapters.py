@@ -184,12 +184,6 @@ def _chexpert_labels(values: pd.Series, uncertainty: str, source: str) -> pd.Ser
     return numeric.fillna(0.0).replace(-1.0, uncertain_value)
 
 
-def _finding_column(df: pd.DataFrame, finding: str, source: str | os.PathLike) -> str:
-    if finding not in df.columns:
-        raise ValueError(f"{source} has no observation column {finding!r}; columns: {list(df.columns)}.")
-    return finding
-
-
 _CHEXPERT_PATIENT = re.compile(r"(patient\d+)")
 
 

@@ -21,6 +21,8 @@ from monai_exaggeration.utils import write_csv_atomic
 
 __all__ = [
     "SPLITS",
+    "SPLIT_FRACTIONS",
+    "SPLIT_SEED",
     "RESERVED_COLUMNS",
     "read_manifest",
     "write_manifest",
@@ -32,6 +34,10 @@ __all__ = [
 ]
 
 SPLITS = ("train", "val", "test")
+#: The project's split of a labelled dataset, defined here once: every config reads it from here
+#: (``$monai_exaggeration.data.SPLIT_FRACTIONS``) and may override it with ``--split_fractions``/``--split_seed``.
+SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
+SPLIT_SEED = 0
 """Split names, in the order of the ``fractions`` arguments."""
 
 RESERVED_COLUMNS = ("image", "split", "patient_id", "view")
@@ -218,8 +224,8 @@ def _units(df: pd.DataFrame, key_column: str, stratify_column: str | None) -> pd
 
 def assign_split(
     df: pd.DataFrame,
-    fractions: Sequence[float] = (0.8, 0.1, 0.1),
-    seed: int = 0,
+    fractions: Sequence[float] = SPLIT_FRACTIONS,
+    seed: int = SPLIT_SEED,
     group_column: str | None = None,
     stratify_column: str | None = None,
 ) -> pd.Series:
@@ -269,8 +275,8 @@ def load_split(
     dataset_dir_or_csv: str | os.PathLike,
     split: str,
     label: str = "cardiomegaly",
-    fractions: Sequence[float] = (0.8, 0.1, 0.1),
-    seed: int = 0,
+    fractions: Sequence[float] = SPLIT_FRACTIONS,
+    seed: int = SPLIT_SEED,
     manifest_name: str = "labels.csv",
 ) -> list[dict]:
     """Records of one split, for a MONAI ``Dataset``, sorted by image path.

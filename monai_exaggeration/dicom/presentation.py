@@ -2,7 +2,7 @@
 
 Both are built from the files the inference wrote and its ``frames.csv`` rows (one per frame:
 ``step``, ``target_centre``, ``score``, ``output_file``, ``series_instance_uid``,
-``model_version``); the Secondary Capture files themselves are never changed.
+``sop_instance_uid``, ``model_version``); the Secondary Capture files themselves are never changed.
 
 * :func:`write_presentation_state`: one Grayscale Softcopy Presentation State (GSPS, highdicom
   :class:`highdicom.pr.GrayscaleSoftcopyPresentationState`) referencing every frame of the series,
@@ -12,6 +12,9 @@ Both are built from the files the inference wrote and its ``frames.csv`` rows (o
   shows the captions over the unchanged pixels.
 * :func:`write_burned_in_series`: a new SC series whose pixels carry the same two lines (white
   with a black outline), BurnedInAnnotation ``YES``, SourceImageSequence pointing at the plain frame.
+
+Patient and Study come from the frames through highdicom's typed constructors; the few source values
+those do not take (a one-component name, an unparsable date) are copied verbatim afterwards.
 
 UIDs are deterministic (:func:`~monai_exaggeration.dicom.secondary_capture.derived_uid` of the SC
 series UID, the model version and ``"gsps"`` / ``"burned-in"`` parts), so rebuilding gives the
@@ -34,7 +37,14 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 
 from monai_exaggeration import __version__
-from monai_exaggeration.dicom.secondary_capture import SOFTWARE_NAME, derived_uid, series_file_name
+from monai_exaggeration.dicom.secondary_capture import (
+    _PATIENT_STUDY_KEYWORDS,
+    SOFTWARE_NAME,
+    _patient_orientation,
+    _patient_study_arguments,
+    derived_uid,
+    series_file_name,
+)
 from monai_exaggeration.utils import atomic_write
 
 __all__ = [
@@ -116,12 +126,48 @@ def _software(model_version: str) -> list[str]:
     return [f"{SOFTWARE_NAME} {__version__}"[:64], model_version]
 
 
+def _typed_references(images: Sequence[Dataset], pixels: bool = True) -> tuple[list[Dataset], list[str]]:
+    """``images`` as highdicom's constructors may read them, and the Patient/Study keywords to copy afterwards.
+
+    highdicom copies Patient and Study from the first referenced image through its typed arguments,
+    which reject (or warn about) some valid source values: a one-component name such as ``ward``, a
+    PatientSex other than M/F/O, a date or time pydicom cannot parse. Such attributes are emptied in
+    the returned headers (new elements; ``images`` are not changed, ``pixels=False`` leaves PixelData
+    out) and their keywords returned, to be copied verbatim onto the new instance with
+    :func:`_copy_verbatim`. Without such values ``images`` come back as they are.
+    """
+    first = images[0]
+    values = {keyword: "" if first.get(keyword) is None else str(first.get(keyword)) for keyword in _PATIENT_STUDY_KEYWORDS}
+    verbatim = [keyword for keyword in _patient_study_arguments(values)[1] if keyword in first]
+    if not verbatim:
+        return list(images), []
+    references = []
+    for image in images:
+        reference = Dataset()  # the elements are shared, not copied
+        for element in image:
+            if pixels or element.keyword != "PixelData":
+                reference.add(element)
+        for keyword in verbatim:
+            if keyword in reference:
+                reference.add_new(keyword, reference[keyword].VR, "")
+        references.append(reference)
+    return references, verbatim
+
+
+def _copy_verbatim(instance: Dataset, image: Dataset, keywords: Sequence[str]) -> None:
+    """Copy the ``keywords`` of :func:`_typed_references` from ``image`` onto the new ``instance`` as they are."""
+    for keyword in keywords:
+        instance[keyword] = image[keyword]
+
+
 def build_presentation_state(
     images: Sequence[Dataset], captions: Sequence[FrameCaption], model_version: str
 ) -> hd.pr.GrayscaleSoftcopyPresentationState:
     """The GSPS captioning ``images`` (one SC series, in step order) with ``captions``."""
     if len(images) != len(captions) or not images:
         raise ValueError(f"{len(images)} images but {len(captions)} captions")
+    first = images[0]
+    images, verbatim = _typed_references(images)  # values highdicom does not take are copied at the end
     series_uid = str(images[0].SeriesInstanceUID)
     layer = hd.pr.GraphicLayer("CAPTIONS", order=1, description="Frame, target, score; " + CAPTION_NOTE.lower())
     annotations = [
@@ -151,6 +197,7 @@ def build_presentation_state(
         graphic_layers=[layer],
         series_description=f"Exaggeration captions - {CAPTION_NOTE.lower()}"[:64],
     )
+    _copy_verbatim(state, first, verbatim)
     # General Series: the body part settles Laterality (type 2C for unknown or paired parts).
     state.BodyPartExamined = images[0].get("BodyPartExamined") or "CHEST"
     return state
@@ -211,8 +258,12 @@ def write_burned_in_series(rows: pd.DataFrame, dicom_dir: str | os.PathLike, fin
     new_series = derived_uid(series_uid, model_version, "burned-in-series")
     paths = []
     for image, caption, row in zip(images, captions, rows.itertuples()):
+        orientation = _patient_orientation(image.get("PatientOrientation", ""))
+        laterality = str(image.get("Laterality", ""))
+        (reference_image,), verbatim = _typed_references([image], pixels=False)
+        # Patient and Study come from the plain frame through highdicom (from_ref_dataset).
         copy = hd.sc.SCImage.from_ref_dataset(
-            ref_dataset=image,
+            ref_dataset=reference_image,
             pixel_array=burn_in(image.pixel_array, caption.lines),
             photometric_interpretation=image.PhotometricInterpretation,
             bits_allocated=int(image.BitsAllocated),
@@ -223,7 +274,10 @@ def write_burned_in_series(rows: pd.DataFrame, dicom_dir: str | os.PathLike, fin
             instance_number=int(image.InstanceNumber),
             manufacturer=SOFTWARE_NAME,
             pixel_spacing=tuple(float(v) for v in image.PixelSpacing) if "PixelSpacing" in image else None,
-            patient_orientation=("L", "F"),  # placeholder (single letters only); the plain frame's value is copied below
+            laterality=laterality if laterality in ("R", "L") else None,
+            # PATIENT coordinates need an orientation: a placeholder where highdicom cannot take the
+            # plain frame's value (not two single letters, e.g. empty), which is then copied below.
+            patient_orientation=orientation or ("L", "F"),
             transfer_syntax_uid=pydicom.uid.ExplicitVRLittleEndian,
             series_description=f"Exaggeration captioned - {CAPTION_NOTE.lower()}"[:64],
             manufacturer_model_name=MODEL_NAME,
@@ -233,9 +287,8 @@ def write_burned_in_series(rows: pd.DataFrame, dicom_dir: str | os.PathLike, fin
         reference = Dataset()
         reference.ReferencedSOPClassUID = image.SOPClassUID
         reference.ReferencedSOPInstanceUID = image.SOPInstanceUID
-        attributes = {
+        attributes = {  # what highdicom's SC constructor does not take, or fixes to another value
             "Modality": image.Modality,
-            "PatientOrientation": image.get("PatientOrientation", ""),
             "BodyPartExamined": image.get("BodyPartExamined") or "CHEST",
             "ImageType": ["DERIVED", "SECONDARY"],
             "ConversionType": "SYN",
@@ -244,11 +297,16 @@ def write_burned_in_series(rows: pd.DataFrame, dicom_dir: str | os.PathLike, fin
             "DerivationDescription": f"{str(image.get('DerivationDescription', ''))[:1000]}; caption burned in",
             "ImageComments": f"{caption.text}; {CAPTION_NOTE.lower()}",
         }
-        for keyword, value in attributes.items():  # what highdicom's SC constructor does not take
+        if orientation is None:
+            attributes["PatientOrientation"] = image.get("PatientOrientation", "")
+        for keyword, value in attributes.items():
             setattr(copy, keyword, value)
-        for keyword in ("WindowCenter", "WindowWidth", "WindowCenterWidthExplanation", "Laterality"):
+        for keyword in ("WindowCenter", "WindowWidth", "WindowCenterWidthExplanation"):
             if keyword in image:
                 copy[keyword] = image[keyword]
+        if "Laterality" in image and laterality not in ("R", "L"):  # a value highdicom does not take: verbatim
+            copy["Laterality"] = image["Laterality"]
+        _copy_verbatim(copy, image, verbatim)
         path = Path(dicom_dir) / str(new_series) / series_file_name(int(row.step))
         paths.append(atomic_write(path, lambda tmp, copy=copy: copy.save_as(tmp, enforce_file_format=True)))
     return paths

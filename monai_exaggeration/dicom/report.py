@@ -13,7 +13,7 @@ measurement group (TID 1501) per frame:
   model version (``frames.csv`` ``model_version``).
 
 The SR goes in the same patient and study as the series (highdicom copies them from the first
-evidence instance: the first frame). Values are stored as DS and, exactly, as FloatingPointValue,
+evidence instance: the first frame; values its typed arguments do not take are copied verbatim). Values are stored as DS and, exactly, as FloatingPointValue,
 so :func:`read_report` returns the very floats of ``frames.csv``. Measurement names without a
 standard code use the local coding scheme ``99EXAG`` (declared in CodingSchemeIdentificationSequence).
 """
@@ -33,7 +33,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from monai_exaggeration import __version__
-from monai_exaggeration.dicom.presentation import CAPTION_NOTE, MODEL_NAME, read_series
+from monai_exaggeration.dicom.presentation import CAPTION_NOTE, MODEL_NAME, _copy_verbatim, _typed_references, read_series
 from monai_exaggeration.dicom.secondary_capture import SOFTWARE_NAME, derived_uid
 from monai_exaggeration.utils import atomic_write
 
@@ -79,6 +79,8 @@ def build_report(
     if len(versions) != 1:
         raise ValueError(f"the frames of one series name {len(versions)} model versions: {sorted(versions)}")
     model_version = versions.pop()
+    first = images[0]
+    images, verbatim = _typed_references(images)  # values highdicom does not take are copied at the end
     series_uid = str(images[0].SeriesInstanceUID)
     algorithm = hd.sr.AlgorithmIdentification(
         name=ALGORITHM_NAME, version=model_version, parameters=[f"finding={finding}"], manufacturer=SOFTWARE_NAME
@@ -115,7 +117,7 @@ def build_report(
         procedure_reported=codes.SCT.ChestImaging,
         imaging_measurements=groups,
     )
-    return hd.sr.ComprehensiveSR(
+    report = hd.sr.ComprehensiveSR(
         evidence=[*images, *([source] if source is not None else [])],
         content=content,
         series_instance_uid=derived_uid(series_uid, model_version, "sr-series"),
@@ -132,6 +134,8 @@ def build_report(
             responsible_organization="monai_exaggeration",
         )],
     )
+    _copy_verbatim(report, first, verbatim)
+    return report
 
 
 def write_report(

@@ -3,7 +3,8 @@
 One source radiograph -> one new series (same Patient, same Study) of single-frame Secondary
 Capture instances (highdicom :class:`highdicom.sc.SCImage`), one per step of the series, so that the
 counterfactuals sit next to the original in a PACS viewer. Conventions (tested in
-``tests/test_secondary_capture.py``; the conventions are in docs/inference.md):
+``tests/test_secondary_capture.py``; summarised in docs/method.md, "DICOM conventions", and for users
+in docs/inference.md):
 
 * **UIDs are deterministic**: ``SeriesInstanceUID = derived_uid(source SOP, model version, "series",
   pixel SHA-256)`` and ``SOPInstanceUID = derived_uid(source SOP, model version, step, pixel SHA-256)``,
@@ -44,14 +45,16 @@ counterfactuals sit next to the original in a PACS viewer. Conventions (tested i
   log, never a guessed ``NO``. Modality copied when the source is CR/DX else
   ``OT``, PatientOrientation copied when present (else empty, type 2), InstanceNumber
   ``step + 1``, DerivationDescription, ImageComments (step, target bin, bin centre, achieved
-  score), SeriesDescription ``Exaggeration <finding> - research use only, not for diagnosis``
-  (the finding is shortened to keep 64 characters), ContributingEquipmentSequence with this
+  score), SeriesDescription ``<method> <finding> - research use only, not for diagnosis``
+  (``Exaggeration`` for the explainer, ``Latent Shift`` or ``Pixel ascent`` for the baselines; the
+  finding is shortened to keep 64 characters), ContributingEquipmentSequence with this
   software as Modifying Equipment (DCM 109103) and its version plus the model version, the source's
   acquisition equipment, and highdicom. Explicit VR Little Endian.
 * **Files**: ``output_dir/<SeriesInstanceUID>/step_<step:03d>.dcm``. Every frame is validated
   before any file is touched; each file is written atomically (temporary name in the same folder,
   then ``os.replace``); if anything fails, the files this call created are removed again (files of an
   earlier identical run are only ever replaced by complete files with the same UIDs).
+  :func:`write_series` returns a :class:`WrittenSeries`: the paths and the UIDs written into them.
 """
 
 from __future__ import annotations
@@ -62,9 +65,6 @@ import json
 import logging
 import math
 import os
-import re
-import shutil
-import subprocess
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -77,16 +77,16 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import UID, ExplicitVRLittleEndian
+from pydicom.valuerep import DA, TM
 
 from monai_exaggeration import __version__
+from monai_exaggeration.binning import centre_values
 from monai_exaggeration.utils import atomic_write
 
 __all__ = [
     "FrameInfo",
     "SeriesInfo",
-    "build_instance",
-    "dciodvfy_errors",
-    "dciodvfy_report",
+    "WrittenSeries",
     "derived_uid",
     "quantise_frame",
     "series_file_name",
@@ -106,18 +106,22 @@ RESEARCH_NOTE = "research use only, not for diagnosis"
 #: Values this far outside [0, 1] are clipped; further out is an error.
 RANGE_TOLERANCE = 0.01
 _COPIED_MODALITIES = ("CR", "DX")
-_PATIENT_STUDY_KEYWORDS = (
-    "PatientID",
-    "PatientName",
-    "PatientBirthDate",
-    "PatientSex",
-    "StudyInstanceUID",
-    "StudyID",
-    "StudyDate",
-    "StudyTime",
-    "AccessionNumber",
-    "ReferringPhysicianName",
-)
+#: The Patient and Study attributes copied from the source, with highdicom's constructor argument for each.
+_PATIENT_STUDY_ARGUMENTS = {
+    "PatientID": "patient_id",
+    "PatientName": "patient_name",
+    "PatientBirthDate": "patient_birth_date",
+    "PatientSex": "patient_sex",
+    "StudyInstanceUID": "study_instance_uid",
+    "StudyID": "study_id",
+    "StudyDate": "study_date",
+    "StudyTime": "study_time",
+    "AccessionNumber": "accession_number",
+    "ReferringPhysicianName": "referring_physician_name",
+}
+_PATIENT_STUDY_KEYWORDS = tuple(_PATIENT_STUDY_ARGUMENTS)
+#: PatientOrientation values highdicom's ``patient_orientation`` takes (biped, one letter per direction).
+_ORIENTATION_LETTERS = frozenset("APRLHF")
 
 
 # ------------------------------------------------------------------------------------------ UIDs
@@ -170,6 +174,7 @@ class SeriesInfo:
     software_name: str = SOFTWARE_NAME
     software_version: str = __version__
     body_part: str = "CHEST"
+    method: str = "Exaggeration"  # the method's label, first word(s) of the SeriesDescription
 
     def __post_init__(self) -> None:
         self.frames = list(self.frames)
@@ -205,14 +210,14 @@ class SeriesInfo:
         num_bins: int | None = None,
         **kwargs: Any,
     ) -> SeriesInfo:
-        """Steps 0..K-1 with target bins (default ``0..K-1``), centres ``(b + 0.5) / N`` and the scores."""
+        """Steps 0..K-1 with target bins (default ``0..K-1``), their centres (:func:`~monai_exaggeration.binning.centre_values`) and the scores."""
         bins = list(range(len(scores))) if target_bins is None else [int(b) for b in target_bins]
         if len(bins) != len(scores):
             raise ValueError(f"{len(scores)} scores but {len(bins)} target bins")
         n = int(num_bins) if num_bins is not None else len(scores)
         frames = [
-            FrameInfo(step, b, (b + 0.5) / n, None if s is None else float(s))
-            for step, (b, s) in enumerate(zip(bins, scores))
+            FrameInfo(step, b, float(centre), None if s is None else float(s))
+            for step, (b, centre, s) in enumerate(zip(bins, centre_values(n, bins), scores))
         ]
         return cls(finding, model_version, frames, num_bins=n, **kwargs)
 
@@ -222,9 +227,10 @@ def series_file_name(step: int) -> str:
     return f"step_{int(step):03d}.dcm"
 
 
-def _series_description(finding: str) -> str:
+def _series_description(finding: str, method: str = "Exaggeration") -> str:
     finding = " ".join(finding.replace("\\", "/").split())
-    template = "Exaggeration {} - " + RESEARCH_NOTE
+    method = " ".join(method.replace("\\", "/").split())[:20]
+    template = method + " {} - " + RESEARCH_NOTE
     room = 64 - len(template.format(""))
     if len(finding) > room:
         finding = finding[: room - 1].rstrip() + "~"
@@ -352,12 +358,12 @@ def _file_key(source: str | os.PathLike | Dataset | None, source_meta: dict) -> 
 
 @dataclass
 class _Context:
-    """Everything shared by the instances of one series."""
+    """Everything shared by the instances of one series (private: built by :func:`write_series`)."""
 
     info: SeriesInfo
     source_key: str
     tags: dict[str, str]
-    patient_study: dict[str, str]
+    patient_study: dict[str, str]  # the source's values verbatim (or the marked non-DICOM identity)
     is_dicom: bool
     modality: str
     orientation: list[str] | str
@@ -365,9 +371,10 @@ class _Context:
     pixel_spacing: tuple[float, float] | None
     now: datetime.datetime
     charset: str | None
-    extras: dict[str, str] = field(default_factory=dict)
+    extras: dict[str, str] = field(default_factory=dict)  # StudyDescription, BodyPartExamined
     pixel_key: tuple[str, ...] = ()
     burned_in: str | None = None
+    laterality: str | None = None  # "R" or "L" when the source says so
 
 
 def _pixel_spacing(tags: dict[str, str], source_meta: dict, frame_shape: tuple[int, int]) -> tuple[float, float] | None:
@@ -433,8 +440,7 @@ def _context(source, source_meta: dict, info: SeriesInfo, frame_shape: tuple[int
     # A chest classifier's counterfactuals show a chest: without the source's value, info.body_part.
     # (It also settles General Series Laterality, type 2C for paired or unknown body parts.)
     extras["BodyPartExamined"] = tags.get("BodyPartExamined") or info.body_part
-    if tags.get("Laterality", "").upper() in ("R", "L"):
-        extras["Laterality"] = tags["Laterality"].upper()
+    laterality = tags.get("Laterality", "").upper()
     declared = tags.get("BurnedInAnnotation", "").strip().upper() if is_dicom else ""
     if declared not in ("YES", "NO"):
         declared = str((source_meta or {}).get("burned_in_annotation") or "").strip().upper()
@@ -456,6 +462,7 @@ def _context(source, source_meta: dict, info: SeriesInfo, frame_shape: tuple[int
         extras=extras,
         pixel_key=pixel_key,
         burned_in=declared if declared in ("YES", "NO") else None,
+        laterality=laterality if laterality in ("R", "L") else None,
     )
 
 
@@ -478,7 +485,8 @@ def _equipment(ctx: _Context) -> list[hd.ContributingEquipment]:
         hd.ContributingEquipment(
             manufacturer=info.software_name,
             purpose_of_reference=codes.DCM.ModifyingEquipment,  # (109103, DCM, "Modifying Equipment")
-            manufacturer_model_name="progressive exaggeration explainer",
+            manufacturer_model_name="progressive exaggeration explainer" if info.method == "Exaggeration"
+        else f"{info.method} counterfactuals"[:64],
             software_versions=[f"{info.software_name} {info.software_version}"[:64], info.model_version],
             contribution_datetime=ctx.now,
             contribution_description=(
@@ -490,29 +498,88 @@ def _equipment(ctx: _Context) -> list[hd.ContributingEquipment]:
     return items
 
 
-def build_instance(ctx: _Context, frame: np.ndarray, frame_info: FrameInfo, bits: int) -> hd.sc.SCImage:
-    """One Secondary Capture instance of the series described by ``ctx``."""
+def _parses(value_class: type, value: str) -> bool:
+    try:
+        value_class(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _highdicom_takes(keyword: str, value: str) -> bool:
+    """Whether highdicom's constructor takes the verbatim source ``value`` of ``keyword`` and writes it unchanged.
+
+    It does not for a one-component person name such as ``ward`` (valid DICOM, but highdicom warns
+    on every instance), a PatientSex other than M/F/O, or a date/time pydicom cannot parse.
+    """
+    if keyword in ("PatientName", "ReferringPhysicianName"):
+        return value == "" or "^" in value
+    if keyword == "PatientSex":
+        return value in ("", "M", "F", "O")
+    if keyword in ("PatientBirthDate", "StudyDate"):
+        return _parses(DA, value)
+    if keyword == "StudyTime":
+        return _parses(TM, value)
+    return True
+
+
+def _patient_study_arguments(patient_study: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """(highdicom constructor arguments, attributes to set verbatim afterwards) of the Patient and Study values."""
+    arguments, verbatim = {}, {}
+    for keyword, value in patient_study.items():
+        if keyword == "StudyInstanceUID" or _highdicom_takes(keyword, value):
+            arguments[_PATIENT_STUDY_ARGUMENTS[keyword]] = value
+        else:
+            verbatim[keyword] = value
+    return arguments, verbatim
+
+
+def _patient_orientation(orientation: Sequence[str] | str) -> tuple[str, str] | None:
+    """``orientation`` as highdicom's ``patient_orientation`` (two single letters), or None if it cannot take it."""
+    values = [] if isinstance(orientation, str) else list(orientation)
+    if len(values) == 2 and all(value in _ORIENTATION_LETTERS for value in values):
+        return values[0], values[1]
+    return None
+
+
+def _build_instance(ctx: _Context, frame: np.ndarray, frame_info: FrameInfo, bits: int) -> hd.sc.SCImage:
+    """One Secondary Capture instance of the series described by ``ctx``.
+
+    Patient, Study, Laterality and PatientOrientation go through highdicom's typed constructor.
+    Set afterwards, because :class:`highdicom.sc.SCImage` has no argument for them or fixes another
+    value: StudyDescription, BodyPartExamined, Modality (highdicom: OT), ImageType and ConversionType
+    (highdicom: ``DERIVED\\SECONDARY\\OTHER``, DI), BurnedInAnnotation, the SC Equipment
+    SecondaryCaptureDevice* attributes, the 16-bit VOI window, SourceImageSequence,
+    DerivationDescription and ImageComments; and, verbatim, the source values highdicom's checks do
+    not take (see :func:`_highdicom_takes`; a PatientOrientation other than two single letters, e.g. the
+    empty one of a non-DICOM source).
+    """
     info = ctx.info
     pixels = quantise_frame(frame, bits)
     step = int(frame_info.step)
+    patient_study, verbatim = _patient_study_arguments(ctx.patient_study)
+    orientation = _patient_orientation(ctx.orientation)
     image = hd.sc.SCImage(
         pixel_array=pixels,
         photometric_interpretation="MONOCHROME2",
         bits_allocated=bits,
         coordinate_system="PATIENT",
-        study_instance_uid=ctx.patient_study["StudyInstanceUID"],
         series_instance_uid=ctx.series_uid,
         series_number=int(info.series_number),
         sop_instance_uid=derived_uid(ctx.source_key, info.model_version, step, *ctx.pixel_key),
         instance_number=step + 1,
         manufacturer=info.software_name,
-        # Placeholder: highdicom only accepts single-letter values; the source's value is set verbatim below.
-        patient_orientation=("L", "F"),
+        **patient_study,
+        laterality=ctx.laterality,
+        # PATIENT coordinates require an orientation: for a value highdicom cannot take, a placeholder
+        # that is replaced by the source's value below.
+        patient_orientation=orientation or ("L", "F"),
         pixel_spacing=ctx.pixel_spacing,
         transfer_syntax_uid=ExplicitVRLittleEndian,
         contributing_equipment=_equipment(ctx),
-        series_description=_series_description(info.finding),
-        manufacturer_model_name="progressive exaggeration explainer",
+        series_description=_series_description(info.finding, info.method),
+        manufacturer_model_name="progressive exaggeration explainer" if info.method == "Exaggeration"
+        else f"{info.method} counterfactuals"[:64],
         software_versions=[f"{info.software_name} {info.software_version}"[:64], info.model_version],
         content_date=ctx.now.date(),
         content_time=ctx.now.time(),
@@ -520,14 +587,13 @@ def build_instance(ctx: _Context, frame: np.ndarray, frame_info: FrameInfo, bits
         series_time=ctx.now.time(),
         specific_character_set=ctx.charset,
     )
-    # Patient and study verbatim from the source (highdicom's checks reject some valid source values,
-    # e.g. a one-component PN such as "ward").
-    for keyword, value in ctx.patient_study.items():
+    for keyword, value in verbatim.items():
         setattr(image, keyword, value)
+    if orientation is None:
+        image.PatientOrientation = ctx.orientation
     for keyword, value in ctx.extras.items():
         setattr(image, keyword, value)
     image.Modality = ctx.modality
-    image.PatientOrientation = ctx.orientation
     image.ImageType = ["DERIVED", "SECONDARY"]
     image.ConversionType = "SYN"
     if ctx.burned_in is not None:
@@ -564,6 +630,31 @@ def build_instance(ctx: _Context, frame: np.ndarray, frame_info: FrameInfo, bits
     return image
 
 
+# ------------------------------------------------------------------------------------------ files
+
+
+@dataclass(frozen=True)
+class WrittenSeries:
+    """What :func:`write_series` wrote: the files in step order and the UIDs they hold.
+
+    Iterating, ``len`` and indexing go over ``paths``, so it can stand where a list of the files did.
+    """
+
+    paths: tuple[Path, ...]
+    series_instance_uid: str
+    study_instance_uid: str
+    sop_instance_uids: tuple[str, ...]  # one per path, same order
+
+    def __iter__(self):
+        return iter(self.paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        return self.paths[index]
+
+
 def write_series(
     frames: Sequence[np.ndarray],
     source: str | os.PathLike | Dataset | None,
@@ -571,15 +662,16 @@ def write_series(
     info: SeriesInfo,
     output_dir: str | os.PathLike,
     bits: int = 8,
-) -> list[Path]:
-    """Write ``frames`` as one new Secondary Capture series; return the file paths in step order.
+) -> WrittenSeries:
+    """Write ``frames`` as one new Secondary Capture series; return its files (in step order) and UIDs.
 
     ``source`` is the source file (or its pydicom Dataset, or None when ``source_meta`` carries
     everything), ``source_meta`` the ``meta`` of :func:`monai_exaggeration.transforms.read_cxr`
     (``meta["dicom"]`` holds the source attributes; a flat dict of DICOM keywords works too).
     Files go to ``output_dir/<SeriesInstanceUID>/step_<step:03d>.dcm``. Raises ``ValueError`` for
     unusable frames or descriptions before anything is written; on any error no file created by this
-    call is left behind.
+    call is left behind. The returned :class:`WrittenSeries` carries the UIDs written, so callers need
+    not read the files back.
     """
     if bits not in (8, 16):
         raise ValueError(f"bits must be 8 or 16, got {bits}")
@@ -603,10 +695,11 @@ def write_series(
     dir_existed = series_dir.exists()
     created: list[Path] = []
     paths: list[Path] = []
+    sop_uids: list[str] = []
     try:
         for array, frame_info in zip(arrays, info.frames):
             try:
-                image = build_instance(ctx, array, frame_info, bits)
+                image = _build_instance(ctx, array, frame_info, bits)
             except (TypeError, ValueError, AttributeError) as error:
                 raise ValueError(f"cannot build the DICOM instance of step {frame_info.step}: {error}") from error
             path = series_dir / series_file_name(frame_info.step)
@@ -615,6 +708,7 @@ def write_series(
             if not existed:
                 created.append(path)
             paths.append(path)
+            sop_uids.append(str(image.SOPInstanceUID))
     except BaseException:
         for path in created:
             path.unlink(missing_ok=True)
@@ -624,25 +718,9 @@ def write_series(
             except OSError:
                 pass  # someone else put files there
         raise
-    return paths
-
-
-# ------------------------------------------------------------------------------------------ validation
-
-
-def dciodvfy_report(path: str | os.PathLike, timeout: float = 120.0) -> tuple[list[str], list[str]] | None:
-    """``(errors, warnings)`` lines of dicom3tools' ``dciodvfy`` for one file; None if it is not installed."""
-    binary = shutil.which("dciodvfy")
-    if binary is None:
-        return None
-    result = subprocess.run([binary, str(path)], check=False, capture_output=True, text=True, errors="replace", timeout=timeout)
-    lines = [line.strip() for line in (result.stdout + "\n" + result.stderr).splitlines() if line.strip()]
-    errors = [line for line in lines if re.match(r"^Error\b", line)]
-    warnings = [line for line in lines if re.match(r"^Warning\b", line)]
-    return errors, warnings
-
-
-def dciodvfy_errors(path: str | os.PathLike) -> list[str] | None:
-    """The "Error" lines ``dciodvfy`` prints for ``path`` (empty list: valid); None if it is not installed."""
-    report = dciodvfy_report(path)
-    return None if report is None else report[0]
+    return WrittenSeries(
+        paths=tuple(paths),
+        series_instance_uid=str(ctx.series_uid),
+        study_instance_uid=str(ctx.patient_study["StudyInstanceUID"]),
+        sop_instance_uids=tuple(sop_uids),
+    )

@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 
 #: The weight files shipped in ``bundles/cxr/models`` (tracked by git); no training writes them.
 SHIPPED_WEIGHTS = ("classifier.pt", "explainer.pt", "segmentation.pt", "encoder.pt")
+#: Shipped weight files of the other bundles (bundle folder name -> file names).
+OTHER_SHIPPED_WEIGHTS = {"cxr_autoencoder": ("autoencoder.pt",)}
 
 
 def _checkpoints(ckpt_dir: str | os.PathLike, prefix: str) -> list[tuple[int, Path]]:
@@ -198,6 +200,8 @@ def check_weight_names(
 
     shipped_dir = (Path(default_bundle_root()) / "models").resolve()
     shipped = {shipped_dir / name for name in SHIPPED_WEIGHTS}
+    for bundle, files in OTHER_SHIPPED_WEIGHTS.items():
+        shipped |= {(Path(default_bundle_root(bundle)) / "models").resolve() / name for name in files}
     reserved = set(reserved)
     for name in names:
         if not name:
@@ -213,7 +217,7 @@ def check_weight_names(
             raise ValueError(
                 f"refusing to overwrite the shipped weights {target.resolve()}: train into another folder "
                 "with --bundle_root DIR or --ckpt_dir DIR (the shipped files are restored with "
-                "`git checkout bundles/cxr/models`)"
+                f"`git checkout {target.resolve().parent}`)"
             )
 
 

@@ -130,8 +130,8 @@ class SeriesMontageLogger:
 class SeriesValidityReport:
     """After an evaluation run, write ``validity.json`` (all measures, per bin too) and ``compatibility.png``.
 
-    The plot is the papers' compatibility plot: mean f(x_b) per target bin (with the inter-quartile
-    range) against the bin centres.
+    The plot is the papers' compatibility plot, drawn as the evaluation draws it: mean f(x_b) per
+    target bin (with ±1 SD and the inter-quartile range) against the bin centres.
     """
 
     def __init__(self, output_dir: str) -> None:
@@ -149,30 +149,22 @@ class SeriesValidityReport:
     def _write(self, engine: Engine) -> None:
         import json
 
-        scores = np.concatenate(self.metric._scores)
-        result = series_validity(scores, np.concatenate(self.metric._sources))
+        scores, sources = np.concatenate(self.metric._scores), np.concatenate(self.metric._sources)
+        result = series_validity(scores, sources)
         report = dict(result.as_dict(), validity=result.validity)
         atomic_write(self.output_dir / "validity.json", lambda tmp: tmp.write_text(json_text(report)))
-        atomic_write(self.output_dir / "compatibility.png", lambda tmp: _compatibility_plot(scores, tmp))
+        _compatibility_plot(scores, sources, self.output_dir / "compatibility.png")
         engine.logger.info("series validity: %s", json.dumps({k: v for k, v in report.items() if "per_bin" not in k}))
 
 
-def _compatibility_plot(scores: np.ndarray, path: Path) -> None:
-    import matplotlib
+def _compatibility_plot(scores: np.ndarray, source_scores: np.ndarray, path: Path) -> Path:
+    """The evaluation's compatibility plot (:func:`~monai_exaggeration.evaluation.plots.compatibility_plot`).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Validation frames are the explainer's model-size frames (what the inference writes with
+    ``resolution: model``): one curve, labelled "validation frames".
+    """
+    from monai_exaggeration.evaluation.plots import compatibility_plot
+    from monai_exaggeration.evaluation.summary import validity_summary
 
-    num_bins = scores.shape[1]
-    centres = (np.arange(num_bins) + 0.5) / num_bins
-    low, high = np.percentile(scores, [25, 75], axis=0)
-    figure, axes = plt.subplots(figsize=(4.5, 4.5), dpi=120)
-    axes.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="ideal")
-    axes.fill_between(centres, low, high, alpha=0.25, label="inter-quartile range")
-    axes.plot(centres, scores.mean(axis=0), marker="o", lw=2, label=f"mean f(x_b), {scores.shape[0]} series")
-    axes.set(xlabel="target (bin centre)", ylabel="classifier score f(x_b)", xlim=(0, 1), ylim=(0, 1))
-    axes.set_title("Compatibility of the exaggeration series")
-    axes.legend(loc="upper left", fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, format="png")
-    plt.close(figure)
+    summary = validity_summary(scores, source_scores)
+    return compatibility_plot({"validation_frames": summary}, path)

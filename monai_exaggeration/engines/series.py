@@ -85,13 +85,16 @@ def generate_series(
     generator: nn.Module,
     images: torch.Tensor,
     num_bins: int,
-    bins: Sequence[int] | None = None,
     norm: str = "series",
 ) -> torch.Tensor:
-    """Series of ``images`` (B, C, H, W) for ``bins`` (default 0..N-1): tensor (B, K, C, H, W)."""
+    """Series of ``images`` (B, C, H, W) for the target bins 0..N-1: tensor (B, N, C, H, W).
+
+    Every bin is generated (with ``norm="series"`` the frames of a series are normalised together,
+    so a subset of bins would give other frames); callers that show fewer frames select them after.
+    """
     if norm not in NORM_MODES:
         raise ValueError(f"norm must be one of {NORM_MODES}, got {norm!r}")
-    targets = torch.as_tensor(list(range(num_bins)) if bins is None else list(bins), device=images.device)
+    targets = torch.arange(num_bins, device=images.device)
     frames = targets.numel()
     if norm == "running":
         was_training = generator.training

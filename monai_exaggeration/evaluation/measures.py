@@ -76,7 +76,10 @@ def measure_source(
     measure validity, CTR, localisation, saliency and features."""
     start = time.perf_counter() - seconds
     path = record["image"]
-    result = runner.explain(path) if result is None else result
+    if result is None:
+        result = runner.explain(path)
+        seconds = time.perf_counter() - start
+    series_seconds = seconds  # making the series (read, classifier, method, frames), before any measure
     classifier = runner.classifier
     device = runner.device
     num_frames = len(result.bins)
@@ -152,6 +155,8 @@ def measure_source(
         "gradcam_mass_inside": mass["gradcam"],
         "occlusion_mass_inside": mass.get("occlusion", float("nan")),
         "heart_fraction_model_grid": float(heart_model_grid.mean()),
+        "method": result.method,
+        "series_seconds": series_seconds,
         "seconds": 0.0,
     }
     frame_rows = [

@@ -6,30 +6,37 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from monai_exaggeration.binning import centre_values
 
-from monai_exaggeration.inference.quicklook import save_figure  # noqa: E402
+from monai_exaggeration.plotting import plt, save_figure
 
-__all__ = ["compatibility_plot", "ctr_plot", "identity_plot", "examples_figure"]
+__all__ = ["compatibility_plot", "ctr_plot", "identity_plot", "examples_figure", "series_side_by_side"]
 
 
 def compatibility_plot(validity: dict, path: str | os.PathLike) -> Path:
-    """Mean score per target bin with ±1 SD and the interquartile range, for written and generator frames."""
+    """Mean score per target bin with ±1 SD and the interquartile range: one curve per entry of
+    ``validity`` among ``written_frames``, ``generator_frames`` (evaluation) and ``validation_frames`` (training)."""
     figure, axis = plt.subplots(figsize=(5.2, 4.6))
-    for key, colour, label in (("written_frames", "tab:blue", "written frames"), ("generator_frames", "tab:orange", "generator frames")):
+    curves = (
+        ("written_frames", "tab:blue", "written frames"),
+        ("generator_frames", "tab:orange", "generator frames"),
+        ("validation_frames", "tab:blue", "validation frames"),
+    )
+    for key, colour, label in curves:
+        if key not in validity:
+            continue
         summary = validity[key]
         mean = np.asarray(summary["per_bin_mean"])
-        centres = (np.arange(len(mean)) + 0.5) / len(mean)
+        centres = centre_values(len(mean))
         sd = np.asarray(summary["per_bin_sd"])
         axis.fill_between(centres, summary["per_bin_q25"], summary["per_bin_q75"], color=colour, alpha=0.25, linewidth=0)
         axis.errorbar(centres, mean, yerr=sd, color=colour, marker="o", capsize=3, label=f"{label} (MAE {summary['mae']:.3f})")
     axis.plot([0, 1], [0, 1], "k--", linewidth=1, label="ideal")
     axis.set(xlim=(0, 1), ylim=(0, 1), xlabel="target bin centre", ylabel="classifier score f(x_b)")
-    axis.set_title(f"Compatibility (n = {validity['written_frames']['num_series']} series)")
+    first = next(validity[key] for key, _, _ in curves if key in validity)
+    axis.set_title(f"Compatibility (n = {first['num_series']} series)")
     axis.legend(loc="upper left", fontsize=8)
     axis.grid(alpha=0.3)
     return save_figure(figure, path)
@@ -99,4 +106,35 @@ def examples_figure(examples: Sequence[dict], path: str | os.PathLike, columns: 
         for axis in row:
             axis.set_xticks([])
             axis.set_yticks([])
+    return save_figure(figure, path)
+
+
+def series_side_by_side(examples: dict[str, dict], path: str | os.PathLike, titles: dict[str, str] | None = None) -> Path:
+    """One image's series from every method: a row per method (source, every frame with its score and
+    CTR, |counterfactual − source| with the heart outlined). ``examples``: method -> example of
+    :func:`~monai_exaggeration.evaluation.measures.measure_source`, all of the same source."""
+    if not examples:
+        raise ValueError("no series to draw")
+    sources = {example["source"] for example in examples.values()}
+    if len(sources) != 1:
+        raise ValueError(f"the series side by side must share one source, got {sorted(sources)}")
+    frames = max(len(example["frames"]) for example in examples.values())
+    panels = frames + 2
+    figure, axes = plt.subplots(len(examples), panels, figsize=(1.25 * panels, 1.55 * len(examples) + 0.3), squeeze=False)
+    for row, (method, example) in zip(axes, examples.items()):
+        row[0].imshow(example["source_image"], cmap="gray", vmin=0, vmax=1)
+        row[0].set_title("source", fontsize=7)
+        row[0].set_ylabel((titles or {}).get(method, method), fontsize=8)
+        for axis, frame, score, ctr in zip(row[1:], example["frames"], example["scores"], example["ctr"]):
+            axis.imshow(frame, cmap="gray", vmin=0, vmax=1)
+            axis.set_title(f"f={score:.2f} CTR {ctr:.2f}", fontsize=6)
+        change = np.abs(example["frames"][example["step"]] - example["source_image"])
+        row[-1].imshow(change, cmap="inferno", vmin=0, vmax=max(0.05, float(np.quantile(change, 0.999))))
+        if example["heart"].shape == change.shape:
+            _heart_outline(row[-1], example["heart"])
+        row[-1].set_title("|counterfactual − source|", fontsize=6)
+        for axis in row:
+            axis.set_xticks([])
+            axis.set_yticks([])
+    figure.suptitle(Path(next(iter(sources))).name, fontsize=8)
     return save_figure(figure, path)

@@ -10,7 +10,14 @@ from pathlib import Path
 
 from monai_exaggeration.utils import atomic_write
 
-__all__ = ["write_report"]
+__all__ = ["METHOD_TITLES", "write_report"]
+
+#: How reports name each method of :mod:`monai_exaggeration.methods`.
+METHOD_TITLES = {
+    "progressive_exaggeration": "Progressive exaggeration",
+    "latent_shift": "Latent Shift",
+    "gradient_ascent": "Pixel-space gradient ascent",
+}
 
 _STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1100px;
@@ -128,10 +135,12 @@ def write_report(metrics: Mapping, context: Mapping[str, str], plots: Mapping[st
     """Write the HTML report (atomically). ``context``: run facts shown at the top; ``plots``: name -> PNG."""
     facts = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in context.items())
     by_label = ", ".join(f"label {k}: {v}" for k, v in metrics.get("n_images_by_label", {}).items())
+    title = f"{METHOD_TITLES.get(metrics.get('method'), 'Progressive exaggeration')}: evaluation report"
     sections = [
-        f"<h1>Progressive exaggeration: evaluation report</h1><table>{facts}</table>",
+        f"<h1>{html.escape(title)}</h1><table>{facts}</table>",
         f"<p>{metrics['n_images']} images ({html.escape(by_label)}), {metrics['n_frames']} frames; "
-        f"{_number(metrics['seconds_per_image'], 2)} s per image.</p>",
+        f"{_number(metrics.get('seconds_per_series'), 2)} s per series (classifier, method and frames), "
+        f"{_number(metrics['seconds_per_image'], 2)} s per image with the measures.</p>",
         "<p class='warn'>Research use only: these figures describe an explanation method, not a diagnostic device.</p>",
         "<h2>Validity: does the classifier follow the target bins?</h2>",
         _table(_validity_rows(metrics)),
@@ -155,7 +164,7 @@ def write_report(metrics: Mapping, context: Mapping[str, str], plots: Mapping[st
     ]
     document = (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-        "<title>Progressive exaggeration: evaluation report</title>"
+        f"<title>{html.escape(title)}</title>"
         f"<style>{_STYLE}</style></head><body>{''.join(sections)}</body></html>"
     )
     return atomic_write(path, lambda tmp: Path(tmp).write_text(document, encoding="utf-8"))

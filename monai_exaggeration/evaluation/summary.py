@@ -88,6 +88,8 @@ def identity_summary(source_features: torch.Tensor, frame_features: torch.Tensor
 
 
 def _mean(frame: pd.DataFrame, column: str) -> float:
+    if column not in frame:
+        return float("nan")
     values = pd.to_numeric(frame[column], errors="coerce").dropna()
     return float(values.mean()) if len(values) else float("nan")
 
@@ -157,5 +159,7 @@ def summarise(measures: Sequence[SourceMeasures], seed: int = 0) -> tuple[dict, 
             "heart_fraction_model_grid": _mean(images, "heart_fraction_model_grid"),
         },
         "seconds_per_image": _mean(images, "seconds"),
+        "seconds_per_series": _mean(images, "series_seconds"),
+        "method": str(images["method"].iloc[0]) if "method" in images else "progressive_exaggeration",
     }
     return json_safe(metrics), images, frames

@@ -12,22 +12,26 @@ Output folder: ``metrics.json``, ``per_image.csv``, ``per_frame.csv``, ``plots/*
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import os
 import platform
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from torch import nn
 
-from monai_exaggeration.data import load_split, stratified_head
+from monai_exaggeration.data import SPLIT_FRACTIONS, SPLIT_SEED, load_split, stratified_head
 from monai_exaggeration.data.streaming import LoadFailure, batches, compute_threads, stream_inputs
 from monai_exaggeration.errors import CXRInputError
+from monai_exaggeration.evaluation.comparison import compare_methods
 from monai_exaggeration.evaluation.measures import SourceMeasures, measure_source
 from monai_exaggeration.evaluation.plots import compatibility_plot, ctr_plot, examples_figure, identity_plot
 from monai_exaggeration.evaluation.report import write_report
@@ -35,6 +39,7 @@ from monai_exaggeration.evaluation.summary import summarise
 from monai_exaggeration.handlers import Progress
 from monai_exaggeration.inference import ExaggerationInference
 from monai_exaggeration.inference.workflow import SourceReader, file_sha256
+from monai_exaggeration.methods import check_method
 from monai_exaggeration.networks.segmentation import HeartLungSegmenter
 from monai_exaggeration.utils import as_bool, atomic_write, json_text, write_csv_atomic
 
@@ -55,6 +60,7 @@ class EvaluationResult:
     output_dir: Path
     metrics: dict
     failures: list[dict]
+    examples: list[dict] = field(default_factory=list, repr=False)  # the example images' series and maps
 
     def describe(self) -> str:
         out = self.output_dir
@@ -83,6 +89,8 @@ class ExplanationEvaluation:
     ``segmenter`` measures CTR and the heart region, ``encoder`` gives the second feature space
     (both modules or factories). ``num_examples`` images (classes interleaved) are drawn in the
     examples figure; ``occlusion`` turns the (slower) occlusion-sensitivity maps on or off.
+    ``method`` (a :data:`~monai_exaggeration.methods.METHOD_NAMES` entry) is passed to a ``runner``
+    factory, so one inference config builds every method's runner; None keeps the runner's own.
     """
 
     def __init__(
@@ -95,8 +103,13 @@ class ExplanationEvaluation:
         occlusion: bool = True,
         gradcam_layer: str = "model.class_layers.relu",
         seed: int = 0,
+        method: str | None = None,
     ) -> None:
-        self.runner = _built(runner, ExaggerationInference).prepare()  # bins and size come from the explainer file
+        if method is not None and not isinstance(runner, ExaggerationInference):
+            runner = functools.partial(runner, method=method)
+        self.runner = _built(runner, ExaggerationInference).prepare()
+        if method is not None and self.runner.method_name != method:
+            raise ValueError(f"the evaluation was asked for method {method!r} but its runner uses {self.runner.method_name!r}")  # bins and size come from the explainer file
         every_bin = list(range(self.runner.num_bins))
         if list(self.runner.bins) != every_bin:
             raise ValueError(
@@ -165,20 +178,28 @@ class ExplanationEvaluation:
             write_csv_atomic(pd.DataFrame(failures), output_dir / "errors.csv")
         atomic_write(output_dir / "metrics.json", lambda tmp: Path(tmp).write_text(json_text(metrics)))
         write_report(metrics, metrics["context"], plots, output_dir / "report.html")
-        return EvaluationResult(output_dir, metrics, failures)
+        return EvaluationResult(output_dir, metrics, failures, [m.example for m in measures if m.example is not None])
 
     def _models(self) -> dict:
         runner = self.runner
         facts = {
+            "method": runner.method_name,
             "model version": runner.model_version,
-            "explainer weights": str(runner.explainer_weights) if runner.explainer_weights else "in memory",
+        }
+        if runner.method_name == "progressive_exaggeration":
+            facts["explainer weights"] = str(runner.explainer_weights) if runner.explainer_weights else "in memory"
+        elif runner.method_name == "latent_shift":
+            facts["autoencoder weights"] = str(runner.autoencoder_weights)
+        if runner.method_options:
+            facts["method options"] = json.dumps(runner.method_options, sort_keys=True)
+        facts |= {
             "settings": f"{runner.num_bins} bins, {runner.image_size} px ({runner.aspect}), norm {runner.norm}, "
             f"frames at {runner.resolution} resolution, {runner.bits} bit",
             "device": str(runner.device),
             "software": f"monai_exaggeration, torch {torch.__version__}, Python {platform.python_version()}",
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         }
-        if runner.explainer_weights and Path(runner.explainer_weights).is_file():
+        if runner.method_name == "progressive_exaggeration" and runner.explainer_weights and Path(runner.explainer_weights).is_file():
             facts["explainer sha256"] = file_sha256(runner.explainer_weights)[:12]
         return facts
 
@@ -199,23 +220,53 @@ def evaluate_and_exit(
     output_dir: str | os.PathLike,
     finding: str = "cardiomegaly",
     split: str = "val",
-    fractions: Sequence[float] = (0.8, 0.1, 0.1),
-    seed: int = 0,
+    fractions: Sequence[float] = SPLIT_FRACTIONS,
+    seed: int = SPLIT_SEED,
     num_images: int | None = None,
-) -> EvaluationResult:
-    """Bundle entry point: evaluate one split of a labelled dataset, print the summary; exit 2 on unusable input."""
+    methods: Sequence[str] | None = None,
+) -> EvaluationResult | pd.DataFrame:
+    """Bundle entry point: evaluate one split of a labelled dataset, print the summary; exit 2 on unusable input.
+
+    ``methods``: None evaluates the runner's method into ``output_dir``; a list of method names
+    evaluates each on the same images (``output_dir/<method>/``) and writes the comparison
+    (:func:`~monai_exaggeration.evaluation.comparison.compare_methods`) into ``output_dir``.
+    """
     try:
         records = load_split(dataset_dir, split, label=finding, fractions=fractions, seed=seed)
         if num_images is not None:
             records = stratified_head(records, int(num_images), finding)
-        evaluation = _built(evaluation, ExplanationEvaluation)
         context = {
             "dataset": str(Path(dataset_dir).resolve()),
             "split": f"{split} (fractions {list(fractions)}, seed {seed}), {len(records)} images",
         }
+        if methods:
+            if isinstance(evaluation, ExplanationEvaluation):
+                raise ValueError("comparing methods needs the evaluation as a factory (\"_mode_\": \"callable\")")
+            methods = [methods] if isinstance(methods, str) else list(methods)
+            for name in methods:
+                check_method(name, None)
+            table, _ = compare_methods(lambda name: evaluation(method=name), methods, records, output_dir, context)
+            print(describe_comparison(table, Path(output_dir)), flush=True)
+            return table
+        evaluation = _built(evaluation, ExplanationEvaluation)
         result = evaluation.evaluate(records, output_dir, context)
     except (FileNotFoundError, ValueError) as error:
         logger.error("%s", error)
         raise SystemExit(2) from None
     print(result.describe(), flush=True)
     return result
+
+
+def describe_comparison(table: pd.DataFrame, output_dir: Path) -> str:
+    """The comparison's console summary: a line per method, then where the files are."""
+    lines = [f"{len(table)} rows compared on {int(table['n_images'].max())} images:"]
+    for _, row in table.iterrows():
+        if pd.isna(row.get("validity_mae")):
+            lines.append(f"  {row['method']:<26} mass inside the heart {row['difference_mass_inside_heart']:.2f}")
+            continue
+        lines.append(
+            f"  {row['method']:<26} {row['seconds_per_series']:.2f} s/series, MAE {row['validity_mae']:.3f}, "
+            f"flip {100 * row['flip_rate']:.0f} %, ΔCTR {row['mean_delta_ctr']:+.3f}, SSIM outside {row['ssim_outside_heart']:.3f}"
+        )
+    lines += [f"  report      : {output_dir / 'report.html'}", f"  table       : {output_dir / 'methods.csv'}"]
+    return "\n".join(lines)

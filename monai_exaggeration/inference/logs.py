@@ -35,13 +35,14 @@ logger = logging.getLogger("monai_exaggeration.inference")
 #: Columns of ``frames.csv`` (one row per written frame).
 FRAME_COLUMNS = [
     "source", "source_sop_instance_uid", "study_instance_uid", "step", "target_bin", "target_centre", "score",
-    "generator_frame_score", "series_instance_uid", "sop_instance_uid", "output_file", "model_version",
+    "generator_frame_score", "series_instance_uid", "sop_instance_uid", "output_file", "model_version", "method",
+    "method_detail",
 ]
 #: Columns of ``sources.csv`` (one row per source image that produced a series).
 SOURCE_COLUMNS = [
     "source", "source_sop_instance_uid", "study_instance_uid", "finding", "source_score", "source_bin", "num_frames",
     "first_score", "last_score", "flip_reached", "monotone", "spearman", "series_instance_uid", "series_dir", "gif",
-    "montage", "score_plot", "seconds", "model_version",
+    "montage", "score_plot", "seconds", "model_version", "method",
 ]
 #: Columns of ``errors.csv`` (one row per failed input).
 ERROR_COLUMNS = ["source", "error", "hint"]

@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from monai_exaggeration.utils import atomic_write
 
-__all__ = ["preview_frames", "save_figure", "write_gif", "write_montage", "write_score_plot"]
+__all__ = ["preview_frames", "write_gif", "write_montage", "write_score_plot"]
 
 
 def preview_frames(frames: np.ndarray, max_side: int = 512) -> list[Image.Image]:
@@ -44,23 +44,14 @@ def _caption(step: int, centre: float, score: float) -> str:
     return f"step {step}  target {centre:.2f}  score {score:.2f}"
 
 
-def _pyplot():
-    """matplotlib's pyplot on the non-interactive Agg backend (works without a display)."""
-    import matplotlib
+def __getattr__(name: str):
+    """``save_figure`` lives in :mod:`monai_exaggeration.plotting`; kept importable from here, lazily
+    (importing that module selects matplotlib's backend)."""
+    if name == "save_figure":
+        from monai_exaggeration.plotting import save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(figure, path: str | os.PathLike) -> Path:
-    """Save ``figure`` as PNG atomically and close it."""
-    figure.tight_layout()
-    try:
-        return atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
-    finally:
-        _pyplot().close(figure)
+        return save_figure
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def write_gif(
@@ -100,7 +91,8 @@ def write_montage(
     max_side: int = 256,
 ) -> Path:
     """One row of the frames with target and achieved score under each (PNG)."""
-    plt = _pyplot()
+    from monai_exaggeration.plotting import plt, save_figure
+
     images = preview_frames(frames, max_side)
     count = len(images)
     aspect = images[0].height / images[0].width
@@ -125,7 +117,8 @@ def write_score_plot(
     model_frame_scores: Sequence[float] | None = None,
 ) -> Path:
     """Classifier score against step (the posterior-vs-step curve), with targets, source score and 0.5."""
-    plt = _pyplot()
+    from monai_exaggeration.plotting import plt, save_figure
+
     steps = np.arange(len(scores))
     figure, axis = plt.subplots(figsize=(5, 3.6), dpi=120)
     axis.plot(steps, centres, ls="--", marker=".", color="grey", lw=1, label="target (bin centre)")

@@ -33,17 +33,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pydicom
 import torch
 from monai.data import MetaTensor
 from torch import nn
 
-from monai_exaggeration.binning import bin_centre, check_num_bins, posterior_to_bin
+from monai_exaggeration.binning import centre_values, check_num_bins, posterior_to_bin
 from monai_exaggeration.data import collect_inputs, default_input
 from monai_exaggeration.data.streaming import LoadFailure, batches, compute_threads, stream_inputs
 from monai_exaggeration.dicom import SeriesInfo, series_instance_uid, write_series
 from monai_exaggeration.engines.posteriors import classifier_fingerprint
-from monai_exaggeration.engines.series import NORM_MODES, compose_series, generate_series
+from monai_exaggeration.engines.series import NORM_MODES
 from monai_exaggeration.inference import quicklook
 from monai_exaggeration.inference.frames import RESOLUTIONS, full_resolution_frames, select_bins
 from monai_exaggeration.inference.logs import (
@@ -55,6 +54,7 @@ from monai_exaggeration.inference.logs import (
     earlier_logs,
 )
 from monai_exaggeration.handlers import Progress
+from monai_exaggeration.methods import ProgressiveExaggeration, build_baseline, check_method
 from monai_exaggeration.metrics import series_validity
 from monai_exaggeration.networks.explainer_file import COMPOSITIONS, load_explainer
 from monai_exaggeration.transforms import ASPECT_POLICIES, InputLimits, LoadCXR, cxr_preprocessing, to_unit_range
@@ -101,6 +101,8 @@ class SeriesResult:
     generator_frame_scores: list[float]  # f of the generator's model-size frame
     source_score: float
     source_bin: int
+    method: str = "progressive_exaggeration"  # the methods.METHOD_NAMES entry that made the series
+    details: dict = field(default_factory=dict)  # the method's per-source facts (e.g. Latent Shift's shifts)
 
     @property
     def dicom(self) -> dict:
@@ -195,6 +197,12 @@ class ExaggerationInference:
     UIDs and any change yields new ones. ``input_limits`` overrides :meth:`InputLimits.for_sources`
     (``min_size``, ``max_aspect``, ``max_megapixels``, ``max_file_mb``); ``burned_in_annotation_free``
     declares non-DICOM inputs free of text, so their frames say BurnedInAnnotation NO (else it is left out).
+
+    ``method`` chooses how the series is made (:mod:`monai_exaggeration.methods`, docs/methods.md): the
+    explainer (``progressive_exaggeration``, default) or a baseline, ``latent_shift`` (needs
+    ``autoencoder_weights``) or ``gradient_ascent``, with ``method_options`` for the baseline's search.
+    A baseline needs no explainer: ``num_bins`` defaults to 10 and the model size comes from the
+    autoencoder or the classifier.
     """
 
     def __init__(
@@ -222,8 +230,18 @@ class ExaggerationInference:
         burned_in_annotation_free: bool = False,
         batch_size: int | None = None,
         num_workers: int | None = None,
+        method: str = "progressive_exaggeration",
+        method_options: dict | None = None,
+        autoencoder_weights: str | os.PathLike | None = None,
     ) -> None:
-        if generator is None and explainer_weights is None:
+        self.method_name = method
+        self.method_options = check_method(method, method_options)
+        self.autoencoder_weights = None if autoencoder_weights is None else Path(autoencoder_weights)
+        self.series_method: Any = None
+        if method != "progressive_exaggeration":
+            generator, explainer_weights = None, None  # a baseline makes its own series
+            num_bins = 10 if num_bins is None else num_bins
+        elif generator is None and explainer_weights is None:
             raise ValueError("the inference needs explainer_weights (an explainer file) or an in-memory generator")
         self._bin_selection = (first_bin, last_bin, num_frames)
         self.num_bins: int | None = None
@@ -282,6 +300,8 @@ class ExaggerationInference:
         """
         if self.classifier is not None:
             return self
+        if self.method_name != "progressive_exaggeration":
+            return self._prepare_baseline()
         if self.explainer_weights is not None:
             loaded = load_explainer(self.explainer_weights, network=self.generator)
             self.generator, self.explainer_record = loaded.generator, loaded.record
@@ -299,6 +319,24 @@ class ExaggerationInference:
                 "its series may not move this classifier as intended",
                 self.explainer_weights, trained_for, this_one,
             )
+        weights = file_sha256(self.explainer_weights)[:12] if self.explainer_weights else ""
+        self.series_method = ProgressiveExaggeration(self.generator, self.composition, self.norm, weights)
+        if self.model_version is None:
+            self.model_version = self._default_model_version()
+        return self
+
+    def _prepare_baseline(self) -> ExaggerationInference:
+        classifier = self._classifier if isinstance(self._classifier, nn.Module) else self._classifier()
+        classifier = classifier.to(self.device).eval()
+        for parameter in classifier.parameters():
+            parameter.requires_grad_(False)
+        weights = ""
+        if self.method_name == "latent_shift" and self.autoencoder_weights and self.autoencoder_weights.is_file():
+            weights = file_sha256(self.autoencoder_weights)[:12]
+        method = build_baseline(self.method_name, classifier, self.method_options, self.autoencoder_weights, self.device, weights)
+        size = getattr(getattr(method, "autoencoder", None), "image_size", None) or getattr(classifier, "input_size", None)
+        self._adopt(self.num_bins, size, "transfer")
+        self.series_method, self.classifier = method, classifier
         if self.model_version is None:
             self.model_version = self._default_model_version()
         return self
@@ -324,6 +362,12 @@ class ExaggerationInference:
         self.preprocessing = cxr_preprocessing("image", self.image_size, self.aspect, load=False)
 
     def _default_model_version(self) -> str:
+        if self.method_name != "progressive_exaggeration":
+            settings = {"num_bins": self.num_bins, "bins": self.bins, "image_size": self.image_size, "aspect": self.aspect,
+                        "resolution": self.resolution, "bits": self.bits, "classifier": _state_sha256(self.classifier)[:12],
+                        **self.series_method.settings()}
+            digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+            return f"{self.method_name} {self.series_method.weights_id()} cfg {digest}"
         if self.explainer_weights:
             weights = file_sha256(self.explainer_weights)[:12]
         else:  # an in-memory generator: its weights themselves must enter the UIDs
@@ -393,22 +437,22 @@ class ExaggerationInference:
             source_scores = self._score(inputs)
         source_bins = [int(posterior_to_bin(torch.tensor(score), self.num_bins)) for score in source_scores]
         with timer("generator"):
-            series = generate_series(self.generator, inputs.to(self.device), self.num_bins, norm=self.norm).float().cpu()
+            made = self.series_method(inputs, source_scores, source_bins, list(self.bins), self.num_bins)
         with timer("frames"):
-            model_frames = compose_series(inputs, series, source_bins, self.composition)[:, :, 0]  # (B, N, S, S)
+            model_frames = made.frames  # (B, K, S, S)
             written: list[tuple[np.ndarray, torch.Tensor] | Exception] = []
             for index, (_, source, model_input) in enumerate(items):
                 try:
                     written.append(
-                        self._written_frames(source, model_input, series[index, :, 0], model_frames[index], source_bins[index])
+                        self._written_frames(source, model_input, made.generated[index], made.reconstruction[index], model_frames[index])
                     )
                 except Exception as error:  # noqa: BLE001 - one source's failure must not stop the others
                     written.append(error)
         ok = [index for index, item in enumerate(written) if not isinstance(item, Exception)]
         with timer("classifier"):
             frame_scores = self._score(torch.cat([written[i][1] for i in ok])[:, None]) if ok else []
-            generator_scores = self._score(model_frames[ok][:, self.bins].reshape(-1, 1, *inputs.shape[2:])) if ok else []
-        centres = bin_centre(torch.tensor(self.bins), self.num_bins).tolist()
+            generator_scores = self._score(model_frames[ok].reshape(-1, 1, *inputs.shape[2:])) if ok else []
+        centres = centre_values(self.num_bins, self.bins).tolist()
         results: list[SeriesResult | Exception] = list(written)
         count = len(self.bins)
         for position, index in enumerate(ok):
@@ -423,13 +467,19 @@ class ExaggerationInference:
                 generator_frame_scores=generator_scores[position * count : (position + 1) * count],
                 source_score=source_scores[index],
                 source_bin=source_bins[index],
+                method=self.method_name,
+                details=made.details[index] if made.details else {},
             )
         return results
 
     def _written_frames(
-        self, source: MetaTensor, model_input: MetaTensor, series: torch.Tensor, model_frames: torch.Tensor, source_bin: int
+        self, source: MetaTensor, model_input: MetaTensor, generated: torch.Tensor, reconstruction: torch.Tensor,
+        model_frames: torch.Tensor,
     ) -> tuple[np.ndarray, torch.Tensor]:
         """The frames as written (grey levels, K x rows x columns) and as the classifier sees them (K, S, S).
+
+        ``generated`` (K, S, S) and ``reconstruction`` (S, S) are the method's images (their difference is
+        the change carried to the source grid); ``model_frames`` (K, S, S) the frames at model resolution.
 
         One frame at a time, so that memory stays bounded at source resolution: only the quantised
         frames (1 or 2 bytes per pixel) are kept, plus one float frame being built. Each frame is
@@ -440,13 +490,13 @@ class ExaggerationInference:
         shape = tuple(source.shape[1:]) if self.resolution == "source" else tuple(model_frames.shape[1:])
         stored = np.empty((len(self.bins), *shape), dtype=dtype)
         as_input = torch.empty((len(self.bins), self.image_size, self.image_size), dtype=torch.float32)
-        for index, target in enumerate(self.bins):
+        for index in range(len(self.bins)):
             if self.resolution == "source":
                 frame = full_resolution_frames(
-                    source[0].numpy(), series[target][None], series[source_bin], model_input, self.preprocessing
+                    source[0].numpy(), generated[index][None], reconstruction, model_input, self.preprocessing
                 )[0]
             else:
-                frame = to_unit_range(model_frames[target]).clamp(0, 1).numpy().astype(np.float32)
+                frame = to_unit_range(model_frames[index]).clamp(0, 1).numpy().astype(np.float32)
             frame *= levels
             np.rint(frame, out=frame)
             stored[index] = frame
@@ -482,6 +532,7 @@ class ExaggerationInference:
             target_bins=result.bins,
             num_bins=self.num_bins,
             series_number=self.series_number,
+            method=self.series_method.label,
         )
         written: list[Path] = []
         try:
@@ -520,7 +571,7 @@ class ExaggerationInference:
         common = {
             "source": result.source,
             "source_sop_instance_uid": tags.get("SOPInstanceUID", ""),
-            "study_instance_uid": _written_uids(paths[0])[0],
+            "study_instance_uid": paths.study_instance_uid,
         }
         frame_rows = [
             dict(
@@ -531,13 +582,20 @@ class ExaggerationInference:
                 score=frame.score,
                 generator_frame_score=generator_score,
                 series_instance_uid=series_uid,
-                sop_instance_uid=_written_uids(path)[1],
+                sop_instance_uid=sop_instance_uid,
                 output_file=str(path),
                 model_version=self.model_version,
+                method=result.method,
+                method_detail=detail,
             )
-            for frame, generator_score, path in zip(info.frames, result.generator_frame_scores, paths)
+            for frame, generator_score, path, sop_instance_uid, detail in zip(
+                info.frames, result.generator_frame_scores, paths, paths.sop_instance_uids,
+                _frame_details(result.details, len(paths)),
+            )
         ]
-        validity = series_validity(np.asarray([result.scores]), np.asarray([result.source_score]))
+        validity = series_validity(
+            np.asarray([result.scores]), np.asarray([result.source_score]), bins=result.bins, num_bins=self.num_bins
+        )
         source_row = dict(
             common,
             finding=self.finding,
@@ -553,6 +611,7 @@ class ExaggerationInference:
             series_dir=str(paths[0].parent),
             **looks,
             model_version=self.model_version,
+            method=result.method,
         )
         return frame_rows, source_row, written
 
@@ -655,6 +714,16 @@ class SourceReader:
         return source, self.preprocessing({"image": source})["image"]
 
 
+def _frame_details(details: dict, count: int) -> list[str]:
+    """One text per frame for the ``method_detail`` column: Latent Shift's shift λ (``limit`` where the
+    target was not reached), gradient ascent's Adam steps; empty for the explainer."""
+    if "shifts" in details:
+        return [f"shift={v:g}" + ("" if ok else " (limit)") for v, ok in zip(details["shifts"], details["reached"])]
+    if "steps" in details:
+        return [f"steps={v}" for v in details["steps"]]
+    return [""] * count
+
+
 def _state_sha256(module: nn.Module) -> str:
     """Hex SHA-256 of a module's state (parameters and buffers, in state-dict order)."""
     return hashlib.sha256(b"".join(t.detach().cpu().numpy().tobytes() for t in module.state_dict().values())).hexdigest()
@@ -683,12 +752,6 @@ def _quicklook_name(source: str, series_uid: str) -> str:
             break
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._") or "image"
     return f"{stem[:60]}-{hashlib.sha256(series_uid.encode()).hexdigest()[:8]}"
-
-
-def _written_uids(path: Path) -> tuple[str, str]:
-    """(StudyInstanceUID, SOPInstanceUID) of a written instance, read back from the file."""
-    dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID", "SOPInstanceUID"])
-    return str(dataset.StudyInstanceUID), str(dataset.SOPInstanceUID)
 
 
 def _remove(paths: Sequence[Path]) -> None:

@@ -8,10 +8,13 @@ Spearman rank correlation between bin index and score within each series.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy.stats import spearmanr
+
+from monai_exaggeration.binning import centre_values
 
 __all__ = ["SeriesValidity", "series_validity"]
 
@@ -37,20 +40,34 @@ class SeriesValidity:
         return asdict(self)
 
 
-def series_validity(scores: np.ndarray, source_scores: np.ndarray, threshold: float = 0.5) -> SeriesValidity:
-    """Validity measures of ``scores`` (S, N) given the source images' own scores ``source_scores`` (S,)."""
+def series_validity(
+    scores: np.ndarray,
+    source_scores: np.ndarray,
+    threshold: float = 0.5,
+    bins: Sequence[int] | None = None,
+    num_bins: int | None = None,
+) -> SeriesValidity:
+    """Validity measures of ``scores`` (S, K) given the source images' own scores ``source_scores`` (S,).
+
+    Column k of ``scores`` targets bin ``bins[k]`` of ``num_bins`` (default: K frames of all K bins),
+    whose centre comes from :func:`~monai_exaggeration.binning.centre_values`; a series of selected
+    bins (``num_frames``, ``first_bin``/``last_bin``) is scored against its own bins' centres.
+    """
     scores = np.asarray(scores, dtype=np.float64)
     source_scores = np.asarray(source_scores, dtype=np.float64).reshape(-1)
     if scores.ndim != 2 or scores.shape[0] != source_scores.shape[0] or scores.shape[1] < 2:
         raise ValueError(f"scores must be (S, N>=2) with S = len(source_scores); got {scores.shape}, {source_scores.shape}")
-    num_series, num_bins = scores.shape
-    centres = (np.arange(num_bins) + 0.5) / num_bins
+    num_series, num_frames = scores.shape
+    bins = list(range(num_frames)) if bins is None else [int(b) for b in bins]
+    if len(bins) != num_frames:
+        raise ValueError(f"{num_frames} frames per series but {len(bins)} bins")
+    centres = centre_values(num_frames if num_bins is None else int(num_bins), bins)
     per_bin_mae = np.abs(scores - centres).mean(axis=0)
     source_positive = source_scores >= threshold
     reached_positive = (scores >= threshold).any(axis=1)
     reached_negative = (scores < threshold).any(axis=1)
     flipped = np.where(source_positive, reached_negative, reached_positive)
-    bins = np.arange(num_bins)
+    bins = np.asarray(bins)
     correlations = []
     for row in scores:
         rho = spearmanr(bins, row).statistic if np.ptp(row) > 0 else 0.0

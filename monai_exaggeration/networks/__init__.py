@@ -38,3 +38,8 @@ from monai_exaggeration.networks.explainer_file import (  # noqa: E402
 )
 
 __all__ += ["COMPOSITIONS", "ExplainerRecord", "LoadedExplainer", "load_explainer", "save_explainer"]
+
+# autoencoder (the latent space of the Latent Shift baseline)
+from monai_exaggeration.networks.autoencoder import AutoEncoderRecord, CXRAutoEncoder, load_autoencoder  # noqa: E402
+
+__all__ += ["AutoEncoderRecord", "CXRAutoEncoder", "load_autoencoder"]

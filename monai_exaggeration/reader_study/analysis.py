@@ -264,7 +264,7 @@ def mixed_models(responses: pd.DataFrame, questions: dict[str, dict], arms: list
         import statsmodels.formula.api as smf
         from statsmodels.tools.sm_exceptions import ConvergenceWarning
     except ImportError:
-        return None, ["mixed-effects model skipped: statsmodels is not installed (pip install statsmodels)"]
+        return None, ['mixed-effects model skipped: statsmodels is not installed (pip install "monai_exaggeration[reader-study]")']
     rows, notes = [], []
     for qid in _likert_ids(questions):
         data = _scores(responses, qid)

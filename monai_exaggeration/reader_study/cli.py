@@ -23,12 +23,25 @@ def _fail(error: BaseException) -> int:
     return 2
 
 
+#: The optional packages of the reader study (``pip install "monai_exaggeration[reader-study]"``).
+OPTIONAL_PACKAGES = ("fastapi", "uvicorn", "statsmodels", "starlette")
+
+
 def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Bad input (and unwritable outputs) become exit status 2 with a one-line message."""
+    """Bad input (and unwritable outputs) become exit status 2 with a one-line message; so does a
+    missing optional package of the reader study, with the command that installs it."""
 
     def run(args: argparse.Namespace) -> int:
         try:
             return command(args)
+        except ModuleNotFoundError as error:
+            if (error.name or "").split(".")[0] not in OPTIONAL_PACKAGES:
+                raise
+            return _fail(
+                f"the reader study needs the optional package {error.name}, which is not installed: "
+                'install the extras with pip install "monai_exaggeration[reader-study]" '
+                '(from a source tree: pip install -e ".[reader-study]")'
+            )
         except (ReaderStudyError, OSError) as error:
             return _fail(error)
 
