@@ -143,7 +143,7 @@ def compare_methods(
         output_dir / "comparison.json",
         lambda tmp: Path(tmp).write_text(json_text({"methods": table.to_dict(orient="records"), "context": dict(context or {})})),
     )
-    examples = {method: [e for e in result.examples][:num_figures] for method, result in results.items()}
+    examples = {method: result.examples[:num_figures] for method, result in results.items()}
     count = min(len(found) for found in examples.values())
     figures = [
         series_side_by_side({method: found[n] for method, found in examples.items()}, output_dir / "plots" / f"series_{n + 1}.png",

@@ -310,8 +310,7 @@ class ExaggerationInference:
             config = self.generator.config() if hasattr(self.generator, "config") else {}
             self._adopt(config.get("num_bins", self.num_bins), config.get("image_size"), "generated")
         self.generator = self.generator.to(self.device).eval()
-        classifier = self._classifier if isinstance(self._classifier, nn.Module) else self._classifier()
-        self.classifier = classifier.to(self.device).eval()
+        self.classifier = self._build_classifier()
         trained_for = self.explainer_record.get("classifier")
         if trained_for and trained_for != (this_one := classifier_fingerprint(self.classifier)):
             logger.warning(
@@ -325,10 +324,14 @@ class ExaggerationInference:
             self.model_version = self._default_model_version()
         return self
 
-    def _prepare_baseline(self) -> ExaggerationInference:
+    def _build_classifier(self) -> nn.Module:
+        """The black box (built now if it was given as a factory) on the device, in eval mode."""
         classifier = self._classifier if isinstance(self._classifier, nn.Module) else self._classifier()
-        classifier = classifier.to(self.device).eval()
-        for parameter in classifier.parameters():
+        return classifier.to(self.device).eval()
+
+    def _prepare_baseline(self) -> ExaggerationInference:
+        classifier = self._build_classifier()
+        for parameter in classifier.parameters():  # gradients flow through the black box, never into it
             parameter.requires_grad_(False)
         weights = ""
         if self.method_name == "latent_shift" and self.autoencoder_weights and self.autoencoder_weights.is_file():
