@@ -70,7 +70,7 @@ def make_sources(folder: Path, count: int) -> list[Path]:
 
 def run_cli(sources: Path, out: Path, env: dict) -> tuple[float, float]:
     """(wall seconds of the command, seconds its summary reports)."""
-    bundle = default_bundle_root()
+    bundle = default_bundle_root("cxr")
     command = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file",
                f"{bundle}/configs/inference.json", "--bundle_root", bundle, "--input", str(sources),
                "--output_dir", str(out), "--quicklook", "false"]

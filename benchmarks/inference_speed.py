@@ -47,7 +47,7 @@ NUM_BINS = 10
 
 def build_explainer(device: str, resolution: str, quicklook: bool) -> ExaggerationInference:
     """The shipped explainer exactly as ``bundles/cxr/configs/inference.json`` configures it."""
-    weights = Path(default_bundle_root()) / "models" / "explainer.pt"
+    weights = Path(default_bundle_root("cxr")) / "models" / "explainer.pt"
     classifier = load_bundle_classifier(device=device)
     runner = ExaggerationInference(
         None, classifier, explainer_weights=weights, resolution=resolution, quicklook=quicklook, device=device

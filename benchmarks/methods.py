@@ -45,7 +45,7 @@ def sources(args: argparse.Namespace) -> list[str]:
 
 
 def runner(method: str, device: str, autoencoder: str) -> ExaggerationInference:
-    bundle = Path(default_bundle_root())
+    bundle = Path(default_bundle_root("cxr"))
     return ExaggerationInference(
         None, load_bundle_classifier(device=device), explainer_weights=bundle / "models" / "explainer.pt",
         method=method, autoencoder_weights=autoencoder, quicklook=False, device=device,

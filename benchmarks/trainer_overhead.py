@@ -91,7 +91,7 @@ def bare_loop(parts: dict, iterations: int, n_critic: int) -> float:
 
 def trainer_loop(parts: dict, iterations: int, n_critic: int) -> float:
     trainer = ExaggerationTrainer(
-        device="cpu", max_epochs=10**6, train_data_loader=parts["loader"], generator=parts["generator"],
+        device="cpu", train_data_loader=parts["loader"], generator=parts["generator"],
         discriminator=parts["discriminator"], classifier=parts["classifier"], g_optimizer=parts["g_optimizer"],
         d_optimizer=parts["d_optimizer"], loss_function=parts["loss"], n_critic=n_critic, max_iterations=iterations,
     )

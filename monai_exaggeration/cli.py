@@ -18,7 +18,8 @@ import torch
 from monai_exaggeration.bundle import default_bundle_root, load_bundle_classifier
 from monai_exaggeration.data import collect_inputs, default_input
 from monai_exaggeration.errors import report_user_error
-from monai_exaggeration.transforms import ASPECT_POLICIES, InputLimits, load_cxr
+from monai_exaggeration.transforms import ASPECT_POLICIES, InputLimits, read_cxr
+from monai_exaggeration.transforms.cxr import model_input
 from monai_exaggeration.utils import write_csv_atomic
 
 __all__ = ["main", "classify"]
@@ -36,8 +37,9 @@ class _ModelInput:
         self.image_size, self.aspect = image_size, aspect
 
     def __call__(self, path: str) -> tuple[torch.Tensor, dict]:
-        image = load_cxr(path, spatial_size=self.image_size, aspect=self.aspect, limits=InputLimits.for_sources())
-        return image.as_tensor(), dict(image.meta["dicom"])
+        # read_cxr + model_input: load_cxr's numbers without its MetaTensor bookkeeping (a score needs no inverse)
+        image = read_cxr(path, InputLimits.for_sources())
+        return model_input(image.pixels, self.image_size, self.aspect), dict(image.meta["dicom"])
 
 
 def classify(
@@ -53,17 +55,19 @@ def classify(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Score every input; write ``scores.csv`` and (if any failed) ``errors.csv``; return both tables.
 
-    Files are read and preprocessed by ``num_workers`` reader processes (default: one per CPU but
-    one, :func:`~monai_exaggeration.data.streaming.default_workers`) while the classifier scores
-    ``batch_size`` images per forward; memory stays flat, rows keep the input order, and the scores
-    equal one-by-one scoring (the classifier is in eval mode).
+    Files are read and preprocessed by ``num_workers`` reader processes (default:
+    :func:`~monai_exaggeration.data.streaming.default_workers`, none on 2 CPUs) while the classifier
+    scores ``batch_size`` images per forward, channels-last; memory stays flat, rows keep the input
+    order, and the scores equal one-by-one scoring with ``load_cxr`` to 1e-6 (tests/test_throughput.py).
     """
-    from monai_exaggeration.data.streaming import LoadFailure, batches, compute_threads, stream_inputs
+    from monai_exaggeration.data.streaming import ERROR_COLUMNS, LoadFailure, batches, compute_threads, failure_row, stream_inputs
     from monai_exaggeration.handlers import Progress
 
     classifier = load_bundle_classifier(bundle_root, weights=weights, device=device)
     finding = classifier.labels[classifier.output_index] if classifier.labels else "finding"
     device_ = next(classifier.parameters(), torch.empty(0)).device
+    # channels-last convolutions: the same scores (to 1e-8), 1.6x faster on one CPU core (measured)
+    classifier = classifier.to(memory_format=torch.channels_last)
     scores, errors = [], []
     progress = Progress(len(inputs), "classify", unit="image", log=logger)
     stream = stream_inputs(inputs, _ModelInput(image_size, aspect), num_workers=num_workers)
@@ -73,9 +77,9 @@ def classify(
             for _, record, item in group:
                 if isinstance(item, LoadFailure):
                     logger.error("%s: %s -- %s", record["image"], item.error, item.hint)
-                    errors.append({"image": record["image"], "error": item.error, "hint": item.hint})
+                    errors.append(failure_row(record["image"], item))
             if loaded:
-                with torch.no_grad():
+                with torch.inference_mode():
                     batch = torch.stack([tensor for _, (tensor, _) in loaded]).to(device_)
                     values = classifier(batch).reshape(-1).float().cpu().tolist()
                 for (record, (_, tags)), score in zip(loaded, values):
@@ -90,7 +94,7 @@ def classify(
             progress.update(len(group))
     progress.close()
     score_table = pd.DataFrame(scores, columns=list(scores[0]) if scores else SCORE_COLUMNS)
-    error_table = pd.DataFrame(errors, columns=["image", "error", "hint"])
+    error_table = pd.DataFrame(errors, columns=ERROR_COLUMNS)
     write_csv_atomic(score_table, output_dir / "scores.csv")
     if errors:
         write_csv_atomic(error_table, output_dir / "errors.csv")
@@ -236,7 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     classify_parser.add_argument("--input", help="file, folder or CSV manifest (default: RG1_UNCR.dcm from pydicom-data)")
     classify_parser.add_argument("--output_dir", default="classify_output", help="where to write scores.csv")
-    classify_parser.add_argument("--bundle_root", default=default_bundle_root(), help="bundle folder (default: %(default)s)")
+    classify_parser.add_argument(
+        "--bundle_root", default=default_bundle_root("cxr_classifier"),
+        help="the classifier's bundle folder (default: %(default)s)",
+    )
     classify_parser.add_argument("--weights", help="classifier weights (default: <bundle_root>/models/classifier.pt)")
     classify_parser.add_argument("--image_size", type=int, default=128, help="model input size (default: %(default)s)")
     classify_parser.add_argument("--aspect", choices=ASPECT_POLICIES, default="pad", help="aspect policy (default: pad)")

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> Path:
     source = args.input or default_input()
     bins = [int(b) for b in args.bins.split(",")]
     classifier = load_bundle_classifier()
-    weights = Path(default_bundle_root()) / "models" / "explainer.pt"
+    weights = Path(default_bundle_root("cxr")) / "models" / "explainer.pt"
     rows = []
     for method in args.methods:
         runner = ExaggerationInference(

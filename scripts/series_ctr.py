@@ -2,8 +2,8 @@
 
     python scripts/series_ctr.py DIR/frames.csv [--csv OUT.csv] [--json OUT.json]
 
-Measures CTR on each written frame (the DICOM files listed in ``frames.csv``) with the bundle's
-heart/lung segmentation (``models/segmentation.pt``) and prints
+Measures CTR on each written frame (the DICOM files listed in ``frames.csv``) with the heart/lung
+segmentation of ``bundles/cxr_segmentation`` (``models/segmentation.pt``) and prints
 ``monai_exaggeration.metrics.ctr_faithfulness``: Spearman of CTR with the step, ΔCTR between the
 ends of each series, and how often CTR crosses 0.5 in the same direction as the classifier's score.
 """
@@ -29,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("frames_csv", type=Path, help="frames.csv of an inference run")
     parser.add_argument("--csv", type=Path, help="write frames.csv with a ctr column here")
     parser.add_argument("--json", type=Path, help="write the summary as JSON here")
-    parser.add_argument("--weights", help="segmentation weights (default: the bundle's models/segmentation.pt)")
+    parser.add_argument(
+        "--weights", help="segmentation weights (default: bundles/cxr_segmentation/models/segmentation.pt)"
+    )
     args = parser.parse_args(argv)
     if not args.frames_csv.is_file():
         print(f"error: {args.frames_csv} not found -- give the frames.csv of an inference run", file=sys.stderr)

@@ -219,7 +219,7 @@ def test_plain_callable(images: torch.Tensor) -> None:
 
 @pytest.fixture(scope="module")
 def bundle_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = Path(default_bundle_root())
+    root = Path(default_bundle_root("cxr_classifier"))
     parser = ConfigParser()
     parser.read_config([str(root / name) for name in CLASSIFIER_CONFIGS])
     torch.manual_seed(0)

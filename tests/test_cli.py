@@ -30,7 +30,7 @@ SHARED_DICOM = "nih-dx-secondary-capture.dcm"
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A freshly initialised state dict of the bundle's classifier network (``network_def``)."""
-    root = Path(default_bundle_root())
+    root = Path(default_bundle_root("cxr_classifier"))
     parser = ConfigParser()
     parser.read_config([str(root / name) for name in CLASSIFIER_CONFIGS])
     torch.manual_seed(0)
@@ -96,8 +96,8 @@ def test_folder_with_bad_files(weights: Path, tmp_path: Path, shared_dicom: Path
     assert by_name == {"chest.dcm": uid, "nih.png": ""}
 
     errors = pd.read_csv(output_dir / "errors.csv", keep_default_na=False)
-    assert list(errors.columns) == ["image", "error", "hint"]
-    problems = {Path(p).name: e for p, e in zip(errors["image"], errors["error"])}
+    assert list(errors.columns) == ["source", "error", "hint"]
+    problems = {Path(p).name: e for p, e in zip(errors["source"], errors["error"])}
     assert set(problems) == {"study_notes", "ct.dcm"}  # .DS_Store and readme.txt are not inputs
     assert "modality CT" in problems["ct.dcm"]
     assert "not a DICOM file" in problems["study_notes"]

@@ -16,7 +16,7 @@ from conftest import REPO_ROOT, config_arg, run_bundle
 from monai_exaggeration.data import STRUCTURES, load_segmentation_split, segmentation_preprocessing
 from monai_exaggeration.metrics import cardiothoracic_ratio, horizontal_extent, largest_component
 
-CONFIGS = REPO_ROOT / "bundles" / "cxr" / "configs"
+CONFIGS = REPO_ROOT / "bundles" / "cxr_segmentation" / "configs"
 
 
 def _rect(shape, rows, cols) -> np.ndarray:
@@ -95,11 +95,11 @@ def tiny_wingspan(wingspan: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 def test_segmentation_bundle_trains_and_reports_ctr(tiny_wingspan: Path, tmp_path: Path) -> None:
     common = ["--bundle_root", str(tmp_path), "--dataset_dir", str(tiny_wingspan), "--image_size", "64"]
     env = {"OMP_NUM_THREADS": "1"}
-    trained = run_bundle(["run", "training", "--config_file", str(CONFIGS / "train_segmentation.json"), *common,
+    trained = run_bundle(["run", "training", "--config_file", str(CONFIGS / "train.json"), *common,
                           "--max_epochs", "2", "--val_interval", "1"], env=env)
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert (tmp_path / "models" / "segmentation.pt").is_file()
-    files = [str(CONFIGS / "train_segmentation.json"), str(CONFIGS / "evaluate_segmentation.json")]
+    files = [str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")]
     evaluated = run_bundle(["run", "evaluating", "--config_file", config_arg(files), *common], env=env)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     report = tmp_path / "eval" / "segmentation" / "test"

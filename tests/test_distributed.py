@@ -29,7 +29,8 @@ from monai_exaggeration.inference import ERROR_COLUMNS, FRAME_COLUMNS, SOURCE_CO
 
 CONFIGS = REPO_ROOT / "bundles" / "cxr" / "configs"
 BUNDLE = REPO_ROOT / "bundles" / "cxr"
-CLASSIFIER = str(BUNDLE / "models" / "classifier.pt")
+CLASSIFIER_CONFIGS = REPO_ROOT / "bundles" / "cxr_classifier" / "configs"
+CLASSIFIER = str(REPO_ROOT / "bundles" / "cxr_classifier" / "models" / "classifier.pt")
 TRAIN = [str(CONFIGS / "train.json"), str(CONFIGS / "train_cpu.json"), str(CONFIGS / "multi_gpu_train.json")]
 TINY = [
     "--image_size", "32", "--batch_size", "2", "--num_val_images", "4",
@@ -155,7 +156,7 @@ def test_summary_writer_only_on_rank_0(tmp_path: Path, monkeypatch: pytest.Monke
 
 def test_merge_of_partial_logs_keeps_input_order(tmp_path: Path) -> None:
     """Rank 0's merge: partial logs concatenated in input order, text kept as written, partials removed."""
-    from monai_exaggeration.inference.workflow import _log_paths, _merge_logs
+    from monai_exaggeration.inference.sharding import log_paths as _log_paths, merge_logs as _merge_logs
 
     sources = [f"/in/s{i}.png" for i in range(5)]
     order = {source: index for index, source in enumerate(sources)}
@@ -180,7 +181,7 @@ def test_merge_of_partial_logs_keeps_input_order(tmp_path: Path) -> None:
 
 
 def test_merge_names_the_missing_partial_logs(tmp_path: Path) -> None:
-    from monai_exaggeration.inference.workflow import _merge_logs
+    from monai_exaggeration.inference.sharding import merge_logs as _merge_logs
 
     with pytest.raises(FileNotFoundError, match=r"frames.rank1-of-2.partial.csv.*folder that all nodes share"):
         _merge_logs(tmp_path, 2, {})
@@ -357,10 +358,10 @@ def test_ddp_training_resumes_from_its_checkpoint(ddp_training, tiny_dataset: Pa
 
 @pytest.mark.slow
 def test_ddp_classifier_training(tiny_dataset: Path, tmp_path: Path) -> None:
-    """multi_gpu_train_classifier.json: sharded training and validation, one checkpoint, logs on rank 0."""
+    """The classifier bundle's multi_gpu_train.json: sharded training and validation, one checkpoint, logs on rank 0."""
     root, logs = tmp_path / "bundle", tmp_path / "logs"
-    config = [str(CONFIGS / "train_classifier.json"), str(CONFIGS / "classifier_cpu.json"),
-              str(CONFIGS / "multi_gpu_train_classifier.json")]
+    config = [str(CLASSIFIER_CONFIGS / "train.json"), str(CLASSIFIER_CONFIGS / "classifier_cpu.json"),
+              str(CLASSIFIER_CONFIGS / "multi_gpu_train.json")]
     result = torchrun(
         ["-m", "monai.bundle", "run", "training", "--config_file", config_arg(config), "--bundle_root", str(root),
          "--dataset_dir", str(tiny_dataset), "--image_size", "32", "--batch_size", "4",

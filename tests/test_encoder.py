@@ -15,7 +15,7 @@ from monai_exaggeration.metrics import encoder_features, identity_rate, view_ret
 from monai_exaggeration.networks import CXREncoder
 from monai_exaggeration.transforms import two_view_preprocessing
 
-TRAIN_ENCODER = [str(REPO_ROOT / "bundles" / "cxr" / "configs" / "train_encoder.json")]
+TRAIN_ENCODER = [str(REPO_ROOT / "bundles" / "cxr_encoder" / "configs" / "train.json")]
 
 
 def test_encoder_features_and_projection_shapes() -> None:

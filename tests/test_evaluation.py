@@ -190,3 +190,29 @@ def test_evaluation_needs_every_bin(tiny_dataset: Path) -> None:
     parser["last_bin"] = 4
     with pytest.raises(ValueError, match="every bin"):
         parser.get_parsed_content("evaluation")()
+
+
+
+def test_one_segmentation_forward_equals_separate_calls(rg1_uncr: Path) -> None:
+    """The evaluation segments a source with its frames in one forward: the same CTRs and heart mask as
+    segmenting each image on its own (what it did before), to float noise."""
+    from monai_exaggeration.bundle import load_bundle_segmenter
+    from monai_exaggeration.evaluation.measures import _heart_mask, heart_mask
+    from monai_exaggeration.metrics.ctr import cardiothoracic_ratio
+    from monai_exaggeration.transforms import LoadCXR, to_model_range
+    from monai_exaggeration.transforms.cxr import model_input
+
+    segmenter = load_bundle_segmenter()
+    unit = torch.from_numpy(LoadCXR()(rg1_uncr)[0].numpy())[None, None]
+    unit = torch.nn.functional.interpolate(unit, size=(128, 128), mode="bilinear", antialias=True)[0, 0]
+    source = to_model_range(unit)[None]  # (1, 128, 128): a source at the model size
+    assert torch.equal(model_input(unit.numpy(), 128, "pad"), source)  # so its model input is the same image
+    frames = torch.stack([torch.clamp(source + shift, -1, 1) for shift in (-0.1, 0.0, 0.1)])  # (3, 1, 128, 128)
+    together = segmenter(torch.cat([source[None], frames]))
+    separate_ctr = segmenter.ctr(source[None]) + segmenter.ctr(frames)
+    together_ctr = [cardiothoracic_ratio(*masks) for masks in together]
+    assert np.isfinite(separate_ctr[0])
+    assert np.allclose(separate_ctr, together_ctr, atol=1e-3, equal_nan=True)
+    alone = heart_mask(segmenter, source, (128, 128))
+    batched = _heart_mask(together[:1], (128, 128))
+    assert alone.any() and (alone != batched).mean() < 1e-3

@@ -17,7 +17,7 @@ from conftest import REPO_ROOT, config_arg, run_bundle
 
 CONFIGS = REPO_ROOT / "bundles" / "cxr" / "configs"
 TRAIN = [str(CONFIGS / "train.json"), str(CONFIGS / "train_cpu.json")]
-CLASSIFIER = str(REPO_ROOT / "bundles" / "cxr" / "models" / "classifier.pt")
+CLASSIFIER = str(REPO_ROOT / "bundles" / "cxr_classifier" / "models" / "classifier.pt")
 TINY = [
     "--image_size", "32", "--batch_size", "4", "--num_val_images", "4",
     "--network_def#stem_channels", "8", "--network_def#encoder_channels", "[8,16]",
@@ -45,6 +45,9 @@ def test_check_properties(tiny_dataset: Path, tmp_path: Path) -> None:
     assert workflow.check_properties() == []
     assert type(workflow.trainer).__name__ == "ExaggerationTrainer"
     assert type(workflow.evaluator).__name__ == "SeriesEvaluator"
+    # the bundle's inferers are the ones that run G: the trainer's g_inferer and the evaluator's inferer
+    assert workflow.trainer.g_inferer is workflow.train_inferer and workflow.evaluator.inferer is workflow.val_inferer
+    assert workflow.max_epochs is None and workflow.trainer.state.max_epochs >= 1  # derived from max_iterations
     assert all("source_bin" in record for record in workflow.train_dataset_data)
 
 

@@ -162,6 +162,48 @@ def test_amp_uses_one_scaler_per_optimiser_and_checkpoints_both() -> None:
     assert plain.state_dict()["g_scaler"] == {}
 
 
+def test_scalers_survive_the_bundles_checkpoint_round_trip(tmp_path: Path) -> None:
+    """Both scalers go into the bundle's checkpoint_dict (through training_state) and come back on resume."""
+    from monai.bundle import ConfigParser
+    from monai.handlers import CheckpointSaver
+
+    from monai_exaggeration.engines import attach_resume
+
+    parser = ConfigParser()
+    parser.read_config(str(Path(__file__).resolve().parents[1] / "bundles" / "cxr" / "configs" / "train.json"))
+    bundle_keys = set(parser["checkpoint_dict"])
+    assert parser["checkpoint_dict"]["training_state"] == "$@train#trainer.training_state"
+
+    def checkpoint_dict(trainer) -> dict:  # the bundle's checkpoint_dict, less the explainer record
+        objects = {"generator": trainer.generator, "discriminator": trainer.discriminator,
+                   "g_optimizer": trainer.g_optimizer, "d_optimizer": trainer.d_optimizer,
+                   "training_state": trainer.training_state, "trainer": trainer}
+        assert set(objects) == bundle_keys - {"explainer"}
+        return objects
+
+    classifier = disc_classifier()
+    first = make_trainer(toy_batches(classifier, 32), *tiny_networks(), classifier, n_critic=2, max_iterations=4,
+                           amp=True)
+    CheckpointSaver(str(tmp_path), checkpoint_dict(first), file_prefix="explainer", save_final=True,
+                    final_filename="explainer_final.pt").attach(first)
+    first.run()
+    saved = torch.load(tmp_path / "explainer_final.pt", map_location="cpu", weights_only=True)["training_state"]
+    assert (saved["d_scaler"]["_growth_tracker"], saved["g_scaler"]["_growth_tracker"]) == (4, 2)
+
+    again = make_trainer(toy_batches(classifier, 32), *tiny_networks(), classifier, n_critic=2, max_iterations=6,
+                           amp=True)
+    assert again.g_scaler.state_dict() != saved["g_scaler"]  # a fresh scaler
+    assert attach_resume(again, tmp_path, checkpoint_dict(again)).name == "explainer_final.pt"
+    restored = {}
+    again.add_event_handler(Events.STARTED, lambda engine: restored.update(
+        g=engine.g_scaler.state_dict(), d=engine.d_scaler.state_dict(), iteration=engine.state.iteration))
+    again.run()
+    assert restored == {"g": saved["g_scaler"], "d": saved["d_scaler"], "iteration": 4}
+    assert again.training_state.g_scaler is again.g_scaler and again.training_state.d_scaler is again.d_scaler
+    # the resumed run steps each scaler once per update of its own optimiser: D at 5 and 6, G at 6
+    assert (again.d_scaler.state_dict()["_growth_tracker"], again.g_scaler.state_dict()["_growth_tracker"]) == (6, 3)
+
+
 def test_explainer_file_rebuilds_its_generator(tmp_path: Path) -> None:
     generator, _ = tiny_networks()
     randomised(generator)

@@ -75,10 +75,11 @@ def series_mae(generator: nn.Module, classifier: BlackBoxClassifier, images: tor
 
 
 def make_trainer(records: list[dict], generator, discriminator, classifier, **kwargs) -> ExaggerationTrainer:
+    """A trainer on 16-image batches; ``max_iterations`` 1000 unless given."""
     loader = DataLoader(records, batch_size=16, shuffle=True, drop_last=True)
+    kwargs.setdefault("max_iterations", 1000)
     return ExaggerationTrainer(
         device="cpu",
-        max_epochs=1000,
         train_data_loader=loader,
         generator=generator,
         discriminator=discriminator,
@@ -290,3 +291,67 @@ def test_series_validity_scores_selected_bins_against_their_own_centres() -> Non
     with pytest.raises(ValueError, match="bins must lie in 0..9"):
         centre_values(10, [10])
     assert centre_values(10, [1]).tolist() == [0.15]  # exact decimal, as logs and DICOM text show it
+
+
+def test_iteration_events_fire_in_order_for_each_update() -> None:
+    from monai.engines.utils import IterationEvents
+
+    from monai_exaggeration.engines.trainer import ExaggerationIterationEvents as E
+
+    classifier = disc_classifier()
+    trainer = make_trainer(toy_batches(classifier, 32), *tiny_networks(), classifier, n_critic=2,
+                           warmup_iterations=1, max_iterations=5)
+    fired: list[tuple[int, str]] = []
+    seen: dict[str, set[str]] = {}
+    for event in [*E, IterationEvents.MODEL_COMPLETED]:
+        def record(engine, name=event.name) -> None:
+            fired.append((engine.state.iteration, name))
+            seen.setdefault(name, set()).update(engine.state.output)
+        trainer.add_event_handler(event, record)
+    trainer.run()
+    g_update = ["G_FORWARD_COMPLETED", "G_LOSS_COMPLETED", "G_BACKWARD_COMPLETED", "G_MODEL_COMPLETED"]
+    d_update = ["D_FORWARD_COMPLETED", "D_LOSS_COMPLETED", "D_BACKWARD_COMPLETED", "D_MODEL_COMPLETED"]
+    # iteration 1: the warm start; then D every iteration and G every 2nd (n_critic 2)
+    expected = {1: g_update, 2: d_update + g_update, 3: d_update, 4: d_update + g_update, 5: d_update}
+    for iteration, names in expected.items():
+        assert [name for it, name in fired if it == iteration] == [*names, "MODEL_COMPLETED"], iteration
+    counts = {name: sum(1 for _, n in fired if n == name) for name in {n for _, n in fired}}
+    assert counts == {**dict.fromkeys(d_update, 4), **dict.fromkeys(g_update, 3), "MODEL_COMPLETED": 5}
+    # the terms computed so far are in engine.state.output when a phase's event fires
+    assert {"d_loss", "d_real", "d_fake"} <= seen["D_LOSS_COMPLETED"] and "g_loss" in seen["G_LOSS_COMPLETED"]
+    assert "g_warmup" in seen["G_LOSS_COMPLETED"]
+
+
+def test_generator_and_discriminator_run_through_the_trainers_inferers() -> None:
+    from monai.inferers import SimpleInferer
+
+    class Counting(SimpleInferer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.networks: list[str] = []
+
+        def __call__(self, inputs, network, *args, **kwargs):
+            self.networks.append(type(network).__name__)
+            return super().__call__(inputs, network, *args, **kwargs)
+
+    classifier = disc_classifier()
+    g_inferer, d_inferer = Counting(), Counting()
+    trainer = make_trainer(toy_batches(classifier, 32), *tiny_networks(), classifier, n_critic=2, max_iterations=2,
+                           g_inferer=g_inferer, d_inferer=d_inferer)
+    trainer.run()
+    # D updates: G(x, b_t) under no_grad, then D on reals and fakes; the G update (iteration 2): G(x, b_t),
+    # G(x, b_src), G(G(x, b_t), b_src) and D on G's frames
+    assert g_inferer.networks == ["ExaggerationGenerator"] * (1 + 1 + 3)
+    assert d_inferer.networks == ["ExaggerationDiscriminator"] * (2 + 2 + 1)
+
+
+def test_max_iterations_alone_defines_the_stop() -> None:
+    classifier = disc_classifier()
+    trainer = make_trainer(toy_batches(classifier, 32), *tiny_networks(), classifier, n_critic=1, max_iterations=7)
+    assert trainer.state.epoch_length == 2 and trainer.state.max_epochs == 4  # derived: enough epochs for 7
+    trainer.run()
+    assert trainer.state.iteration == 7 and trainer.final_iteration  # stopped inside epoch 4
+    with pytest.raises(ValueError, match="max_epochs 2 would stop training before max_iterations 7"):
+        make_trainer(toy_batches(classifier, 32), *tiny_networks(), classifier, max_iterations=7, max_epochs=2)
+    with pytest.raises(ValueError, match="max_iterations must be >= 1"):
+        make_trainer(toy_batches(classifier, 32), *tiny_networks(), classifier, max_iterations=0)

@@ -25,7 +25,7 @@ from monai_exaggeration.errors import DatasetNotFoundError, user_message
 from monai_exaggeration.transforms import InputLimits, LoadCXR, read_cxr
 from monai_exaggeration.errors import CXRInputError
 from monai_exaggeration.utils import json_text
-from test_inference_workflow import chest_png, make_runner
+from inference.helpers import chest_png, make_runner
 
 CONFIGS = REPO_ROOT / "bundles" / "cxr" / "configs"
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}

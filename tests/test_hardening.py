@@ -21,7 +21,7 @@ import pytest
 
 from conftest import REPO_ROOT
 from monai_exaggeration.utils import remove_stale_temporaries
-from test_inference_workflow import chest_png, make_runner
+from inference.helpers import chest_png, make_runner
 
 SC_FILES = "dicom/*/step_*.dcm"
 
@@ -155,7 +155,7 @@ def test_kill_during_a_write_then_rerun_leaves_no_temporaries(tmp_path: Path, rg
         import os, sys, time
         sys.path.insert(0, {str(REPO_ROOT / 'tests')!r})
         import monai_exaggeration.dicom.secondary_capture as sc
-        from test_inference_workflow import make_runner
+        from inference.helpers import make_runner
         original = sc.atomic_write
         calls = []
         def slow(path, write):

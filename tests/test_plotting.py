@@ -73,12 +73,14 @@ def test_training_compatibility_plot_is_the_evaluation_plot(tmp_path: Path, monk
 
 def test_handler_figures_are_written_atomically(tmp_path: Path) -> None:
     from monai_exaggeration import handlers
+    from monai_exaggeration.handlers.ctr_report import _ctr_plot
+    from monai_exaggeration.handlers.score_table import _roc_plot
 
     labels, scores = np.array([0, 1, 0, 1, 1]), np.array([0.1, 0.8, 0.4, 0.6, 0.9])
     metrics = handlers.binary_metrics(labels, scores)
     metrics["n"] = len(labels)
-    handlers._roc_plot(labels, scores, metrics, tmp_path / "roc.png", "ROC")
+    _roc_plot(labels, scores, metrics, tmp_path / "roc.png", "ROC")
     known = pd.DataFrame({"ctr_truth": [0.45, 0.55, 0.6], "ctr_predicted": [0.47, 0.52, 0.63]})
-    handlers._ctr_plot(known, {"ctr_mae": 0.02, "n_with_ctr_truth": 3}, tmp_path / "ctr.png")
+    _ctr_plot(known, {"ctr_mae": 0.02, "n_with_ctr_truth": 3}, tmp_path / "ctr.png")
     assert _pngs(tmp_path) == ["ctr.png", "roc.png"]
     assert {Image.open(tmp_path / name).format for name in ("ctr.png", "roc.png")} == {"PNG"}

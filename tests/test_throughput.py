@@ -17,7 +17,11 @@ from monai_exaggeration.cli import classify
 from monai_exaggeration.data.streaming import LoadFailure, batches, stream_inputs
 from monai_exaggeration.errors import CXRInputError
 from monai_exaggeration.transforms import InputLimits, load_cxr
-from test_inference_workflow import BUNDLE, chest_png
+from monai_exaggeration.transforms.cxr import cxr_preprocessing, model_input
+from monai_exaggeration.transforms.readers import _pillow_pixels
+from inference.helpers import BUNDLE, chest_png
+
+CLASSIFIER_BUNDLE = str(Path(__file__).resolve().parents[1] / "bundles" / "cxr_classifier")
 
 
 def _inbox(tmp_path: Path, rg1_uncr: Path) -> Path:
@@ -51,16 +55,53 @@ def test_batched_streaming_classify_equals_one_by_one(tmp_path: Path, rg1_uncr: 
     inbox = _inbox(tmp_path, rg1_uncr)
     paths = sorted(inbox.iterdir())
     records = [{"image": str(p)} for p in paths]
-    scores, errors = classify(records, tmp_path / "out", BUNDLE, batch_size=batch_size, num_workers=workers)
+    scores, errors = classify(records, tmp_path / "out", CLASSIFIER_BUNDLE, batch_size=batch_size, num_workers=workers)
     expected = _one_by_one(paths)
     good = [str(p) for p in paths if isinstance(expected[str(p)], float)]
     assert scores["image"].tolist() == good  # input order
     for row in scores.itertuples():
         assert abs(row.score - expected[row.image]) < 1e-4
-    assert errors["image"].tolist() == [str(p) for p in paths if str(p) not in good]
+    assert errors["source"].tolist() == [str(p) for p in paths if str(p) not in good]
     for row in errors.itertuples():
-        assert row.error == expected[row.image]  # the same message as the one-by-one path
+        assert row.error == expected[row.source]  # the same message as the one-by-one path
     assert pd.read_csv(tmp_path / "out" / "errors.csv")["error"].str.contains("empty file").any()
+
+
+@pytest.mark.parametrize("aspect", ["pad", "crop", "stretch"])
+def test_model_input_equals_the_monai_preprocessing(aspect: str) -> None:
+    """classify's plain-tensor preprocessing gives cxr_preprocessing's numbers: equal sizes, shrinking both
+    axes, one axis, enlarging, odd padding."""
+    rng = np.random.default_rng(0)
+    for shape in [(128, 128), (300, 240), (200, 260), (96, 100), (200, 100), (64, 300), (129, 127), (131, 64)]:
+        pixels = rng.random(shape, dtype=np.float32)
+        for size in (128, 64):
+            expected = cxr_preprocessing("image", size, aspect, load=False)({"image": torch.from_numpy(pixels)[None]})
+            got = model_input(pixels, size, aspect)
+            assert got.shape == expected["image"].shape == (1, size, size)
+            assert float((got - expected["image"].as_tensor()).abs().max()) < 1e-6, (shape, size)
+
+
+def test_pillow_fast_path_equals_imageio(tmp_path: Path) -> None:
+    """8-bit grey/RGB(A) PNG, JPEG and BMP decode to imageio's array; 16-bit PNGs and broken files go to imageio."""
+    import imageio.v3 as iio
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    rgb = (rng.random((90, 110, 3)) * 255).astype(np.uint8)
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "grey.png")
+    Image.fromarray(rgb).save(tmp_path / "rgb.jpg")
+    Image.fromarray(rgb).save(tmp_path / "rgb.bmp")
+    Image.fromarray(np.dstack([rgb, rgb[..., :1]])).save(tmp_path / "rgba.png")
+    Image.fromarray((rng.random((90, 110)) * 65535).astype(np.uint16)).save(tmp_path / "deep.png")
+    (tmp_path / "broken.png").write_bytes((tmp_path / "grey.png").read_bytes()[:200])
+    for name in ("grey.png", "rgb.jpg", "rgb.bmp", "rgba.png"):
+        got = _pillow_pixels(tmp_path / name, InputLimits())
+        expected = np.asarray(iio.imread(tmp_path / name))
+        assert got is not None and got.dtype == expected.dtype and np.array_equal(got, expected), name
+    assert _pillow_pixels(tmp_path / "deep.png", InputLimits()) is None
+    assert _pillow_pixels(tmp_path / "broken.png", InputLimits()) is None
+    with pytest.raises(CXRInputError, match="smaller than the minimum"):
+        _pillow_pixels(tmp_path / "grey.png", InputLimits.for_sources(min_size=100))
 
 
 def test_stream_keeps_order_and_turns_errors_into_records(tmp_path: Path) -> None:

@@ -68,7 +68,10 @@ def test_bundle_progress_bar_total_is_max_iterations(tmp_path: Path) -> None:
     parser.update({"bundle_root": str(tmp_path), "output_dir": str(tmp_path / "eval"), "max_iterations": 20})
     handlers = parser.get_parsed_content("train#handlers")
     bars = [handler for handler in handlers if isinstance(handler, TrainingProgress)]
-    assert len(bars) == 1 and bars[0].max_iterations == 20
+    assert len(bars) == 1 and bars[0].max_iterations is None  # the trainer's max_iterations: the stop is set once
+    trainer = type("Engine", (), {"max_iterations": parser.get_parsed_content("train#trainer#max_iterations")})()
+    assert bars[0].total(trainer) == 20
+    assert parser["train"]["trainer"]["max_epochs"] is None  # derived by the trainer, not a second stop
     assert not [h for h in handlers if type(h).__name__ == "ProgressBar"]  # ignite's per-epoch bar is gone
 
 
@@ -79,11 +82,11 @@ def test_loss_is_logged_in_short_runs_and_at_the_last_iteration(
 
     assert log_interval_for(50, 100000) == 50 and log_interval_for(25, 20) == 2 and log_interval_for(50, 5) == 1
     classifier = disc_classifier()
-    for max_iterations, max_seconds, expected in ((20, None, list(range(2, 21, 2))), (None, 1e-6, [1])):
+    for max_iterations, max_seconds, expected in ((20, None, list(range(2, 21, 2))), (1000, 1e-6, [1])):
         # 20 batches of 16: one epoch, so StatsHandler's "Iter: i/20" is the run's iteration
         trainer = make_trainer(toy_batches(classifier, 320), *tiny_networks(), classifier, n_critic=1,
                                max_iterations=max_iterations, max_seconds=max_seconds)
-        StatsHandler(name="loss_log_test", iteration_log=log_filter(50, max_iterations), epoch_log=False,
+        StatsHandler(name="loss_log_test", iteration_log=log_filter(50), epoch_log=False,  # the trainer's stop
                      output_transform=lambda output: output).attach(trainer)
         caplog.clear()
         capsys.readouterr()
@@ -203,7 +206,7 @@ def test_shipped_weight_names_are_refused() -> None:
     from monai.bundle import ConfigParser
 
     shipped_models = REPO_ROOT / "bundles" / "cxr" / "models"
-    assert {p.name for p in shipped_models.glob("*.pt")} >= set(SHIPPED_WEIGHTS)
+    assert {p.name for p in (REPO_ROOT / "bundles").glob("cxr*/models/*.pt")} >= set(SHIPPED_WEIGHTS)
     for overlay in ([], ["train_cpu.json"], ["train_cpu.json", "train_gpu.json"], ["multi_gpu_train.json"],
                     ["train_cpu.json", "ablation_a_paper.json"]):
         parser = ConfigParser()
@@ -220,19 +223,19 @@ def test_shipped_weight_names_are_refused() -> None:
     # the instruments' trainers write their shipped names, but never over the shipped files themselves
     check_weight_names("/tmp/segmentation/models", ["segmentation.pt"], reserved=[])
     with pytest.raises(ValueError, match="refusing to overwrite the shipped weights"):
-        check_weight_names(shipped_models, ["segmentation.pt"], reserved=[])
+        check_weight_names(REPO_ROOT / "bundles" / "cxr_segmentation" / "models", ["segmentation.pt"], reserved=[])
 
 
-@pytest.mark.parametrize("configs", [["train_classifier.json", "classifier_cpu.json"], ["train_segmentation.json"],
-                                     ["train_encoder.json"]])
-def test_instrument_training_refuses_the_shipped_folder(configs: list[str], tmp_path: Path) -> None:
+@pytest.mark.parametrize("bundle,configs", [("cxr_classifier", ["train.json", "classifier_cpu.json"]),
+                                            ("cxr_segmentation", ["train.json"]), ("cxr_encoder", ["train.json"])])
+def test_instrument_training_refuses_the_shipped_folder(bundle: str, configs: list[str], tmp_path: Path) -> None:
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config([str(CONFIGS / name) for name in configs])
+    parser.read_config([str(REPO_ROOT / "bundles" / bundle / "configs" / name) for name in configs])
     run_id = "training" if isinstance(parser["training"], list) else "run"
     assert "check_weight_names" in parser[run_id][0]
-    parser["bundle_root"] = str(REPO_ROOT / "bundles" / "cxr")
+    parser["bundle_root"] = str(REPO_ROOT / "bundles" / bundle)
     with pytest.raises(Exception) as refused:
         parser.get_parsed_content(f"{run_id}#0")
     chain, error = [], refused.value
@@ -241,7 +244,7 @@ def test_instrument_training_refuses_the_shipped_folder(configs: list[str], tmp_
         error = error.__cause__
     assert any("refusing to overwrite the shipped weights" in text for text in chain), chain
     parser = ConfigParser()
-    parser.read_config([str(CONFIGS / name) for name in configs])
+    parser.read_config([str(REPO_ROOT / "bundles" / bundle / "configs" / name) for name in configs])
     parser["bundle_root"] = str(tmp_path)
     parser.get_parsed_content(f"{run_id}#0")  # another folder: fine
 
@@ -251,7 +254,9 @@ def test_checkpoints_are_git_ignored_and_shipped_weights_are_not() -> None:
         pytest.skip("not a git checkout")
     models = "bundles/cxr/models"
     written = ["explainer_final.pt", "explainer_best.pt", "explainer_checkpoint_iteration=500.pt"]
-    result = subprocess.run(["git", "check-ignore", *(f"{models}/{n}" for n in written + list(SHIPPED_WEIGHTS))],
+    shipped = [f"{models}/explainer.pt", "bundles/cxr_classifier/models/classifier.pt",
+               "bundles/cxr_segmentation/models/segmentation.pt", "bundles/cxr_encoder/models/encoder.pt"]
+    result = subprocess.run(["git", "check-ignore", *(f"{models}/{n}" for n in written), *shipped],
                             cwd=REPO_ROOT, capture_output=True, text=True)
     ignored = {Path(line).name for line in result.stdout.split()}
     assert ignored == set(written)

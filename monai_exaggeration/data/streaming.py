@@ -20,7 +20,7 @@ from monai.data import DataLoader, Dataset
 
 from monai_exaggeration.errors import CXRInputError
 
-__all__ = ["LoadFailure", "batches", "compute_threads", "default_workers", "stream_inputs"]
+__all__ = ["ERROR_COLUMNS", "LoadFailure", "batches", "compute_threads", "default_workers", "failure_row", "stream_inputs"]
 
 
 @dataclass
@@ -42,6 +42,16 @@ class LoadFailure:
             "unexpected failure; rerun with this file alone and report the log if it persists",
             type(error).__name__,
         )
+
+
+#: Columns of every ``errors.csv`` (inference, classify, evaluation): one row per input that failed.
+ERROR_COLUMNS = ["source", "error", "hint"]
+
+
+def failure_row(path: str, error: BaseException | LoadFailure) -> dict:
+    """One row of ``errors.csv``: the input, what is wrong and what to do."""
+    failure = error if isinstance(error, LoadFailure) else LoadFailure.from_exception(error)
+    return {"source": str(path), "error": failure.error, "hint": failure.hint}
 
 
 class _Guarded:

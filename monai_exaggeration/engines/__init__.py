@@ -28,9 +28,10 @@ from monai_exaggeration.engines.series import (
     series_batch_statistics,
     transfer_frame,
 )
-from monai_exaggeration.engines.trainer import ExaggerationTrainer, TrainingState
+from monai_exaggeration.engines.trainer import ExaggerationIterationEvents, ExaggerationTrainer, TrainingState
 
 __all__ = [
+    "ExaggerationIterationEvents",
     "ExaggerationTrainer",
     "NORM_MODES",
     "SHIPPED_WEIGHTS",

@@ -33,10 +33,16 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The weight files shipped in ``bundles/cxr/models`` (tracked by git); no training writes them.
+#: Names of the explainer's and its instruments' shipped weight files: an explainer run refuses them in any
+#: folder (``explainer.pt`` ships in ``bundles/cxr/models``, the others in their own bundles below).
 SHIPPED_WEIGHTS = ("classifier.pt", "explainer.pt", "segmentation.pt", "encoder.pt")
-#: Shipped weight files of the other bundles (bundle folder name -> file names).
-OTHER_SHIPPED_WEIGHTS = {"cxr_autoencoder": ("autoencoder.pt",)}
+#: Shipped weight files of the other bundles (bundle folder name -> file names in its ``models``; tracked by git).
+OTHER_SHIPPED_WEIGHTS = {
+    "cxr_classifier": ("classifier.pt",),
+    "cxr_segmentation": ("segmentation.pt",),
+    "cxr_encoder": ("encoder.pt",),
+    "cxr_autoencoder": ("autoencoder.pt",),
+}
 
 
 def _checkpoints(ckpt_dir: str | os.PathLike, prefix: str) -> list[tuple[int, Path]]:
@@ -193,12 +199,12 @@ def check_weight_names(
     """Refuse file names that would overwrite, or be mistaken for, a shipped weight file.
 
     A name in ``reserved`` (the shipped names for the explainer's files) is refused in any folder;
-    any name is refused where ``ckpt_dir/name`` is a shipped file (``bundles/cxr/models/<shipped
+    any name is refused where ``ckpt_dir/name`` is a shipped file (``bundles/<bundle>/models/<shipped
     name>`` of this source tree). Raises ``ValueError`` with what to do instead.
     """
     from monai_exaggeration.bundle import default_bundle_root
 
-    shipped_dir = (Path(default_bundle_root()) / "models").resolve()
+    shipped_dir = (Path(default_bundle_root("cxr")) / "models").resolve()
     shipped = {shipped_dir / name for name in SHIPPED_WEIGHTS}
     for bundle, files in OTHER_SHIPPED_WEIGHTS.items():
         shipped |= {(Path(default_bundle_root(bundle)) / "models").resolve() / name for name in files}
@@ -210,7 +216,7 @@ def check_weight_names(
         if Path(name).name in reserved:
             raise ValueError(
                 f"the checkpoint file name {name!r} is the name of a shipped weight file "
-                f"({shipped_dir / Path(name).name}); a training run never writes it: choose another "
+                "(bundles/*/models); a training run never writes it: choose another "
                 "name (e.g. --final_filename explainer_final.pt, --best_filename explainer_best.pt)"
             )
         if target.resolve() in shipped:

@@ -11,10 +11,12 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.metrics import Metric
 from monai.engines import Evaluator
+from monai.inferers import Inferer, SimpleInferer
 from torch import nn
 
 from monai_exaggeration.binning import posterior_to_bin
 from monai_exaggeration.engines.series import compose_series, generate_series
+from monai_exaggeration.handlers.writing import writes_files
 from monai_exaggeration.metrics import series_validity
 from monai_exaggeration.utils import atomic_write, json_text
 
@@ -25,7 +27,9 @@ class SeriesEvaluator(Evaluator):
     """Generate the full series (bins 0..N-1) of each validation image and score every frame with f.
 
     ``composition`` (``generated`` or ``transfer``, see :func:`~.series.compose_series`) makes the
-    frames as the explainer was trained to make them.
+    frames as the explainer was trained to make them. The series are generated through ``inferer``
+    (as MONAI's ``SupervisedEvaluator`` runs its network): ``inferer(images, series_network)``, where
+    ``series_network`` maps images (B, C, H, W) to their series (B, N, C, H, W).
     ``engine.state.output``: ``image`` (B, C, H, W), ``series`` (B, N, C, H, W), ``scores`` (B, N)
     and ``source_score`` (B,). Attach :class:`SeriesValidityMetric` instances as metrics.
     """
@@ -39,6 +43,7 @@ class SeriesEvaluator(Evaluator):
         num_bins: int,
         norm: str = "series",
         composition: str = "generated",
+        inferer: Inferer | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(device=device, val_data_loader=val_data_loader, decollate=False, **kwargs)
@@ -47,13 +52,18 @@ class SeriesEvaluator(Evaluator):
         self.num_bins = num_bins
         self.norm = norm
         self.composition = composition
+        self.inferer = SimpleInferer() if inferer is None else inferer
+
+    def series_network(self, images: torch.Tensor) -> torch.Tensor:
+        """G's series of ``images``: (B, C, H, W) -> (B, N, C, H, W), normalised as ``norm`` says."""
+        return generate_series(self.generator, images, self.num_bins, norm=self.norm)
 
     @torch.no_grad()
     def _iteration(self, engine: Engine, batchdata: dict[str, Any]) -> dict[str, torch.Tensor]:
         image = batchdata["image"]
         image = (image.as_tensor() if hasattr(image, "as_tensor") else image).to(engine.state.device)
         source_score = self.classifier(image).reshape(-1)
-        series = generate_series(self.generator, image, self.num_bins, norm=self.norm)
+        series = self.inferer(image, self.series_network)
         series = compose_series(image, series, posterior_to_bin(source_score, self.num_bins), self.composition)
         scores = self.classifier(series.flatten(0, 1)).reshape(series.shape[:2])
         return {"image": image, "series": series, "scores": scores, "source_score": source_score}
@@ -97,13 +107,18 @@ class SeriesMontageLogger:
     """After each evaluation, log a montage of the first validation batch's series.
 
     Written to TensorBoard (``summary_writer``, tag ``series``, at the trainer's iteration) and, if
-    ``output_dir`` is given, to ``output_dir/series_latest.png``.
+    ``output_dir`` is given, to ``output_dir/series_latest.png``, by the main process only.
+    ``output_transform`` maps ``engine.state.output`` to the series (B, K, 1, S, S) (default: its ``series``).
     """
 
-    def __init__(self, summary_writer: Any = None, output_dir: str | None = None, trainer: Engine | None = None) -> None:
+    def __init__(
+        self, summary_writer: Any = None, output_dir: str | None = None, trainer: Engine | None = None,
+        output_transform: Callable[[Any], torch.Tensor] = lambda output: output["series"],
+    ) -> None:
         self.summary_writer = summary_writer
         self.output_dir = Path(output_dir) if output_dir else None
         self.trainer = trainer
+        self.output_transform = output_transform
         self._first: torch.Tensor | None = None
 
     def attach(self, engine: Engine) -> None:
@@ -111,10 +126,10 @@ class SeriesMontageLogger:
         engine.add_event_handler(Events.COMPLETED, self._log)
 
     def _keep(self, engine: Engine) -> None:
-        self._first = engine.state.output["series"]
+        self._first = self.output_transform(engine.state.output)
 
     def _log(self, engine: Engine) -> None:
-        if self._first is None:
+        if self._first is None or not writes_files("series montage"):
             return
         montage = series_montage(self._first)
         step = self.trainer.state.iteration if self.trainer is not None else engine.state.epoch
@@ -131,12 +146,18 @@ class SeriesValidityReport:
     """After an evaluation run, write ``validity.json`` (all measures, per bin too) and ``compatibility.png``.
 
     The plot is the papers' compatibility plot, drawn as the evaluation draws it: mean f(x_b) per
-    target bin (with ±1 SD and the inter-quartile range) against the bin centres.
+    target bin (with ±1 SD and the inter-quartile range) against the bin centres. The main process
+    writes them. ``output_transform`` maps ``engine.state.output`` to ``(frame scores (B, K), source
+    scores (B,))`` (default: its ``scores`` and ``source_score``).
     """
 
-    def __init__(self, output_dir: str) -> None:
+    def __init__(
+        self, output_dir: str,
+        output_transform: Callable[[Any], tuple] = lambda output: (output["scores"], output["source_score"]),
+    ) -> None:
         self.output_dir = Path(output_dir)
         self.metric = SeriesValidityMetric()
+        self.output_transform = output_transform
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, lambda _: self.metric.reset())
@@ -144,11 +165,13 @@ class SeriesValidityReport:
         engine.add_event_handler(Events.COMPLETED, self._write)
 
     def _collect(self, engine: Engine) -> None:
-        self.metric.update((engine.state.output["scores"], engine.state.output["source_score"]))
+        self.metric.update(self.output_transform(engine.state.output))
 
     def _write(self, engine: Engine) -> None:
         import json
 
+        if not writes_files("series validity"):
+            return
         scores, sources = np.concatenate(self.metric._scores), np.concatenate(self.metric._sources)
         result = series_validity(scores, sources)
         report = dict(result.as_dict(), validity=result.validity)

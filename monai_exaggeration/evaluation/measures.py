@@ -18,7 +18,7 @@ from scipy.stats import spearmanr
 from torch import nn
 
 from monai_exaggeration.inference import ExaggerationInference, SeriesResult
-from monai_exaggeration.metrics.ctr import largest_component
+from monai_exaggeration.metrics.ctr import cardiothoracic_ratio, largest_component
 from monai_exaggeration.metrics.localisation import change_inside_outside, mass_inside, saliency_maps
 from monai_exaggeration.metrics.realism import encoder_features, penultimate_features
 from monai_exaggeration.networks.segmentation import HeartLungSegmenter
@@ -48,8 +48,12 @@ def counterfactual_step(source_score: float, num_frames: int, threshold: float =
 
 def heart_mask(segmenter: HeartLungSegmenter, image: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     """Boolean heart mask (largest component) of ``image`` (1, H, W) in the model range, on a ``size`` grid."""
-    probabilities = segmenter(image[None].float())[:, :1]  # (1, 1, s, s)
-    resized = F.interpolate(probabilities, size=size, mode="bilinear", align_corners=False)[0, 0].cpu().numpy()
+    return _heart_mask(segmenter(image[None].float()), size)
+
+
+def _heart_mask(probabilities: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """:func:`heart_mask` from the segmenter's output (1, 3, s, s) of one image."""
+    resized = F.interpolate(probabilities[:1, :1], size=size, mode="bilinear", align_corners=False)[0, 0].cpu().numpy()
     return largest_component(resized > 0.5, min_fraction=0.001)
 
 
@@ -71,9 +75,16 @@ def measure_source(
     gradcam_layer: str = "model.class_layers.relu",
     result: SeriesResult | None = None,
     seconds: float = 0.0,
+    loaded: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> SourceMeasures:
     """Explain ``record["image"]`` (or take its ``result``, explained in a batch in ``seconds``) and
-    measure validity, CTR, localisation, saliency and features."""
+    measure validity, CTR, localisation, saliency and features.
+
+    ``loaded``: the source and its model input as the runner's reader gave them (else read again).
+    The segmentation sees the source and its frames in one forward (and the model-grid source only
+    when it differs from the source), the classifier and the encoder the source and frames in one
+    forward each.
+    """
     start = time.perf_counter() - seconds
     path = record["image"]
     if result is None:
@@ -88,20 +99,26 @@ def measure_source(
     centres = np.asarray(result.centres, dtype=np.float64)
 
     # the source and the written frames, on the source grid ([0, 1]) and as model inputs ([-1, 1])
-    source = runner.loader(path)
+    if loaded is None:
+        source = runner.loader(path)
+        source_input = runner.preprocessing({"image": source})["image"].as_tensor()  # (1, S, S)
+    else:
+        source, source_input = loaded
+        source_input = source_input.as_tensor() if hasattr(source_input, "as_tensor") else source_input
     source_unit = source[0].numpy().astype(np.float32)
-    source_input = runner.preprocessing({"image": source})["image"].as_tensor()  # (1, S, S)
     unit_frames = result.unit_frames  # (K, rows, columns) in [0, 1], as written
     frame_inputs = runner.as_model_input(unit_frames, source)[:, None]  # (K, 1, S, S)
     frames_model_range = to_model_range(torch.from_numpy(unit_frames)[:, None].float())
 
-    # clinical faithfulness: CTR of the source and of every written frame
-    ctr_source = segmenter.ctr(to_model_range(torch.from_numpy(source_unit)[None, None]).to(device))[0]
-    ctr = np.asarray(segmenter.ctr(frames_model_range.to(device)), dtype=np.float64)
+    # clinical faithfulness: CTR of the source and of every written frame (one segmentation forward)
+    source_model_range = to_model_range(torch.from_numpy(source_unit)[None, None])
+    probabilities = segmenter(torch.cat([source_model_range, frames_model_range]).to(device)).cpu()  # (1 + K, 3, s, s)
+    ctr_source = cardiothoracic_ratio(*probabilities[0])
+    ctr = np.asarray([cardiothoracic_ratio(*masks) for masks in probabilities[1:]], dtype=np.float64)
 
     # preservation / localisation on the source grid: the counterfactual against the source
     step = counterfactual_step(result.source_score, num_frames)
-    heart_source_grid = heart_mask(segmenter, to_model_range(torch.from_numpy(source_unit)[None]).to(device), source_unit.shape)
+    heart_source_grid = _heart_mask(probabilities[:1], source_unit.shape)
     if heart_source_grid.any() and not heart_source_grid.all():
         localisation = change_inside_outside(source_unit, unit_frames[step], heart_source_grid)
     else:  # no heart found: the region measures are undefined for this image
@@ -112,7 +129,10 @@ def measure_source(
 
     # saliency against the counterfactual difference map, all on the model grid
     model_grid = tuple(source_input.shape[1:])
-    heart_model_grid = heart_mask(segmenter, source_input.to(device), model_grid)
+    if source_input.shape == source_model_range.shape[1:] and torch.equal(source_input, source_model_range[0]):
+        heart_model_grid = _heart_mask(probabilities[:1], model_grid)  # a source at the model size: the same image
+    else:
+        heart_model_grid = heart_mask(segmenter, source_input.to(device), model_grid)
     difference = (frame_inputs[step, 0] - source_input[0]).abs().numpy() / 2.0
     gradcam = saliency_maps(classifier, source_input[None].to(device), "gradcam", target_layer=gradcam_layer)[0].cpu().numpy()
     saliency = {"difference": difference, "gradcam": gradcam}

@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from monai_exaggeration.data.streaming import LoadFailure
+from monai_exaggeration.data.streaming import ERROR_COLUMNS, LoadFailure, failure_row
 from monai_exaggeration.errors import CXRInputError
 from monai_exaggeration.utils import write_csv_atomic
 
@@ -44,29 +44,12 @@ SOURCE_COLUMNS = [
     "first_score", "last_score", "flip_reached", "monotone", "spearman", "series_instance_uid", "series_dir", "gif",
     "montage", "score_plot", "seconds", "model_version", "method",
 ]
-#: Columns of ``errors.csv`` (one row per failed input).
-ERROR_COLUMNS = ["source", "error", "hint"]
 #: The run's CSV logs: key -> (file name, columns).
 RUN_LOGS = {
     "frames": ("frames.csv", FRAME_COLUMNS),
     "sources": ("sources.csv", SOURCE_COLUMNS),
     "errors": ("errors.csv", ERROR_COLUMNS),
 }
-
-
-def failure_row(path: str, error: BaseException | LoadFailure) -> dict:
-    """One row of ``errors.csv``: what is wrong and what to do."""
-    if isinstance(error, LoadFailure):
-        return {"source": path, "error": error.error, "hint": error.hint}
-    if isinstance(error, CXRInputError):
-        return {"source": path, "error": error.problem, "hint": error.hint}
-    if isinstance(error, ValueError):
-        return {"source": path, "error": str(error), "hint": "check the input image and the inference settings"}
-    return {
-        "source": path,
-        "error": f"{type(error).__name__}: {error}",
-        "hint": "unexpected failure; rerun with this file alone and report the log if it persists",
-    }
 
 
 def earlier_logs(output_dir: Path) -> dict[str, pd.DataFrame]:

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from skimage.measure import label
 
 __all__ = ["cardiothoracic_ratio", "ctr_faithfulness", "largest_component", "horizontal_extent"]
 
 
 def largest_component(mask: np.ndarray, min_fraction: float = 0.0) -> np.ndarray:
     """The largest 8-connected component of a boolean mask (empty if none reaches ``min_fraction`` of the image)."""
+    from skimage.measure import label  # imported on use: importing the metrics stays cheap for classify
+
     mask = np.asarray(mask, dtype=bool)
     labels = label(mask, connectivity=2)
     if labels.max() == 0:

@@ -16,7 +16,6 @@ import warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
-from skimage.metrics import structural_similarity
 from torch import nn
 
 __all__ = ["change_inside_outside", "mass_inside", "saliency_maps"]
@@ -44,6 +43,8 @@ def change_inside_outside(source: np.ndarray, frame: np.ndarray, mask: np.ndarra
     inside = np.asarray(mask, dtype=bool)
     if inside.all() or not inside.any():
         raise ValueError("the mask must cover part of the image, not none or all of it")
+    from skimage.metrics import structural_similarity  # imported on use (import cost)
+
     change = np.abs(frame - source)
     _, ssim_map = structural_similarity(source, frame, data_range=1.0, full=True)
     mean_in, mean_out = float(change[inside].mean()), float(change[~inside].mean())

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy.stats import spearmanr
 
 from monai_exaggeration.binning import centre_values
 
@@ -67,6 +66,8 @@ def series_validity(
     reached_positive = (scores >= threshold).any(axis=1)
     reached_negative = (scores < threshold).any(axis=1)
     flipped = np.where(source_positive, reached_negative, reached_positive)
+    from scipy.stats import spearmanr  # here, not at import: scipy.stats takes a second to import
+
     bins = np.asarray(bins)
     correlations = []
     for row in scores:

@@ -20,8 +20,8 @@ def load_state_dict_file(path: str | os.PathLike, map_location: str | torch.devi
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"weights not found: {path} -- train them with the bundle's training config "
-            "(bundles/cxr/configs/train_classifier.json or train.json) or give the path of a state dict"
+            f"weights not found: {path} -- train them with the model's bundle (configs/train.json of "
+            "bundles/cxr_classifier, cxr_segmentation, cxr_encoder or cxr) or give the path of a state dict"
         )
     state = torch.load(path, map_location=map_location, weights_only=True)
     for key in ("model", "network", "generator", "state_dict"):

@@ -41,7 +41,8 @@ SOP_CLASSES = {
 }
 #: inference.json keys the node sets itself (they may not appear under ``inference:``).
 _NODE_OWNED = {"input", "output_dir", "export", "export_config", "export_destination", "runner", "inference", "run",
-               "classifier", "exporter", "imports", "network_def", "ckpt_dir"}
+               "classifier", "exporter", "imports", "network_def", "ckpt_dir", "dataset_dir", "preprocessing", "dataset",
+               "inferer", "writers", "handlers", "evaluator"}
 
 
 class NodeConfigError(UserError, ValueError):
@@ -222,7 +223,7 @@ def bundle_root(path: Path, inference: dict) -> Path:
 
     if inference.get("bundle_root"):
         return path.parent / Path(str(inference["bundle_root"])).expanduser()
-    return Path(default_bundle_root())
+    return Path(default_bundle_root("cxr"))
 
 
 def _check_inference(path: Path, inference: dict) -> None:

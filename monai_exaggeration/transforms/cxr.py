@@ -27,6 +27,7 @@ from monai.transforms import (
     Compose,
     InvertibleTransform,
     MapTransform,
+    Resize,
     ScaleIntensityRanged,
     SpatialPadd,
     Transform,
@@ -34,7 +35,7 @@ from monai.transforms import (
 from monai.utils import TraceKeys
 
 from monai_exaggeration.transforms.readers import InputLimits, read_cxr
-from monai_exaggeration.transforms.resize import AntiAliasedResized
+from monai_exaggeration.transforms.resize import AntiAliasedResized, anti_aliased_resize
 
 __all__ = [
     "ASPECT_POLICIES",
@@ -43,6 +44,7 @@ __all__ = [
     "CropToSquared",
     "cxr_preprocessing",
     "load_cxr",
+    "model_input",
     "to_unit_range",
     "to_model_range",
 ]
@@ -154,3 +156,45 @@ def load_cxr(
     """Load one file ready for the model: (1, size, size) in [-1, 1]. Errors are :class:`CXRInputError`."""
     image = LoadCXR(limits)(path)  # called directly so that input errors are not wrapped by Compose
     return cxr_preprocessing("image", spatial_size, aspect, load=False)({"image": image})["image"]
+
+
+def _model_size(shape: tuple[int, int], spatial_size: int, aspect: str) -> tuple[int, int]:
+    """The resized (rows, columns) of ``aspect``'s resize, computed as MONAI's ``Resize`` computes it."""
+    if aspect == "pad":  # Resize(size_mode="longest")
+        scale = spatial_size / max(shape)
+        return int(round(shape[0] * scale)), int(round(shape[1] * scale))
+    return spatial_size, spatial_size
+
+
+def model_input(pixels: np.ndarray | torch.Tensor, spatial_size: int = 128, aspect: str = "pad") -> torch.Tensor:
+    """:func:`cxr_preprocessing` (``load=False``) of one (rows, columns) image in [0, 1], on plain tensors.
+
+    The same operations in the same order (intensity to [-1, 1], crop, anti-aliased bilinear resize,
+    symmetric pad with -1), hence the same numbers (tested against the MONAI chain), without the
+    metadata and invertible trace that a score does not need: for a 128 px image this takes 0.1 ms
+    instead of 1.6 ms, which is what lets ``classify`` keep its batched classifier busy.
+    """
+    if spatial_size < 8:
+        raise ValueError(f"spatial_size must be at least 8 pixels, got {spatial_size}")
+    if aspect not in ASPECT_POLICIES:
+        raise ValueError(f"aspect must be one of {ASPECT_POLICIES}, got {aspect!r}")
+    image = torch.as_tensor(pixels, dtype=torch.float32).reshape(1, *pixels.shape[-2:])
+    image = torch.clamp(image * 2.0 - 1.0, -1.0, 1.0)  # ScaleIntensityRange(0, 1 -> -1, 1, clip)
+    if aspect == "crop":
+        image = CenterSpatialCrop(roi_size=(min(image.shape[1:]),) * 2)(image)
+        image = image.as_tensor() if isinstance(image, MetaTensor) else image
+    shape_in = tuple(int(v) for v in image.shape[1:])
+    shape_out = _model_size(shape_in, spatial_size, aspect)
+    if all(o < i for o, i in zip(shape_out, shape_in)):  # AntiAliasedResized's own path
+        image = anti_aliased_resize(image, shape_out)
+    elif any(o < i for o, i in zip(shape_out, shape_in)):  # shrinks one axis only: MONAI's anti-aliased resize
+        resized = Resize(shape_out, mode="bilinear", anti_aliasing=True)(image)
+        image = resized.as_tensor() if isinstance(resized, MetaTensor) else resized
+    elif shape_out != shape_in:  # enlarging: plain bilinear interpolation
+        image = torch.nn.functional.interpolate(image[None], size=shape_out, mode="bilinear")[0]
+    image = image.float()
+    if aspect == "pad" and shape_out != (spatial_size, spatial_size):  # SpatialPad(method="symmetric", value=-1)
+        rows, columns = spatial_size - shape_out[0], spatial_size - shape_out[1]
+        padding = (columns // 2, columns - columns // 2, rows // 2, rows - rows // 2)
+        image = torch.nn.functional.pad(image, padding, mode="constant", value=-1.0)
+    return image.contiguous()

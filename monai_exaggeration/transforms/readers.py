@@ -404,18 +404,49 @@ def _raster_shape(path: Path) -> tuple[int, int] | None:
         return None
 
 
+#: Single-frame files that imageio reads with Pillow as ``np.asarray(image)``, with no conversion.
+_PILLOW_AS_IS = {"PNG": ("L", "RGB", "RGBA"), "JPEG": ("L", "RGB"), "BMP": ("L", "RGB")}
+
+
+def _pillow_pixels(path: Path, limits: InputLimits) -> np.ndarray | None:
+    """The pixels of an 8-bit grey/RGB(A) PNG, JPEG or BMP decoded by Pillow directly, after the header's
+    size check; None for anything else or any failure, so that imageio decides (and words the error).
+
+    For these files imageio's Pillow plugin returns exactly ``np.asarray(image)``; opening the file
+    once, without imageio's plugin search, takes a fifth of the time for a 128 px image.
+    """
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL's decompression-bomb warning: our limit decides
+            image = Image.open(path)
+    except Exception:  # noqa: BLE001 - not an image PIL knows: imageio decides
+        return None
+    with image:
+        limits.check_shape(path, int(image.height), int(image.width))
+        if image.mode not in _PILLOW_AS_IS.get(image.format or "", ()) or getattr(image, "n_frames", 1) != 1:
+            return None
+        try:
+            return np.asarray(image)
+        except Exception:  # noqa: BLE001 - truncated or damaged: imageio's path gives the error
+            return None
+
+
 def read_raster(path: str | os.PathLike, limits: InputLimits | None = None) -> CXRImage:
     """Read an 8- or 16-bit PNG/JPEG/TIFF (grayscale, RGB or RGBA) with imageio."""
     import imageio.v3 as iio
 
     path = Path(path)
     limits = limits or InputLimits()
-    if (shape := _raster_shape(path)) is not None:
-        limits.check_shape(path, *shape)
-    try:
-        image = np.asarray(iio.imread(path))
-    except Exception as error:  # noqa: BLE001 - imageio raises plugin-specific errors
-        raise CXRInputError(path, f"not a readable image ({type(error).__name__})", "give a PNG/JPEG/DICOM") from None
+    image = _pillow_pixels(path, limits)
+    if image is None:
+        if (shape := _raster_shape(path)) is not None:
+            limits.check_shape(path, *shape)
+        try:
+            image = np.asarray(iio.imread(path))
+        except Exception as error:  # noqa: BLE001 - imageio raises plugin-specific errors
+            raise CXRInputError(path, f"not a readable image ({type(error).__name__})", "give a PNG/JPEG/DICOM") from None
     if image.ndim == 3 and image.shape[-1] in (3, 4):
         values = _luminance(image)
     elif image.ndim == 3 and image.shape[-1] in (1, 2):

@@ -1,4 +1,4 @@
-"""Inference frames: target-bin selection and full-resolution frames on the source's pixel grid.
+"""Inference frames (pure functions): target-bin selection and full-resolution frames on the source's pixel grid.
 
 ``full_resolution_frames`` computes ``clip(source + up((frames - reconstruction) / 2), 0, 1)``: the
 generator's change (model units, [-1, 1]) halved into display units and carried back through the
@@ -7,24 +7,13 @@ inverse of the preprocessing, so the source's own detail survives wherever nothi
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import pydicom
 import pytest
 import torch
 from monai.data import MetaTensor
 
-from monai_exaggeration.bundle import load_bundle_classifier
-from monai_exaggeration.inference import (
-    ExaggerationInference,
-    full_resolution_frames,
-    select_bins,
-    to_source_grid,
-)
-from monai_exaggeration.methods import exaggeration as exaggeration_method_module
-from monai_exaggeration.networks import ExaggerationGenerator
+from monai_exaggeration.inference import full_resolution_frames, select_bins, to_source_grid
 from monai_exaggeration.transforms import LoadCXR, cxr_preprocessing
 
 ROWS, COLS = 203, 157  # odd, non-square: a transposition or an off-by-one would show
@@ -49,9 +38,12 @@ def test_select_bins_defaults_and_ranges() -> None:
     assert select_bins(10) == list(range(10))
     assert select_bins(2) == [0, 1]
     assert select_bins(10, first=3) == [3, 4, 5, 6, 7, 8, 9]
+    assert select_bins(10, 5) == [5, 6, 7, 8, 9]  # first, positionally
     assert select_bins(10, last=4) == [0, 1, 2, 3, 4]
     assert select_bins(10, 2, 6) == [2, 3, 4, 5, 6]
     assert select_bins(10, 2, 8, num_frames=4) == [2, 4, 6, 8]
+    assert select_bins(10, num_frames=5) == [0, 2, 4, 7, 9]
+    assert select_bins(10, 0, 9, 2) == [0, 9]
     assert select_bins(10, num_frames=np.int64(3))[0::2] == [0, 9]  # numpy integers are accepted
 
 
@@ -109,20 +101,32 @@ def test_frames_equal_to_reconstruction_give_back_the_source(aspect: str) -> Non
     assert np.abs(out - source[None]).max() < 1e-6
 
 
+@pytest.mark.parametrize("grid", ["synthetic", "rg1"])
 @pytest.mark.parametrize("aspect", ["pad", "crop", "stretch"])
-def test_constant_change_is_halved_into_display_units_on_the_source_grid(aspect: str) -> None:
-    source = np.random.default_rng(2).uniform(0.3, 0.7, (ROWS, COLS)).astype(np.float32)
-    reference, preprocessing = model_view(source, aspect)
-    reconstruction = torch.randn(SIZE, SIZE)
+def test_constant_change_is_halved_into_display_units_on_the_source_grid(aspect: str, grid: str, request) -> None:
+    """``synthetic``: an odd 203 x 157 grid (identity affine); ``rg1``: the grid (and affine) of the real
+    1955 x 1841 CR as LoadCXR reads it."""
+    if grid == "rg1":
+        loaded = LoadCXR()(request.getfixturevalue("rg1_uncr"))
+        preprocessing = cxr_preprocessing("image", 32, aspect, load=False)
+        reference, size = preprocessing({"image": loaded})["image"], 32
+        shape = tuple(loaded.shape[1:])
+    else:
+        shape, size = (ROWS, COLS), SIZE
+        reference, preprocessing = model_view(np.zeros(shape, np.float32), aspect)
+    source = np.random.default_rng(2).uniform(0.3, 0.7, shape).astype(np.float32)
+    reconstruction = torch.randn(size, size)
     d = 0.2  # model units ([-1, 1]) -> +0.1 in display units
     frames = torch.stack([reconstruction + d, reconstruction - d])
     change = full_resolution_frames(source, frames, reconstruction, reference, preprocessing) - source[None]
+    assert change.shape == (2, *shape)
+    rows, cols = shape
     if aspect == "crop":
         # the model saw only the centred square; outside it nothing may change
-        top = (ROWS - COLS) // 2
-        inside = slice(top, top + COLS)
+        top = (rows - cols) // 2
+        inside = slice(top, top + cols)
         assert np.allclose(change[0, inside], d / 2, atol=1e-5) and np.allclose(change[1, inside], -d / 2, atol=1e-5)
-        assert np.abs(change[:, :top]).max() == 0.0 and np.abs(change[:, top + COLS :]).max() == 0.0
+        assert np.abs(change[:, :top]).max() == 0.0 and np.abs(change[:, top + cols :]).max() == 0.0
     else:  # pad: the padding is cut off again; stretch: the whole image was seen
         assert np.allclose(change[0], d / 2, atol=1e-5) and np.allclose(change[1], -d / 2, atol=1e-5)
 
@@ -164,38 +168,3 @@ def test_mismatched_maps_are_rejected() -> None:
     with pytest.raises(ValueError, match="the source is"):
         full_resolution_frames(np.zeros((COLS, ROWS), np.float32), torch.zeros(1, SIZE, SIZE), torch.zeros(SIZE, SIZE),
                                reference, preprocessing)
-
-
-# ----------------------------------------------------------------------------------- through the workflow
-
-
-def test_known_change_is_written_at_full_resolution_on_a_real_cr(
-    tmp_path: Path, rg1_uncr: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """RG1 (1955 x 1841, 15-bit MONOCHROME1): with a generator that changes the image by c * bin (model units),
-    frame k written to DICOM is the source + c * (bin_k - source_bin) / 2, to within the 8-bit quantisation,
-    on the full matrix: the source's detail is kept, nothing is transposed or blurred."""
-    c = 0.06
-
-    def known_series(generator, images, num_bins, bins=None, norm="series"):
-        offsets = c * torch.arange(num_bins, dtype=torch.float32).reshape(1, num_bins, 1, 1, 1)
-        return images[:, None] + offsets  # (B, N, C, S, S)
-
-    monkeypatch.setattr(exaggeration_method_module, "generate_series", known_series)
-    generator = ExaggerationGenerator(in_channels=1, num_bins=10, stem_channels=8, encoder_channels=[8, 8], image_size=64)
-    runner = ExaggerationInference(generator, load_bundle_classifier(), num_bins=10, num_frames=3, quicklook=False,
-                                   device="cpu")
-    summary = runner.run(rg1_uncr, tmp_path / "out")
-    assert summary.exit_code == 0 and summary.num_files == 3
-
-    source = LoadCXR()(rg1_uncr)[0].numpy()
-    assert source.shape == (1955, 1841)
-    source_bin = int(pd.read_csv(tmp_path / "out" / "sources.csv")["source_bin"][0])
-    files = sorted((tmp_path / "out" / "dicom").rglob("step_*.dcm"))
-    assert [f.name for f in files] == ["step_000.dcm", "step_001.dcm", "step_002.dcm"]
-    for path, target_bin in zip(files, [0, 4, 9]):
-        written = pydicom.dcmread(path).pixel_array.astype(np.float32) / 255.0
-        expected = np.clip(source + c * (target_bin - source_bin) / 2.0, 0.0, 1.0)
-        assert written.shape == source.shape
-        assert np.abs(written - expected).max() <= 0.5 / 255 + 1e-4, path.name
-

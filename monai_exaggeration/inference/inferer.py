@@ -1,0 +1,400 @@
+"""Making series: the black box, the method (explainer or baseline) and the frames exactly as written.
+
+:class:`SeriesInferer` is the inference's inferer. Given loaded sources (``(path, source, model
+input)``, see :class:`SourceReader`) it
+
+1. scores them with the black-box classifier f (source score and bin);
+2. generates the series of all N bins in one batch with the method (``norm`` as in training
+   validation) and keeps the selected target bins; the frame of the source's own bin is the
+   reconstruction;
+3. builds the frames at ``resolution="source"`` (source + the change carried back to the source grid,
+   see :mod:`.frames`) or ``"model"`` (the generator's frames), quantised to ``bits``;
+4. scores the frames exactly as written (f of the quantised frames, preprocessed like any input).
+
+Nothing is written here: the writers (:mod:`.writers`) turn a :class:`~.results.SeriesResult` into files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from torch import nn
+
+from monai_exaggeration.binning import centre_values, check_num_bins, posterior_to_bin
+from monai_exaggeration.engines.posteriors import classifier_fingerprint
+from monai_exaggeration.engines.series import NORM_MODES
+from monai_exaggeration.inference.frames import RESOLUTIONS, full_resolution_frames, select_bins
+from monai_exaggeration.inference.results import SeriesResult, StageTimer
+from monai_exaggeration.methods import ProgressiveExaggeration, build_baseline, check_method
+from monai_exaggeration.networks.explainer_file import COMPOSITIONS, load_explainer
+from monai_exaggeration.inference.dataset import SourcePreprocessing
+from monai_exaggeration.transforms import to_unit_range
+from monai_exaggeration.utils import select_device
+
+__all__ = ["SeriesInferer", "SourceReader", "file_sha256"]
+
+logger = logging.getLogger("monai_exaggeration.inference")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's content."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _state_sha256(module: nn.Module) -> str:
+    """Hex SHA-256 of a module's state (parameters and buffers, in state-dict order)."""
+    return hashlib.sha256(b"".join(t.detach().cpu().numpy().tobytes() for t in module.state_dict().values())).hexdigest()
+
+
+class SeriesInferer:
+    """Make the series of loaded sources with a trained explainer or a baseline (module docstring).
+
+    The explainer comes from ``explainer_weights``, a file that records its architecture, number of
+    bins, model size and composition (:func:`~monai_exaggeration.networks.load_explainer`), so
+    ``generator``, ``num_bins`` and ``image_size`` are normally left None. A ``generator`` given
+    with ``explainer_weights`` receives the file's weights (for files written before 0.6, which
+    record no architecture); a ``generator`` without ``explainer_weights`` is used as it is (in
+    memory, ``image_size`` from its config or the argument). ``classifier`` is the black box (a module
+    or a zero-argument callable returning one, so that loading errors surface in :meth:`prepare`).
+    ``first_bin``/``last_bin``/``num_frames`` choose the target bins (:func:`~.frames.select_bins`).
+    ``model_version`` enters every output UID; by default it is derived from the weights and every
+    setting that changes the pixels, so a re-run with the same models and settings yields identical
+    UIDs and any change yields new ones. ``input_limits`` overrides :meth:`InputLimits.for_sources`
+    (``min_size``, ``max_aspect``, ``max_megapixels``, ``max_file_mb``); ``preprocessing`` (a
+    :class:`~.dataset.SourcePreprocessing` or a factory of one) replaces ``aspect`` and ``input_limits``
+    (the model size is bound to it when the models are loaded). ``batch_size`` sources go
+    through the models together (None: automatic, :meth:`sources_per_batch`); ``num_workers`` reader
+    processes decode ahead (None: automatic, :func:`~monai_exaggeration.data.streaming.default_workers`).
+
+    ``method`` chooses how the series is made (:mod:`monai_exaggeration.methods`, docs/methods.md): the
+    explainer (``progressive_exaggeration``, default) or a baseline, ``latent_shift`` (needs
+    ``autoencoder_weights``) or ``gradient_ascent``, with ``method_options`` for the baseline's search.
+    A baseline needs no explainer: ``num_bins`` defaults to 10 and the model size comes from the
+    autoencoder or the classifier.
+    """
+
+    def __init__(
+        self,
+        generator: nn.Module | None,
+        classifier: nn.Module | Callable[[], nn.Module],
+        num_bins: int | None = None,
+        explainer_weights: str | os.PathLike | None = None,
+        image_size: int | None = None,
+        aspect: str = "pad",
+        norm: str = "series",
+        first_bin: int = 0,
+        last_bin: int | None = None,
+        num_frames: int | None = None,
+        resolution: str = "source",
+        bits: int = 8,
+        model_version: str | None = None,
+        device: str | torch.device | None = None,
+        composition: str | None = None,
+        input_limits: dict | None = None,
+        preprocessing: SourcePreprocessing | Callable[[], SourcePreprocessing] | None = None,
+        batch_size: int | None = None,
+        num_workers: int | None = None,
+        method: str = "progressive_exaggeration",
+        method_options: dict | None = None,
+        autoencoder_weights: str | os.PathLike | None = None,
+    ) -> None:
+        self.method_name = method
+        self.method_options = check_method(method, method_options)
+        self.autoencoder_weights = None if autoencoder_weights is None else Path(autoencoder_weights)
+        self.series_method: Any = None
+        if method != "progressive_exaggeration":
+            generator, explainer_weights = None, None  # a baseline makes its own series
+            num_bins = 10 if num_bins is None else num_bins
+        elif generator is None and explainer_weights is None:
+            raise ValueError("the inference needs explainer_weights (an explainer file) or an in-memory generator")
+        self._bin_selection = (first_bin, last_bin, num_frames)
+        self.num_bins: int | None = None
+        self.bins: list[int] | None = None
+        if num_bins is not None:  # checked now, so that bad settings fail before anything is loaded
+            self.num_bins = check_num_bins(num_bins)
+            self.bins = select_bins(num_bins, *self._bin_selection)
+        if preprocessing is None:
+            preprocessing = SourcePreprocessing(aspect, input_limits)
+        self.reading = preprocessing if isinstance(preprocessing, SourcePreprocessing) else preprocessing()
+        if norm not in NORM_MODES:
+            raise ValueError(f"norm must be one of {NORM_MODES}, got {norm!r}")
+        if resolution not in RESOLUTIONS:
+            raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")
+        if bits not in (8, 16):
+            raise ValueError(f"bits must be 8 or 16, got {bits!r}")
+        if composition is not None and composition not in COMPOSITIONS:
+            raise ValueError(f"composition must be one of {COMPOSITIONS}, got {composition!r}")
+        self.generator = generator
+        self._classifier = classifier
+        self.explainer_weights = None if explainer_weights is None else Path(explainer_weights)
+        self.explainer_record: dict[str, Any] = {}
+        self.image_size = None if image_size is None else int(image_size)
+        self.composition = composition
+        self.aspect = self.reading.aspect
+        self.norm = norm
+        self.resolution = resolution
+        self.bits = bits
+        self.model_version = model_version
+        self.device = select_device(device)
+        if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) < 1):
+            raise ValueError(f"batch_size must be a positive number of sources (or null: automatic), got {batch_size!r}")
+        self.batch_size = None if batch_size is None else int(batch_size)
+        self.num_workers = num_workers
+        self.classifier: nn.Module | None = None
+        self.timer = StageTimer(self.device)
+
+    def prepare(self) -> SeriesInferer:
+        """Load the explainer (architecture from its file), the classifier (idempotent).
+
+        Raises ``FileNotFoundError``/``ValueError`` with a message that says what to do.
+        """
+        if self.classifier is not None:
+            return self
+        if self.method_name != "progressive_exaggeration":
+            return self._prepare_baseline()
+        if self.explainer_weights is not None:
+            loaded = load_explainer(self.explainer_weights, network=self.generator)
+            self.generator, self.explainer_record = loaded.generator, loaded.record
+            self._adopt(loaded.num_bins, loaded.record.get("image_size"), loaded.composition)
+        else:
+            config = self.generator.config() if hasattr(self.generator, "config") else {}
+            self._adopt(config.get("num_bins", self.num_bins), config.get("image_size"), "generated")
+        # channels-last: 1.3x faster convolutions on a CPU (measured on 2 cores), the same frames to within
+        # one grey level on 0.01 % of the pixels
+        self.generator = self.generator.to(self.device, memory_format=torch.channels_last).eval()
+        self.classifier = self._build_classifier()
+        trained_for = self.explainer_record.get("classifier")
+        if trained_for and trained_for != (this_one := classifier_fingerprint(self.classifier)):
+            logger.warning(
+                "the explainer %s was trained against another classifier (fingerprint %s, this one %s): "
+                "its series may not move this classifier as intended",
+                self.explainer_weights, trained_for, this_one,
+            )
+        weights = file_sha256(self.explainer_weights)[:12] if self.explainer_weights else ""
+        self.series_method = ProgressiveExaggeration(self.generator, self.composition, self.norm, weights)
+        if self.model_version is None:
+            self.model_version = self._default_model_version()
+        return self
+
+    def _build_classifier(self) -> nn.Module:
+        """The black box (built now if it was given as a factory) on the device, in eval mode."""
+        classifier = self._classifier if isinstance(self._classifier, nn.Module) else self._classifier()
+        return classifier.to(self.device, memory_format=torch.channels_last).eval()  # same scores to 1e-6, faster
+
+    def _prepare_baseline(self) -> SeriesInferer:
+        classifier = self._build_classifier()
+        for parameter in classifier.parameters():  # gradients flow through the black box, never into it
+            parameter.requires_grad_(False)
+        weights = ""
+        if self.method_name == "latent_shift" and self.autoencoder_weights and self.autoencoder_weights.is_file():
+            weights = file_sha256(self.autoencoder_weights)[:12]
+        method = build_baseline(self.method_name, classifier, self.method_options, self.autoencoder_weights, self.device, weights)
+        size = getattr(getattr(method, "autoencoder", None), "image_size", None) or getattr(classifier, "input_size", None)
+        self._adopt(self.num_bins, size, "transfer")
+        self.series_method, self.classifier = method, classifier
+        if self.model_version is None:
+            self.model_version = self._default_model_version()
+        return self
+
+    def _adopt(self, num_bins: int | None, image_size: int | None, composition: str) -> None:
+        """Take the number of bins, the model size and the composition of the explainer itself;
+        explicit settings that contradict it are an error."""
+        for name, trained, asked in (("num_bins", num_bins, self.num_bins), ("image_size", image_size, self.image_size)):
+            if trained is not None and asked is not None and int(trained) != int(asked):
+                raise ValueError(
+                    f"the explainer was trained with {name} = {trained} but the settings ask for {asked}: "
+                    f"leave {name} unset (null), it is read from the explainer file"
+                )
+        if num_bins is None and self.num_bins is None:
+            raise ValueError("num_bins is unknown: the generator does not record it, so set num_bins")
+        self.num_bins = check_num_bins(int(num_bins if num_bins is not None else self.num_bins))
+        self.bins = select_bins(self.num_bins, *self._bin_selection)
+        size = image_size if image_size is not None else self.image_size
+        if size is None:
+            raise ValueError("image_size is unknown: the generator does not record it, so set image_size")
+        self.image_size = int(size)
+        self.composition = self.composition or composition
+        self.reading.bind(self.image_size)
+
+    def _default_model_version(self) -> str:
+        if self.method_name != "progressive_exaggeration":
+            settings = {"num_bins": self.num_bins, "bins": self.bins, "image_size": self.image_size, "aspect": self.aspect,
+                        "resolution": self.resolution, "bits": self.bits, "classifier": _state_sha256(self.classifier)[:12],
+                        **self.series_method.settings()}
+            digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+            return f"{self.method_name} {self.series_method.weights_id()} cfg {digest}"
+        if self.explainer_weights:
+            weights = file_sha256(self.explainer_weights)[:12]
+        else:  # an in-memory generator: its weights themselves must enter the UIDs
+            weights = "unsaved-" + _state_sha256(self.generator)[:12]
+        settings = {
+            "num_bins": self.num_bins,
+            "bins": self.bins,
+            "image_size": self.image_size,
+            "aspect": self.aspect,
+            "norm": self.norm,
+            "composition": self.composition,
+            "resolution": self.resolution,
+            "bits": self.bits,
+            "classifier": _state_sha256(self.classifier)[:12],
+        }
+        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+        return f"explainer {weights} cfg {digest}"
+
+
+    def _score(self, images: torch.Tensor) -> list[float]:
+        with torch.no_grad():
+            return [float(s) for s in self.classifier(images.to(self.device)).reshape(-1).cpu()]
+
+    def sources_per_batch(self) -> int:
+        """Sources per generator/classifier forward: ``batch_size``, or automatic.
+
+        Automatic: on a GPU as many as a quarter of its free memory holds (about 64 MB per frame of
+        the generator's activations, at most 32 sources); on a CPU 1: a source's 10 frames already
+        fill the cores, and more are slower there (measured on 2 cores: 0.28 s per source alone,
+        0.44 s in batches of 4).
+        """
+        if self.batch_size is not None:
+            return self.batch_size
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            per_source = len(self.bins or range(self.num_bins or 10)) * 64 * 2**20
+            return int(max(1, min(32, free // 4 // per_source)))
+        return 1
+
+    def load(self, path: str | os.PathLike) -> tuple[MetaTensor, MetaTensor]:
+        """``(source (1, rows, columns) in [0, 1], model input (1, S, S) in [-1, 1])`` of one file."""
+        self.prepare()
+        return self.reading(path)
+
+    def explain(self, path: str | os.PathLike) -> SeriesResult:
+        """The series of one source file (nothing written). Input problems raise ``CXRInputError``."""
+        with self.timer("read"):
+            source, model_input = self.load(path)
+        result = self.explain_loaded([(str(path), source, model_input)])[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    @torch.no_grad()
+    def explain_loaded(self, items: Sequence[tuple[str, MetaTensor, MetaTensor]]) -> list[SeriesResult | Exception]:
+        """The series of several loaded sources ``(path, source, model input)``, with one classifier
+        forward for their scores, one generator forward for all their series (each normalised with its
+        own frames' statistics, as one source alone), and one classifier forward for all their frames.
+
+        Returns one :class:`SeriesResult` per source, or the exception that source raised.
+        """
+        self.prepare()
+        timer = self.timer
+        inputs = torch.stack([model_input.as_tensor() for _, _, model_input in items])  # (B, 1, S, S)
+        with timer("classifier"):
+            source_scores = self._score(inputs)
+        source_bins = [int(posterior_to_bin(torch.tensor(score), self.num_bins)) for score in source_scores]
+        with timer("generator"):
+            made = self.series_method(inputs, source_scores, source_bins, list(self.bins), self.num_bins)
+        with timer("frames"):
+            model_frames = made.frames  # (B, K, S, S)
+            written: list[tuple[np.ndarray, torch.Tensor] | Exception] = []
+            for index, (_, source, model_input) in enumerate(items):
+                try:
+                    written.append(
+                        self._written_frames(source, model_input, made.generated[index], made.reconstruction[index], model_frames[index])
+                    )
+                except Exception as error:  # noqa: BLE001 - one source's failure must not stop the others
+                    written.append(error)
+        ok = [index for index, item in enumerate(written) if not isinstance(item, Exception)]
+        with timer("classifier"):
+            frame_scores = self._score(torch.cat([written[i][1] for i in ok])[:, None]) if ok else []
+            generator_scores = self._score(model_frames[ok].reshape(-1, 1, *inputs.shape[2:])) if ok else []
+        centres = centre_values(self.num_bins, self.bins).tolist()
+        results: list[SeriesResult | Exception] = list(written)
+        count = len(self.bins)
+        for position, index in enumerate(ok):
+            path, source, _ = items[index]
+            results[index] = SeriesResult(
+                source=str(path),
+                meta=dict(source.meta),
+                bins=list(self.bins),
+                centres=centres,
+                frames=written[index][0],
+                scores=frame_scores[position * count : (position + 1) * count],
+                generator_frame_scores=generator_scores[position * count : (position + 1) * count],
+                source_score=source_scores[index],
+                source_bin=source_bins[index],
+                method=self.method_name,
+                details=made.details[index] if made.details else {},
+            )
+        return results
+
+    def _written_frames(
+        self, source: MetaTensor, model_input: MetaTensor, generated: torch.Tensor, reconstruction: torch.Tensor,
+        model_frames: torch.Tensor,
+    ) -> tuple[np.ndarray, torch.Tensor]:
+        """The frames as written (grey levels, K x rows x columns) and as the classifier sees them (K, S, S).
+
+        ``generated`` (K, S, S) and ``reconstruction`` (S, S) are the method's images (their difference is
+        the change carried to the source grid); ``model_frames`` (K, S, S) the frames at model resolution.
+
+        One frame at a time, so that memory stays bounded at source resolution: only the quantised
+        frames (1 or 2 bytes per pixel) are kept, plus one float frame being built. Each frame is
+        rounded to the stored grey levels before it is scored, so the scores are those of the files.
+        """
+        levels = 2**self.bits - 1
+        dtype = np.uint8 if self.bits == 8 else np.uint16
+        shape = tuple(source.shape[1:]) if self.resolution == "source" else tuple(model_frames.shape[1:])
+        stored = np.empty((len(self.bins), *shape), dtype=dtype)
+        as_input = torch.empty((len(self.bins), self.image_size, self.image_size), dtype=torch.float32)
+        for index in range(len(self.bins)):
+            if self.resolution == "source":
+                frame = full_resolution_frames(
+                    source[0].numpy(), generated[index][None], reconstruction, model_input, self.preprocessing
+                )[0]
+            else:
+                frame = to_unit_range(model_frames[index]).clamp(0, 1).numpy().astype(np.float32)
+            frame *= levels
+            np.rint(frame, out=frame)
+            stored[index] = frame
+            frame /= levels  # exactly k / levels: the written value
+            if self.resolution == "source":
+                as_input[index] = self.as_model_input(frame[None], source)[0]  # what f sees of the written frame
+            else:
+                as_input[index] = torch.from_numpy(frame) * 2.0 - 1.0
+            del frame
+        return stored, as_input
+
+    def as_model_input(self, frames: np.ndarray, source: MetaTensor) -> torch.Tensor:
+        """Source-grid frames (K, rows, columns) in [0, 1] preprocessed as model inputs: (K, S, S) in [-1, 1].
+
+        ``source`` is the loaded source (its metadata carries the grid).
+        """
+        stack = MetaTensor(torch.from_numpy(frames), meta=dict(source.meta))  # meta carries the affine
+        return self.reading.model_input(stack).as_tensor()
+
+
+    @property
+    def loader(self):
+        """The reader of source files (input limits checked from the header)."""
+        return self.reading.loader
+
+    @property
+    def preprocessing(self):
+        """The invertible transform from a loaded source to the model input (None until the models are loaded)."""
+        return self.reading.transform
+
+
+def SourceReader(inferer: SeriesInferer) -> SourcePreprocessing:  # noqa: N802 - the name readers were built with before 0.9
+    """The picklable ``path -> (source, model input)`` reader of an inferer (runs in reader processes)."""
+    return inferer.reading

@@ -1,0 +1,232 @@
+"""The inference's outputs: the writers a series goes through, its log rows, and the optional PACS export.
+
+A series (:class:`~.results.SeriesResult`) goes through the run's ``writers`` in order, each adding
+its files to an :class:`OutputRecord`; ``inference.json`` lists them (``writers``), so they can be
+swapped or extended from the config:
+
+* :class:`DicomSeriesWriter` (required, first): the DICOM Secondary Capture series under
+  ``dicom/<SeriesInstanceUID>/``;
+* :class:`QuickLookWriter`: ``quicklook/<name>/{series.gif, montage.png, scores.png}`` (``enabled``).
+
+:func:`log_rows` turns the record into its ``frames.csv`` rows and its ``sources.csv`` row (written by
+the ordered background writer of :mod:`.logs`); :class:`PacsExport` sends a finished run's series to
+a PACS. If a writer fails, every file written for that series is removed again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from monai_exaggeration.dicom import SeriesInfo, write_series
+from monai_exaggeration.dicom.secondary_capture import WrittenSeries
+from monai_exaggeration.inference import quicklook
+from monai_exaggeration.inference.results import InferenceSummary, SeriesResult
+from monai_exaggeration.metrics import series_validity
+from monai_exaggeration.utils import as_bool
+
+__all__ = ["DicomSeriesWriter", "OutputRecord", "PacsExport", "QuickLookWriter", "SeriesOutput", "log_rows", "write_outputs"]
+
+logger = logging.getLogger("monai_exaggeration.inference")
+
+
+@dataclass
+class OutputRecord:
+    """What the writers made of one series: the DICOM series, the quick-looks, every file (for clean-up)."""
+
+    result: SeriesResult
+    output_dir: Path
+    info: SeriesInfo
+    series: WrittenSeries | None = None
+    looks: dict[str, str] = field(default_factory=lambda: {"gif": "", "montage": "", "score_plot": ""})
+    files: list[Path] = field(default_factory=list)
+
+
+class SeriesOutput(Protocol):
+    """A writer: adds its files for one series to ``record`` (``inferer`` is the :class:`~.inferer.SeriesInferer`)."""
+
+    def __call__(self, record: OutputRecord, inferer: Any) -> None: ...
+
+
+class DicomSeriesWriter:
+    """The series as DICOM Secondary Capture files (:func:`~monai_exaggeration.dicom.write_series`).
+
+    ``finding`` and ``series_number`` go into the series' descriptions; ``burned_in_annotation_free``
+    declares non-DICOM inputs free of text, so their frames say BurnedInAnnotation NO (else it is left out).
+    """
+
+    def __init__(self, series_number: int = 900, burned_in_annotation_free: bool = False) -> None:
+        self.series_number = int(series_number)
+        self.burned_in_annotation_free = as_bool(burned_in_annotation_free, "burned_in_annotation_free")
+
+    def __call__(self, record: OutputRecord, inferer: Any) -> None:
+        result = record.result
+        meta = result.meta if inferer.resolution == "source" else _model_grid_meta(result.meta, inferer.aspect)
+        if self.burned_in_annotation_free and not result.dicom.get("SOPInstanceUID"):
+            meta = dict(meta, burned_in_annotation="NO")
+        with inferer.timer("write"):
+            record.series = write_series(
+                list(result.frames), result.source, meta, record.info, record.output_dir / "dicom", bits=inferer.bits
+            )
+        record.files.extend(record.series)
+
+
+class QuickLookWriter:
+    """``series.gif`` (``gif_frame_ms`` per frame), ``montage.png`` and ``scores.png`` of the series; nothing when not ``enabled``."""
+
+    def __init__(self, enabled: bool = True, gif_frame_ms: int = 400) -> None:
+        self.enabled = as_bool(enabled, "quicklook")
+        self.gif_frame_ms = int(gif_frame_ms)
+
+    def __call__(self, record: OutputRecord, inferer: Any) -> None:
+        if not self.enabled:
+            return
+        if record.series is None:
+            raise ValueError("the quick-look writer needs the DICOM series: list DicomSeriesWriter before it in writers")
+        result, finding = record.result, record.info.finding
+        folder = record.output_dir / "quicklook" / _quicklook_name(result.source, record.series.series_instance_uid)
+        title = f"{finding}: {Path(result.source).name} (source score {result.source_score:.2f})"
+        with inferer.timer("quicklook"):
+            self._keep(record, "gif", quicklook.write_gif(
+                folder / "series.gif", result.frames, result.scores, result.centres, frame_ms=self.gif_frame_ms
+            ))
+            self._keep(record, "montage", quicklook.write_montage(
+                folder / "montage.png", result.frames, result.scores, result.centres, title
+            ))
+            self._keep(record, "score_plot", quicklook.write_score_plot(
+                folder / "scores.png", result.scores, result.centres, result.source_score, finding,
+                result.generator_frame_scores,
+            ))
+
+    @staticmethod
+    def _keep(record: OutputRecord, key: str, path: Path) -> None:
+        """Record a file as soon as it exists, so that a later failure removes it too."""
+        record.looks[key] = str(path)
+        record.files.append(Path(path))
+
+
+def write_outputs(
+    result: SeriesResult, output_dir: Path, writers: Sequence[SeriesOutput], inferer: Any, finding: str
+) -> OutputRecord:
+    """Run ``writers`` on one series; on any error remove every file they wrote before re-raising."""
+    info = SeriesInfo.from_scores(
+        finding, inferer.model_version, result.scores, target_bins=result.bins, num_bins=inferer.num_bins,
+        series_number=next((w.series_number for w in writers if isinstance(w, DicomSeriesWriter)), 900),
+        method=inferer.series_method.label,
+    )
+    record = OutputRecord(result=result, output_dir=Path(output_dir), info=info)
+    try:
+        for writer in writers:
+            writer(record, inferer)
+        if record.series is None:
+            raise ValueError("no writer wrote the DICOM series: writers must include a DicomSeriesWriter")
+    except BaseException:
+        _remove(record.files)
+        raise
+    return record
+
+
+def log_rows(record: OutputRecord, model_version: str, num_bins: int) -> tuple[list[dict], dict]:
+    """The series' ``frames.csv`` rows (one per written frame) and its ``sources.csv`` row."""
+    result, series = record.result, record.series
+    common = {
+        "source": result.source,
+        "source_sop_instance_uid": result.dicom.get("SOPInstanceUID", ""),
+        "study_instance_uid": series.study_instance_uid,
+    }
+    shared = {"series_instance_uid": series.series_instance_uid, "model_version": model_version, "method": result.method}
+    frame_rows = [
+        dict(
+            common, step=frame.step, target_bin=frame.target_bin, target_centre=round(frame.target_centre, 6),
+            score=frame.score, generator_frame_score=generator_score, sop_instance_uid=sop_instance_uid,
+            output_file=str(path), method_detail=detail, **shared,
+        )
+        for frame, generator_score, path, sop_instance_uid, detail in zip(
+            record.info.frames, result.generator_frame_scores, series, series.sop_instance_uids,
+            _frame_details(result.details, len(series)),
+        )
+    ]
+    validity = series_validity(np.asarray([result.scores]), np.asarray([result.source_score]), bins=result.bins, num_bins=num_bins)
+    source_row = dict(
+        common, finding=record.info.finding, source_score=result.source_score, source_bin=result.source_bin,
+        num_frames=len(series), first_score=result.scores[0], last_score=result.scores[-1],
+        flip_reached=bool(validity.flip_rate), monotone=bool(validity.monotone_rate), spearman=validity.median_spearman,
+        series_dir=str(series[0].parent), **record.looks, **shared,
+    )
+    return frame_rows, source_row
+
+
+class PacsExport:
+    """Send a finished run's series to ``destination`` (a :class:`~monai_exaggeration.export.Destination`),
+    with a send ledger and a report in the output folder (docs/pacs_export.md)."""
+
+    def __init__(self, destination: Any) -> None:
+        self.destination = destination
+
+    def __call__(self, summary: InferenceSummary) -> int:
+        """0 when every file arrived, 1 when some did not, 2 when the send ledger is damaged."""
+        from monai_exaggeration.export import SendLedger, collect_dicom_files, export_files
+
+        files = collect_dicom_files([summary.output_dir / "frames.csv"])
+        try:
+            ledger = SendLedger(summary.output_dir / "export_ledger.sqlite")
+        except ValueError as error:  # a damaged send ledger: say so, never resend blindly
+            logger.error("%s", error)
+            return 2
+        with ledger:
+            report = export_files(files, self.destination, ledger)
+        report.write_csv(summary.output_dir / "export_report.csv")
+        print(report.describe() + f"; report: {summary.output_dir / 'export_report.csv'}", flush=True)
+        return report.exit_code
+
+
+def _frame_details(details: dict, count: int) -> list[str]:
+    """One text per frame for the ``method_detail`` column: Latent Shift's shift λ (``limit`` where the
+    target was not reached), gradient ascent's Adam steps; empty for the explainer."""
+    if "shifts" in details:
+        return [f"shift={v:g}" + ("" if ok else " (limit)") for v, ok in zip(details["shifts"], details["reached"])]
+    if "steps" in details:
+        return [f"steps={v}" for v in details["steps"]]
+    return [""] * count
+
+
+def _model_grid_meta(meta: dict, aspect: str) -> dict:
+    """``meta`` for a model-size frame: ``source_shape`` becomes the source region the frame shows.
+
+    write_series scales PixelSpacing by ``source_shape / frame shape``; a model-size frame shows the
+    padded square (``pad``: side = longer side) or the centred square (``crop``: shorter side), so
+    its pixels stay square; ``stretch`` shows the whole image (rows and columns scaled apart).
+    """
+    shape = meta.get("source_shape")
+    if aspect == "stretch" or not shape or len(shape) != 2:
+        return meta
+    side = max(int(v) for v in shape) if aspect == "pad" else min(int(v) for v in shape)
+    return dict(meta, source_shape=[side, side])
+
+
+def _quicklook_name(source: str, series_uid: str) -> str:
+    """``<file stem>-<8 hex of the series UID>``, filesystem-safe (stems repeat across folders)."""
+    stem = Path(source).name
+    for suffix in (".nii.gz", ".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".nii"):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._") or "image"
+    return f"{stem[:60]}-{hashlib.sha256(series_uid.encode()).hexdigest()[:8]}"
+
+
+def _remove(paths: Sequence[Path]) -> None:
+    for path in paths:
+        Path(path).unlink(missing_ok=True)
+    for folder in {Path(p).parent for p in paths}:
+        try:
+            folder.rmdir()  # only if empty
+        except OSError:
+            pass
