@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from monai_exaggeration.data import SPLIT_FRACTIONS, SPLIT_SEED, load_split, stratified_head
-from monai_exaggeration.data.streaming import ERROR_COLUMNS, LoadFailure, batches, compute_threads, failure_row, stream_inputs
+from monai_exaggeration.data.streaming import ERROR_COLUMNS, LoadFailure, compute_threads, failure_row
 from monai_exaggeration.errors import CXRInputError
 from monai_exaggeration.evaluation.comparison import compare_methods
 from monai_exaggeration.evaluation.measures import SourceMeasures, measure_source
@@ -37,8 +37,7 @@ from monai_exaggeration.evaluation.plots import compatibility_plot, ctr_plot, ex
 from monai_exaggeration.evaluation.report import write_report
 from monai_exaggeration.evaluation.summary import summarise
 from monai_exaggeration.handlers import Progress
-from monai_exaggeration.inference import ExaggerationInference
-from monai_exaggeration.inference import SourceReader, file_sha256
+from monai_exaggeration.inference import ExaggerationInference, SourceDataset, file_sha256, source_loader
 from monai_exaggeration.methods import check_method
 from monai_exaggeration.networks.segmentation import HeartLungSegmenter
 from monai_exaggeration.utils import as_bool, atomic_write, json_text, write_csv_atomic
@@ -138,16 +137,21 @@ class ExplanationEvaluation:
         failures: list[dict] = []
         start = time.perf_counter()
         progress = Progress(len(records), "evaluating", unit="image", log=logger)
-        # Reader processes decode ahead; the explainer runs on a batch of sources at once (each series
-        # normalised with its own statistics, as alone); then each source is measured.
-        stream = stream_inputs(records, SourceReader(self.runner), num_workers=self.runner.num_workers)
+        # The inference's dataset and loader: reader processes decode ahead; the explainer runs on a batch
+        # of sources at once (each series normalised with its own statistics, as alone); then each source
+        # is measured.
+        loader = source_loader(
+            SourceDataset(records, self.runner.reading), self.runner.sources_per_batch(), self.runner.num_workers
+        )
+        index = -1
         with compute_threads(self.runner.num_workers, self.runner.device):
-            for group in batches(stream, self.runner.sources_per_batch()):
+            for group in loader:
                 batch_start = time.perf_counter()
-                loaded = [(str(record["image"]), *item) for _, record, item in group if not isinstance(item, LoadFailure)]
+                loaded = [(str(record["image"]), *item) for record, item in group if not isinstance(item, LoadFailure)]
                 results = iter(self.runner.explain_loaded(loaded) if loaded else [])
                 share = (time.perf_counter() - batch_start) / max(1, len(loaded))
-                for index, record, item in group:
+                for record, item in group:
+                    index += 1
                     outcome = item if isinstance(item, LoadFailure) else next(results)
                     try:
                         if isinstance(outcome, LoadFailure):

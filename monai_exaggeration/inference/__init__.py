@@ -8,7 +8,7 @@ MONAI's inference pattern (see :mod:`.workflow`): :mod:`.dataset` (preprocessing
 from monai_exaggeration.inference.dataset import SourceDataset, SourcePreprocessing, source_loader
 from monai_exaggeration.inference.evaluator import InferenceEvaluator
 from monai_exaggeration.inference.frames import RESOLUTIONS, full_resolution_frames, select_bins, to_source_grid
-from monai_exaggeration.inference.inferer import SeriesInferer, SourceReader, file_sha256
+from monai_exaggeration.inference.inferer import SeriesInferer, file_sha256
 from monai_exaggeration.inference.logs import ERROR_COLUMNS, FRAME_COLUMNS, SOURCE_COLUMNS
 from monai_exaggeration.inference.results import STAGES, InferenceSummary, SeriesResult
 from monai_exaggeration.inference.workflow import ExaggerationInference, run_and_exit
@@ -30,7 +30,6 @@ __all__ = [
     "SeriesResult",
     "SourceDataset",
     "SourcePreprocessing",
-    "SourceReader",
     "file_sha256",
     "full_resolution_frames",
     "run_and_exit",

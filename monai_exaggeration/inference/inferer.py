@@ -1,7 +1,7 @@
 """Making series: the black box, the method (explainer or baseline) and the frames exactly as written.
 
 :class:`SeriesInferer` is the inference's inferer. Given loaded sources (``(path, source, model
-input)``, see :class:`SourceReader`) it
+input)``, see :class:`~.dataset.SourcePreprocessing`) it
 
 1. scores them with the black-box classifier f (source score and bin);
 2. generates the series of all N bins in one batch with the method (``norm`` as in training
@@ -40,7 +40,7 @@ from monai_exaggeration.inference.dataset import SourcePreprocessing
 from monai_exaggeration.transforms import to_unit_range
 from monai_exaggeration.utils import select_device
 
-__all__ = ["SeriesInferer", "SourceReader", "file_sha256"]
+__all__ = ["SeriesInferer", "file_sha256"]
 
 logger = logging.getLogger("monai_exaggeration.inference")
 
@@ -394,7 +394,3 @@ class SeriesInferer:
         """The invertible transform from a loaded source to the model input (None until the models are loaded)."""
         return self.reading.transform
 
-
-def SourceReader(inferer: SeriesInferer) -> SourcePreprocessing:  # noqa: N802 - the name readers were built with before 0.9
-    """The picklable ``path -> (source, model input)`` reader of an inferer (runs in reader processes)."""
-    return inferer.reading
