@@ -20,7 +20,7 @@ from monai.data import DataLoader, Dataset
 
 from monai_exaggeration.errors import CXRInputError
 
-__all__ = ["ERROR_COLUMNS", "LoadFailure", "batches", "compute_threads", "default_workers", "failure_row", "stream_inputs"]
+__all__ = ["ERROR_COLUMNS", "LoadFailure", "batches", "compute_threads", "default_workers", "failure_row", "reader_options", "stream_inputs"]
 
 
 @dataclass
@@ -101,6 +101,16 @@ def _as_is(items: list) -> Any:
     return items[0]
 
 
+def reader_options(num_workers: int | None, prefetch: int = 2) -> dict[str, Any]:
+    """``DataLoader`` options for ``num_workers`` reader processes (None: :func:`default_workers`; 0 reads
+    in this process), each one thread, ``prefetch`` items ahead; inputs stay in order."""
+    workers = default_workers() if num_workers is None else max(0, int(num_workers))
+    options: dict[str, Any] = {"shuffle": False, "num_workers": workers}
+    if workers:
+        options.update(prefetch_factor=max(1, int(prefetch)), worker_init_fn=_one_thread, persistent_workers=False)
+    return options
+
+
 def stream_inputs(
     records: Sequence[dict], load: Callable[[str], Any], num_workers: int | None = None, prefetch: int = 2
 ) -> Iterator[tuple[int, dict, Any]]:
@@ -109,12 +119,9 @@ def stream_inputs(
     ``load`` runs in ``num_workers`` worker processes (default :func:`default_workers`; 0 reads in
     this process); it must be picklable (a module-level function or object).
     """
-    workers = default_workers() if num_workers is None else max(0, int(num_workers))
     dataset = Dataset(list(records), transform=_Guarded(load))
-    options: dict[str, Any] = {"batch_size": 1, "shuffle": False, "num_workers": workers, "collate_fn": _as_is}
-    if workers:
-        options.update(prefetch_factor=max(1, int(prefetch)), worker_init_fn=_one_thread, persistent_workers=False)
-    for index, item in enumerate(DataLoader(dataset, **options)):
+    loader = DataLoader(dataset, batch_size=1, collate_fn=_as_is, **reader_options(num_workers, prefetch))
+    for index, item in enumerate(loader):
         yield index, records[index], item
 
 

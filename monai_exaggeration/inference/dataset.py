@@ -16,11 +16,10 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
 from monai.data import DataLoader, Dataset, MetaTensor
 
 from monai_exaggeration.data import collect_inputs, default_input
-from monai_exaggeration.data.streaming import LoadFailure, default_workers
+from monai_exaggeration.data.streaming import LoadFailure, reader_options
 from monai_exaggeration.inference.sharding import shard
 from monai_exaggeration.transforms import ASPECT_POLICIES, InputLimits, LoadCXR, cxr_preprocessing
 
@@ -103,15 +102,7 @@ def _as_list(items: list) -> list:
     return items
 
 
-def _one_thread(_: int) -> None:
-    torch.set_num_threads(1)  # a reader is one process on one core: no OpenMP oversubscription
-
-
 def source_loader(dataset: SourceDataset, batch_size: int, num_workers: int | None = None, prefetch: int = 2) -> DataLoader:
     """Batches of ``batch_size`` dataset items, in order, read by ``num_workers`` reader processes
     (None: :func:`~monai_exaggeration.data.streaming.default_workers`; 0 reads in this process)."""
-    workers = default_workers() if num_workers is None else max(0, int(num_workers))
-    options: dict[str, Any] = {"batch_size": int(batch_size), "shuffle": False, "num_workers": workers, "collate_fn": _as_list}
-    if workers:
-        options.update(prefetch_factor=max(1, int(prefetch)), worker_init_fn=_one_thread, persistent_workers=False)
-    return DataLoader(dataset, **options)
+    return DataLoader(dataset, batch_size=int(batch_size), collate_fn=_as_list, **reader_options(num_workers, prefetch))

@@ -43,7 +43,8 @@ class OutputRecord:
 
     result: SeriesResult
     output_dir: Path
-    info: SeriesInfo
+    finding: str
+    info: SeriesInfo | None = None  # the series' description, set by the DICOM writer
     series: WrittenSeries | None = None
     looks: dict[str, str] = field(default_factory=lambda: {"gif": "", "montage": "", "score_plot": ""})
     files: list[Path] = field(default_factory=list)
@@ -71,6 +72,10 @@ class DicomSeriesWriter:
         meta = result.meta if inferer.resolution == "source" else _model_grid_meta(result.meta, inferer.aspect)
         if self.burned_in_annotation_free and not result.dicom.get("SOPInstanceUID"):
             meta = dict(meta, burned_in_annotation="NO")
+        record.info = SeriesInfo.from_scores(
+            record.finding, inferer.model_version, result.scores, target_bins=result.bins, num_bins=inferer.num_bins,
+            series_number=self.series_number, method=inferer.series_method.label,
+        )
         with inferer.timer("write"):
             record.series = write_series(
                 list(result.frames), result.source, meta, record.info, record.output_dir / "dicom", bits=inferer.bits
@@ -90,7 +95,7 @@ class QuickLookWriter:
             return
         if record.series is None:
             raise ValueError("the quick-look writer needs the DICOM series: list DicomSeriesWriter before it in writers")
-        result, finding = record.result, record.info.finding
+        result, finding = record.result, record.finding
         folder = record.output_dir / "quicklook" / _quicklook_name(result.source, record.series.series_instance_uid)
         title = f"{finding}: {Path(result.source).name} (source score {result.source_score:.2f})"
         with inferer.timer("quicklook"):
@@ -116,12 +121,7 @@ def write_outputs(
     result: SeriesResult, output_dir: Path, writers: Sequence[SeriesOutput], inferer: Any, finding: str
 ) -> OutputRecord:
     """Run ``writers`` on one series; on any error remove every file they wrote before re-raising."""
-    info = SeriesInfo.from_scores(
-        finding, inferer.model_version, result.scores, target_bins=result.bins, num_bins=inferer.num_bins,
-        series_number=next((w.series_number for w in writers if isinstance(w, DicomSeriesWriter)), 900),
-        method=inferer.series_method.label,
-    )
-    record = OutputRecord(result=result, output_dir=Path(output_dir), info=info)
+    record = OutputRecord(result=result, output_dir=Path(output_dir), finding=finding)
     try:
         for writer in writers:
             writer(record, inferer)
@@ -155,7 +155,7 @@ def log_rows(record: OutputRecord, model_version: str, num_bins: int) -> tuple[l
     ]
     validity = series_validity(np.asarray([result.scores]), np.asarray([result.source_score]), bins=result.bins, num_bins=num_bins)
     source_row = dict(
-        common, finding=record.info.finding, source_score=result.source_score, source_bin=result.source_bin,
+        common, finding=record.finding, source_score=result.source_score, source_bin=result.source_bin,
         num_frames=len(series), first_score=result.scores[0], last_score=result.scores[-1],
         flip_reached=bool(validity.flip_rate), monotone=bool(validity.monotone_rate), spearman=validity.median_spearman,
         series_dir=str(series[0].parent), **record.looks, **shared,
