@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Train one explainer ablation variant on a fixed wall-clock budget, outside the repository.
 # Usage: bash scripts/train_ablation_variant.sh VARIANT BUDGET_SECONDS RUN_DIR DATASET_DIR [extra bundle overrides...]
-#   VARIANT: a, b, c or d (bundles/cxr/configs/ablation_<v>_*.json); RUN_DIR gets models/ and eval/.
+#   VARIANT: a .. g (bundles/cxr/configs/ablation_<v>_*.json); RUN_DIR gets models/ and eval/. The
+#   deformation variants (a file name with "deformation") are merged over train_deformation.json.
 # Threads: OMP_NUM_THREADS (default 1, so that two variants can run side by side on 2 cores).
 # Re-running the same command resumes from RUN_DIR/models (the budget counts all sittings together).
 set -euo pipefail
@@ -14,7 +15,9 @@ if [ -z "$override" ]; then echo "no override bundles/cxr/configs/ablation_${var
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 mkdir -p "$run_dir"
 cd "$repo"
+base="'bundles/cxr/configs/train.json','bundles/cxr/configs/train_cpu.json'"
+case "$(basename "$override")" in *deformation*) base="$base,'bundles/cxr/configs/train_deformation.json'" ;; esac
 exec python -m monai.bundle run training \
-  --config_file "['bundles/cxr/configs/train.json','bundles/cxr/configs/train_cpu.json','${override#"$repo"/}']" \
+  --config_file "[$base,'${override#"$repo"/}']" \
   --bundle_root bundles/cxr --dataset_dir "$dataset" \
   --ckpt_dir "$run_dir/models" --output_dir "$run_dir/eval" --max_seconds "$budget" "$@"

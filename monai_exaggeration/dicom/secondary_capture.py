@@ -156,6 +156,7 @@ class FrameInfo:
     target_bin: int
     target_centre: float
     score: float | None = None
+    note: str = ""  # how the frame was made, for ImageComments (e.g. its calibrated strength)
 
 
 @dataclass
@@ -208,16 +209,19 @@ class SeriesInfo:
         *,
         target_bins: Sequence[int] | None = None,
         num_bins: int | None = None,
+        notes: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> SeriesInfo:
-        """Steps 0..K-1 with target bins (default ``0..K-1``), their centres (:func:`~monai_exaggeration.binning.centre_values`) and the scores."""
+        """Steps 0..K-1 with target bins (default ``0..K-1``), their centres (:func:`~monai_exaggeration.binning.centre_values`),
+        the scores and optional per-frame ``notes`` (ImageComments)."""
         bins = list(range(len(scores))) if target_bins is None else [int(b) for b in target_bins]
         if len(bins) != len(scores):
             raise ValueError(f"{len(scores)} scores but {len(bins)} target bins")
+        notes = [""] * len(scores) if notes is None else [str(note) for note in notes]
         n = int(num_bins) if num_bins is not None else len(scores)
         frames = [
-            FrameInfo(step, b, float(centre), None if s is None else float(s))
-            for step, (b, centre, s) in enumerate(zip(bins, centre_values(n, bins), scores))
+            FrameInfo(step, b, float(centre), None if s is None else float(s), note)
+            for step, (b, centre, s, note) in enumerate(zip(bins, centre_values(n, bins), scores, notes))
         ]
         return cls(finding, model_version, frames, num_bins=n, **kwargs)
 
@@ -624,8 +628,9 @@ def _build_instance(ctx: _Context, frame: np.ndarray, frame_info: FrameInfo, bit
     )[:1024]
     image.ImageComments = (
         f"Step {step} of {len(info.frames)}; target bin {frame_info.target_bin}{n_text}; target centre {centre}; "
-        f"achieved {info.finding} score {_format_score(frame_info.score)}; model {info.model_version}; "
-        f"synthetic counterfactual, {RESEARCH_NOTE}"
+        f"achieved {info.finding} score {_format_score(frame_info.score)}; "
+        + (f"{frame_info.note}; " if frame_info.note else "")
+        + f"model {info.model_version}; synthetic counterfactual, {RESEARCH_NOTE}"
     )
     return image
 

@@ -64,7 +64,9 @@ class SeriesEvaluator(Evaluator):
         image = (image.as_tensor() if hasattr(image, "as_tensor") else image).to(engine.state.device)
         source_score = self.classifier(image).reshape(-1)
         series = self.inferer(image, self.series_network)
-        series = compose_series(image, series, posterior_to_bin(source_score, self.num_bins), self.composition)
+        series = compose_series(
+            image, series, posterior_to_bin(source_score, self.num_bins), self.composition, generator=self.generator
+        )
         scores = self.classifier(series.flatten(0, 1)).reshape(series.shape[:2])
         return {"image": image, "series": series, "scores": scores, "source_score": source_score}
 

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "NORM_MODES", "compose_series", "generate_series", "grouped_batch_statistics", "series_batch_statistics",
-    "transfer_frame",
+    "NORM_MODES", "compose_series", "deformation_series", "deforms", "generate_series", "grouped_batch_statistics",
+    "series_batch_statistics", "transfer_frame",
 ]
 
 NORM_MODES = ("series", "running")
@@ -102,7 +102,7 @@ def generate_series(
         repeated = images.repeat_interleave(frames, dim=0)
         out = generator(repeated, targets.repeat(images.shape[0]))
         generator.train(was_training)
-        return out.reshape(images.shape[0], frames, *images.shape[1:])
+        return out.reshape(images.shape[0], frames, *out.shape[1:])
     if images.shape[0] == 1:
         with series_batch_statistics(generator):
             return generator(images.expand(frames, *images.shape[1:]), targets)[None]
@@ -114,7 +114,7 @@ def generate_series(
             out = generator(repeated, targets.repeat(images.shape[0]))
     finally:
         generator.train(was_training)
-    return out.reshape(images.shape[0], frames, *images.shape[1:])
+    return out.reshape(images.shape[0], frames, *out.shape[1:])
 
 
 def transfer_frame(x: torch.Tensor, generated: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
@@ -126,15 +126,50 @@ def transfer_frame(x: torch.Tensor, generated: torch.Tensor, reconstruction: tor
     return torch.clamp(x + (generated - reconstruction), -1.0, 1.0)
 
 
+def deforms(generator: nn.Module | None) -> bool:
+    """True for a deformation explainer (its output is a displacement field, not an image)."""
+    return getattr(getattr(generator, "module", generator), "output", "image") == "deformation"
+
+
+def deformation_series(
+    generator: nn.Module, images: torch.Tensor, fields: torch.Tensor, source_bins: torch.Tensor | Sequence[int],
+    alpha: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frames of a deformation explainer's series and their grid displacements.
+
+    ``images`` (B, C, H, W); ``fields`` (B, N, F, h, w) = G(x, b) for every bin; ``source_bins`` (B,);
+    ``alpha`` (B, N) scales each frame's change (None: 1). Returns frames (B, N, C, H, W), each the
+    source warped from its own bin's field to the frame's (the source itself at b_src), and the
+    displacements (B, N, 2, h, w) in grid pixels.
+    """
+    generator = getattr(generator, "module", generator)
+    batch, count = fields.shape[:2]
+    source_bins = torch.as_tensor(source_bins, device=fields.device).long().reshape(-1)
+    source_fields = fields[torch.arange(batch, device=fields.device), source_bins]  # (B, F, h, w)
+    flat = fields.flatten(0, 1)
+    repeated = source_fields.repeat_interleave(count, dim=0)
+    frames, ddf = generator.compose(
+        images.repeat_interleave(count, dim=0), flat, repeated, None if alpha is None else alpha.reshape(-1)
+    )
+    frames = frames.reshape(batch, count, *images.shape[1:])
+    is_source = torch.arange(count, device=fields.device)[None, :] == source_bins[:, None]
+    frames = torch.where(is_source[:, :, None, None, None], images[:, None].expand_as(frames), frames)
+    return frames, ddf.reshape(batch, count, *ddf.shape[1:])
+
+
 def compose_series(
-    images: torch.Tensor, series: torch.Tensor, source_bins: torch.Tensor | Sequence[int], composition: str = "generated"
+    images: torch.Tensor, series: torch.Tensor, source_bins: torch.Tensor | Sequence[int], composition: str = "generated",
+    generator: nn.Module | None = None,
 ) -> torch.Tensor:
     """Frames of a series as the explainer's ``composition`` defines them.
 
     ``images`` (B, C, H, W), ``series`` (B, N, C, H, W) = G(x, b) for every bin b = 0..N-1,
     ``source_bins`` (B,). ``generated`` returns ``series``; ``transfer`` returns
-    x + G(x, b) - G(x, b_src), whose frame at b_src is x exactly.
+    x + G(x, b) - G(x, b_src), whose frame at b_src is x exactly. A deformation explainer
+    (``generator`` given, :func:`deforms`) warps x instead (:func:`deformation_series`).
     """
+    if deforms(generator):
+        return deformation_series(generator, images, series, source_bins)[0]
     if composition == "generated":
         return series
     if composition != "transfer":

@@ -256,6 +256,11 @@ class ExaggerationTrainer(Trainer):
         self.composition = composition
         self.warmup_iterations = int(warmup_iterations)
         self.change_region = change_region
+        if self.deforms and self.warmup_iterations:
+            raise ValueError(
+                "warmup_iterations is an autoencoder warm start for image generators; a deformation explainer "
+                "starts from the identity already: set warmup_iterations 0"
+            )
         self.g_inferer = SimpleInferer() if g_inferer is None else g_inferer
         self.d_inferer = SimpleInferer() if d_inferer is None else d_inferer
         self.last_generator_terms: dict[str, float] = {}
@@ -336,6 +341,21 @@ class ExaggerationTrainer(Trainer):
             self.mask_provider.update(batch)
         return self.mask_provider(images)
 
+    @property
+    def deforms(self) -> bool:
+        """True when the generator is a deformation explainer (its output is a displacement field)."""
+        return getattr(unwrap(self.generator), "output", "image") == "deformation"
+
+    def _deformation_frames(
+        self, x: torch.Tensor, target_bins: torch.Tensor, source_bins: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(frame, grid displacement, fields at b_t, fields at b_src) of the deformation explainer:
+        x warped from the source bin's field to the target bin's; x itself where b_t = b_src."""
+        fields_target, fields_source = self.g_inferer(x, self.generator, target_bins, source_bins).chunk(2)
+        frame, ddf = unwrap(self.generator).compose(x, fields_target, fields_source)
+        frame = torch.where((target_bins == source_bins)[:, None, None, None], x, frame)
+        return frame, ddf, fields_target, fields_source
+
     def frames(
         self, x: torch.Tensor, target_bins: torch.Tensor, source_bins: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -343,7 +363,11 @@ class ExaggerationTrainer(Trainer):
 
         ``generated``: the frame is G(x, b_t) and G(x, b_src) is None (computed by the caller if needed).
         ``transfer``: both come from one batch and the frame is x where b_t = b_src.
+        A deformation explainer: the warped frame and the fields of both bins.
         """
+        if self.deforms:
+            frame, _, fields_target, fields_source = self._deformation_frames(x, target_bins, source_bins)
+            return frame, fields_target, fields_source
         if self.composition == "generated":
             generated = self._generate(x, target_bins)
             return generated, generated, None
@@ -420,25 +444,10 @@ class ExaggerationTrainer(Trainer):
         self.discriminator.requires_grad_(False)
         try:
             with self._autocast():
-                frame, generated, reconstruction = self.frames(x, target_bins, source_bins)
-                if reconstruction is None:
-                    reconstruction = self._generate(x, source_bins)
-                cycled = self._generate(generated, source_bins)
-                self.fire_event(ExaggerationIterationEvents.G_FORWARD_COMPLETED)
-                region = None if self.change_region is None else self.change_region(x)
-                g_terms = self.loss_function.generator_terms(
-                    x=x,
-                    generated=frame,
-                    target_bins=target_bins,
-                    fake_scores=self.d_inferer(frame, critic, target_bins),
-                    classifier=self.classifier,
-                    identity=reconstruction,
-                    cycled=cycled,
-                    masks=self._masks(batchdata, x),
-                    source_posterior=source_posterior,
-                    change=generated - reconstruction,
-                    change_region=region,
-                )
+                if self.deforms:
+                    g_terms = self._deformation_terms(batchdata, x, target_bins, source_bins, source_posterior, critic)
+                else:
+                    g_terms = self._image_terms(batchdata, x, target_bins, source_bins, source_posterior, critic)
             terms.update(
                 {"g_loss" if name == "total" else f"g_{name}": term.detach() for name, term in g_terms.items()}
             )
@@ -446,3 +455,56 @@ class ExaggerationTrainer(Trainer):
             self._update(g_terms["total"], self.g_optimizer, self.g_scaler, *_G_UPDATE)
         finally:
             self.discriminator.requires_grad_(True)
+
+    def _deformation_terms(
+        self, batchdata: dict[str, Any], x: torch.Tensor, target_bins: torch.Tensor, source_bins: torch.Tensor,
+        source_posterior: torch.Tensor, critic: nn.Module,
+    ) -> dict[str, torch.Tensor]:
+        """G's terms for a deformation explainer: the frame is the warped source; reconstruction at b_src
+        is x under the source bin's own field; the cycle warps the frame back from b_t to b_src; the
+        displacement's bending energy and folding are penalised (``lambda_smooth``, ``lambda_fold``)."""
+        generator = unwrap(self.generator)
+        frame, ddf, _, fields_source = self._deformation_frames(x, target_bins, source_bins)
+        back_source, back_target = self.g_inferer(frame, self.generator, source_bins, target_bins).chunk(2)
+        cycled, _ = generator.compose(frame, back_source, back_target)
+        self.fire_event(ExaggerationIterationEvents.G_FORWARD_COMPLETED)
+        region = None if self.change_region is None else self.change_region(x)
+        return self.loss_function.generator_terms(
+            x=x,
+            generated=frame,
+            target_bins=target_bins,
+            fake_scores=self.d_inferer(frame, critic, target_bins),
+            classifier=self.classifier,
+            identity=generator.reconstruct(x, fields_source),
+            cycled=cycled,
+            masks=self._masks(batchdata, x),
+            source_posterior=source_posterior,
+            change=frame - x,
+            change_region=region,
+            displacement=ddf,
+        )
+
+    def _image_terms(
+        self, batchdata: dict[str, Any], x: torch.Tensor, target_bins: torch.Tensor, source_bins: torch.Tensor,
+        source_posterior: torch.Tensor, critic: nn.Module,
+    ) -> dict[str, torch.Tensor]:
+        """G's terms for an image generator (the papers' losses, see the class docstring)."""
+        frame, generated, reconstruction = self.frames(x, target_bins, source_bins)
+        if reconstruction is None:
+            reconstruction = self._generate(x, source_bins)
+        cycled = self._generate(generated, source_bins)
+        self.fire_event(ExaggerationIterationEvents.G_FORWARD_COMPLETED)
+        region = None if self.change_region is None else self.change_region(x)
+        return self.loss_function.generator_terms(
+            x=x,
+            generated=frame,
+            target_bins=target_bins,
+            fake_scores=self.d_inferer(frame, critic, target_bins),
+            classifier=self.classifier,
+            identity=reconstruction,
+            cycled=cycled,
+            masks=self._masks(batchdata, x),
+            source_posterior=source_posterior,
+            change=generated - reconstruction,
+            change_region=region,
+        )

@@ -19,6 +19,7 @@ from torch import nn
 
 from monai_exaggeration.inference import ExaggerationInference, SeriesResult
 from monai_exaggeration.metrics.ctr import cardiothoracic_ratio, largest_component
+from monai_exaggeration.metrics.geometry import border_shift, geometric_share
 from monai_exaggeration.metrics.localisation import change_inside_outside, mass_inside, saliency_maps
 from monai_exaggeration.metrics.realism import encoder_features, penultimate_features
 from monai_exaggeration.networks.segmentation import HeartLungSegmenter
@@ -127,6 +128,12 @@ def measure_source(
             float("nan"),
         )
 
+    # enlargement or paint? from the first written frame to the last: the share of the change a smooth
+    # deformation explains (model grid), how far the heart outline moves outward (source grid, pixels)
+    first_frame, last_frame = (to_unit_range(frame_inputs[i, 0]).numpy() for i in (0, num_frames - 1))
+    share = geometric_share(first_frame, last_frame)
+    shift = border_shift(_heart_mask(probabilities[1:2], source_unit.shape), _heart_mask(probabilities[-1:], source_unit.shape))
+
     # saliency against the counterfactual difference map, all on the model grid
     model_grid = tuple(source_input.shape[1:])
     if source_input.shape == source_model_range.shape[1:] and torch.equal(source_input, source_model_range[0]):
@@ -170,6 +177,11 @@ def measure_source(
         "delta_ctr": float(ctr[-1] - ctr[0]),
         "ctr_spearman": _spearman(ctr),
         "heart_fraction": float(heart_source_grid.mean()),
+        "geometric_share": share,
+        "border_shift_px": shift,
+        "border_shift_fraction": shift / float(source_unit.shape[1]),
+        "folding_fraction": float(result.details.get("folding", float("nan"))),
+        "frames_reached": float(np.mean(result.details["reached"])) if "reached" in result.details else float("nan"),
         **{key: float(value) for key, value in localisation.items()},
         "difference_mass_inside": mass["difference"],
         "gradcam_mass_inside": mass["gradcam"],

@@ -94,6 +94,11 @@ def _mean(frame: pd.DataFrame, column: str) -> float:
     return float(values.mean()) if len(values) else float("nan")
 
 
+def _max(frame: pd.DataFrame, column: str) -> float:
+    values = pd.to_numeric(frame[column], errors="coerce").dropna() if column in frame else pd.Series(dtype=float)
+    return float(values.max()) if len(values) else float("nan")
+
+
 def _median(frame: pd.DataFrame, column: str) -> float:
     values = pd.to_numeric(frame[column], errors="coerce").replace([np.inf, -np.inf], np.nan).dropna()
     return float(values.median()) if len(values) else float("nan")
@@ -152,6 +157,16 @@ def summarise(measures: Sequence[SourceMeasures], seed: int = 0) -> tuple[dict, 
             "heart_fraction": _mean(images, "heart_fraction"),
         },
         "clinical_faithfulness": clinical,
+        "anatomy": {
+            "median_geometric_share": _median(images, "geometric_share"),
+            "mean_geometric_share": _mean(images, "geometric_share"),
+            "n_geometric_share": int(pd.to_numeric(images["geometric_share"], errors="coerce").notna().sum()),
+            "median_border_shift_px": _median(images, "border_shift_px"),
+            "median_border_shift_fraction": _median(images, "border_shift_fraction"),
+            "mean_folding_fraction": _mean(images, "folding_fraction"),
+            "max_folding_fraction": _max(images, "folding_fraction"),
+            "frames_reached": _mean(images, "frames_reached"),
+        },
         "saliency": {
             "difference_map_mass_inside_heart": _mean(images, "difference_mass_inside"),
             "gradcam_mass_inside_heart": _mean(images, "gradcam_mass_inside"),

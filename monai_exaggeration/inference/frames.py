@@ -8,6 +8,9 @@
   source grid, ``x + up(G(x, b) - G(x, b_src))``: the generator's reconstruction error (blur at model
   resolution) cancels, and the radiologist keeps the original detail everywhere the explainer did
   not change anything.
+* :func:`warped_frame`: for a deformation explainer, the full-resolution source *warped* by the
+  displacement carried to the source grid (its vectors rescaled to source pixels), plus the
+  intensity term carried as above: as sharp as the source at any size.
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 from monai.data import MetaTensor
+from monai.networks.blocks import Warp
 from monai.transforms import Compose
 
 from monai_exaggeration.binning import check_num_bins
 
-__all__ = ["RESOLUTIONS", "select_bins", "to_source_grid", "full_resolution_frames"]
+__all__ = ["RESOLUTIONS", "select_bins", "to_source_grid", "full_resolution_frames", "warped_frame"]
 
 #: ``source``: frames on the source's pixel matrix; ``model``: the generator's frames as they are.
 RESOLUTIONS = ("source", "model")
@@ -82,3 +86,36 @@ def full_resolution_frames(
     result += source[None]
     return np.clip(result, 0.0, 1.0, out=result)
 
+
+
+def warped_frame(
+    source: np.ndarray,
+    displacement: torch.Tensor,
+    intensity: torch.Tensor | None,
+    reference: MetaTensor,
+    preprocessing: Compose,
+    scale: tuple[float, float],
+) -> np.ndarray:
+    """One frame of a deformation explainer at source resolution, (rows, columns) float32 in [0, 1].
+
+    ``source`` (rows, columns) in [0, 1]; ``displacement`` (2, S, S) in model pixels (rows,
+    columns); ``intensity`` (S, S) in the model range or None; ``scale``: model pixels per source
+    pixel along rows and columns (:func:`~monai_exaggeration.transforms.cxr.model_scale`). The
+    displacement is interpolated onto the source grid through the inverse preprocessing, divided by
+    ``scale`` and applied to the full-resolution pixels with MONAI's ``Warp`` (bilinear, border).
+    """
+    if not displacement.any() and (intensity is None or not intensity.any()):
+        return np.array(source, dtype=np.float32)  # no change (the source's own bin): the source, bit for bit
+    maps = displacement if intensity is None else torch.cat([displacement, intensity[None]])
+    carried = to_source_grid(maps, reference, preprocessing)  # (2 or 3, rows, columns)
+    if tuple(carried.shape[1:]) != tuple(source.shape):
+        raise ValueError(f"inverse preprocessing gave {tuple(carried.shape[1:])}, the source is {source.shape}")
+    ddf = carried[None, :2]
+    ddf[:, 0] /= float(scale[0])
+    ddf[:, 1] /= float(scale[1])
+    image = torch.from_numpy(np.ascontiguousarray(source, dtype=np.float32))[None, None]
+    frame = Warp(mode="bilinear", padding_mode="border")(image, ddf)[0, 0]
+    del ddf
+    if intensity is not None:
+        frame += carried[2] / 2.0  # model range -> display units
+    return frame.clamp_(0.0, 1.0).numpy()

@@ -31,14 +31,17 @@ from torch import nn
 
 from monai_exaggeration.binning import centre_values, check_num_bins, posterior_to_bin
 from monai_exaggeration.engines.posteriors import classifier_fingerprint
-from monai_exaggeration.engines.series import NORM_MODES
-from monai_exaggeration.inference.frames import RESOLUTIONS, full_resolution_frames, select_bins
+from monai_exaggeration.engines.series import NORM_MODES, deforms
+from monai_exaggeration.inference.frames import RESOLUTIONS, full_resolution_frames, select_bins, warped_frame
 from monai_exaggeration.inference.results import SeriesResult, StageTimer
 from monai_exaggeration.methods import ProgressiveExaggeration, build_baseline, check_method
+from monai_exaggeration.methods.base import MethodSeries
+from monai_exaggeration.methods.calibration import calibrate_strengths
 from monai_exaggeration.networks.explainer_file import COMPOSITIONS, load_explainer
 from monai_exaggeration.inference.dataset import SourcePreprocessing
 from monai_exaggeration.transforms import to_unit_range
-from monai_exaggeration.utils import select_device
+from monai_exaggeration.transforms.cxr import model_scale
+from monai_exaggeration.utils import as_bool, select_device
 
 __all__ = ["SeriesInferer", "file_sha256"]
 
@@ -110,8 +113,11 @@ class SeriesInferer:
         method: str = "progressive_exaggeration",
         method_options: dict | None = None,
         autoencoder_weights: str | os.PathLike | None = None,
+        calibrate: bool = True,
     ) -> None:
         self.method_name = method
+        self.calibrate = as_bool(calibrate, "calibrate")
+        self.output = "image"  # or "deformation", from the explainer file (set in prepare)
         self.method_options = check_method(method, method_options)
         self.autoencoder_weights = None if autoencoder_weights is None else Path(autoencoder_weights)
         self.series_method: Any = None
@@ -176,6 +182,7 @@ class SeriesInferer:
         # one grey level on 0.01 % of the pixels
         self.generator = self.generator.to(self.device, memory_format=torch.channels_last).eval()
         self.classifier = self._build_classifier()
+        self.output = "deformation" if deforms(self.generator) else "image"
         trained_for = self.explainer_record.get("classifier")
         if trained_for and trained_for != (this_one := classifier_fingerprint(self.classifier)):
             logger.warning(
@@ -184,7 +191,9 @@ class SeriesInferer:
                 self.explainer_weights, trained_for, this_one,
             )
         weights = file_sha256(self.explainer_weights)[:12] if self.explainer_weights else ""
-        self.series_method = ProgressiveExaggeration(self.generator, self.composition, self.norm, weights)
+        self.series_method = ProgressiveExaggeration(
+            self.generator, self.composition, self.norm, weights, classifier=self.classifier, calibrate=self.calibrate
+        )
         if self.model_version is None:
             self.model_version = self._default_model_version()
         return self
@@ -251,6 +260,8 @@ class SeriesInferer:
             "bits": self.bits,
             "classifier": _state_sha256(self.classifier)[:12],
         }
+        if self.calibrate:  # a raw series keeps the model version (and the UIDs) it had before calibration existed
+            settings |= {key: value for key, value in self.series_method.settings().items() if key not in settings}
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
         return f"explainer {weights} cfg {digest}"
 
@@ -310,15 +321,16 @@ class SeriesInferer:
             written: list[tuple[np.ndarray, torch.Tensor] | Exception] = []
             for index, (_, source, model_input) in enumerate(items):
                 try:
-                    written.append(
-                        self._written_frames(source, model_input, made.generated[index], made.reconstruction[index], model_frames[index])
-                    )
+                    written.append(self._written_frames(source, model_input, made, index))
                 except Exception as error:  # noqa: BLE001 - one source's failure must not stop the others
                     written.append(error)
         ok = [index for index, item in enumerate(written) if not isinstance(item, Exception)]
         with timer("classifier"):
             frame_scores = self._score(torch.cat([written[i][1] for i in ok])[:, None]) if ok else []
             generator_scores = self._score(model_frames[ok].reshape(-1, 1, *inputs.shape[2:])) if ok else []
+        if ok and self.resolution == "source" and getattr(self.series_method, "calibrate", False) and made.remake:
+            with timer("frames"):
+                self._refine_written(items, ok, made, written, frame_scores, source_scores, source_bins)
         centres = centre_values(self.num_bins, self.bins).tolist()
         results: list[SeriesResult | Exception] = list(written)
         count = len(self.bins)
@@ -340,40 +352,117 @@ class SeriesInferer:
         return results
 
     def _written_frames(
-        self, source: MetaTensor, model_input: MetaTensor, generated: torch.Tensor, reconstruction: torch.Tensor,
-        model_frames: torch.Tensor,
+        self, source: MetaTensor, model_input: MetaTensor, made: MethodSeries, index: int
     ) -> tuple[np.ndarray, torch.Tensor]:
         """The frames as written (grey levels, K x rows x columns) and as the classifier sees them (K, S, S).
 
-        ``generated`` (K, S, S) and ``reconstruction`` (S, S) are the method's images (their difference is
-        the change carried to the source grid); ``model_frames`` (K, S, S) the frames at model resolution.
+        ``made`` is the method's batch, ``index`` this source's place in it: its ``generated`` (K, S, S) and
+        ``reconstruction`` (S, S) images (their difference is the change carried to the source grid), or,
+        from a deformation explainer, its ``displacement`` and ``intensity`` (the source is warped at its
+        own resolution); ``frames`` (K, S, S) are the frames at model resolution.
 
         One frame at a time, so that memory stays bounded at source resolution: only the quantised
         frames (1 or 2 bytes per pixel) are kept, plus one float frame being built. Each frame is
         rounded to the stored grey levels before it is scored, so the scores are those of the files.
         """
+        model_frames = made.frames[index]
         levels = 2**self.bits - 1
         dtype = np.uint8 if self.bits == 8 else np.uint16
+        scale = model_scale(tuple(source.shape[1:]), self.image_size, self.aspect)
         shape = tuple(source.shape[1:]) if self.resolution == "source" else tuple(model_frames.shape[1:])
         stored = np.empty((len(self.bins), *shape), dtype=dtype)
         as_input = torch.empty((len(self.bins), self.image_size, self.image_size), dtype=torch.float32)
-        for index in range(len(self.bins)):
+        for step in range(len(self.bins)):
             if self.resolution == "source":
-                frame = full_resolution_frames(
-                    source[0].numpy(), generated[index][None], reconstruction, model_input, self.preprocessing
-                )[0]
+                maps = {
+                    "generated": made.generated[index, step],
+                    "displacement": None if made.displacement is None else made.displacement[index, step],
+                    "intensity": None if made.intensity is None else made.intensity[index, step],
+                }
+                frame = self._source_frame(source, model_input, maps, made.reconstruction[index], scale)
             else:
-                frame = to_unit_range(model_frames[index]).clamp(0, 1).numpy().astype(np.float32)
-            frame *= levels
-            np.rint(frame, out=frame)
-            stored[index] = frame
-            frame /= levels  # exactly k / levels: the written value
-            if self.resolution == "source":
-                as_input[index] = self.as_model_input(frame[None], source)[0]  # what f sees of the written frame
-            else:
-                as_input[index] = torch.from_numpy(frame) * 2.0 - 1.0
+                frame = to_unit_range(model_frames[step]).clamp(0, 1).numpy().astype(np.float32)
+            stored[step], as_input[step] = self._quantised(frame, source, levels)
             del frame
         return stored, as_input
+
+    def _source_frame(
+        self, source: MetaTensor, model_input: MetaTensor, maps: dict, reconstruction: torch.Tensor,
+        scale: tuple[float, float],
+    ) -> np.ndarray:
+        """One frame on the source grid (float32 in [0, 1]): the source warped by ``maps["displacement"]``
+        (deformation explainer), else the source plus the change ``maps["generated"] - reconstruction``."""
+        if maps.get("displacement") is not None:
+            return warped_frame(
+                source[0].numpy(), maps["displacement"], maps.get("intensity"), model_input, self.preprocessing, scale
+            )
+        return full_resolution_frames(
+            source[0].numpy(), maps["generated"][None], reconstruction, model_input, self.preprocessing
+        )[0]
+
+    def _quantised(self, frame: np.ndarray, source: MetaTensor, levels: int) -> tuple[np.ndarray, torch.Tensor]:
+        """``frame`` (float, [0, 1]) rounded to the stored grey levels (in place), and the model input f sees
+        of exactly those values."""
+        frame *= levels
+        np.rint(frame, out=frame)
+        stored = frame.astype(np.uint8 if levels == 255 else np.uint16)
+        frame /= levels  # exactly k / levels: the written value
+        if self.resolution == "source":
+            return stored, self.as_model_input(frame[None], source)[0]  # what f sees of the written frame
+        return stored, torch.from_numpy(frame) * 2.0 - 1.0
+
+    def _refine_written(
+        self, items: Sequence[tuple[str, MetaTensor, MetaTensor]], ok: list[int], made: MethodSeries,
+        written: list, frame_scores: list[float], source_scores: list[float], source_bins: list[int],
+    ) -> None:
+        """Calibrated frames whose *written* score (source resolution, quantised) misses its bin centre are
+        searched again on the written frame, starting from the strength found at model resolution.
+
+        Updates ``written``, ``frame_scores`` and the method's details (``alpha``, ``reached``) in place."""
+        method = self.series_method
+        count, levels = len(self.bins), 2**self.bits - 1
+        centres = centre_values(self.num_bins, self.bins).tolist()
+        todo = [
+            (position, index, step)
+            for position, index in enumerate(ok)
+            for step, target_bin in enumerate(self.bins)
+            if target_bin != source_bins[index]
+            and abs(frame_scores[position * count + step] - centres[step]) > method.tolerance / 2
+        ]
+        if not todo:
+            return
+        rows = torch.tensor([index for _, index, _ in todo])
+        steps = torch.tensor([step for _, _, step in todo])
+        scales = {index: model_scale(tuple(items[index][1].shape[1:]), self.image_size, self.aspect) for _, index, _ in todo}
+
+        def build(subset: torch.Tensor, alpha: torch.Tensor) -> list[tuple[np.ndarray, torch.Tensor]]:
+            maps = made.remake(rows[subset], steps[subset], alpha)
+            out = []
+            for place, which in enumerate(subset.tolist()):
+                _, index, _ = todo[which]
+                _, source, model_input = items[index]
+                one = {key: None if value is None else value[place] for key, value in maps.items()}
+                frame = self._source_frame(source, model_input, one, made.reconstruction[index], scales[index])
+                out.append(self._quantised(frame, source, levels))
+            return out
+
+        def score(subset: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+            return torch.tensor(self._score(torch.stack([inp for _, inp in build(subset, alpha)])[:, None]))
+
+        found = calibrate_strengths(
+            score,
+            torch.tensor([centres[step] for _, _, step in todo]),
+            torch.tensor([source_scores[index] for _, index, _ in todo]),
+            raw_scores=torch.tensor([frame_scores[position * count + step] for position, _, step in todo]),
+            upper=method.strength_bound, tolerance=method.tolerance,
+            start=torch.tensor([made.details[index]["alpha"][step] for _, index, step in todo]),
+        )
+        rebuilt = build(torch.arange(len(todo)), found.alpha)
+        for which, (position, index, step) in enumerate(todo):
+            written[index][0][step], written[index][1][step] = rebuilt[which]
+            frame_scores[position * count + step] = float(found.scores[which])
+            made.details[index]["alpha"][step] = round(float(found.alpha[which]), 4)
+            made.details[index]["reached"][step] = bool(found.reached[which])
 
     def as_model_input(self, frames: np.ndarray, source: MetaTensor) -> torch.Tensor:
         """Source-grid frames (K, rows, columns) in [0, 1] preprocessed as model inputs: (K, S, S) in [-1, 1].

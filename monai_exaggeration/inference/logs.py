@@ -35,8 +35,8 @@ logger = logging.getLogger("monai_exaggeration.inference")
 #: Columns of ``frames.csv`` (one row per written frame).
 FRAME_COLUMNS = [
     "source", "source_sop_instance_uid", "study_instance_uid", "step", "target_bin", "target_centre", "score",
-    "generator_frame_score", "series_instance_uid", "sop_instance_uid", "output_file", "model_version", "method",
-    "method_detail",
+    "generator_frame_score", "reached", "strength", "series_instance_uid", "sop_instance_uid", "output_file",
+    "model_version", "method", "method_detail",
 ]
 #: Columns of ``sources.csv`` (one row per source image that produced a series).
 SOURCE_COLUMNS = [

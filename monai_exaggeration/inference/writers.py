@@ -75,6 +75,7 @@ class DicomSeriesWriter:
         record.info = SeriesInfo.from_scores(
             record.finding, inferer.model_version, result.scores, target_bins=result.bins, num_bins=inferer.num_bins,
             series_number=self.series_number, method=inferer.series_method.label,
+            notes=frame_notes(result.details, len(result.scores)),
         )
         with inferer.timer("write"):
             record.series = write_series(
@@ -142,14 +143,15 @@ def log_rows(record: OutputRecord, model_version: str, num_bins: int) -> tuple[l
         "study_instance_uid": series.study_instance_uid,
     }
     shared = {"series_instance_uid": series.series_instance_uid, "model_version": model_version, "method": result.method}
+    reached, strength = frame_strengths(result.details, len(series))
     frame_rows = [
         dict(
             common, step=frame.step, target_bin=frame.target_bin, target_centre=round(frame.target_centre, 6),
-            score=frame.score, generator_frame_score=generator_score, sop_instance_uid=sop_instance_uid,
-            output_file=str(path), method_detail=detail, **shared,
+            score=frame.score, generator_frame_score=generator_score, reached=ok, strength=value,
+            sop_instance_uid=sop_instance_uid, output_file=str(path), method_detail=detail, **shared,
         )
-        for frame, generator_score, path, sop_instance_uid, detail in zip(
-            record.info.frames, result.generator_frame_scores, series, series.sop_instance_uids,
+        for frame, generator_score, ok, value, path, sop_instance_uid, detail in zip(
+            record.info.frames, result.generator_frame_scores, reached, strength, series, series.sop_instance_uids,
             _frame_details(result.details, len(series)),
         )
     ]
@@ -187,11 +189,45 @@ class PacsExport:
         return report.exit_code
 
 
+def frame_strengths(details: dict, count: int) -> tuple[list, list]:
+    """Per frame: whether it reached its bin centre (``reached``, blank when the method does not say) and
+    the strength that made it (``strength``: the calibrated explainer's α, Latent Shift's λ; else blank)."""
+    reached = list(details.get("reached") or [""] * count)
+    strength = list(details.get("alpha") or details.get("shifts") or [""] * count)
+    return reached, strength
+
+
+def frame_notes(details: dict, count: int) -> list[str]:
+    """Per frame, what a reader of the image should know about how it was made (DICOM ImageComments):
+    the calibrated strength, and that the frame could not reach its bin centre where it could not."""
+    reached, strength = frame_strengths(details, count)
+    borrowed = details.get("change_bin") or [None] * count
+    own = details.get("bins") or [None] * count
+    notes = []
+    for ok, value, change_bin, bin_ in zip(reached, strength, borrowed, own):
+        note = f"strength {value:g}" if value != "" and "alpha" in details else ""
+        if note and change_bin is not None and bin_ is not None and change_bin != bin_:
+            note += f" of the change of target bin {change_bin}"
+        if ok is False:
+            note = (note + "; " if note else "") + "target score not reached"
+        notes.append(note)
+    return notes
+
+
 def _frame_details(details: dict, count: int) -> list[str]:
-    """One text per frame for the ``method_detail`` column: Latent Shift's shift λ (``limit`` where the
-    target was not reached), gradient ascent's Adam steps; empty for the explainer."""
+    """One text per frame for the ``method_detail`` column: Latent Shift's shift λ or the calibrated
+    explainer's strength α (``limit`` where the target was not reached), gradient ascent's Adam steps;
+    empty for the uncalibrated explainer."""
     if "shifts" in details:
         return [f"shift={v:g}" + ("" if ok else " (limit)") for v, ok in zip(details["shifts"], details["reached"])]
+    if "alpha" in details:
+        borrowed = details.get("change_bin") or [None] * count
+        own = details.get("bins") or [None] * count
+        return [
+            f"alpha={v:g}" + (f" of bin {b}'s change" if b is not None and o is not None and b != o else "")
+            + ("" if ok else " (limit)")
+            for v, ok, b, o in zip(details["alpha"], details["reached"], borrowed, own)
+        ]
     if "steps" in details:
         return [f"steps={v}" for v in details["steps"]]
     return [""] * count

@@ -299,9 +299,11 @@ class ExaggerationLoss:
     """Weighted sum of the explainer's loss terms (defaults: lambda_GAN = 1, lambda_f = 1, lambda_rec = 100).
 
     G: total = lambda_gan * adv + lambda_cls * (cls + cls_cycle) + lambda_rec * (identity + cycle)
-    + lambda_change * change, where ``change`` = mean(|G(x, b_t) - G(x, b_src)| * (1 - R)) penalises the
-    counterfactual change outside an allowed region R (e.g. the dilated heart; everywhere when no
-    region is given). ``lambda_change`` defaults to 0 (the papers' loss).
+    + lambda_change * change + lambda_smooth * smooth + lambda_fold * fold, where ``change`` =
+    mean(|G(x, b_t) - G(x, b_src)| * (1 - R)) penalises the counterfactual change outside an allowed
+    region R (e.g. the dilated heart; everywhere when no region is given), and ``smooth`` (bending
+    energy) and ``fold`` (negative Jacobian determinants) regularise the displacement field of the
+    deformation explainer. The three extra weights default to 0 (the papers' loss).
     D: hinge loss. All inputs are explicit tensors (plus the frozen classifier and optional masks of
     the source images), so a trainer decides what to compute and cache.
     """
@@ -311,11 +313,14 @@ class ExaggerationLoss:
     lambda_cls: float = 1.0
     lambda_rec: float = 100.0
     lambda_change: float = 0.0
+    lambda_smooth: float = 0.0
+    lambda_fold: float = 0.0
 
     def __post_init__(self) -> None:
         check_num_bins(self.num_bins)
-        if self.lambda_change < 0:
-            raise ValueError(f"lambda_change must be >= 0, got {self.lambda_change}")
+        for name in ("lambda_change", "lambda_smooth", "lambda_fold"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     def generator_terms(
         self,
@@ -330,6 +335,7 @@ class ExaggerationLoss:
         source_posterior: torch.Tensor | None = None,
         change: torch.Tensor | None = None,
         change_region: torch.Tensor | None = None,
+        displacement: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Generator loss terms and their weighted ``total``.
 
@@ -345,9 +351,13 @@ class ExaggerationLoss:
             source_posterior: cached f(x), else computed from ``x`` without gradient.
             change: G(x, b_t) - G(x, b_src) (B, 1, H, W), or None to skip the change term.
             change_region: where change is allowed (B, 1, H, W) in [0, 1]; None penalises it everywhere.
+            displacement: the frame's displacement field (B, 2, h, w) in grid pixels (deformation
+                explainer), or None: ``smooth`` is MONAI's bending energy of it and ``fold`` the mean of
+                relu(−det J), the folding of the mapping.
 
         Returns:
-            ``adv``, ``cls``, ``cls_cycle``, ``identity``, ``cycle``, ``change``, ``total`` (skipped terms are 0).
+            ``adv``, ``cls``, ``cls_cycle``, ``identity``, ``cycle``, ``change``, ``smooth``, ``fold``,
+            ``total`` (skipped terms are 0).
         """
         terms = {
             "adv": generator_adversarial_loss(fake_scores),
@@ -356,7 +366,16 @@ class ExaggerationLoss:
             "identity": _zero(generated),
             "cycle": _zero(generated),
             "change": _zero(generated),
+            "smooth": _zero(generated),
+            "fold": _zero(generated),
         }
+        if displacement is not None:
+            from monai.losses import BendingEnergyLoss
+
+            from monai_exaggeration.networks.deformation import jacobian_determinant
+
+            terms["smooth"] = BendingEnergyLoss()(displacement)
+            terms["fold"] = F.relu(-jacobian_determinant(displacement)).mean()
         if change is not None and self.lambda_change > 0:
             outside = 1.0 if change_region is None else 1.0 - _as_mask(change_region, change)
             terms["change"] = (change.abs() * outside).mean()
@@ -370,6 +389,8 @@ class ExaggerationLoss:
             + self.lambda_cls * (terms["cls"] + terms["cls_cycle"])
             + self.lambda_rec * (terms["identity"] + terms["cycle"])
             + self.lambda_change * terms["change"]
+            + self.lambda_smooth * terms["smooth"]
+            + self.lambda_fold * terms["fold"]
         )
         return terms
 

@@ -43,3 +43,13 @@ __all__ += ["COMPOSITIONS", "ExplainerRecord", "LoadedExplainer", "load_explaine
 from monai_exaggeration.networks.autoencoder import AutoEncoderRecord, CXRAutoEncoder, load_autoencoder  # noqa: E402
 
 __all__ += ["AutoEncoderRecord", "CXRAutoEncoder", "load_autoencoder"]
+
+# the deformation explainer (frames are warps of the source)
+from monai_exaggeration.networks.deformation import (  # noqa: E402
+    DeformationGenerator,
+    folding_fraction,
+    jacobian_determinant,
+    upsample_displacement,
+)
+
+__all__ += ["DeformationGenerator", "folding_fraction", "jacobian_determinant", "upsample_displacement"]

@@ -40,22 +40,34 @@ class ConditionalBatchNorm2d(nn.Module):
         num_features: channels C of the (B, C, H, W) input.
         num_bins: number of condition bins N.
         eps, momentum: passed to ``nn.BatchNorm2d``.
+        init_std: standard deviation of Gaussian noise added to the initial tables (0: exactly 1 and 0).
+            A generator whose frame is a *difference* of two bins' outputs needs the bins to differ from
+            the first step, or the gradients of the two bins cancel and training never starts.
     """
 
-    def __init__(self, num_features: int, num_bins: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
+    def __init__(
+        self, num_features: int, num_bins: int, eps: float = 1e-5, momentum: float = 0.1, init_std: float = 0.0
+    ) -> None:
         super().__init__()
+        if init_std < 0:
+            raise ValueError(f"init_std must be >= 0, got {init_std}")
         self.num_features = num_features
         self.num_bins = check_num_bins(num_bins)
+        self.init_std = float(init_std)
         self.norm = nn.BatchNorm2d(num_features, eps=eps, momentum=momentum, affine=False)
         self.gamma = nn.Embedding(num_bins, num_features)
         self.beta = nn.Embedding(num_bins, num_features)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Gamma = 1, beta = 0 for every bin; running statistics reset."""
+        """Gamma = 1, beta = 0 for every bin (plus ``init_std`` noise); running statistics reset."""
         self.norm.reset_running_stats()
         nn.init.ones_(self.gamma.weight)
         nn.init.zeros_(self.beta.weight)
+        if self.init_std > 0:
+            with torch.no_grad():
+                self.gamma.weight.add_(torch.randn_like(self.gamma.weight) * self.init_std)
+                self.beta.weight.add_(torch.randn_like(self.beta.weight) * self.init_std)
 
     def forward(self, x: torch.Tensor, bins: torch.Tensor | int) -> torch.Tensor:
         """Normalise ``x`` (B, C, H, W) and apply the affine map of each sample's bin (``bins``: (B,) int)."""

@@ -40,21 +40,43 @@ def _check_size(size: int, factor: int, what: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------- generator
+class _UnconditionalBatchNorm2d(nn.Module):
+    """A plain batch norm with the conditional norm's call signature (the bins are ignored). It wraps the
+    ``BatchNorm2d`` (as the conditional norm does), so the series' grouped statistics apply to it alike."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(num_features)
+
+    def forward(self, x: torch.Tensor, bins: torch.Tensor | None = None) -> torch.Tensor:
+        return self.norm(x)
+
+
+def _norm(channels: int, num_bins: int, init_std: float, conditional: bool) -> nn.Module:
+    if conditional:
+        return ConditionalBatchNorm2d(channels, num_bins, init_std=init_std)
+    return _UnconditionalBatchNorm2d(channels)
+
+
 class _GeneratorBlock(nn.Module):
     """Pre-activation residual block with conditional BN, resampling by 2 (``"down"`` or ``"up"``).
 
     main: CBN -> ReLU -> resample -> conv3x3 -> CBN -> ReLU -> conv3x3;
-    shortcut: resample -> conv1x1.
+    shortcut: resample -> conv1x1. ``conditional=False`` uses plain batch norms (the bins are ignored);
+    ``init_std`` is passed to the conditional norms.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, num_bins: int, resample: str) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, num_bins: int, resample: str, init_std: float = 0.0,
+        conditional: bool = True,
+    ) -> None:
         super().__init__()
         if resample not in ("down", "up"):
             raise ValueError(f"resample must be 'down' or 'up', got {resample!r}")
         self.resample = resample
-        self.norm1 = ConditionalBatchNorm2d(in_channels, num_bins)
+        self.norm1 = _norm(in_channels, num_bins, init_std, conditional)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)  # bias cancelled by norm2
-        self.norm2 = ConditionalBatchNorm2d(out_channels, num_bins)
+        self.norm2 = _norm(out_channels, num_bins, init_std, conditional)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.shortcut = nn.Conv2d(in_channels, out_channels, 1)
 

@@ -3,8 +3,9 @@
 Every explainer file written by training (``explainer_checkpoint_*.pt``, ``explainer_best.pt``,
 ``explainer_final.pt``) and the shipped ``models/explainer.pt`` hold, next to ``generator`` (the state
 dict), an ``explainer`` record: the generator's class and constructor arguments, the image size,
-the number of bins, how a frame is composed from G's output (``composition``), the finding and a
-fingerprint of the classifier it was trained against. :func:`load_explainer` rebuilds the generator
+the number of bins, how a frame is composed from G's output (``composition``), what G outputs
+(``output``: ``image`` or ``deformation``, see :mod:`.deformation`), the finding and a fingerprint of
+the classifier it was trained against. :func:`load_explainer` rebuilds the generator
 from that record, so weights trained with any config load with no architecture flags.
 
 Compositions (what the classifier sees of G during training, and what inference writes at model
@@ -98,6 +99,7 @@ class ExplainerRecord:
             "image_size": args.get("image_size"),
             "num_bins": args["num_bins"],
             "composition": self.composition,
+            "output": getattr(self.generator, "output", "image"),
             "finding": self.finding,
             "aspect": self.aspect,
             "classifier": self.classifier,
@@ -134,6 +136,11 @@ class LoadedExplainer:
     @property
     def composition(self) -> str:
         return str(self.record.get("composition", "generated"))
+
+    @property
+    def output(self) -> str:
+        """``image`` (the generator draws the frame) or ``deformation`` (it moves the source)."""
+        return str(self.record.get("output", "image"))
 
 
 def save_explainer(

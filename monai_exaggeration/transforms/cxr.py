@@ -45,6 +45,7 @@ __all__ = [
     "cxr_preprocessing",
     "load_cxr",
     "model_input",
+    "model_scale",
     "to_unit_range",
     "to_model_range",
 ]
@@ -164,6 +165,19 @@ def _model_size(shape: tuple[int, int], spatial_size: int, aspect: str) -> tuple
         scale = spatial_size / max(shape)
         return int(round(shape[0] * scale)), int(round(shape[1] * scale))
     return spatial_size, spatial_size
+
+
+def model_scale(shape: tuple[int, int], spatial_size: int, aspect: str) -> tuple[float, float]:
+    """Model pixels per source pixel along rows and columns for a source of ``shape`` (rows, columns):
+    how a displacement measured on the model grid is carried to the source grid (divide by it)."""
+    if aspect not in ASPECT_POLICIES:
+        raise ValueError(f"aspect must be one of {ASPECT_POLICIES}, got {aspect!r}")
+    rows, columns = (int(v) for v in shape)
+    if aspect == "crop":
+        side = min(rows, columns)
+        return spatial_size / side, spatial_size / side
+    resized = _model_size((rows, columns), spatial_size, aspect)
+    return resized[0] / rows, resized[1] / columns
 
 
 def model_input(pixels: np.ndarray | torch.Tensor, spatial_size: int = 128, aspect: str = "pad") -> torch.Tensor:
