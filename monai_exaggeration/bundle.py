@@ -9,22 +9,30 @@ bundle's ``models/`` (or ``weights``); it never looks into another bundle.
 
 from __future__ import annotations
 
+import ast
+import difflib
 import os
+import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+from monai_exaggeration.errors import UserError, running_bundle_workflow
 
-from monai_exaggeration.networks.classifier import BlackBoxClassifier, load_state_dict_file
-from monai_exaggeration.networks.encoder import CXREncoder
-from monai_exaggeration.networks.segmentation import HeartLungSegmenter
-from monai_exaggeration.utils import select_device
+if TYPE_CHECKING:  # torch and the networks are imported where a model is loaded: the command line's --help stays fast
+    import torch
+    from torch import nn
+
+    from monai_exaggeration.networks.classifier import BlackBoxClassifier
+    from monai_exaggeration.networks.encoder import CXREncoder
+    from monai_exaggeration.networks.segmentation import HeartLungSegmenter
 
 __all__ = [
     "BUNDLES",
     "CLASSIFIER_CONFIGS",
     "DATASET_ENV",
+    "NEW_KEYS",
+    "check_overrides",
+    "command_line_overrides",
     "default_bundle_root",
     "default_dataset_dir",
     "load_bundle_classifier",
@@ -84,6 +92,133 @@ def _read_bundle_configs(bundle_root: str | os.PathLike, config_files: tuple[str
     return parser
 
 
+#: ``python -m monai.bundle run``'s own arguments (not config keys).
+_RUN_ARGUMENTS = frozenset(
+    {"run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file", "workflow_name"}
+)
+#: The override that names genuinely new config keys: ``--new_keys "['my_key','network_def#dropout']"``.
+NEW_KEYS = "new_keys"
+#: Flags this package reads itself (``--debug``: tracebacks of user errors).
+_PACKAGE_FLAGS = frozenset({NEW_KEYS, "debug"})
+
+
+def _is_flag(argument: str) -> bool:
+    """What ``fire`` (the parser of ``python -m monai.bundle``) takes for a flag: ``--x``, ``-x``, not ``-1``."""
+    return argument.startswith("--") or (len(argument) > 1 and argument[0] == "-" and argument[1].isalpha())
+
+
+def command_line_overrides(argv: list[str]) -> dict[str, str]:
+    """The ``--key value`` pairs of a ``python -m monai.bundle`` command line, read as ``fire`` reads them.
+
+    ``--key value``, ``--key=value``, a bare ``--key`` (``True``; ``--nokey``: ``False``); hyphens in
+    keys become underscores; nothing after a lone ``--``. Values are returned as typed (strings).
+    """
+    args = list(argv[: argv.index("--")] if "--" in argv else argv)
+    pairs: dict[str, str] = {}
+    index = 0
+    while index < len(args):
+        argument = args[index]
+        index += 1
+        if not _is_flag(argument):
+            continue
+        key, equals, value = argument.lstrip("-").partition("=")
+        key = key.replace("-", "_")
+        if not equals:
+            if index < len(args) and not _is_flag(args[index]):
+                value = args[index]
+                index += 1
+            elif key.startswith("no") and key not in _RUN_ARGUMENTS:
+                key, value = key[2:], "False"
+            else:
+                value = "True"
+        pairs[key] = value
+    return pairs
+
+
+def _literal(value: Any) -> Any:
+    """A command-line value as ``fire`` would pass it (a list stays a list, other text stays text)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
+
+
+def _key_list(value: Any) -> set[str]:
+    value = _literal(value)
+    items = value.split(",") if isinstance(value, str) else list(value or [])
+    return {str(item).strip().replace("::", "#") for item in items if str(item).strip()}
+
+
+def _closest_key(key: str, parser: Any) -> str | None:
+    """The existing config key nearest to ``key``: the first missing part of its ``#`` path replaced by its
+    closest sibling (``num_frame`` -> ``num_frames``, ``network_def#stem_channel`` -> ``network_def#stem_channels``)."""
+    parts = key.split("#")
+    for depth in range(len(parts) - 1, -1, -1):
+        prefix = "#".join(parts[:depth])
+        node = parser.get(prefix) if prefix else parser.get()
+        if not isinstance(node, dict):
+            continue
+        names = {str(name).lower(): str(name) for name in node if not str(name).startswith("_") and name != "imports"}
+        match = difflib.get_close_matches(parts[depth].lower(), list(names), n=1, cutoff=0.6)
+        if not match:
+            return None
+        return "#".join([*parts[:depth], names[match[0]], *parts[depth + 1 :]])
+    return None
+
+
+def check_overrides(argv: list[str] | None = None) -> None:
+    """Refuse command-line settings that are not keys of the merged config (a mistyped ``--num_frame 5``
+    would otherwise be added as a new, unused key and silently change nothing).
+
+    Called first in every bundle workflow's ``initialize`` list. Reads the ``--key value`` pairs of
+    ``python -m monai.bundle`` (``argv``, default ``sys.argv``; outside a bundle run it does nothing
+    unless ``argv`` is given) and checks each key, ``#`` paths included (``--network_def#stem_channels``),
+    against the config files of ``--config_file`` merged in order (and ``--args_file``'s pairs). A
+    genuinely new key is allowed when it is listed in ``--new_keys`` (for example
+    ``--new_keys "['train#dataloader#pin_memory']"``) or defined in one more config file merged last.
+
+    Raises:
+        UserError: one line naming each unknown key and its closest valid key (exit status 2).
+    """
+    if argv is None:
+        if not running_bundle_workflow():
+            return
+        argv = sys.argv[1:]
+    from monai.bundle import ConfigParser
+
+    overrides = command_line_overrides(argv)
+    if "args_file" in overrides:
+        from_file = ConfigParser.load_config_file(str(_literal(overrides["args_file"])))
+        overrides = {**{str(key): value for key, value in from_file.items()}, **overrides}
+    files = _literal(overrides.get("config_file"))
+    if not files:
+        return
+    parser = ConfigParser()
+    parser.read_config(files)
+    allowed = _RUN_ARGUMENTS | _PACKAGE_FLAGS | _key_list(overrides.get(NEW_KEYS))
+    if "tracking" in overrides:
+        from monai.bundle.utils import DEFAULT_MLFLOW_SETTINGS
+
+        allowed |= set(DEFAULT_MLFLOW_SETTINGS.get("configs", {}))
+    unknown = [
+        key for key in overrides
+        if key.replace("::", "#") not in allowed and not key.startswith("_meta_") and key not in parser
+    ]
+    if not unknown:
+        return
+    names = " + ".join(Path(str(name)).name for name in (files if isinstance(files, (list, tuple)) else [files]))
+    keys = ", ".join(f"--{key}" for key in unknown)
+    guesses = [guess for guess in (_closest_key(key.replace("::", "#"), parser) for key in unknown) if guess]
+    plural = "s" if len(unknown) > 1 else ""
+    hint = f"did you mean {', '.join(f'--{guess}' for guess in guesses)}?" if guesses else "check the spelling"
+    raise UserError(
+        f"unknown setting{plural} {keys}: not {'keys' if plural else 'a key'} of {names} -- {hint} "
+        f"(to add a new key, list it in --{NEW_KEYS}; see docs/install.md, \"Settings\")"
+    )
+
+
 def _weights_path(parser: Any, weights: str | os.PathLike | None) -> Path:
     """``weights``, else ``<ckpt_dir>/<ckpt_name>`` of the model's bundle (its shipped file)."""
     if weights is not None:
@@ -106,6 +241,9 @@ def load_bundle_classifier(
         device: torch device (default: cuda if available, else cpu).
         config_files: the bundle's configs that define ``network_def`` (merged in this order).
     """
+    from monai_exaggeration.networks.classifier import BlackBoxClassifier
+    from monai_exaggeration.utils import select_device
+
     parser = _read_bundle_configs(
         bundle_root or default_bundle_root("cxr_classifier"), config_files, "classifier", "cxr_classifier"
     )
@@ -122,6 +260,8 @@ def _bundle_instrument(
     name: str, what: str, bundle_root: str | os.PathLike | None, weights: str | os.PathLike | None
 ) -> tuple[nn.Module, Any]:
     """``network_def`` of the bundle's ``configs/train.json`` with its weights, and the parser."""
+    from monai_exaggeration.networks.classifier import load_state_dict_file
+
     parser = _read_bundle_configs(bundle_root or default_bundle_root(name), ("configs/train.json",), what, name)
     network = parser.get_parsed_content("network_def")
     network.load_state_dict(load_state_dict_file(_weights_path(parser, weights)))
@@ -135,6 +275,9 @@ def load_bundle_segmenter(
 ) -> HeartLungSegmenter:
     """The heart/lung segmentation network of a segmentation bundle (default: the shipped
     ``bundles/cxr_segmentation``; weights default to its ``models/segmentation.pt``) as a frozen instrument."""
+    from monai_exaggeration.networks.segmentation import HeartLungSegmenter
+    from monai_exaggeration.utils import select_device
+
     network, parser = _bundle_instrument("cxr_segmentation", "segmentation", bundle_root, weights)
     segmenter = HeartLungSegmenter(network, image_size=parser.get_parsed_content("image_size"))
     return segmenter.to(select_device(device))
@@ -147,6 +290,8 @@ def load_bundle_encoder(
 ) -> CXREncoder:
     """The self-supervised CXR encoder of an encoder bundle (default: the shipped ``bundles/cxr_encoder``;
     weights default to its ``models/encoder.pt``), frozen, eval mode."""
+    from monai_exaggeration.utils import select_device
+
     network, _ = _bundle_instrument("cxr_encoder", "encoder", bundle_root, weights)
     for parameter in network.parameters():
         parameter.requires_grad_(False)

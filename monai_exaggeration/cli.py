@@ -1,28 +1,39 @@
 """Command line: ``python -m monai_exaggeration <command>``.
 
 Commands:
-  classify   score chest X-rays (file, folder or CSV manifest) with the bundle's black-box classifier.
-  export     send DICOM series (e.g. the inference workflow's output) to a PACS by C-STORE or STOW-RS.
+  classify       score chest X-rays (file, folder or CSV manifest) with the bundle's black-box classifier.
+  export         send DICOM series (e.g. the inference workflow's output) to a PACS by C-STORE or STOW-RS.
+  reader-study   build, serve and analyse a radiologist reader study of the explanations.
+  serve-dicom    a DICOM node: receive chest X-rays, explain them, send the results back to a PACS.
+
+The arguments are parsed before torch, MONAI or pandas are imported, so ``--help`` answers at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
+import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
-import torch
+from monai_exaggeration.bundle import default_bundle_root
+from monai_exaggeration.errors import (
+    add_debug_option,
+    fail,
+    print_error,
+    report_user_error,
+    restore_error_logging,
+    show_errors_as_lines,
+)
 
-from monai_exaggeration.bundle import default_bundle_root, load_bundle_classifier
-from monai_exaggeration.data import collect_inputs, default_input
-from monai_exaggeration.errors import report_user_error
-from monai_exaggeration.transforms import ASPECT_POLICIES, InputLimits, read_cxr
-from monai_exaggeration.transforms.cxr import model_input
-from monai_exaggeration.utils import write_csv_atomic
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
 
-__all__ = ["main", "classify"]
+__all__ = ["main", "classify", "build_parser"]
 
 logger = logging.getLogger("monai_exaggeration")
 
@@ -37,6 +48,9 @@ class _ModelInput:
         self.image_size, self.aspect = image_size, aspect
 
     def __call__(self, path: str) -> tuple[torch.Tensor, dict]:
+        from monai_exaggeration.transforms import InputLimits, read_cxr
+        from monai_exaggeration.transforms.cxr import model_input
+
         # read_cxr + model_input: load_cxr's numbers without its MetaTensor bookkeeping (a score needs no inverse)
         image = read_cxr(path, InputLimits.for_sources())
         return model_input(image.pixels, self.image_size, self.aspect), dict(image.meta["dicom"])
@@ -60,8 +74,13 @@ def classify(
     scores ``batch_size`` images per forward, channels-last; memory stays flat, rows keep the input
     order, and the scores equal one-by-one scoring with ``load_cxr`` to 1e-6 (tests/test_throughput.py).
     """
+    import pandas as pd
+    import torch
+
+    from monai_exaggeration.bundle import load_bundle_classifier
     from monai_exaggeration.data.streaming import ERROR_COLUMNS, LoadFailure, batches, compute_threads, failure_row, stream_inputs
     from monai_exaggeration.handlers import Progress
+    from monai_exaggeration.utils import write_csv_atomic
 
     classifier = load_bundle_classifier(bundle_root, weights=weights, device=device)
     finding = classifier.labels[classifier.output_index] if classifier.labels else "finding"
@@ -102,11 +121,15 @@ def classify(
 
 
 def _classify_command(args: argparse.Namespace) -> int:
+    from monai_exaggeration.data import collect_inputs, default_input
+    from monai_exaggeration.transforms import ASPECT_POLICIES
+
+    if args.aspect not in ASPECT_POLICIES:
+        return fail(f"--aspect {args.aspect} is not an aspect policy -- use one of {', '.join(ASPECT_POLICIES)}")
     try:
         inputs = collect_inputs(args.input or default_input())
     except (FileNotFoundError, ValueError) as error:
-        logger.error("%s", error)
-        return 2
+        return fail(error)
     output_dir = Path(args.output_dir)
     try:
         scores, errors = classify(
@@ -114,8 +137,7 @@ def _classify_command(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, num_workers=args.num_workers,
         )
     except FileNotFoundError as error:
-        logger.error("%s", error)
-        return 2
+        return fail(error)
     if not scores.empty:
         print(scores[["image", "finding", "score", "predicted"]].to_string(index=False))
     print(
@@ -132,10 +154,12 @@ def _export_destination(args: argparse.Namespace):
 
     if args.config:
         if args.host or args.url:
-            raise DestinationError("give either --config FILE [--destination NAME] or --host/--url, not both")
+            raise DestinationError("both --config and --host/--url given -- give either --config FILE "
+                                   "[--destination NAME] or --host/--url, not both")
         return select_destination(args.config, args.destination)
     if args.destination:
-        raise DestinationError(f"--destination {args.destination} needs --config FILE (the destinations file that names it)")
+        raise DestinationError(f"--destination {args.destination} needs --config -- add --config FILE, the "
+                               "destinations file that names it")
     import os
 
     secrets = {}
@@ -143,7 +167,8 @@ def _export_destination(args: argparse.Namespace):
         variable = getattr(args, option)
         if variable:
             if variable not in os.environ:
-                raise DestinationError(f"environment variable {variable} (--{option}) is not set")
+                flag = "--" + option.replace("_", "-")
+                raise DestinationError(f"environment variable {variable} ({flag}) is not set -- set it, or leave out {flag}")
             secrets[field] = os.environ[variable]
     settings = dict(
         url=args.url or "", host=args.host or "", port=args.port, called_ae=args.called_ae, calling_ae=args.calling_ae,
@@ -152,7 +177,8 @@ def _export_destination(args: argparse.Namespace):
         **secrets,
     )
     if not settings["url"] and not settings["host"]:
-        raise DestinationError("give a destination: --host/--port/--called-ae, --url, or --config FILE [--destination NAME]")
+        raise DestinationError("no destination given -- give --host/--port/--called-ae, --url, or "
+                               "--config FILE [--destination NAME]")
     return Destination(**settings)
 
 
@@ -173,29 +199,30 @@ def _export_command(args: argparse.Namespace) -> int:
         logging.getLogger("pynetdicom").setLevel(logging.INFO)
     try:
         if args.retries < 0 or args.backoff < 0 or args.timeout <= 0:
-            raise ValueError("--retries and --backoff must be >= 0, --timeout > 0")
+            raise ValueError("--retries, --backoff or --timeout out of range -- give --retries and --backoff >= 0, "
+                             "--timeout > 0")
         if args.echo and args.verify:
-            raise ValueError("--verify checks the instances of an export: give the files to export instead of --echo")
+            raise ValueError("--verify with --echo -- --verify checks the instances of an export: give the files "
+                             "to export instead of --echo")
         destination = _export_destination(args)
         files = [] if args.echo else collect_dicom_files(args.sources)
     except (DestinationError, FileNotFoundError, ValueError) as error:
-        logger.error("%s", error)
-        return 2
+        return fail(error)
     if args.echo:
         sender = make_sender(destination)
         try:
             status = sender.echo()
         except (TransientSendError, PermanentSendError) as error:
-            logger.error("C-ECHO to %s failed: %s", destination.label, error)
-            return 1
+            return fail(f"C-ECHO to {destination.label} failed: {error} -- check the host, port and AE titles, "
+                        "and that the PACS accepts our calling AE", status=1)
         finally:
             sender.close()
         what = "C-ECHO" if destination.kind == "dimse" else "DICOMweb query"
         print(f"{what} to {destination.label}: status 0x{status:04X}" + (" (success)" if status == 0 else ""))
         return 0 if status == 0 else 1
     if not files:
-        logger.error("nothing to send: no files found in %s", ", ".join(args.sources))
-        return 2
+        return fail(f"nothing to send: no files found in {', '.join(args.sources) or 'the command line'} -- "
+                     "give the inference's output folder, DICOM files or a frames.csv")
     first = Path(args.sources[0]).expanduser()
     home = first if first.is_dir() else first.parent
     ledger_path = Path(args.ledger) if args.ledger else home / "export_ledger.sqlite"
@@ -215,11 +242,10 @@ def _export_command(args: argparse.Namespace) -> int:
             report = export_files(files, destination, ledger, retries=args.retries, backoff=args.backoff,
                                   verify=args.verify)
     except (ValueError, OSError) as error:
-        logger.error("%s", error)
-        return 2
+        return fail(error)
     if not report.rows:
-        logger.error("nothing to send: no DICOM files in %s", ", ".join(args.sources))
-        return 2
+        return fail(f"nothing to send: no DICOM files in {', '.join(args.sources)} -- "
+                     "give the inference's output folder, DICOM files or a frames.csv")
     report.write_csv(report_path)
     print(report.describe())
     if not args.verify and report.count("already_sent"):
@@ -229,9 +255,48 @@ def _export_command(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+class CommandParser(argparse.ArgumentParser):
+    """argparse with the package's error format: the usage of the (sub)command that was given, then one
+    ``error: <what is wrong> -- <what to do>`` line, exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        guesses = _closest_words(self, message)
+        hint = f"did you mean {', '.join(guesses)}? ({self.prog} --help lists the options)" if guesses else (
+            f"{self.prog} --help lists the options"
+        )
+        print_error(f"{message} -- {hint}")
+        sys.exit(2)
+
+
+def _closest_words(parser: argparse.ArgumentParser, message: str) -> list[str]:
+    """The options (``--inptu`` -> ``--input``) or command (``classfy`` -> ``classify``) an argparse
+    ``message`` most likely meant."""
+    choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+    if choice:
+        names = re.findall(r"'([^']*)'", choice.group(2))
+        return difflib.get_close_matches(choice.group(1), names, n=1, cutoff=0.6)
+    options = [option for action in parser._actions for option in action.option_strings if option.startswith("--")]
+    guesses = []
+    for word in message.replace(",", " ").split():
+        if word.startswith("--") and word not in options:
+            guesses += difflib.get_close_matches(word.split("=")[0], options, n=1, cutoff=0.6)
+    return guesses
+
+
+def _chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The innermost (sub)command parser that ``args`` went through (``classify``, ``reader-study build``, ...)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = action.choices.get(getattr(args, action.dest, None) or "")
+            if chosen is not None:
+                return _chosen_parser(chosen, args)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m monai_exaggeration", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = CommandParser(prog="python -m monai_exaggeration", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     classify_parser = commands.add_parser(
         "classify",
         help="score chest X-rays with the bundle's classifier",
@@ -246,13 +311,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     classify_parser.add_argument("--weights", help="classifier weights (default: <bundle_root>/models/classifier.pt)")
     classify_parser.add_argument("--image_size", type=int, default=128, help="model input size (default: %(default)s)")
-    classify_parser.add_argument("--aspect", choices=ASPECT_POLICIES, default="pad", help="aspect policy (default: pad)")
+    classify_parser.add_argument(
+        "--aspect", default="pad", help="aspect policy: pad, crop or stretch (default: pad; see docs/input.md)"
+    )
     classify_parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     classify_parser.add_argument("--batch_size", type=int, default=64, help="images per classifier forward (default: %(default)s)")
     classify_parser.add_argument(
         "--num_workers", type=int, default=None,
         help="reader processes (default: one per CPU beyond two, at most 4; 0 reads in the main process)",
     )
+    add_debug_option(classify_parser)
     classify_parser.set_defaults(handler=_classify_command)
 
     export_parser = commands.add_parser(
@@ -313,19 +381,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; a user error (bad input, setting or missing file) is one line and exit status 2.
+    """Run one command; a user error (bad input, setting or missing file) is one ``error: ...`` line on stderr
+    and exit status 2.
 
-    ``EXAG_DEBUG=1`` shows its traceback instead (``export --debug`` also logs the DICOM messages).
+    The arguments are parsed first (torch and MONAI are imported by the command that needs them). An
+    option the chosen (sub)command does not know prints that command's usage. ``--debug`` or
+    ``EXAG_DEBUG=1`` shows a user error's traceback instead (``export --debug`` also logs the DICOM messages).
     """
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        _chosen_parser(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.captureWarnings(True)  # library warnings go to the log, not as raw warnings to the console
-    args = build_parser().parse_args(argv)
+    show_errors_as_lines()  # the package's logged errors read like the command's own: `error: ...` on stderr
     try:
         return int(args.handler(args))
     except Exception as error:  # noqa: BLE001 - user errors become one line, the rest keeps its traceback
-        if report_user_error(error):
+        if not getattr(args, "debug", False) and report_user_error(error):
             return 2
         raise
+    finally:
+        restore_error_logging()
 
 
 if __name__ == "__main__":

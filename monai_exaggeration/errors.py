@@ -44,6 +44,9 @@ class DatasetNotFoundError(UserError, FileNotFoundError):
     """The dataset folder or manifest a workflow needs does not exist or has no manifest."""
 
 
+#: The package's root logger.
+_PACKAGE_LOGGER = "monai_exaggeration"
+
 #: Set this environment variable to 1 (or pass ``--debug``) to see tracebacks of user errors.
 DEBUG_VARIABLE = "EXAG_DEBUG"
 
@@ -102,15 +105,97 @@ def user_message(error: BaseException) -> str | None:
     return None
 
 
+#: Every message meant for a user starts with this, whatever reports it (a command, a bundle workflow, the log).
+ERROR_PREFIX = "error: "
+
+
+def error_line(message: object) -> str:
+    """``message`` as the one line a user sees: ``error: <what is wrong> -- <what to do>``."""
+    text = " ".join(str(message).split())
+    return text if text.startswith(ERROR_PREFIX) else ERROR_PREFIX + text
+
+
+def print_error(message: object, stream=None) -> None:
+    """Write :func:`error_line` of ``message`` to ``stream`` (default: standard error)."""
+    stream = stream or sys.stderr
+    stream.write(error_line(message) + "\n")
+    stream.flush()
+
+
+def fail(error: object, status: int = 2) -> int:
+    """Log a settings or data error as one line on the package's logger and return ``status`` (2).
+
+    The commands show the package's errors as ``error: ...`` lines on stderr (:func:`show_errors_as_lines`);
+    log files and test capture keep the record.
+    """
+    logging.getLogger(_PACKAGE_LOGGER).error("%s", " ".join(str(error).split()))
+    return status
+
+
 def report_user_error(error: BaseException, stream=None) -> bool:
-    """Print ``error`` as one line with the debug hint when it is a user error; True if it was."""
+    """Print ``error`` as one ``error: ...`` line when it is a user error; True if it was.
+
+    With ``--debug`` or ``EXAG_DEBUG=1`` nothing is printed (False): the caller lets the traceback through.
+    """
     message = user_message(error)
     if message is None or debug_requested():
         return False
-    stream = stream or sys.stderr
-    stream.write(f"error: {message}\n(for the traceback, rerun with --debug or {DEBUG_VARIABLE}=1)\n")
-    stream.flush()
+    print_error(message, stream)
     return True
+
+
+def add_debug_option(parser) -> None:
+    """``--debug`` on an ``argparse`` parser: show the traceback of an error instead of its one line."""
+    parser.add_argument("--debug", action="store_true", help=f"show the traceback of an error (or set {DEBUG_VARIABLE}=1)")
+
+
+def _is_console(handler: logging.Handler) -> bool:
+    """A handler that writes to the terminal (standard output or error), where the ``error:`` line goes instead."""
+    stream = getattr(handler, "stream", None)
+    return isinstance(handler, logging.StreamHandler) and stream in {
+        sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__,
+    }
+
+
+class ErrorLines(logging.Handler):
+    """The package's log records as the console shows them: errors as one ``error: ...`` line on stderr.
+
+    Installed on the ``monai_exaggeration`` logger (which then stops propagating) by
+    :func:`show_errors_as_lines`: an ERROR record of any of the package's loggers is written as
+    :func:`error_line` to standard error and still reaches the root's other handlers (log files,
+    test capture); every other record goes to the root's handlers as propagation would send it. So a
+    failure reads the same from a bundle workflow, ``classify`` or any other command, and a log file
+    keeps its full lines. Records with a traceback (``logger.exception``) are left as they are.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        root = logging.getLogger()
+        if record.levelno < logging.ERROR or record.exc_info:
+            root.callHandlers(record)
+            return
+        try:
+            print_error(record.getMessage())
+        except Exception:  # noqa: BLE001 - logging must not raise
+            self.handleError(record)
+        for handler in root.handlers:
+            if not _is_console(handler) and record.levelno >= handler.level:
+                handler.handle(record)
+
+
+def show_errors_as_lines() -> None:
+    """Route the package's log records through :class:`ErrorLines` (idempotent; undo: :func:`restore_error_logging`)."""
+    package = logging.getLogger(_PACKAGE_LOGGER)
+    if not any(isinstance(handler, ErrorLines) for handler in package.handlers):
+        package.addHandler(ErrorLines())
+    package.propagate = False
+
+
+def restore_error_logging() -> None:
+    """Undo :func:`show_errors_as_lines`: the package's records propagate to the root's handlers again."""
+    package = logging.getLogger(_PACKAGE_LOGGER)
+    for handler in [h for h in package.handlers if isinstance(h, ErrorLines)]:
+        package.removeHandler(handler)
+    package.propagate = True
 
 
 def _bundle_excepthook(previous):
@@ -125,17 +210,24 @@ def _bundle_excepthook(previous):
     return hook
 
 
+def running_bundle_workflow() -> bool:
+    """True in a process started as ``python -m monai.bundle ...`` (also under ``torchrun``)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    return getattr(spec, "name", "") in {"monai.bundle.__main__", "monai.bundle"}
+
+
 def install_bundle_error_hook() -> None:
     """Under ``python -m monai.bundle``, show user errors as one line and exit 2 (idempotent).
 
     MONAI's bundle runner lets exceptions reach the interpreter, which prints a long traceback
     (config evaluation wraps the real message twice). This hook is installed when the package is
-    imported by a bundle config and only changes how uncaught *user* errors are reported.
+    imported by a bundle config and only changes how uncaught *user* errors are reported; the
+    package's logged errors become ``error: ...`` lines too (:func:`show_errors_as_lines`).
     """
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    if getattr(spec, "name", "") not in {"monai.bundle.__main__", "monai.bundle"}:
+    if not running_bundle_workflow():
         return
+    show_errors_as_lines()
     if getattr(sys.excepthook, "exaggeration", False):
         return
     sys.excepthook = _bundle_excepthook(sys.excepthook)

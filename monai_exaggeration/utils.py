@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -13,8 +14,12 @@ from typing import Any
 
 import pandas as pd
 import torch
+from filelock import FileLock
 
-__all__ = ["as_bool", "atomic_write", "json_text", "finite_or_none", "remove_stale_temporaries", "write_csv_atomic", "select_device"]
+__all__ = [
+    "as_bool", "atomic_write", "json_text", "finite_or_none", "path_lock", "remove_stale_temporaries", "write_csv_atomic",
+    "select_device",
+]
 
 
 def _read_umask() -> int:
@@ -74,6 +79,20 @@ def remove_stale_temporaries(folder: str | os.PathLike, before: float) -> list[P
     return removed
 
 
+def path_lock(path: str | os.PathLike) -> FileLock:
+    """A cross-process lock (:mod:`filelock`) on ``path``, a file or a folder: one writer at a time.
+
+    The lock file is not put next to ``path`` (output folders hold only what a run writes) but in
+    this user's lock folder, ``<temp>/monai_exaggeration-locks-<user>/``, named by a hash of the
+    resolved path: the processes of one machine and user that lock the same path exclude each other.
+    """
+    user = str(os.getuid()) if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
+    folder = Path(tempfile.gettempdir()) / f"monai_exaggeration-locks-{user}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    key = hashlib.sha256(str(Path(path).expanduser().resolve()).encode()).hexdigest()[:32]
+    return FileLock(folder / f"{key}.lock")
+
+
 def finite_or_none(value: Any) -> Any:
     """``value`` with every NaN/inf float (also numpy scalars and arrays, in dicts/lists) replaced by None."""
     if isinstance(value, dict):
@@ -92,9 +111,26 @@ def json_text(value: Any, indent: int | None = 2) -> str:
     return json.dumps(finite_or_none(value), indent=indent, allow_nan=False)
 
 
+def _has_carriage_return(frame: pd.DataFrame) -> bool:
+    """Whether a column name or a text cell of ``frame`` holds a carriage return."""
+    if any("\r" in str(name) for name in frame.columns):
+        return True
+    for _, column in frame.select_dtypes(include=["object", "string"]).items():
+        if column.map(lambda value: isinstance(value, str) and "\r" in value).any():
+            return True
+    return False
+
+
 def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write ``frame`` as CSV (with header, no index) atomically."""
-    return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+    """Write ``frame`` as CSV (with header, no index) atomically.
+
+    Every cell holding a line break is quoted, so the file reads back with its rows intact (pandas,
+    the ``csv`` module, spreadsheets). Lines end with ``\n``; a table with a bare carriage return in
+    some cell (free text typed by a person) is written with ``\r\n`` line ends (RFC 4180), because
+    Python's CSV writer before 3.13 quotes only the characters of its line terminator.
+    """
+    line_end = "\r\n" if _has_carriage_return(frame) else "\n"
+    return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False, lineterminator=line_end))
 
 
 def select_device(device: str | torch.device | None = None) -> torch.device:

@@ -6,6 +6,9 @@ on one scale for every row. Default input: RG1_UNCR.dcm from pydicom-data.
 
     python scripts/methods_montage.py --out docs/images/methods_rg1.png
     python scripts/methods_montage.py --input chest.dcm --methods progressive_exaggeration latent_shift --out m.png
+    # explainer files side by side (one row each, e.g. the variants of an ablation), no baselines:
+    python scripts/methods_montage.py --methods --explainer "(d)=RUN_D/explainer_final.pt" \
+        --explainer "(e)=RUN_E/explainer_final.pt" --out variants_rg1.png
 """
 
 from __future__ import annotations
@@ -29,7 +32,14 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", default=None, help="chest X-ray file (default: RG1_UNCR.dcm)")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--methods", nargs="+", default=list(METHOD_NAMES), choices=list(METHOD_NAMES))
+    parser.add_argument("--methods", nargs="*", default=list(METHOD_NAMES), choices=list(METHOD_NAMES))
+    parser.add_argument("--explainer", action="append", default=[], metavar="NAME=PATH",
+                        help="a further row: the explainer file PATH, labelled NAME (repeatable)")
+    parser.add_argument("--calibrate", default="true", help="calibrated explainer series (true) or raw (false)")
+    parser.add_argument("--dpi", type=int, default=None, help="figure resolution (default: the plotting default)")
+    parser.add_argument("--crop", default=None, metavar="R0,R1,C0,C1",
+                        help="show only this part of every frame, as fractions of rows and columns (e.g. the heart: "
+                             "0.35,0.9,0.2,0.85), at full resolution")
     parser.add_argument("--bins", default="0,2,4,6,8,9", help="target bins shown (comma-separated)")
     parser.add_argument(
         "--autoencoder", default=str(Path(default_bundle_root("cxr_autoencoder")) / "models" / "autoencoder.pt"),
@@ -40,15 +50,24 @@ def main(argv: list[str] | None = None) -> Path:
     bins = [int(b) for b in args.bins.split(",")]
     classifier = load_bundle_classifier()
     weights = Path(default_bundle_root("cxr")) / "models" / "explainer.pt"
+    runs = [(method, method, weights) for method in args.methods]
+    for entry in args.explainer:
+        name, _, path = entry.partition("=")
+        runs.append((name, "progressive_exaggeration", Path(path)))
     rows = []
-    for method in args.methods:
+    for name, method, explainer in runs:
         runner = ExaggerationInference(
-            None, classifier, explainer_weights=weights, method=method, autoencoder_weights=args.autoencoder, quicklook=False
+            None, classifier, explainer_weights=explainer, method=method, autoencoder_weights=args.autoencoder,
+            quicklook=False, calibrate=args.calibrate,
         ).prepare()
-        rows.append((method, runner.explain(source)))
+        rows.append((name, runner.explain(source)))
     figure, axes = plt.subplots(len(rows), len(bins) + 1, figsize=(1.9 * (len(bins) + 1), 2.1 * len(rows)), squeeze=False)
     for row, (method, result) in zip(axes, rows):
         frames = result.unit_frames
+        if args.crop:
+            r0, r1, c0, c1 = (float(v) for v in args.crop.split(","))
+            height, width = frames.shape[1:]
+            frames = frames[:, int(r0 * height) : int(r1 * height), int(c0 * width) : int(c1 * width)]
         for axis, target in zip(row, bins):
             step = result.bins.index(target)
             axis.imshow(frames[step], cmap="gray", vmin=0, vmax=1)
@@ -61,6 +80,8 @@ def main(argv: list[str] | None = None) -> Path:
             axis.set_xticks([])
             axis.set_yticks([])
     figure.suptitle(f"{Path(source).name} (source score {rows[0][1].source_score:.2f})", fontsize=9)
+    if args.dpi:
+        figure.set_dpi(args.dpi)
     return save_figure(figure, args.out)
 
 

@@ -284,3 +284,44 @@ def test_border_shift_measures_how_far_an_outline_moves_outward() -> None:
     assert -5.0 <= border_shift(large, small) <= -3.0
     assert border_shift(small, small) == pytest.approx(0.0, abs=0.6)
     assert np.isnan(border_shift(small, np.zeros_like(small)))
+
+
+# ------------------------------------------------------------------------------------ inference end to end
+def test_inference_warps_the_full_resolution_source_and_logs_calibration(tmp_path: Path) -> None:
+    """A (random) deformation explainer file explains a non-square PNG at source resolution: the source's
+    own frame is the source, reached frames score within 0.02 of their centres as written, and the logs
+    and the DICOM ImageComments carry the strength and the reached flag."""
+    import pandas as pd
+    import pydicom
+
+    from inference.helpers import png_chest
+    from monai_exaggeration.bundle import load_bundle_classifier
+    from monai_exaggeration.inference import ExaggerationInference
+    from monai_exaggeration.transforms import LoadCXR
+
+    torch.manual_seed(3)
+    generator = DeformationGenerator(num_bins=10, stem_channels=8, encoder_channels=(8, 16, 16), grid_factor=4,
+                                     image_size=64, intensity=0.05, max_velocity=0.15)
+    weights = save_explainer(tmp_path / "deform.pt", generator, ExplainerRecord(generator, composition="transfer"))
+    source_path = png_chest(tmp_path / "chest.png", shape=(150, 110))
+    runner = ExaggerationInference(None, load_bundle_classifier(), explainer_weights=weights, quicklook=False,
+                                   device="cpu").prepare()
+    assert runner.output == "deformation" and runner.calibrate
+    result = runner.explain(source_path)
+    source = np.rint(LoadCXR()(source_path)[0].numpy() * 255).astype(np.uint8)
+    assert result.frames.shape == (10, *source.shape)
+    assert np.array_equal(result.frames[result.source_bin], source)
+    reached = np.asarray(result.details["reached"])
+    error = np.abs(np.asarray(result.scores) - np.asarray(result.centres))
+    moved = np.arange(10) != result.source_bin
+    assert np.all(error[reached & moved] <= 0.02)
+    assert np.all(error[~reached] > 0.02)
+    frame_rows, _, _ = runner.write(result, tmp_path / "out")  # the rows frames.csv gets
+    frames = pd.DataFrame(frame_rows)
+    assert {"reached", "strength"} <= set(frames.columns)
+    assert frames["reached"].tolist() == reached.tolist()
+    assert frames["strength"].tolist() == pytest.approx(result.details["alpha"])
+    for row in frames.itertuples():
+        comments = pydicom.dcmread(row.output_file).ImageComments
+        assert f"strength {row.strength:g}" in comments
+        assert ("target score not reached" in comments) == (not row.reached)

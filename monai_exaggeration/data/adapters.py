@@ -25,6 +25,7 @@ __all__ = [
     "chexpert_manifest",
     "mimic_manifest",
     "folder_manifest",
+    "image_folder_manifest",
     "UNCERTAINTY_POLICIES",
     "NIH_NEGATIVE_POLICIES",
 ]
@@ -348,3 +349,19 @@ def folder_manifest(
     df = pd.DataFrame(rows, columns=["image", label])
     df[label] = df[label].astype(np.int64)
     return df
+
+
+def image_folder_manifest(root: str | os.PathLike, extensions: Sequence[str] = DEFAULT_EXTENSIONS) -> pd.DataFrame:
+    """A manifest without labels (column ``image`` only) of every image file under ``root``, searched
+    recursively, paths relative to ``root`` in natural order: a folder of chest X-rays the explainer can
+    train on (its source bins come from the classifier)."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"Image folder {root} not found -- give a folder of chest X-ray images")
+    files = _class_files(root, "", extensions)
+    if not files:
+        raise ValueError(
+            f"no images with extensions {', '.join(extensions)} under {root} -- give a folder of chest X-ray images "
+            "(searched recursively) or a manifest CSV"
+        )
+    return pd.DataFrame({"image": files})

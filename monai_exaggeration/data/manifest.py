@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from monai_exaggeration.errors import DatasetNotFoundError
+from monai_exaggeration.errors import DatasetNotFoundError, UserError
 from monai_exaggeration.utils import write_csv_atomic
 
 __all__ = [
@@ -30,7 +30,9 @@ __all__ = [
     "check_fractions",
     "check_image_files",
     "load_split",
+    "load_explainer_split",
     "stratified_head",
+    "LABEL_POLICIES",
 ]
 
 SPLITS = ("train", "val", "test")
@@ -44,9 +46,16 @@ RESERVED_COLUMNS = ("image", "split", "patient_id", "view")
 """Manifest columns that are not labels."""
 
 _HELP = (
-    "Point --dataset_dir at a folder with labels.csv ('image' column plus 0/1 label columns), or make one "
+    "point --dataset_dir at a folder with labels.csv ('image' column plus 0/1 label columns), or make one "
     "from a public dataset (NIH ChestX-ray14, CheXpert, MIMIC-CXR) with scripts/make_manifest.py: see docs/datasets.md"
 )
+_HELP_UNLABELLED = (
+    "point --dataset_dir at a folder of frontal chest X-rays (PNG, JPEG, DICOM or NIfTI files, searched "
+    "recursively; labels are optional for the explainer, a labels.csv in the folder is used when present) "
+    "or at a manifest CSV: see docs/datasets.md"
+)
+#: ``labels`` of :func:`load_split`: a labelled dataset is needed (``required``), or labels are used when present.
+LABEL_POLICIES = ("required", "optional")
 _MAX_LISTED = 5
 
 
@@ -121,7 +130,7 @@ def read_manifest(
     """
     csv_path = Path(csv_path).expanduser()
     if not csv_path.is_file():
-        raise DatasetNotFoundError(f"Manifest not found: {csv_path}. {_HELP}.")
+        raise DatasetNotFoundError(f"Manifest not found: {csv_path} -- {_HELP}.")
     df = pd.read_csv(csv_path, dtype={"image": str, "split": str, "patient_id": str, "view": str})
     if "image" not in df.columns:
         raise ValueError(
@@ -252,22 +261,26 @@ def assign_split(
     return pd.Series(keys.map(unit_split).to_numpy(), index=df.index, name="split", dtype=object)
 
 
-def _manifest_path(dataset_dir_or_csv: str | os.PathLike, manifest_name: str) -> Path:
-    """The manifest CSV for a dataset folder or CSV path, or a clear FileNotFoundError."""
+def _manifest_path(dataset_dir_or_csv: str | os.PathLike, manifest_name: str, labels: str = "required") -> Path | None:
+    """The manifest CSV for a dataset folder or CSV path, or a clear FileNotFoundError.
+
+    With ``labels="optional"`` a folder without the manifest gives None (its images are listed instead).
+    """
     path = Path(dataset_dir_or_csv).expanduser()
     if path.is_dir():
         csv_path = path / manifest_name
-        if not csv_path.is_file():
-            raise DatasetNotFoundError(
-                f"Dataset folder {path} has no {manifest_name}. Expected a folder with a manifest "
-                f"CSV ('image' column plus 0/1 label columns). {_HELP}."
-            )
-        return csv_path
+        if csv_path.is_file():
+            return csv_path
+        if labels == "optional":
+            return None
+        raise DatasetNotFoundError(
+            f"Dataset folder {path} has no {manifest_name}, which this workflow needs (training the explainer "
+            f"does not) -- {_HELP}."
+        )
     if path.is_file():
         return path
     raise DatasetNotFoundError(
-        f"Dataset not found: {path} does not exist. Expected a folder with {manifest_name} or a "
-        f"manifest CSV. {_HELP}."
+        f"Dataset not found: {path} does not exist -- {_HELP_UNLABELLED if labels == 'optional' else _HELP}."
     )
 
 
@@ -278,25 +291,71 @@ def load_split(
     fractions: Sequence[float] = SPLIT_FRACTIONS,
     seed: int = SPLIT_SEED,
     manifest_name: str = "labels.csv",
+    labels: str = "required",
 ) -> list[dict]:
     """Records of one split, for a MONAI ``Dataset``, sorted by image path.
 
     Each record is ``{"image": abs_path, "label": float32 array of shape (1,), <label>: int}``.
     The manifest's ``split`` column is used when present; otherwise :func:`assign_split` with
     ``stratify_column=label`` and ``group_column="patient_id"`` when that column exists.
+
+    ``labels="optional"`` (the explainer's training: source bins come from the classifier, not from
+    labels) also accepts a folder without ``manifest_name``, whose image files (``.png``, ``.jpg``,
+    ``.jpeg``, ``.dcm``, ``.nii``, ``.nii.gz``, searched recursively) become records ``{"image":
+    abs_path}``, and a manifest without the ``label`` column; such records carry no label and the
+    split is seeded but not stratified.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
-    csv_path = _manifest_path(dataset_dir_or_csv, manifest_name)
-    df = read_manifest(csv_path, label_columns=[label])
+    if labels not in LABEL_POLICIES:
+        raise ValueError(f"labels must be one of {LABEL_POLICIES}, got {labels!r}.")
+    csv_path = _manifest_path(dataset_dir_or_csv, manifest_name, labels)
+    if csv_path is None:
+        from monai_exaggeration.data.adapters import image_folder_manifest
+
+        source = Path(dataset_dir_or_csv).expanduser()
+        df = image_folder_manifest(source)
+        df["image"] = _resolve_images(df["image"], source.resolve())
+    else:
+        source = csv_path
+        header = pd.read_csv(csv_path, nrows=0).columns
+        unlabelled = labels == "optional" and label not in header
+        df = read_manifest(csv_path, label_columns=[] if unlabelled else [label])
+    labelled = label in df.columns
     if "split" not in df.columns:
         group = "patient_id" if "patient_id" in df.columns else None
-        df["split"] = assign_split(df, fractions, seed, group_column=group, stratify_column=label)
+        df["split"] = assign_split(df, fractions, seed, group_column=group, stratify_column=label if labelled else None)
     chosen = df[df["split"] == split].sort_values("image", kind="stable")
     if chosen.empty:
         counts = df["split"].value_counts().to_dict()
-        raise ValueError(f"Manifest {csv_path}: split {split!r} is empty (rows per split: {counts}).")
+        raise ValueError(
+            f"{source}: split {split!r} is empty (images per split: {counts}) -- add images or change --split_fractions"
+        )
+    if not labelled:
+        return [{"image": image} for image in chosen["image"]]
     return [_record(image, int(value), label) for image, value in zip(chosen["image"], chosen[label])]
+
+
+def load_explainer_split(
+    dataset_dir_or_csv: str | os.PathLike,
+    split: str,
+    label: str = "cardiomegaly",
+    fractions: Sequence[float] = SPLIT_FRACTIONS,
+    seed: int = SPLIT_SEED,
+    target_sampling: str = "uniform",
+) -> list[dict]:
+    """The explainer's images of one split: :func:`load_split` with labels optional (source bins come
+    from the classifier), so any folder of frontal chest X-rays will do. Only ``target_sampling``
+    ``calibrated`` draws target bins from the labels; it is refused in one line when they are missing.
+    """
+    records = load_split(dataset_dir_or_csv, split, label, fractions, seed, labels="optional")
+    if target_sampling == "calibrated" and records and label not in records[0]:
+        raise UserError(
+            f"--target_sampling calibrated draws each image's target bin from its {label} label, and "
+            f"{dataset_dir_or_csv} has no {label} labels -- add a labels.csv with a {label} column "
+            "(docs/datasets.md) or train with --target_sampling uniform, which needs no labels"
+        )
+    return records
 
 
 def stratified_head(records: Sequence[dict], count: int | None, label: str = "cardiomegaly") -> list[dict]:
@@ -307,8 +366,8 @@ def stratified_head(records: Sequence[dict], count: int | None, label: str = "ca
     balanced as the split allows. ``count=None`` returns all records, interleaved.
     """
     by_class: dict[int, list[dict]] = {}
-    for record in records:
-        by_class.setdefault(int(record[label]), []).append(record)
+    for record in records:  # records without the label (an unlabelled dataset) form one class
+        by_class.setdefault(int(record[label]) if label in record else -1, []).append(record)
     queues = [by_class[key] for key in sorted(by_class)]
     mixed = [record for group in zip_longest(*queues) for record in group if record is not None]
     return mixed if count is None else mixed[: int(count)]

@@ -129,7 +129,9 @@ def attach_resume(
         if content is not None:
             break
     else:
-        logger.info("no usable checkpoint in %s: training starts from scratch", ckpt_dir)
+        total = max_iterations if max_iterations is not None else getattr(trainer, "max_iterations", None)
+        logger.info("no usable checkpoint in %s: training starts from scratch%s", ckpt_dir,
+                    "" if total is None else f" (iteration 0; max_iterations {total})")
         return None
 
     if max_iterations is None:
@@ -152,7 +154,8 @@ def attach_resume(
 
     if saver is not None:
         _prune(saver, ckpt_dir, prefix, upto=iteration)
-    logger.info("resuming training from %s (iteration %d)", path, iteration)
+    logger.info("resuming training from %s (iteration %d)%s", path, iteration,
+                "" if max_iterations is None else f" up to iteration {max_iterations}")
     CheckpointLoader(load_path=str(path), load_dict=load_dict, map_location=map_location).attach(trainer)
     return path
 

@@ -28,7 +28,7 @@ from monai_exaggeration.export.exporter import (
     export_files,
     export_series,
 )
-from monai_exaggeration.export.ledger import LedgerError, SendLedger, move_aside
+from monai_exaggeration.export.ledger import LedgerBusyError, LedgerError, SendLedger, move_aside
 from monai_exaggeration.export.senders import DicomwebSender, DimseSender, Querier, Sender, make_querier, make_sender
 from monai_exaggeration.export.status import (
     PermanentSendError,
@@ -47,6 +47,7 @@ __all__ = [
     "DimseSender",
     "ExportReport",
     "ExportRow",
+    "LedgerBusyError",
     "LedgerError",
     "PermanentSendError",
     "Querier",

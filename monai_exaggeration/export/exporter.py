@@ -7,7 +7,9 @@ exponential back-off, and returns an :class:`ExportReport` (also written as CSV 
 A permanent failure (e.g. association rejected), a peer still unreachable after the retries, or
 ``give_up_after`` instances in a row without any answer stop the export: the remaining instances
 are reported failed with the reason, untried (run the export again later: it resumes).
-``export_series`` does the same for folders, files or an inference ``frames.csv``.
+``export_series`` does the same for folders, files or an inference ``frames.csv``. One export per
+ledger runs at a time: a second one waits for the first (:meth:`~.ledger.SendLedger.exclusive`) and
+then sends only what the ledger still lacks, so no instance is sent twice.
 
 With ``verify=True`` the ledger is not trusted alone: before sending, the destination is asked
 which instances of each series it holds (C-FIND at IMAGE level for DIMSE, QIDO-RS for DICOMweb;
@@ -174,6 +176,7 @@ def export_files(
     after_each: Callable[[ExportRow], None] | None = None,
     give_up_after: int = 3,
     verify: bool = False,
+    wait: float | None = None,
 ) -> ExportReport:
     """Send ``files`` to ``destination``; see the module docstring. Never raises for per-instance problems.
 
@@ -181,7 +184,27 @@ def export_files(
     seconds; ``after_each(row)``: called after every instance; ``give_up_after``: stop after that many
     instances in a row got no answer (0: never); ``verify``: ask the destination what it holds
     instead of trusting the ledger alone.
+
+    One export per ledger at a time (:meth:`SendLedger.exclusive`): while another process exports
+    with the same ledger, this one waits (at most ``wait`` seconds, None: until it is done, else
+    :class:`~.ledger.LedgerBusyError`), then sends only what the ledger still lacks.
     """
+    with ledger.exclusive(wait, log=logger):
+        return _export_alone(files, destination, ledger, retries, backoff, progress, after_each, give_up_after, verify)
+
+
+def _export_alone(
+    files: Iterable[str | os.PathLike],
+    destination: Destination,
+    ledger: SendLedger,
+    retries: int,
+    backoff: float,
+    progress: bool,
+    after_each: Callable[[ExportRow], None] | None,
+    give_up_after: int,
+    verify: bool,
+) -> ExportReport:
+    """:func:`export_files` while holding the ledger alone."""
     start = time.perf_counter()
     retries = max(0, int(retries))
     label = destination.label

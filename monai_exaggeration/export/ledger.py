@@ -16,6 +16,11 @@ number are migrated in place. Anything else raises :class:`LedgerError` (never t
 empty ledger). A new ledger is written completely under a temporary name and then linked into
 place, so a ledger file that exists is never legitimately empty, even while another process is
 creating it.
+
+One exporter per ledger: :meth:`SendLedger.exclusive` holds a lock on the ledger
+(:func:`~monai_exaggeration.utils.path_lock`) for the whole of an export, so a second export on the
+same ledger (another process of this machine, a cron job, the DICOM node) waits until the first is
+done and then sends only what the first did not: no instance is sent twice.
 """
 
 from __future__ import annotations
@@ -26,10 +31,16 @@ import sqlite3
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-__all__ = ["FOUND_BY_QUERY", "SCHEMA_VERSION", "LedgerError", "SendLedger", "move_aside"]
+from filelock import Timeout
+
+from monai_exaggeration.utils import path_lock
+
+__all__ = ["FOUND_BY_QUERY", "SCHEMA_VERSION", "LedgerBusyError", "LedgerError", "SendLedger", "move_aside"]
 
 #: Schema version in ``PRAGMA user_version``. 1: the original table (written without a version
 #: number, user_version 0); 2: adds ``verified_at`` and ``lost_at``.
@@ -65,6 +76,17 @@ class LedgerError(ValueError):
         self.path = Path(path)
         self.problem = problem
         super().__init__(f"send ledger {path} is unusable: {problem} -- {_WHAT_TO_DO}")
+
+
+class LedgerBusyError(ValueError):
+    """Another export holds the ledger and did not finish within the time this one was given to wait."""
+
+    def __init__(self, path: Path, waited: float) -> None:
+        self.path = Path(path)
+        super().__init__(
+            f"send ledger {path} is in use by another export (waited {waited:g} s) -- let that export finish, then run "
+            "this one again: it sends only what is still missing"
+        )
 
 
 def _now() -> str:
@@ -211,6 +233,31 @@ class SendLedger:
     @property
     def schema_version(self) -> int:
         return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    # ------------------------------------------------------------------------------------ one exporter
+
+    @contextmanager
+    def exclusive(self, wait: float | None = None, log: Any = None) -> Iterator[SendLedger]:
+        """Hold the ledger alone, across processes, for the duration of the ``with`` block.
+
+        When another export holds it, say so on ``log`` (a logger) and wait until it is done, at
+        most ``wait`` seconds (None: as long as it takes), else raise :class:`LedgerBusyError`.
+        """
+        lock = path_lock(self.path)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            if log is not None:
+                log.warning("send ledger %s is in use by another export: waiting for it to finish (then only what it "
+                            "did not send is sent)", self.path)
+            try:
+                lock.acquire(timeout=-1 if wait is None else wait)
+            except Timeout:
+                raise LedgerBusyError(self.path, wait or 0.0) from None
+        try:
+            yield self
+        finally:
+            lock.release()
 
     # ------------------------------------------------------------------------------------ rows
 

@@ -1,5 +1,5 @@
 """Ignite handlers, by purpose: progress of long loops and of a training run (``progress``), the training
-loss log's schedule (``loss_log``), a classifier evaluation's score table, metrics and ROC plot
+loss log's schedule (``loss_log``), the training log in iterations of the run (``training_log``), a classifier evaluation's score table, metrics and ROC plot
 (``score_table``) and a segmentation evaluation's CTR report (``ctr_report``).
 
 Handlers that read an engine's output take an ``output_transform`` (MONAI's convention); those that
@@ -10,11 +10,13 @@ from monai_exaggeration.handlers.ctr_report import CTRReport
 from monai_exaggeration.handlers.loss_log import log_filter, log_interval_for
 from monai_exaggeration.handlers.progress import Progress, TrainingProgress
 from monai_exaggeration.handlers.score_table import ScoreTableWriter, binary_metrics
+from monai_exaggeration.handlers.training_log import TrainingLog
 
 __all__ = [
     "CTRReport",
     "Progress",
     "ScoreTableWriter",
+    "TrainingLog",
     "TrainingProgress",
     "binary_metrics",
     "log_filter",

@@ -2,7 +2,9 @@
 
 * ``frames.csv`` (one row per written frame), ``sources.csv`` (one row per source) and ``errors.csv``
   (one row per failed input): their columns, how earlier runs' rows are kept (:func:`earlier_logs`,
-  :func:`write_logs`) and how a failure becomes a row (:func:`failure_row`).
+  :class:`RunLogs`) and how a failure becomes a row (:func:`failure_row`). The logs are read and
+  rewritten under the output folder's lock (:func:`logs_lock`), so two runs writing into one folder
+  at the same time both end up listed.
 * :class:`SeriesWriter`: writes each explained source (DICOM, quick-looks, log rows) in a background
   thread, in input order, while the caller computes the next batch; at most ``max_pending``
   sources wait, so memory stays bounded.
@@ -20,14 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from filelock import FileLock
 
 from monai_exaggeration.data.streaming import ERROR_COLUMNS, LoadFailure, failure_row
 from monai_exaggeration.errors import CXRInputError
-from monai_exaggeration.utils import write_csv_atomic
+from monai_exaggeration.utils import path_lock, write_csv_atomic
 
 __all__ = [
     "ERROR_COLUMNS", "FRAME_COLUMNS", "RUN_LOGS", "SOURCE_COLUMNS", "SeriesWriter", "earlier_logs", "failure_row",
-    "write_logs",
+    "RunLogs", "logs_lock", "others_then",
 ]
 
 logger = logging.getLogger("monai_exaggeration.inference")
@@ -70,16 +73,60 @@ def earlier_logs(output_dir: Path) -> dict[str, pd.DataFrame]:
     return earlier
 
 
-def write_logs(
-    logs: dict[str, Path], frame_rows: list[dict], source_rows: list[dict], earlier: dict[str, pd.DataFrame] | None
-) -> None:
-    """Write ``frames.csv`` and ``sources.csv``: earlier runs' rows of other series, then this run's."""
-    now = {"frames": pd.DataFrame(frame_rows, columns=FRAME_COLUMNS), "sources": pd.DataFrame(source_rows, columns=SOURCE_COLUMNS)}
-    for key, table in now.items():
-        if earlier is not None and len(earlier[key]):
-            kept = earlier[key][~earlier[key]["series_instance_uid"].isin(set(table["series_instance_uid"].astype(str)))]
-            table = pd.concat([kept, table.astype(object)], ignore_index=True) if len(kept) else table
-        write_csv_atomic(table, logs[key])
+def logs_lock(output_dir: Path) -> FileLock:
+    """The lock under which the logs of ``output_dir`` are read and rewritten (:func:`~monai_exaggeration.utils.path_lock`)."""
+    return path_lock(Path(output_dir) / "frames.csv")
+
+
+def others_then(earlier: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``earlier`` whose series ``table`` does not hold, then ``table`` (a run's rows replace its series')."""
+    if not len(earlier):
+        return table
+    kept = earlier[~earlier["series_instance_uid"].isin(set(table["series_instance_uid"].astype(str)))]
+    return pd.concat([kept, table.astype(object)], ignore_index=True) if len(kept) else table
+
+
+def _stamp(paths: list[Path]) -> tuple:
+    """What identifies the current version of each file (rewritten atomically: a new inode, time and size)."""
+    stamps = []
+    for path in paths:
+        try:
+            status = path.stat()
+            stamps.append((status.st_ino, status.st_mtime_ns, status.st_size))
+        except FileNotFoundError:
+            stamps.append(None)
+    return tuple(stamps)
+
+
+class RunLogs:
+    """A run's ``frames.csv`` and ``sources.csv``, rewritten whole by :meth:`write` after every source.
+
+    ``keep_others`` False (a shard of a ``torchrun`` run, whose partial logs hold its own rows
+    only): this run's rows alone. True: the rows of other series listed there are kept, those of
+    earlier runs and those of a run writing into the same folder at the same time. The files are
+    rewritten under :func:`logs_lock`, and read again first whenever someone else has written them
+    since this run last did.
+    """
+
+    def __init__(self, logs: dict[str, Path], keep_others: bool) -> None:
+        self.logs, self.keep_others = logs, keep_others
+        self._others: dict[str, pd.DataFrame] | None = None
+        self._stamp: tuple | None = None
+
+    def write(self, frame_rows: list[dict], source_rows: list[dict]) -> None:
+        now = {"frames": pd.DataFrame(frame_rows, columns=FRAME_COLUMNS),
+               "sources": pd.DataFrame(source_rows, columns=SOURCE_COLUMNS)}
+        if not self.keep_others:
+            for key, table in now.items():
+                write_csv_atomic(table, self.logs[key])
+            return
+        folder, paths = self.logs["frames"].parent, [self.logs[key] for key in now]
+        with logs_lock(folder):
+            if self._others is None or _stamp(paths) != self._stamp:
+                self._others = earlier_logs(folder)
+            for key, table in now.items():
+                write_csv_atomic(others_then(self._others[key], table), self.logs[key])
+            self._stamp = _stamp(paths)
 
 
 @dataclass
@@ -96,7 +143,9 @@ class SeriesWriter:
     ``errors.csv`` row and leaves no files); ``series_uid(result)`` is the series a result would
     write, so that two inputs of one run that would write the same series are reported, not written
     twice. ``on_done(rows_or_none)`` is called after every source (progress). The logs are rewritten
-    after every source, so an interrupted run still lists what it wrote.
+    after every source, so an interrupted run still lists what it wrote; ``earlier`` (what
+    :func:`earlier_logs` found at the start, or None for a shard of a ``torchrun`` run) says whether the
+    rows of other series are kept (:class:`RunLogs`).
     """
 
     def __init__(
@@ -108,7 +157,8 @@ class SeriesWriter:
         on_done: Callable[[dict | None], None] = lambda row: None,
         max_pending: int = 4,
     ) -> None:
-        self._write, self._series_uid, self.logs, self.earlier, self.on_done = write, series_uid, logs, earlier, on_done
+        self._write, self._series_uid, self.logs, self.on_done = write, series_uid, logs, on_done
+        self.run_logs = RunLogs(logs, keep_others=earlier is not None)
         self.frame_rows: list[dict] = []
         self.source_rows: list[dict] = []
         self.failures: list[dict] = []
@@ -131,7 +181,7 @@ class SeriesWriter:
         if self._error is not None:
             raise self._error
         if not self.source_rows:  # still leave logs with headers (and earlier runs' rows)
-            write_logs(self.logs, self.frame_rows, self.source_rows, self.earlier)
+            self.run_logs.write(self.frame_rows, self.source_rows)
 
     def _work(self) -> None:
         while (job := self._queue.get()) is not None:
@@ -169,5 +219,5 @@ class SeriesWriter:
         source_row["seconds"] = round(time.perf_counter() - job.started, 3)
         self.frame_rows.extend(frames)
         self.source_rows.append(source_row)
-        write_logs(self.logs, self.frame_rows, self.source_rows, self.earlier)
+        self.run_logs.write(self.frame_rows, self.source_rows)
         self.on_done(source_row)

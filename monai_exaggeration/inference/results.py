@@ -75,24 +75,35 @@ class InferenceSummary:
             self.quicklook_dirs.append(str(Path(source_row["gif"]).parent))
 
     def describe(self) -> str:
-        """The final summary printed for the user: the paths that exist, or that nothing was written."""
+        """The final summary printed for the user: the paths that exist, or that nothing was written.
+
+        A run whose inputs all failed still leaves the logs (``frames.csv``/``sources.csv``, header only
+        or with earlier runs' rows, and ``errors.csv``): they are listed as such, and "nothing was
+        written" is said only when the output folder holds none of them.
+        """
         out = self.output_dir
         lines = [
             f"{self.num_inputs} input(s): {self.num_series} series written ({self.num_files} DICOM files), "
             f"{len(self.failures)} failed, in {self.seconds:.1f} s."
         ]
+        logs = [("frame log", "frames.csv"), ("source log", "sources.csv")]
+        errors = bool(self.failures) and (out / "errors.csv").is_file()
         if self.num_series:
             lines.append(f"  DICOM series : {_one_or_many(self.series_dirs, out / 'dicom')}")
-            lines.append(f"  frame log    : {out / 'frames.csv'}")
-            lines.append(f"  source log   : {out / 'sources.csv'}")
+            lines += [f"  {what:<13}: {out / name}" for what, name in logs]
             if self.quicklook_dirs:
                 lines.append(
                     f"  quick-looks  : {_one_or_many(self.quicklook_dirs, out / 'quicklook')} "
                     "(series.gif, montage.png, scores.png)"
                 )
         else:
-            lines.append("  nothing was written.")
-        if self.failures:
+            present = [(what, name) for what, name in logs if (out / name).is_file()]
+            if not present and not errors:
+                lines.append("  nothing was written.")
+            else:
+                lines.append("  DICOM series : none written by this run")
+                lines += [f"  {what:<13}: {out / name} (no series of this run)" for what, name in present]
+        if errors:
             lines.append(f"  errors       : {out / 'errors.csv'}")
         return "\n".join(lines)
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from monai_exaggeration import distributed
-from monai_exaggeration.inference.logs import RUN_LOGS, earlier_logs
+from monai_exaggeration.inference.logs import RUN_LOGS, earlier_logs, logs_lock, others_then
 from monai_exaggeration.inference.results import STAGES, InferenceSummary
 from monai_exaggeration.utils import write_csv_atomic
 
@@ -82,18 +82,18 @@ def merge_logs(output_dir: Path, world: int, order: dict[str, int]) -> None:
             f"partial logs of some ranks are missing ({', '.join(missing)}): with several nodes, "
             "output_dir must be a folder that all nodes share"
         )
-    earlier = earlier_logs(output_dir)  # earlier runs' rows, as in a single-process run
-    for key, (name, columns) in RUN_LOGS.items():
-        table = pd.concat(
-            [pd.read_csv(paths[key], dtype=str, keep_default_na=False) for paths in partials], ignore_index=True
-        ).reindex(columns=columns)
-        position = np.asarray([order.get(source, len(order)) for source in table["source"]], dtype=np.int64)
-        table = table.iloc[np.argsort(position, kind="stable")]
-        if key in earlier and len(earlier[key]):
-            kept = earlier[key][~earlier[key]["series_instance_uid"].isin(set(table["series_instance_uid"]))]
-            table = pd.concat([kept, table], ignore_index=True)
-        if key != "errors" or len(table):
-            write_csv_atomic(table, output_dir / name)
+    with logs_lock(output_dir):  # another run may write into the same folder: keep its rows too
+        earlier = earlier_logs(output_dir)  # earlier runs' rows, as in a single-process run
+        for key, (name, columns) in RUN_LOGS.items():
+            table = pd.concat(
+                [pd.read_csv(paths[key], dtype=str, keep_default_na=False) for paths in partials], ignore_index=True
+            ).reindex(columns=columns)
+            position = np.asarray([order.get(source, len(order)) for source in table["source"]], dtype=np.int64)
+            table = table.iloc[np.argsort(position, kind="stable")]
+            if key in earlier:
+                table = others_then(earlier[key], table)
+            if key != "errors" or len(table):
+                write_csv_atomic(table, output_dir / name)
     for paths in partials:
         for path in paths.values():
             path.unlink(missing_ok=True)

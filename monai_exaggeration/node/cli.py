@@ -13,9 +13,9 @@ import argparse
 import json
 import logging
 
-__all__ = ["add_dicom_node_parser", "status_text"]
+from monai_exaggeration.errors import fail, restore_error_logging
 
-logger = logging.getLogger("monai_exaggeration.node")
+__all__ = ["add_dicom_node_parser", "status_text"]
 
 
 def status_text(config, counts: dict, pending_bytes: int, parked: list, running_pid: int | None) -> str:
@@ -48,6 +48,7 @@ def _command(args: argparse.Namespace) -> int:
         if args.action == "run":
             for handler in logging.getLogger().handlers:
                 handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            restore_error_logging()  # a running node logs with timestamps; `error: ...` lines are for its start-up
             return serve(config)
         path = config.work_dir / "queue.sqlite"
         if args.action == "requeue":
@@ -69,8 +70,7 @@ def _command(args: argparse.Namespace) -> int:
             print(status_text(config, counts, pending_bytes, parked, running))
         return 1 if counts["parked"] else 0
     except (NodeConfigError, OSError) as error:
-        logger.error("%s", " ".join(str(error).split()))
-        return 2
+        return fail(error)
 
 
 def add_dicom_node_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -7,6 +7,7 @@
       allowed_calling_aes: [PACS]       # who may send; [] = anyone (not recommended)
       accept: [CR, DX, DX_PROCESSING, SC]
       max_associations: 10
+      refuse_unusable: true             # failure status for what the inference would refuse from the header
       tls: {cert: node.pem, key: node.key, ca: pacs-ca.pem}   # optional; ca: require client certificates
     work_dir: /var/lib/exaggeration-node  # spool/, queue.sqlite, jobs/, export_ledger.sqlite
     queue: {max_jobs: 1000, max_spool_mb: 20480, min_free_mb: 1024, max_attempts: 5, backoff_s: 60, max_backoff_s: 3600}
@@ -57,6 +58,7 @@ class ScpSettings:
     allowed_calling_aes: list[str] = field(default_factory=list)
     accept: list[str] = field(default_factory=lambda: list(SOP_CLASSES))
     max_associations: int = 10
+    refuse_unusable: bool = True  # answer a failure status to instances the inference would refuse from the header
     tls_cert: str = ""
     tls_key: str = ""
     tls_ca: str = ""
@@ -112,6 +114,25 @@ class NodeConfig:
     destination_name: str | None
     inference: dict[str, Any]
     threads: int | None = None
+
+    def input_limits(self):
+        """The inference's :class:`~monai_exaggeration.transforms.InputLimits`: the bundle's ``input_limits``,
+        updated by ``inference.input_limits`` of this file."""
+        import json
+
+        from monai_exaggeration.transforms.readers import InputLimits
+
+        try:
+            config = json.loads((bundle_root(self.path, self.inference) / "configs" / "inference.json").read_text())
+        except (OSError, ValueError):
+            config = {}
+        settings = {}
+        for source in (config.get("input_limits"), self.inference.get("input_limits")):
+            if isinstance(source, dict):
+                settings.update(source)
+        known = {f.name for f in fields(InputLimits)}
+        return InputLimits.for_sources(**{key: value for key, value in settings.items()
+                                          if key in known and isinstance(value, (int, float)) and not isinstance(value, bool)})
 
     def destination(self):
         """The :class:`~monai_exaggeration.export.Destination` results are sent to."""

@@ -5,6 +5,11 @@ For each C-STORE the handler
 1. refuses SOP classes outside ``node.accept`` with 0x0122 (SOP class not supported) and an
    ErrorComment; every storage SOP class is negotiated, so a PACS forwarding a whole study gets a
    per-instance status instead of a failed association;
+   refuses, when ``node.refuse_unusable`` (the default), what the inference would refuse from the
+   header alone (:func:`~monai_exaggeration.transforms.readers.check_dicom_header`: a modality that is
+   no radiograph, no pixel data, several frames, a size outside the inference's ``input_limits``)
+   with a failure status and the reason as ErrorComment: 0xA900 (data set does not match the SOP
+   class) without pixel data, else 0xC000 (cannot understand); nothing is spooled or queued;
 2. acknowledges an instance already in the queue for this model version (a re-send) with 0x0000
    without a second job (the queue counts it as a duplicate);
 3. refuses with 0xA700 (out of resources) when the queue holds ``max_jobs`` jobs, the spool would
@@ -15,7 +20,8 @@ For each C-STORE the handler
 
 So an acknowledged instance is on disk and in the queue; an instance whose transfer was cut before
 the answer is not acknowledged, and the sender sends it again. Associations from calling AE titles
-outside ``node.allowed_calling_aes`` (when set) or to another called AE title are rejected.
+outside ``node.allowed_calling_aes`` (when set) or to another called AE title are rejected, with a
+WARNING line naming the calling and called AE titles, the peer's address and the reason.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
+from monai_exaggeration.errors import CXRInputError
 from monai_exaggeration.node.config import NodeConfig
 from monai_exaggeration.node.queue import JobQueue
 
@@ -59,6 +66,18 @@ TRANSFER_SYNTAXES = [
     JPEG2000Lossless, JPEG2000, RLELossless,
 ]
 SUCCESS, OUT_OF_RESOURCES, SOP_CLASS_NOT_SUPPORTED, PROCESSING_FAILURE = 0x0000, 0xA700, 0x0122, 0x0110
+#: C-STORE failure statuses of PS3.4 (Storage Service Class) for instances refused from their header.
+DATA_SET_MISMATCH, CANNOT_UNDERSTAND = 0xA900, 0xC000
+#: Why an association was rejected, by (result source, diagnostic) of the A-ASSOCIATE-RJ (PS3.8).
+_REJECTIONS = {
+    (1, 3): "calling AE title not allowed (node.allowed_calling_aes)",
+    (1, 7): "called AE title is not ours (node.ae_title)",
+    (1, 2): "application context not supported",
+    (2, 1): "user identity not accepted",
+    (2, 2): "protocol version not supported",
+    (3, 1): "temporary congestion",
+    (3, 2): "too many associations (node.max_associations)",
+}
 
 
 def spool_name(sop_instance_uid: str, model_version: str) -> str:
@@ -105,7 +124,13 @@ class StorageSCP:
         self.ae.add_supported_context(Verification)
         for context in AllStoragePresentationContexts:
             self.ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
-        self.handlers = [(evt.EVT_C_ECHO, self._on_echo), (evt.EVT_C_STORE, self._on_store)]
+        self.limits = config.input_limits() if scp.refuse_unusable else None
+        if self.limits is not None:
+            from monai_exaggeration.transforms.readers import check_dicom_header  # now, not in the first C-STORE
+
+            self._check_header = check_dicom_header
+        self.handlers = [(evt.EVT_C_ECHO, self._on_echo), (evt.EVT_C_STORE, self._on_store),
+                         (evt.EVT_REJECTED, self._on_rejected)]
         self.server = None
         self.received = 0
 
@@ -135,6 +160,28 @@ class StorageSCP:
     def _on_echo(self, event) -> int:
         return SUCCESS
 
+    def _on_rejected(self, event) -> None:
+        """One log line per rejected association: who called, from where, and why."""
+        assoc = event.assoc
+        requestor, answer = assoc.requestor, assoc.acceptor.primitive
+        called = str(getattr(requestor.primitive, "called_ae_title", "") or "").strip()
+        source, diagnostic = getattr(answer, "result_source", None), getattr(answer, "diagnostic", None)
+        reason = _REJECTIONS.get((source, diagnostic), f"result source {source}, diagnostic {diagnostic}")
+        logger.warning("rejected an association from %s at %s:%s to %s: %s", str(requestor.ae_title).strip() or "?",
+                       requestor.address, requestor.port, called or "?", reason)
+
+    def _refusal(self, event, uid: str) -> tuple[int, str] | None:
+        """(failure status, reason) of an instance the inference would refuse from its header (None: keep it)."""
+        try:
+            dataset = event.dataset
+            dataset.file_meta = event.file_meta
+            self._check_header(uid, dataset, self.limits)
+        except CXRInputError as error:
+            return (DATA_SET_MISMATCH if "no pixel data" in error.problem else CANNOT_UNDERSTAND), error.problem
+        except Exception as error:  # noqa: BLE001 - a data set pydicom cannot decode
+            return CANNOT_UNDERSTAND, f"cannot decode the data set ({type(error).__name__})"
+        return None
+
     def _free_mb(self) -> float:
         return shutil.disk_usage(self.spool).free / 1e6
 
@@ -146,6 +193,10 @@ class StorageSCP:
             logger.warning("refused %s from %s: SOP class %s is not accepted (accept: %s)", uid, calling, sop_class,
                            ", ".join(self.config.scp.accept))
             return _status(SOP_CLASS_NOT_SUPPORTED, "SOP class not accepted: CR, DX or SC chest X-rays only")
+        refusal = self._refusal(event, uid) if self.limits is not None else None
+        if refusal is not None:
+            logger.warning("refused %s from %s with 0x%04X: %s", uid, calling, *refusal)
+            return _status(*refusal)
         existing = self.queue.find(uid, self.model_version)
         if existing is not None:
             self.queue.note_duplicate(existing.id)

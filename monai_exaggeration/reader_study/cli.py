@@ -8,19 +8,13 @@ Exit codes: 0 done (``serve``: stopped with Ctrl-C), 2 bad input (a one-line mes
 from __future__ import annotations
 
 import argparse
-import logging
 from collections.abc import Callable
 
+from monai_exaggeration.errors import add_debug_option
+from monai_exaggeration.errors import fail as _fail
 from monai_exaggeration.reader_study.config import ReaderStudyError
 
 __all__ = ["add_reader_study_parser"]
-
-logger = logging.getLogger("monai_exaggeration.reader_study")
-
-
-def _fail(error: BaseException) -> int:
-    logger.error("%s", " ".join(str(error).split()))  # one line, whatever the message holds
-    return 2
 
 
 #: The optional packages of the reader study (``pip install "monai_exaggeration[reader-study]"``).
@@ -43,6 +37,8 @@ def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse
                 '(from a source tree: pip install -e ".[reader-study]")'
             )
         except (ReaderStudyError, OSError) as error:
+            if getattr(args, "debug", False):
+                raise
             return _fail(error)
 
     return run
@@ -96,6 +92,7 @@ def _add_build(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", required=True, help="study.yaml (title, seed, inference_dir, cases, readers, arms, questions)")
     parser.add_argument("--out", required=True, help="the study folder to create (must be new or empty)")
     parser.add_argument("--force", action="store_true", help="replace a non-empty --out (never one holding responses)")
+    add_debug_option(parser)
     parser.set_defaults(handler=_guarded(_build_command))
 
 
@@ -115,6 +112,7 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--secure-cookies", action="store_true",
                         help="mark the session cookie Secure (browsers send it over HTTPS only): use it behind an HTTPS "
                         "reverse proxy, not when readers reach the app over plain http")
+    add_debug_option(parser)
     parser.set_defaults(handler=_guarded(_serve_command))
 
 
@@ -130,6 +128,7 @@ def _add_links(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--base-url", help="the address readers reach the app at (default: http://HOST:PORT)")
     parser.add_argument("--host", default="127.0.0.1", help="as given to serve, for the default base URL")
     parser.add_argument("--port", type=int, default=8765, help="as given to serve, for the default base URL")
+    add_debug_option(parser)
     parser.set_defaults(handler=_guarded(_links_command))
 
 
@@ -146,6 +145,7 @@ def _add_analyze(commands: argparse._SubParsersAction) -> None:
         "--mrmc-question", action="append", metavar="ID",
         help="a Likert rating question for the AUC and iMRMC export (repeatable; default: ids starting with 'confidence')",
     )
+    add_debug_option(parser)
     parser.set_defaults(handler=_guarded(_analyze_command))
 
 

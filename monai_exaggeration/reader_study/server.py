@@ -23,6 +23,12 @@ or ``POST /api/cases/<case>/explanation``, which also returns the frame scores),
 it and the reader's "before" answers to that case (phase ``before`` or id ``*_before``) are final
 (409 for a new or changed answer), also after a restart.
 
+Cross-site request forgery: a state-changing request (POST, PUT, PATCH, DELETE) whose ``Origin`` is
+not the app's own (or whose ``Sec-Fetch-Site`` names another site) is refused with 403, and one
+with a body must be ``Content-Type: application/json`` (or carry ``X-Requested-With``), else 415;
+so a page elsewhere cannot make a signed-in reader's browser answer, even where SameSite cookies
+are not enforced (:func:`forgery_refusal`).
+
 Every response carries ``Content-Security-Policy`` (``default-src 'self'``: no inline script or
 style), ``X-Content-Type-Options: nosniff`` and ``Referrer-Policy: no-referrer``; ``/api/*``
 answers are ``Cache-Control: no-store``. Every asset (page, script, style, image) is served
@@ -37,6 +43,7 @@ import logging
 import os
 import re
 import sys
+import urllib.parse
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -51,8 +58,9 @@ from fastapi.staticfiles import StaticFiles
 from monai_exaggeration.reader_study.store import AnswerFrozenError, ResponseStore
 
 __all__ = [
-    "COOKIE", "CONTENT_SECURITY_POLICY", "MAX_BODY_BYTES", "MAX_JSON_DEPTH", "Identity", "Study", "StudyError",
-    "TokenRedactingFilter", "create_app", "personal_links", "serve", "validate_answer", "write_links",
+    "COOKIE", "CONTENT_SECURITY_POLICY", "CUSTOM_HEADER", "MAX_BODY_BYTES", "MAX_JSON_DEPTH", "STATE_CHANGING", "Identity",
+    "Study", "StudyError", "TokenRedactingFilter", "create_app", "forgery_refusal", "personal_links", "serve",
+    "validate_answer", "write_links",
 ]
 
 #: Name of the session cookie that holds a reader's token.
@@ -70,6 +78,46 @@ REDACTED_LOGGERS = ("uvicorn.access", "uvicorn.error")
 _LINK_PATH = re.compile(r"(/r/)[^\s\"'?#/]+")
 _ASSET_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}\.png$")
 _STATIC = resources.files("monai_exaggeration.reader_study") / "static"
+
+
+#: Methods that change what the app stores: refused from a foreign origin, and with a body unless it is JSON.
+STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: A request header no cross-site form or simple request can carry (a browser asks the server first, and
+#: this app never agrees); API clients that send no JSON body may send it instead of Content-Type JSON.
+CUSTOM_HEADER = "X-Requested-With"
+
+
+def _origin_of(url: str) -> str:
+    """``scheme://host[:port]`` of ``url``, lower case ("" when it has none)."""
+    parts = urllib.parse.urlsplit(url.strip())
+    return f"{parts.scheme}://{parts.netloc}".lower() if parts.scheme and parts.netloc else ""
+
+
+def forgery_refusal(request: Request, trusted_origins: Iterable[str] = ()) -> tuple[int, str] | None:
+    """(status, reason) when a state-changing request may be a cross-site request forgery, else None.
+
+    Refused with 403: an ``Origin`` other than the app's own (the ``Host`` it was asked as, or one of
+    ``trusted_origins``: the public address behind a reverse proxy), ``Origin: null``, or no
+    ``Origin`` but ``Sec-Fetch-Site`` saying another site. Refused with 415: a body that is not
+    ``Content-Type: application/json`` without :data:`CUSTOM_HEADER` (a cross-site HTML form can
+    only send form or plain-text bodies). Requests without these headers (API clients) pass.
+    """
+    if request.method not in STATE_CHANGING:
+        return None
+    origin = request.headers.get("origin")
+    if origin is not None:
+        own = {_origin_of(url) for url in trusted_origins}
+        host = request.headers.get("host", "").lower()
+        parts = urllib.parse.urlsplit(origin.strip().lower())
+        if not (_origin_of(origin) in own or (parts.scheme in ("http", "https") and host and parts.netloc == host)):
+            return 403, f"cross-origin request refused (Origin {origin[:100]}): answers are given on the study's own pages"
+    elif request.headers.get("sec-fetch-site", "").lower() in ("cross-site", "same-site"):
+        return 403, "cross-site request refused: answers are given on the study's own pages"
+    if request.method != "DELETE" and CUSTOM_HEADER.lower() not in request.headers:
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind != "application/json":
+            return 415, "send the request body as JSON with Content-Type: application/json"
+    return None
 
 
 class StudyError(ValueError):
@@ -273,22 +321,48 @@ async def read_json(request: Request) -> Any:
         raise HTTPException(422, f"the request body is not valid JSON ({error})") from None
 
 
+def _percent_decoded(text: str, rounds: int = 3) -> str:
+    """``text`` with percent-escapes decoded, again while that changes it (a token may be encoded twice)."""
+    for _ in range(rounds):
+        decoded = urllib.parse.unquote(text, errors="replace")
+        if decoded == text:
+            break
+        text = decoded
+    return text
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters percent-encoded again: a decoded line break cannot forge a log line."""
+    return "".join(char if char.isprintable() else urllib.parse.quote(char) for char in text)
+
+
 class TokenRedactingFilter(logging.Filter):
     """Replaces ``/r/<anything>`` and every known token in log records with ``[redacted]``.
 
-    Works on the record's message and its string arguments, so uvicorn's access-log formatter (which
-    unpacks ``record.args``) still gets its five arguments.
+    uvicorn logs the path as the client sent it, percent-escapes included, so a token is also looked
+    for after decoding them (``%74oken`` is ``token``); a line where only the decoded text holds a
+    token is logged decoded and redacted (control characters kept encoded). Works on the record's
+    message and its string arguments, so uvicorn's access-log formatter (which unpacks
+    ``record.args``) still gets its five arguments.
     """
 
     def __init__(self, tokens: Iterable[str] = ()) -> None:
         super().__init__()
         self.tokens = sorted({str(token) for token in tokens if token}, key=len, reverse=True)
 
-    def redact(self, text: str) -> str:
+    def _redact_plain(self, text: str) -> str:
         text = _LINK_PATH.sub(r"\1[redacted]", text)
         for token in self.tokens:
             text = text.replace(token, "[redacted]")
         return text
+
+    def redact(self, text: str) -> str:
+        plain = self._redact_plain(text)
+        decoded = _percent_decoded(plain)
+        if decoded == plain:
+            return plain
+        redacted = self._redact_plain(decoded)
+        return plain if redacted == decoded else _printable(redacted)
 
     def _clean(self, value: Any) -> Any:
         return self.redact(value) if isinstance(value, str) else value
@@ -302,9 +376,12 @@ class TokenRedactingFilter(logging.Filter):
         return True
 
 
-def create_app(study_dir: str | Path, secure_cookies: bool = False) -> FastAPI:
-    """The reading app for one study folder; ``secure_cookies``: mark the session cookie ``Secure`` (behind HTTPS)."""
+def create_app(study_dir: str | Path, secure_cookies: bool = False, trusted_origins: Iterable[str] = ()) -> FastAPI:
+    """The reading app for one study folder; ``secure_cookies``: mark the session cookie ``Secure`` (behind HTTPS);
+    ``trusted_origins``: addresses the study's pages are served from besides the one the app is asked as (a
+    reverse proxy's public ``https://host``), from which answers are accepted (:func:`forgery_refusal`)."""
     study = Study(study_dir)
+    trusted = tuple(trusted_origins)
     redactor = TokenRedactingFilter(study.tokens)
 
     @asynccontextmanager
@@ -334,6 +411,9 @@ def create_app(study_dir: str | Path, secure_cookies: bool = False) -> FastAPI:
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next):
+        refusal = forgery_refusal(request, trusted)
+        if refusal is not None:
+            return secured(request, JSONResponse({"detail": refusal[1]}, status_code=refusal[0]))
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
             return secured(request, JSONResponse({"detail": f"request body larger than {MAX_BODY_BYTES} bytes"}, status_code=413))
@@ -571,8 +651,10 @@ def serve(study_dir: str | Path, host: str = "127.0.0.1", port: int = 8765, base
     """
     import uvicorn
 
-    app = create_app(study_dir, secure_cookies=secure_cookies)  # raises StudyError for a folder that is not a study
-    links = write_links(study_dir, base_url or default_base_url(host, port))
+    base_url = base_url or default_base_url(host, port)
+    # raises StudyError for a folder that is not a study
+    app = create_app(study_dir, secure_cookies=secure_cookies, trusted_origins=[base_url])
+    links = write_links(study_dir, base_url)
     print(f"Reader study {app.title!r} from {Path(study_dir).resolve()}; answers in responses.sqlite there.")
     print(f"Personal links (send each reader only their own): {links.resolve()}; "
           f"or run `python -m monai_exaggeration reader-study links {study_dir}`.")

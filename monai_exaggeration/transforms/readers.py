@@ -14,11 +14,13 @@ Conventions (tested in ``tests/test_readers.py``):
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import logging
 import math
 import os
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +38,10 @@ from pydicom.uid import (
 
 from monai_exaggeration.errors import CXRInputError
 
-__all__ = ["CXRImage", "DICOM_KEYWORDS", "InputLimits", "read_cxr", "read_dicom", "read_raster", "read_nifti"]
+__all__ = [
+    "CXRImage", "DICOM_KEYWORDS", "InputLimits", "check_dicom_header", "read_cxr", "read_dicom", "read_raster", "read_nifti",
+    "sniff_format",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -184,12 +189,63 @@ def _luminance(rgb: np.ndarray) -> np.ndarray:
     return luma
 
 
-def _is_dicom(path: Path) -> bool:
-    if path.suffix.lower() in (".dcm", ".dicom"):
-        return True
+def _grey(path: Path, rgb: np.ndarray, what: str) -> np.ndarray:
+    """:func:`_luminance` of a colour image, saying so at INFO level when its channels differ (colour is dropped)."""
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    if np.array_equal(red, green) and np.array_equal(red, blue):
+        logger.debug("%s: %s image with equal channels, read as grey", path, what)
+    else:
+        logger.info("%s: colour (%s) image converted to grey (ITU-R BT.601 luminance); its colours are not used",
+                    path, what)
+    return _luminance(rgb)
+
+
+#: Leading bytes of the image formats read here (DICOM is recognised by ``DICM`` at byte 128).
+_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"\xff\xd8\xff", "jpeg"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+    (b"II+\x00", "tiff"),  # BigTIFF
+    (b"MM\x00+", "tiff"),
+    (b"GIF87a", "gif"),
+    (b"GIF89a", "gif"),
+    (b"BM", "bmp"),
+)
+#: Formats read by :func:`read_raster`, and the file extension that tells imageio which plugin to use.
+_RASTER_EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "tiff": ".tif", "gif": ".gif", "bmp": ".bmp"}
+
+
+def _nifti_version(header: bytes) -> int | None:
+    """1 or 2 when ``header`` starts a single-file NIfTI (its ``sizeof_hdr`` and magic), else None."""
+    for version, size, magic_at, magic in ((1, 348, 344, b"n+1\x00"), (2, 540, 4, b"n+2\x00")):
+        if len(header) >= size and header[magic_at:magic_at + 4] == magic:
+            if int.from_bytes(header[:4], "little") == size or int.from_bytes(header[:4], "big") == size:
+                return version
+    return None
+
+
+def sniff_format(path: str | os.PathLike) -> str | None:
+    """The format of a file from its content, whatever its name: ``"dicom"``, ``"nifti"``, ``"nifti.gz"``,
+    ``"png"``, ``"jpeg"``, ``"tiff"``, ``"gif"``, ``"bmp"``; None when the content is none of these
+    (a DICOM file without its 128-byte preamble is among those: the caller then goes by the name)."""
     with open(path, "rb") as handle:
-        head = handle.read(132)
-    return head[128:132] == b"DICM"
+        head = handle.read(540)
+    if head[128:132] == b"DICM":
+        return "dicom"
+    if head[:2] == b"\x1f\x8b":  # gzip: a compressed NIfTI is the only one read here
+        try:
+            with gzip.open(path, "rb") as stream:
+                inner = stream.read(540)
+        except (OSError, EOFError, zlib.error):
+            return None
+        return "nifti.gz" if _nifti_version(inner) else None
+    if _nifti_version(head):
+        return "nifti"
+    for signature, kind in _SIGNATURES:
+        if head.startswith(signature):
+            return kind
+    return None
 
 
 def read_cxr(path: str | os.PathLike, limits: InputLimits | None = None) -> CXRImage:
@@ -225,12 +281,20 @@ def read_cxr(path: str | os.PathLike, limits: InputLimits | None = None) -> CXRI
 
 
 def _read_any(path: Path, limits: InputLimits) -> CXRImage:
+    kind = sniff_format(path)  # the content decides: a PNG named .dcm is read as a PNG
+    if kind == "dicom":
+        return read_dicom(path, limits)
+    if kind in ("nifti", "nifti.gz"):
+        return read_nifti(path, limits)
+    if kind in _RASTER_EXTENSIONS:
+        return read_raster(path, limits)
+    # Content not recognised (a DICOM without preamble, or a damaged file): the name decides.
     name = path.name.lower()
     if name.endswith(NIFTI_SUFFIXES):
         return read_nifti(path, limits)
     if name.endswith(RASTER_SUFFIXES):
         return read_raster(path, limits)
-    if _is_dicom(path):
+    if name.endswith((".dcm", ".dicom")):
         return read_dicom(path, limits)
     # Unknown suffix (PACS exports often have none): DICOM without preamble, then raster images.
     try:
@@ -318,6 +382,18 @@ def _check_dicom_content(path: Path, dataset: pydicom.Dataset) -> None:
         )
 
 
+def check_dicom_header(path: str | os.PathLike, dataset: pydicom.Dataset, limits: InputLimits | None = None) -> None:
+    """Refuse, from the header alone, a DICOM instance :func:`read_dicom` would refuse before decoding it.
+
+    Raises :class:`CXRInputError` for a modality that is no radiograph, no pixel data, several
+    frames, a transfer syntax without decoder, or a size outside ``limits``. ``dataset`` needs its
+    ``file_meta.TransferSyntaxUID``. The DICOM node answers a C-STORE with a failure status from this.
+    """
+    path = Path(path)
+    _check_dicom_content(path, dataset)
+    (limits or InputLimits()).check_shape(path, int(dataset.get("Rows", 0) or 0), int(dataset.get("Columns", 0) or 0))
+
+
 def _decode(path: Path, dataset: pydicom.Dataset) -> np.ndarray:
     try:
         return dataset.pixel_array
@@ -358,11 +434,10 @@ def read_dicom(path: str | os.PathLike, limits: InputLimits | None = None) -> CX
     path = Path(path)
     dataset = _dcmread(path)
     _ensure_transfer_syntax(dataset)
-    _check_dicom_content(path, dataset)
-    (limits or InputLimits()).check_shape(path, int(dataset.get("Rows", 0) or 0), int(dataset.get("Columns", 0) or 0))
+    check_dicom_header(path, dataset, limits)
     stored = _decode(path, dataset)
     if stored.ndim == 3:  # colour secondary capture (pydicom converts YBR to RGB)
-        values, low, high = _luminance(stored), 0.0, 255.0
+        values, low, high = _grey(path, stored, str(dataset.get("PhotometricInterpretation", "RGB"))), 0.0, 255.0
     elif stored.ndim == 2:
         values = apply_modality_lut(stored, dataset)
         has_rescale = "ModalityLUTSequence" in dataset or float(dataset.get("RescaleSlope", 1) or 1) != 1
@@ -391,16 +466,41 @@ def read_dicom(path: str | os.PathLike, limits: InputLimits | None = None) -> CX
 # --------------------------------------------------------------------------------------- rasters
 
 
-def _raster_shape(path: Path) -> tuple[int, int] | None:
-    """(rows, columns) from the file header, without decoding the pixels; None when unknown."""
-    from PIL import Image
+#: Frames counted at most when refusing a multi-frame file (each costs a header read, never a decode).
+_MAX_FRAMES_COUNTED = 1000
 
+
+def _check_raster_header(path: Path, limits: InputLimits, rows: int, columns: int, frames: int) -> None:
+    """Frames and size from the header: refused here, before any pixel is decoded (decompression bombs)."""
+    if frames > 1:
+        counted = f"{frames} frames" if frames < _MAX_FRAMES_COUNTED else f"at least {frames} frames"
+        raise CXRInputError(path, f"is a multi-frame image or volume ({counted})", "give one 2-D image")
+    limits.check_shape(path, rows, columns)
+
+
+def _pillow_frames(image: Any) -> int:
+    """Frames or pages of an open Pillow image, found by seeking their headers (up to :data:`_MAX_FRAMES_COUNTED`)."""
+    frames = 1
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # PIL's decompression-bomb warning: our limit decides
-            with Image.open(path) as image:
-                return int(image.height), int(image.width)
-    except Exception:  # noqa: BLE001 - not an image PIL knows: imageio decides below
+        while frames < _MAX_FRAMES_COUNTED:
+            image.seek(frames)
+            frames += 1
+    except EOFError:
+        pass
+    except Exception:  # noqa: BLE001 - a damaged later frame still is another frame
+        frames += 1
+    return frames
+
+
+def _tiff_header(path: Path) -> tuple[int, int, int] | None:
+    """(rows, columns, pages) of a TIFF Pillow cannot open, from tifffile's page headers; None when unknown."""
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tiff:
+            first = tiff.pages[0]
+            return int(first.imagelength), int(first.imagewidth), len(tiff.pages)
+    except Exception:  # noqa: BLE001 - not a TIFF tifffile reads: imageio decides (and words the error)
         return None
 
 
@@ -408,9 +508,10 @@ def _raster_shape(path: Path) -> tuple[int, int] | None:
 _PILLOW_AS_IS = {"PNG": ("L", "RGB", "RGBA"), "JPEG": ("L", "RGB"), "BMP": ("L", "RGB")}
 
 
-def _pillow_pixels(path: Path, limits: InputLimits) -> np.ndarray | None:
-    """The pixels of an 8-bit grey/RGB(A) PNG, JPEG or BMP decoded by Pillow directly, after the header's
-    size check; None for anything else or any failure, so that imageio decides (and words the error).
+def _pillow_read(path: Path, limits: InputLimits) -> tuple[bool, np.ndarray | None]:
+    """(whether Pillow read the header, the pixels or None): frames and size are checked from the header
+    first; the pixels of an 8-bit grey/RGB(A) PNG, JPEG or BMP are decoded by Pillow directly, anything
+    else (and any failure) is left to imageio.
 
     For these files imageio's Pillow plugin returns exactly ``np.asarray(image)``; opening the file
     once, without imageio's plugin search, takes a fifth of the time for a 128 px image.
@@ -422,33 +523,44 @@ def _pillow_pixels(path: Path, limits: InputLimits) -> np.ndarray | None:
             warnings.simplefilter("ignore")  # PIL's decompression-bomb warning: our limit decides
             image = Image.open(path)
     except Exception:  # noqa: BLE001 - not an image PIL knows: imageio decides
-        return None
+        return False, None
     with image:
-        limits.check_shape(path, int(image.height), int(image.width))
-        if image.mode not in _PILLOW_AS_IS.get(image.format or "", ()) or getattr(image, "n_frames", 1) != 1:
-            return None
+        _check_raster_header(path, limits, int(image.height), int(image.width), _pillow_frames(image))
+        if image.mode not in _PILLOW_AS_IS.get(image.format or "", ()):
+            return True, None
         try:
-            return np.asarray(image)
+            image.seek(0)
+            return True, np.asarray(image)
         except Exception:  # noqa: BLE001 - truncated or damaged: imageio's path gives the error
-            return None
+            return True, None
+
+
+def _pillow_pixels(path: Path, limits: InputLimits) -> np.ndarray | None:
+    """The pixels :func:`_pillow_read` decodes with Pillow (None: imageio decides)."""
+    return _pillow_read(path, limits)[1]
 
 
 def read_raster(path: str | os.PathLike, limits: InputLimits | None = None) -> CXRImage:
-    """Read an 8- or 16-bit PNG/JPEG/TIFF (grayscale, RGB or RGBA) with imageio."""
+    """Read an 8- or 16-bit PNG/JPEG/TIFF (grayscale, RGB or RGBA) with imageio.
+
+    The format is taken from the content (a PNG named ``.dcm`` is read as a PNG); the number of
+    frames or pages and the size are checked from the header before anything is decoded.
+    """
     import imageio.v3 as iio
 
     path = Path(path)
     limits = limits or InputLimits()
-    image = _pillow_pixels(path, limits)
+    kind = sniff_format(path)
+    header_read, image = _pillow_read(path, limits)
     if image is None:
-        if (shape := _raster_shape(path)) is not None:
-            limits.check_shape(path, *shape)
+        if not header_read and kind == "tiff" and (header := _tiff_header(path)) is not None:
+            _check_raster_header(path, limits, *header)
         try:
-            image = np.asarray(iio.imread(path))
+            image = np.asarray(iio.imread(path, extension=_RASTER_EXTENSIONS.get(kind)))
         except Exception as error:  # noqa: BLE001 - imageio raises plugin-specific errors
             raise CXRInputError(path, f"not a readable image ({type(error).__name__})", "give a PNG/JPEG/DICOM") from None
     if image.ndim == 3 and image.shape[-1] in (3, 4):
-        values = _luminance(image)
+        values = _grey(path, image, "RGBA" if image.shape[-1] == 4 else "RGB")
     elif image.ndim == 3 and image.shape[-1] in (1, 2):
         values = image[..., 0]
     elif image.ndim == 2:
@@ -471,22 +583,45 @@ def read_raster(path: str | os.PathLike, limits: InputLimits | None = None) -> C
 # --------------------------------------------------------------------------------------- NIfTI
 
 
-def read_nifti(path: str | os.PathLike, limits: InputLimits | None = None) -> CXRImage:
-    """Read a 2-D NIfTI radiograph (first voxel axis = columns, second = rows, as MONAI/ITK write 2-D images)."""
-    import nibabel as nib
+def _open_nifti(stream: Any) -> Any:
+    """The NIfTI-1 or -2 image in the open (decompressed) ``stream``: its header is read, its voxels are not.
 
+    Read through a file map rather than ``nibabel.load``, so that the content decides, not the name.
+    """
+    import nibabel as nib
+    from nibabel.fileholders import FileHolder
+
+    version = _nifti_version(stream.read(540))
+    if version is None:
+        raise ValueError("no NIfTI-1 or NIfTI-2 header")
+    stream.seek(0)
+    image_class = nib.Nifti1Image if version == 1 else nib.Nifti2Image
+    return image_class.from_file_map({"image": FileHolder(fileobj=stream)})
+
+
+def read_nifti(path: str | os.PathLike, limits: InputLimits | None = None) -> CXRImage:
+    """Read a 2-D NIfTI radiograph (first voxel axis = columns, second = rows, as MONAI/ITK write 2-D images).
+
+    The shape is checked from the header before any voxel is decompressed: a small ``.nii.gz``
+    declaring a large volume is refused at once (decompression bombs).
+    """
     path = Path(path)
+    kind = sniff_format(path)
+    compressed = kind == "nifti.gz" or (kind is None and path.name.lower().endswith(".gz"))
     try:
-        image = nib.load(str(path))
-        header_shape = [int(v) for v in image.shape if int(v) != 1]
-        if len(header_shape) == 2:
-            (limits or InputLimits()).check_shape(path, header_shape[1], header_shape[0])
-        data = np.asarray(image.dataobj)
+        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as stream:
+            image = _open_nifti(stream)
+            shape = tuple(int(v) for v in image.shape)
+            axes = [v for v in shape if v != 1]
+            if len(axes) != 2:
+                what = f"a {len(axes)}-D volume" if len(axes) > 2 else "not a 2-D image"
+                raise CXRInputError(path, f"is {what} (shape {shape})", "give a single 2-D radiograph")
+            (limits or InputLimits()).check_shape(path, axes[1], axes[0])
+            data = np.squeeze(np.asarray(image.dataobj))
+    except CXRInputError:
+        raise
     except Exception as error:  # noqa: BLE001
         raise CXRInputError(path, f"corrupt or unreadable NIfTI ({error})", _EXPORT_HINT) from None
-    data = np.squeeze(data)
-    if data.ndim != 2:
-        raise CXRInputError(path, f"is a 3-D volume (shape {data.shape})", "give a single 2-D radiograph")
     values = data.T
     if data.dtype == np.uint8:
         low, high = 0.0, 255.0

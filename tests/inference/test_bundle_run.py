@@ -123,8 +123,9 @@ def test_unusable_input_or_settings_exit_2_with_one_line(tmp_path: Path, args: l
     result = run_bundle(inference_args(out, *[a.format(tmp=tmp_path) for a in args]), env=ONE_THREAD)
     output = result.stdout + result.stderr
     assert result.returncode == 2, output[-3000:]
-    error_lines = [line for line in output.splitlines() if " - ERROR - " in line]
+    error_lines = [line for line in output.splitlines() if line.startswith("error: ") or " - ERROR - " in line]
     assert len(error_lines) == 1 and message.format(tmp=tmp_path) in error_lines[0], output[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == error_lines[0]  # `error: ...`, the last line on stderr
     assert "Traceback" not in output
     assert not out.exists()
 
