@@ -42,9 +42,9 @@ import yaml
 from monai_exaggeration.bundle import default_bundle_root
 from monai_exaggeration.data import default_input
 from monai_exaggeration.dicom.secondary_capture import derived_uid
-from monai_exaggeration.export.orthanc import LocalOrthanc, dcmtk_tool, free_port, orthanc_binary
+from repo_helpers import LocalOrthanc, dcmtk_tool, free_port, orthanc_binary, shared_data_dir
 
-SHARED = Path(os.environ.get("EXAG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "dicom"
+SHARED = shared_data_dir() / "dicom"
 
 
 

@@ -32,8 +32,8 @@ from skimage.transform import resize
 from monai_exaggeration.data import default_input
 from monai_exaggeration.dicom import SeriesInfo, write_series
 from monai_exaggeration.export import SendLedger, collect_dicom_files, export_files
-from monai_exaggeration.export.orthanc import LocalOrthanc, orthanc_binary
 from monai_exaggeration.transforms import read_cxr
+from repo_helpers import LocalOrthanc, orthanc_binary
 
 
 def write_instances(folder: Path, count: int, size: int) -> list[Path]:

@@ -16,7 +16,7 @@ mean |score − bin centre| of the written frames, so speed is compared at compa
 Limits (issue 25), measured in the same run: the calibrated explainer's series at most 1.0x Latent
 Shift's time, the raw one at most 0.5x.
 
-    python benchmarks/methods.py                           # 20 images of ../shared/data's NIH sample
+    python benchmarks/methods.py                           # 20 images of the development data's NIH sample
     python benchmarks/methods.py --input DIR --images 10 --threads 2
 """
 
@@ -34,12 +34,13 @@ from monai_exaggeration.bundle import default_bundle_root, load_bundle_classifie
 from monai_exaggeration.data import collect_inputs, default_input, load_split, stratified_head
 from monai_exaggeration.inference import ExaggerationInference
 from monai_exaggeration.methods import METHOD_NAMES
+from repo_helpers import shared_data_dir
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "nih-cardiomegaly-128"
+SHARED = shared_data_dir() / "nih-cardiomegaly-128"
 
 
 def sources(args: argparse.Namespace) -> list[str]:
-    """``--input`` (file or folder), else the validation split of ../shared/data's NIH sample, else RG1."""
+    """``--input`` (file or folder), else the validation split of the development data's NIH sample, else RG1."""
     if args.input:
         return [str(record["image"]) for record in collect_inputs(args.input)][: args.images + 1]
     if (SHARED / "labels.csv").is_file():

@@ -12,8 +12,8 @@ exactly what a user runs without ``torchrun``.
   (``n_critic`` 1). Images/s = processes x batch x timed steps / seconds, after ``--warmup`` steps.
   The images are random tensors: throughput does not depend on their content.
 * **inference** — ``ExaggerationInference.run`` with ``inference.json``'s settings and shipped
-  models over a folder of ``--sources`` chest PNGs (the NIH sample when
-  ``../shared/data/nih-cardiomegaly-128`` exists, else crops of pydicom-data's RG1 chest): rank r
+  models over a folder of ``--sources`` chest PNGs (the NIH sample when the development data's
+  ``nih-cardiomegaly-128`` exists, ``$EXAG_SHARED_DATA``, else crops of pydicom-data's RG1 chest): rank r
   explains sources r, r + W, ...; the time includes rank 0's merge of the CSV logs. Models are
   loaded before the clock starts.
 
@@ -159,9 +159,10 @@ def prepare_sources(folder: Path, count: int) -> str:
     Returns a description of what they are.
     """
     import imageio.v3 as iio
+    from repo_helpers import shared_data_dir  # here, not at the top: the spawned workers need none of it
 
     folder.mkdir(parents=True, exist_ok=True)
-    nih = Path(os.environ.get("EXAG_SHARED_DATA", REPO_ROOT.parent / "shared" / "data")) / "nih-cardiomegaly-128"
+    nih = shared_data_dir() / "nih-cardiomegaly-128"
     if (nih / "labels.csv").is_file():
         import pandas as pd
 

@@ -123,7 +123,7 @@ def _limits(repeats: int = 7, inference: bool = True) -> tuple[float, float]:
     import copy
 
     from monai_exaggeration.bundle import load_bundle_classifier
-    from monai_exaggeration.engines.series import generate_series
+    from monai_exaggeration.methods.series import generate_series
     from monai_exaggeration.networks import load_explainer
 
     torch.set_num_threads(THREADS[0])

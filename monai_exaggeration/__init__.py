@@ -1,7 +1,8 @@
-"""monai_exaggeration: explain chest X-ray classifiers by progressive exaggeration (MONAI plugin)."""
+"""monai_exaggeration: explain chest X-ray classifiers by progressive exaggeration (MONAI plugin).
+
+Importing the package changes nothing global: the bundle workflows install their one-line error
+reporting themselves, first thing in their ``initialize`` list
+(:func:`monai_exaggeration.bundle.check_overrides`), and the commands at their entry point.
+"""
 
 __version__ = "0.9.0"
-
-from monai_exaggeration.errors import install_bundle_error_hook as _install_bundle_error_hook
-
-_install_bundle_error_hook()  # one-line user errors under `python -m monai.bundle` (no-op otherwise)

@@ -12,7 +12,13 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-__all__ = ["bin_centre", "bin_centres", "centre_values", "check_num_bins", "posterior_to_bin"]
+__all__ = ["DECISION_THRESHOLD", "DEFAULT_NUM_BINS", "bin_centre", "bin_centres", "centre_values", "check_num_bins", "posterior_to_bin"]
+
+
+#: The papers' number of bins (N = 10): the default wherever an explainer file does not say.
+DEFAULT_NUM_BINS = 10
+#: The classifier's decision threshold: a score at or above it says "finding present" (flips, predictions).
+DECISION_THRESHOLD = 0.5
 
 
 def check_num_bins(num_bins: int) -> int:

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from monai_exaggeration.errors import UserError, running_bundle_workflow
+from monai_exaggeration.errors import UserError, install_bundle_error_hook, running_bundle_workflow
 
 if TYPE_CHECKING:  # torch and the networks are imported where a model is loaded: the command line's --help stays fast
     import torch
@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # torch and the networks are imported where a model is loaded
 
 __all__ = [
     "BUNDLES",
+    "BUNDLES_ENV",
     "CLASSIFIER_CONFIGS",
     "DATASET_ENV",
     "NEW_KEYS",
@@ -43,6 +44,10 @@ __all__ = [
 #: Environment variable that overrides the default dataset folder.
 DATASET_ENV = "EXAG_DATASET_DIR"
 
+#: Environment variable naming a folder of bundles (``<folder>/cxr``, ``<folder>/cxr_classifier`` ...) used
+#: before the bundles shipped with the package (see :func:`default_bundle_root`).
+BUNDLES_ENV = "EXAG_BUNDLES_DIR"
+
 #: The shipped bundles (folder name under ``bundles/``) and the model each holds.
 BUNDLES = {
     "cxr": "progressive-exaggeration explainer (generator)",
@@ -57,16 +62,29 @@ CLASSIFIER_CONFIGS = ("configs/train.json", "configs/classifier_cpu.json")
 
 
 def default_bundle_root(name: str = "cxr") -> str:
-    """``bundles/<name>`` of the source tree this package is installed from, else ``./bundles/<name>``.
+    """The folder of the bundle ``name`` (one of :data:`BUNDLES`; ``cxr``, the default, is the explainer's).
 
-    ``name`` is one of :data:`BUNDLES`; ``cxr`` (the default) is the explainer's bundle.
+    In order, the first that holds ``<name>/configs``:
+
+    1. ``$EXAG_BUNDLES_DIR/<name>`` (:data:`BUNDLES_ENV`): a folder of bundles of your own; a bundle it
+       does not hold comes from the package;
+    2. ``monai_exaggeration/bundles/<name>``: the bundles shipped with the package (package data of the
+       wheel; in the repository a link to ``bundles/``), whatever the current folder;
+    3. ``bundles/<name>`` of the source tree the package is imported from (a checkout without the link).
+
+    Never raises for a missing bundle (command lines take it as a default before anything runs): it then
+    returns the shipped location, and loading from it says what is missing.
     """
     if name not in BUNDLES:
         raise ValueError(f"unknown bundle {name!r}: choose one of {', '.join(BUNDLES)}")
-    source_tree = Path(__file__).resolve().parents[1] / "bundles" / name
-    if (source_tree / "configs").is_dir():
-        return str(source_tree)
-    return str(Path("bundles") / name)
+    package = Path(__file__).resolve().parent
+    candidates = [package / "bundles" / name, package.parent / "bundles" / name]
+    if os.environ.get(BUNDLES_ENV):
+        candidates.insert(0, Path(os.environ[BUNDLES_ENV]).expanduser() / name)
+    for folder in candidates:
+        if (folder / "configs").is_dir():
+            return str(folder.resolve())
+    return str(package / "bundles" / name)
 
 
 def default_dataset_dir(bundle_root: str | os.PathLike) -> str:
@@ -172,7 +190,8 @@ def check_overrides(argv: list[str] | None = None) -> None:
     """Refuse command-line settings that are not keys of the merged config (a mistyped ``--num_frame 5``
     would otherwise be added as a new, unused key and silently change nothing).
 
-    Called first in every bundle workflow's ``initialize`` list. Reads the ``--key value`` pairs of
+    Called first in every bundle workflow's ``initialize`` list, where it also installs the one-line
+    reporting of user errors (:func:`~monai_exaggeration.errors.install_bundle_error_hook`). Reads the ``--key value`` pairs of
     ``python -m monai.bundle`` (``argv``, default ``sys.argv``; outside a bundle run it does nothing
     unless ``argv`` is given) and checks each key, ``#`` paths included (``--network_def#stem_channels``),
     against the config files of ``--config_file`` merged in order (and ``--args_file``'s pairs). A
@@ -185,6 +204,7 @@ def check_overrides(argv: list[str] | None = None) -> None:
     if argv is None:
         if not running_bundle_workflow():
             return
+        install_bundle_error_hook()  # from here on, user errors are one line and exit 2
         argv = sys.argv[1:]
     from monai.bundle import ConfigParser
 
@@ -296,3 +316,16 @@ def load_bundle_encoder(
     for parameter in network.parameters():
         parameter.requires_grad_(False)
     return network.to(select_device(device)).eval()
+
+
+if __name__ == "__main__":  # python -m monai_exaggeration.bundle [NAME]: a bundle's folder, for --config_file / --bundle_root
+    import argparse
+
+    _parser = argparse.ArgumentParser(
+        prog="python -m monai_exaggeration.bundle",
+        description="Print the folder of a bundle (the shipped one, or $EXAG_BUNDLES_DIR/NAME when that holds it), "
+        'e.g. cxr="$(python -m monai_exaggeration.bundle)"; '
+        'python -m monai.bundle run inference --config_file "$cxr/configs/inference.json" --bundle_root "$cxr"',
+    )
+    _parser.add_argument("name", nargs="?", default="cxr", choices=list(BUNDLES), help="the bundle (default: cxr, the explainer)")
+    print(default_bundle_root(_parser.parse_args().name))

@@ -213,12 +213,19 @@ def gather_objects(obj: T) -> list[T]:
 
 
 def shard(items: Sequence[T], rank: int | None = None, world_size: int | None = None) -> list[T]:
-    """Every ``world_size``-th item starting at ``rank``: the shards of all ranks cover ``items`` once."""
+    """Every ``world_size``-th item starting at ``rank``: the shards of all ranks cover ``items`` once.
+
+    MONAI's :func:`~monai.data.partition_dataset` (in order, not padded); a rank beyond the items gets none.
+    """
+    from monai.data import partition_dataset
+
     rank = get_rank() if rank is None else rank
     world_size = get_world_size() if world_size is None else world_size
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, world_size), got rank {rank} of {world_size}")
-    return list(items[rank::world_size])
+    if rank >= len(items):  # partition_dataset refuses fewer items than partitions
+        return []
+    return partition_dataset(list(items), num_partitions=min(world_size, len(items)), even_divisible=False)[rank]
 
 
 def ddp(

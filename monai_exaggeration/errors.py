@@ -221,8 +221,9 @@ def install_bundle_error_hook() -> None:
     """Under ``python -m monai.bundle``, show user errors as one line and exit 2 (idempotent).
 
     MONAI's bundle runner lets exceptions reach the interpreter, which prints a long traceback
-    (config evaluation wraps the real message twice). This hook is installed when the package is
-    imported by a bundle config and only changes how uncaught *user* errors are reported; the
+    (config evaluation wraps the real message twice). This hook is installed by the first step of every
+    bundle workflow (:func:`monai_exaggeration.bundle.check_overrides`) and only changes how uncaught
+    *user* errors are reported; the
     package's logged errors become ``error: ...`` lines too (:func:`show_errors_as_lines`).
     """
     if not running_bundle_workflow():

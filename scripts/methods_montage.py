@@ -20,9 +20,8 @@ import numpy as np
 
 from monai_exaggeration.bundle import default_bundle_root, load_bundle_classifier
 from monai_exaggeration.data import default_input
-from monai_exaggeration.evaluation.report import METHOD_TITLES
 from monai_exaggeration.inference import ExaggerationInference
-from monai_exaggeration.methods import METHOD_NAMES
+from monai_exaggeration.methods import METHOD_NAMES, method_title
 from monai_exaggeration.plotting import plt, save_figure
 
 CHANGE_SCALE = 0.15  # display units that map to white in the change column
@@ -75,7 +74,7 @@ def main(argv: list[str] | None = None) -> Path:
         change = np.abs(frames[result.bins.index(bins[-1])] - frames[result.bins.index(bins[0])])
         row[-1].imshow(change, cmap="gray", vmin=0, vmax=CHANGE_SCALE)
         row[-1].set_title(f"|bin {bins[-1]} − bin {bins[0]}|", fontsize=8)
-        row[0].set_ylabel(METHOD_TITLES.get(method, method), fontsize=9)
+        row[0].set_ylabel(method_title(method) if method in METHOD_NAMES else method, fontsize=9)
         for axis in row:
             axis.set_xticks([])
             axis.set_yticks([])

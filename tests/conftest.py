@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dev_data import missing_reason, shared_data_dir
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -25,40 +27,48 @@ def _one_torch_thread():
     torch.set_num_threads(previous)
 
 
-def shared_data_dir() -> Path:
-    """``$EXAG_SHARED_DATA`` or ``<repo>/../shared/data``."""
-    return Path(os.environ.get("EXAG_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
-
-
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
+    """The development data folder (``$EXAG_SHARED_DATA``, default ``<repo>/../shared/data``: ``dev_data.py``).
+
+    The one way tests reach that data; a test that needs it is skipped, with the reason, when it is absent.
+    """
     root = shared_data_dir()
     if not root.is_dir():
-        pytest.skip(f"shared CXR data not found at {root} (set EXAG_SHARED_DATA to run these tests)")
+        pytest.skip(missing_reason(root))
     return root
+
+
+def shared_path(shared_data: Path, relative: str, what: str) -> Path:
+    """``shared_data / relative`` (a file or folder); skips the test with the reason when it is absent."""
+    path = shared_data / relative
+    if not path.exists():
+        pytest.skip(missing_reason(path, what))
+    return path
 
 
 @pytest.fixture(scope="session")
 def shared_dicom(shared_data: Path) -> Path:
-    return shared_data / "dicom"
-
-
-def _shared_folder(shared_data: Path, name: str, what: str) -> Path:
-    folder = shared_data / name
-    if not folder.is_dir():
-        pytest.skip(f"{what} not found at {folder}")
-    return folder
+    """Real chest DICOMs of many transfer syntaxes and photometric interpretations (``dicom/``)."""
+    return shared_path(shared_data, "dicom", "shared DICOM files")
 
 
 @pytest.fixture(scope="session")
 def wingspan(shared_data: Path) -> Path:
-    """Heart/lung masks and CTR of 259 chest radiographs (``../shared/data/wingspan-ctr``)."""
-    return _shared_folder(shared_data, "wingspan-ctr", "wingspan-ctr")
+    """Heart/lung masks and CTR of 259 chest radiographs (``wingspan-ctr/``)."""
+    return shared_path(shared_data, "wingspan-ctr", "wingspan-ctr")
 
 
 @pytest.fixture(scope="session")
 def nih_dir(shared_data: Path) -> Path:
-    return _shared_folder(shared_data, "nih-cardiomegaly-128", "NIH cardiomegaly sample")
+    """4,438 NIH ChestX-ray14 images at 128 px with ``labels.csv`` (``nih-cardiomegaly-128/``)."""
+    return shared_path(shared_data, "nih-cardiomegaly-128", "NIH cardiomegaly sample")
+
+
+@pytest.fixture(scope="session")
+def nih_data_entry(shared_data: Path) -> Path:
+    """NIH ChestX-ray14's label file ``Data_Entry_2017_v2020.csv.gz`` (``label-files/``)."""
+    return shared_path(shared_data, "label-files/Data_Entry_2017_v2020.csv.gz", "NIH label file")
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """Helpers of the PACS export tests: small SC series, test TLS certificates, a TLS Orthanc.
 
 The fixtures (``pacs``, ``series``) are in ``orthanc_fixture.py``; the Orthanc start/stop logic
-itself is :class:`monai_exaggeration.export.orthanc.LocalOrthanc`, shared with the benchmark.
+itself is :class:`orthanc_harness.LocalOrthanc` (``tests/orthanc_harness.py``), shared with the benchmarks.
 Tests that need Orthanc skip with :data:`needs_orthanc` when the ``Orthanc`` binary is absent.
 """
 
@@ -16,8 +16,8 @@ import pydicom
 import pytest
 
 from monai_exaggeration.dicom import SeriesInfo, write_series
-from monai_exaggeration.export.orthanc import LocalOrthanc, OrthancTls, orthanc_binary
 from monai_exaggeration.transforms import read_cxr
+from orthanc_harness import LocalOrthanc, OrthancTls, orthanc_binary
 
 __all__ = ["make_series", "make_tls_files", "needs_orthanc", "tls_orthanc", "uids_of"]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from export_helpers import make_series
-from monai_exaggeration.export.orthanc import LocalOrthanc
+from orthanc_harness import LocalOrthanc
 
 
 @pytest.fixture(scope="module")

@@ -22,15 +22,6 @@ from monai_exaggeration.data import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("EXAG_SHARED_DATA", REPO.parent / "shared" / "data"))
-NIH_ENTRY = SHARED / "label-files" / "Data_Entry_2017_v2020.csv.gz"
-NIH128 = SHARED / "nih-cardiomegaly-128"
-
-
-def _needs(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"shared data not available: {path} (set EXAG_SHARED_DATA to the shared data folder)")
-    return path
 
 
 def _load_script():
@@ -54,8 +45,8 @@ def test_label_name() -> None:
 
 
 @pytest.fixture(scope="module")
-def nih_default() -> pd.DataFrame:
-    return nih_manifest(_needs(NIH_ENTRY), "/data/nih")
+def nih_default(nih_data_entry: Path) -> pd.DataFrame:
+    return nih_manifest(nih_data_entry, "/data/nih")
 
 
 def test_nih_real_counts_and_format(nih_default: pd.DataFrame) -> None:
@@ -78,22 +69,22 @@ def test_nih_real_split_by_patient_and_stratified(nih_default: pd.DataFrame) -> 
         assert abs(df.loc[df["split"] == name, "cardiomegaly"].mean() - overall) < 0.01
 
 
-def test_nih_real_views_and_negative_policy() -> None:
-    pa = nih_manifest(_needs(NIH_ENTRY), ".", views=["PA"], negatives="all_without_finding", fractions=None)
+def test_nih_real_views_and_negative_policy(nih_data_entry: Path) -> None:
+    pa = nih_manifest(nih_data_entry, ".", views=["PA"], negatives="all_without_finding", fractions=None)
     assert set(pa["view"]) == {"PA"} and len(pa) == 67310
     assert "split" not in pa.columns
-    everything = nih_manifest(NIH_ENTRY, ".", views=None, negatives="all_without_finding", fractions=None)
+    everything = nih_manifest(nih_data_entry, ".", views=None, negatives="all_without_finding", fractions=None)
     assert len(everything) == 112120 and int(everything["cardiomegaly"].sum()) == 2776
     assert int(pa["cardiomegaly"].sum()) < 2776
-    edema = nih_manifest(NIH_ENTRY, ".", finding="Edema", views=None, fractions=None)
+    edema = nih_manifest(nih_data_entry, ".", finding="Edema", views=None, fractions=None)
     assert list(edema.columns)[:2] == ["image", "edema"] and int(edema["edema"].sum()) == 2303
 
 
-def test_nih_unknown_finding_and_policy() -> None:
+def test_nih_unknown_finding_and_policy(nih_data_entry: Path) -> None:
     with pytest.raises(ValueError, match="Cardiomegalie.*known findings.*Cardiomegaly"):
-        nih_manifest(_needs(NIH_ENTRY), ".", finding="Cardiomegalie")
+        nih_manifest(nih_data_entry, ".", finding="Cardiomegalie")
     with pytest.raises(ValueError, match="negatives must be one of"):
-        nih_manifest(NIH_ENTRY, ".", negatives="none")
+        nih_manifest(nih_data_entry, ".", negatives="none")
 
 
 def _nih_entry(tmp_path: Path) -> Path:
@@ -288,9 +279,9 @@ def test_mimic_errors(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- folder per class
 
 
-def test_folder_reproduces_shared_labels_csv() -> None:
-    reference = pd.read_csv(_needs(NIH128 / "labels.csv"))
-    df = folder_manifest(NIH128, label="cardiomegaly")
+def test_folder_reproduces_shared_labels_csv(nih_dir: Path) -> None:
+    reference = pd.read_csv(nih_dir / "labels.csv")
+    df = folder_manifest(nih_dir, label="cardiomegaly")
     assert set(map(tuple, df.itertuples(index=False))) == set(map(tuple, reference.itertuples(index=False)))
     pd.testing.assert_frame_equal(df, reference, check_dtype=False)
 
@@ -326,9 +317,9 @@ def test_script_folder_round_trip(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path / "data")) == ["false", "labels.csv", "true"]
 
 
-def test_script_nih_real(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_script_nih_real(nih_data_entry: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "nih" / "labels.csv"
-    assert _load_script().main(["nih", "--data_entry", str(_needs(NIH_ENTRY)), "--image_root", str(tmp_path / "nih"), "--views", "PA", "-o", str(out)]) == 0
+    assert _load_script().main(["nih", "--data_entry", str(nih_data_entry), "--image_root", str(tmp_path / "nih"), "--views", "PA", "-o", str(out)]) == 0
     df = read_manifest(out, label_columns=["cardiomegaly"])
     assert df["image"].iloc[0] == str(tmp_path / "nih" / "images" / "00000001_000.png")
     assert set(df["view"]) == {"PA"} and _one_split_per_patient(df)

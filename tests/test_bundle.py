@@ -150,7 +150,7 @@ def test_explainer_configs_load_the_other_models_from_their_own_bundles(tmp_path
 
 
 def test_shipped_classifier_matches_the_explainers_recorded_fingerprint() -> None:
-    from monai_exaggeration.engines import classifier_fingerprint
+    from monai_exaggeration.networks import classifier_fingerprint
 
     record = _explainer_record()
     assert classifier_fingerprint(load_bundle_classifier(device="cpu")) == record["classifier"]

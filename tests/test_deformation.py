@@ -12,8 +12,8 @@ from monai.networks.blocks import Warp
 from torch import nn
 
 from monai_exaggeration.binning import bin_centre
-from monai_exaggeration.engines import ExaggerationTrainer, generate_series
-from monai_exaggeration.engines.series import compose_series, deformation_series
+from monai_exaggeration.engines import ExaggerationTrainer
+from monai_exaggeration.methods.series import compose_series, deformation_series, generate_series
 from monai_exaggeration.losses import ExaggerationLoss
 from monai_exaggeration.methods import ProgressiveExaggeration
 from monai_exaggeration.methods.calibration import calibrate_strengths

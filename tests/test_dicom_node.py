@@ -28,15 +28,16 @@ import yaml
 from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from conftest import REPO_ROOT, shared_data_dir
+from conftest import REPO_ROOT
+from dev_data import shared_data_dir
 from dicom_validation import dciodvfy_report
 from monai_exaggeration.cli import main as cli_main
 from monai_exaggeration.dicom.report import read_report
 from monai_exaggeration.dicom.secondary_capture import derived_uid
-from monai_exaggeration.export.orthanc import LocalOrthanc, dcmtk_tool, free_port, orthanc_binary
 from monai_exaggeration.node.config import NodeConfigError, load_node_config
 from monai_exaggeration.node.queue import JobQueue
 from monai_exaggeration.node.scp import StorageSCP
+from orthanc_harness import LocalOrthanc, dcmtk_tool, free_port, orthanc_binary
 
 GSPS_STORAGE = "1.2.840.10008.5.1.4.1.1.11.1"
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"

@@ -10,7 +10,8 @@ import torch
 from ignite.engine import Events
 from test_explainer_training import NUM_BINS, SIZE, disc_classifier, make_trainer, tiny_networks, toy_batches
 
-from monai_exaggeration.engines import TrainingState, compose_series, generate_series
+from monai_exaggeration.engines import TrainingState
+from monai_exaggeration.methods.series import compose_series, generate_series
 from monai_exaggeration.losses import DilatedRegion, ExaggerationLoss, target_classifier_loss
 from monai_exaggeration.networks import ExplainerRecord, load_explainer, save_explainer
 

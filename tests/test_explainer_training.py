@@ -12,9 +12,9 @@ from monai_exaggeration.engines import (
     ExaggerationTrainer,
     SeriesEvaluator,
     SeriesValidityMetric,
-    generate_series,
     sample_target_bins,
 )
+from monai_exaggeration.methods.series import generate_series
 from monai_exaggeration.losses import ExaggerationLoss
 from monai_exaggeration.metrics import series_validity
 from monai_exaggeration.networks import (

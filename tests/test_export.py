@@ -15,8 +15,8 @@ from conftest import REPO_ROOT
 from export_helpers import needs_orthanc, uids_of
 from monai_exaggeration.cli import main as cli_main
 from monai_exaggeration.export import Destination, SendLedger, collect_dicom_files, export_files
-from monai_exaggeration.export.orthanc import LocalOrthanc, free_port
 from monai_exaggeration.transforms import read_cxr
+from orthanc_harness import LocalOrthanc, free_port
 
 pytest_plugins = ["orthanc_fixture"]  # the pacs and series fixtures
 pytestmark = needs_orthanc

@@ -18,7 +18,7 @@ from conftest import REPO_ROOT
 from export_helpers import make_tls_files, needs_orthanc, tls_orthanc, uids_of
 from monai_exaggeration.cli import main as cli_main
 from monai_exaggeration.export import SendLedger, export_files, export_series, make_sender
-from monai_exaggeration.export.orthanc import LocalOrthanc
+from orthanc_harness import LocalOrthanc
 
 pytest_plugins = ["orthanc_fixture"]  # the pacs and series fixtures
 pytestmark = needs_orthanc

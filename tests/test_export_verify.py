@@ -35,7 +35,7 @@ from monai_exaggeration.export import exporter as exporter_module
 from monai_exaggeration.export.dicomweb import DicomwebSender
 from monai_exaggeration.export.dimse import STUDY_ROOT_FIND, dimse_querier
 from monai_exaggeration.export.ledger import SCHEMA_VERSION
-from monai_exaggeration.export.orthanc import LocalOrthanc, free_port
+from orthanc_harness import LocalOrthanc, free_port
 
 pytest_plugins = ["orthanc_fixture"]  # the pacs and series fixtures
 

@@ -326,7 +326,7 @@ class CountingPacs:
     def __init__(self, delay: float = 0.03) -> None:
         from pynetdicom import AE, AllStoragePresentationContexts, evt
 
-        from monai_exaggeration.export.orthanc import free_port
+        from orthanc_harness import free_port
 
         self.stored: list[str] = []
         self.delay = delay

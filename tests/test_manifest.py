@@ -17,16 +17,6 @@ from monai_exaggeration.data import (
     write_manifest,
 )
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("EXAG_SHARED_DATA", REPO.parent / "shared" / "data"))
-NIH128 = SHARED / "nih-cardiomegaly-128"
-
-
-def _needs(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"shared data not available: {path} (set EXAG_SHARED_DATA to the shared data folder)")
-    return path
-
 
 def _synthetic(n: int = 1000, positive_rate: float = 0.2, patients: int | None = None, seed: int = 1) -> pd.DataFrame:
     """A manifest-like table with n images, optional patient ids, given positive rate."""
@@ -254,8 +244,8 @@ def test_load_split_errors(tmp_path: Path) -> None:
         load_split(folder, "train")
 
 
-def test_load_split_shared_nih128() -> None:
-    folder = _needs(NIH128 / "labels.csv").parent
+def test_load_split_shared_nih128(nih_dir: Path) -> None:
+    folder = nih_dir
     parts = {s: load_split(folder, s) for s in SPLITS}
     sizes = {s: len(parts[s]) for s in SPLITS}
     assert sum(sizes.values()) == 4438

@@ -49,28 +49,6 @@ def test_save_figure_is_one_function_kept_importable_from_quicklook(tmp_path: Pa
     assert _pngs(tmp_path) == ["line.png"]
 
 
-def test_training_compatibility_plot_is_the_evaluation_plot(tmp_path: Path, monkeypatch) -> None:
-    """SeriesValidityReport draws with evaluation.plots.compatibility_plot (one implementation)."""
-    from monai_exaggeration.engines import evaluator
-    from monai_exaggeration.evaluation import plots
-
-    calls = []
-    real = plots.compatibility_plot
-
-    def spy(validity, path):
-        calls.append(validity)
-        return real(validity, path)
-
-    monkeypatch.setattr(plots, "compatibility_plot", spy)
-    rng = np.random.default_rng(0)
-    scores, sources = rng.random((5, 10)), rng.random(5)
-    path = evaluator._compatibility_plot(scores, sources, tmp_path / "compatibility.png")
-    assert path == tmp_path / "compatibility.png" and Image.open(path).format == "PNG"
-    assert len(calls) == 1 and list(calls[0]) == ["validation_frames"] and calls[0]["validation_frames"]["num_series"] == 5
-    np.testing.assert_allclose(calls[0]["validation_frames"]["per_bin_mean"], scores.mean(axis=0))
-    assert _pngs(tmp_path) == ["compatibility.png"]
-
-
 def test_handler_figures_are_written_atomically(tmp_path: Path) -> None:
     from monai_exaggeration import handlers
     from monai_exaggeration.handlers.ctr_report import _ctr_plot

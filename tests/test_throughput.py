@@ -136,7 +136,7 @@ def test_progress_without_a_terminal_logs_rate_and_eta(tmp_path: Path, rg1_uncr:
 
 def test_grouped_batch_statistics_equal_one_series_at_a_time() -> None:
     """Several sources' series in one generator forward, each normalised with its own frames' statistics."""
-    from monai_exaggeration.engines.series import generate_series
+    from monai_exaggeration.methods.series import generate_series
     from monai_exaggeration.networks import load_explainer
 
     generator = load_explainer(Path(BUNDLE) / "models" / "explainer.pt").generator.eval()

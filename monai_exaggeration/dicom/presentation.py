@@ -38,6 +38,7 @@ from pydicom.dataset import Dataset
 
 from monai_exaggeration import __version__
 from monai_exaggeration.dicom.secondary_capture import (
+    DEFAULT_SERIES_NUMBER,
     _PATIENT_STUDY_KEYWORDS,
     SOFTWARE_NAME,
     _patient_orientation,
@@ -184,7 +185,7 @@ def build_presentation_state(
     state = hd.pr.GrayscaleSoftcopyPresentationState(
         referenced_images=list(images),
         series_instance_uid=derived_uid(series_uid, model_version, "gsps-series"),
-        series_number=int(images[0].get("SeriesNumber") or 900) + GSPS_SERIES_OFFSET,
+        series_number=int(images[0].get("SeriesNumber") or DEFAULT_SERIES_NUMBER) + GSPS_SERIES_OFFSET,
         sop_instance_uid=derived_uid(series_uid, model_version, "gsps"),
         instance_number=1,
         manufacturer=SOFTWARE_NAME,
@@ -269,7 +270,7 @@ def write_burned_in_series(rows: pd.DataFrame, dicom_dir: str | os.PathLike, fin
             bits_allocated=int(image.BitsAllocated),
             coordinate_system="PATIENT",
             series_instance_uid=new_series,
-            series_number=int(image.get("SeriesNumber") or 900) + BURNED_IN_SERIES_OFFSET,
+            series_number=int(image.get("SeriesNumber") or DEFAULT_SERIES_NUMBER) + BURNED_IN_SERIES_OFFSET,
             sop_instance_uid=derived_uid(series_uid, model_version, "burned-in", int(row.step)),
             instance_number=int(image.InstanceNumber),
             manufacturer=SOFTWARE_NAME,

@@ -34,7 +34,7 @@ from pydicom.sr.coding import Code
 
 from monai_exaggeration import __version__
 from monai_exaggeration.dicom.presentation import CAPTION_NOTE, MODEL_NAME, _copy_verbatim, _typed_references, read_series
-from monai_exaggeration.dicom.secondary_capture import SOFTWARE_NAME, derived_uid
+from monai_exaggeration.dicom.secondary_capture import DEFAULT_SERIES_NUMBER, SOFTWARE_NAME, derived_uid
 from monai_exaggeration.utils import atomic_write
 
 __all__ = ["ALGORITHM_NAME", "LOCAL_SCHEME", "SCORE", "TARGET_CENTRE", "CTR", "build_report", "read_report", "write_report"]
@@ -121,7 +121,7 @@ def build_report(
         evidence=[*images, *([source] if source is not None else [])],
         content=content,
         series_instance_uid=derived_uid(series_uid, model_version, "sr-series"),
-        series_number=int(images[0].get("SeriesNumber") or 900) + REPORT_SERIES_OFFSET,
+        series_number=int(images[0].get("SeriesNumber") or DEFAULT_SERIES_NUMBER) + REPORT_SERIES_OFFSET,
         sop_instance_uid=derived_uid(series_uid, model_version, "sr"),
         instance_number=1,
         manufacturer=SOFTWARE_NAME,

@@ -84,6 +84,7 @@ from monai_exaggeration.binning import centre_values
 from monai_exaggeration.utils import atomic_write
 
 __all__ = [
+    "DEFAULT_SERIES_NUMBER",
     "FrameInfo",
     "SeriesInfo",
     "WrittenSeries",

@@ -5,7 +5,6 @@ keeps two runs out of one checkpoint folder."""
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import os
 import re
@@ -21,6 +20,8 @@ from typing import Any
 import torch
 from ignite.engine import Engine
 from monai.handlers import CheckpointLoader
+
+from monai_exaggeration.utils import path_lock, read_note, try_lock, write_note
 
 __all__ = [
     "SHIPPED_WEIGHTS",
@@ -240,17 +241,8 @@ class TrainingLockedError(_UserError):
     """Another training run holds the checkpoint folder's lock."""
 
 
-def _process_start(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (Linux ``/proc``), to tell a reused PID apart."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 2 :].split()
-    return fields[19] if len(fields) > 19 else None
-
-
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (it may belong to another user)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -260,15 +252,21 @@ def _alive(pid: int) -> bool:
     return True
 
 
-class TrainingLock:
-    """A lock file in the checkpoint folder (``<folder>/.training.lock``) held for a training run.
+def _user() -> int | None:
+    return os.getuid() if hasattr(os, "getuid") else None
 
-    ``acquire()`` creates it atomically (``O_CREAT | O_EXCL``) holding JSON: PID, host, start time,
-    command. If it exists and its process is still running (or runs on another host), it raises
-    :class:`TrainingLockedError` naming that run. A stale lock (its PID is dead on this host, or now
-    belongs to a newer process) is taken over with a warning. ``release()`` removes it (only our own);
-    it is also removed at interpreter exit, so a run that fails still leaves no lock behind. Use as
-    a context manager, or from a bundle's ``run`` list (first ``acquire()``, last ``release()``).
+
+class TrainingLock:
+    """One training run per checkpoint folder: a :mod:`filelock` lock; ``<folder>/.training.lock`` names its holder.
+
+    ``acquire()`` takes the folder's lock (:func:`~monai_exaggeration.utils.path_lock`; the system
+    releases it when the process ends, however it ends) and writes the note, JSON with PID, host,
+    user, start time and command. When another run holds the lock, or the note names a run on
+    another host (which cannot be checked from here) or a live run of another user, it raises
+    :class:`TrainingLockedError` naming that run. A note left by a run that was killed is taken over
+    with a warning. ``release()`` removes the note and the lock (only our own); it also runs at
+    interpreter exit and before an uncaught error is reported, so a run that fails leaves no note
+    behind. Use as a context manager, or from a bundle's ``run`` list (first ``acquire()``, last ``release()``).
     """
 
     NAME = ".training.lock"
@@ -276,6 +274,7 @@ class TrainingLock:
     def __init__(self, folder: str | os.PathLike, name: str = NAME) -> None:
         self.path = Path(folder) / name
         self.token: str | None = None
+        self._lock: Any = None
         self._previous_hook: Any = None
 
     def __enter__(self) -> TrainingLock:
@@ -288,39 +287,15 @@ class TrainingLock:
         return {
             "pid": os.getpid(),
             "host": socket.gethostname(),
+            "user": _user(),
             "started": datetime.now().astimezone().isoformat(timespec="seconds"),
-            "process_start": _process_start(os.getpid()),
             "command": " ".join(sys.argv),
             "token": self.token,
         }
 
     def holder(self) -> dict[str, Any] | None:
-        """What the lock file says, None if there is none, ``{}`` if it cannot be read."""
-        try:
-            text = self.path.read_text()
-        except FileNotFoundError:
-            return None
-        except OSError:
-            return {}
-        try:
-            info = json.loads(text)
-        except ValueError:
-            return {}
-        return info if isinstance(info, dict) else {}
-
-    def _stale(self, holder: dict[str, Any]) -> bool:
-        if not holder:  # unreadable: a writer may be between create and write, so only an old file is stale
-            try:
-                return time.time() - self.path.stat().st_mtime > 30
-            except OSError:
-                return True
-        if holder.get("host") != socket.gethostname():
-            return False  # another machine's process cannot be checked from here
-        pid = int(holder.get("pid", -1))
-        if pid <= 0 or not _alive(pid):
-            return True
-        recorded, now = holder.get("process_start"), _process_start(pid)
-        return recorded is not None and now is not None and recorded != now  # the PID was reused
+        """What the note says, None if there is none, ``{}`` if it cannot be read."""
+        return read_note(self.path)
 
     @staticmethod
     def describe(holder: dict[str, Any]) -> str:
@@ -328,57 +303,56 @@ class TrainingLock:
             return "an unreadable lock"
         return f"PID {holder.get('pid')} on host {holder.get('host')}, started {holder.get('started')}"
 
+    def _refused(self, holder: dict[str, Any] | None) -> TrainingLockedError:
+        return TrainingLockedError(
+            f"another training run is writing to {self.path.parent}: {self.describe(holder or {})} "
+            f"(lock file {self.path}). Wait for it to finish or stop it, or train into another "
+            f"folder with --ckpt_dir DIR. If that run no longer exists, delete {self.path}."
+        )
+
+    def _holder_when_busy(self) -> dict[str, Any] | None:
+        """The note of the run holding the lock (it may be writing it this instant: wait a moment for it)."""
+        for _ in range(20):
+            holder = self.holder()
+            if holder:
+                return holder
+            time.sleep(0.1)
+        return holder
+
+    def _clear_stale(self) -> None:
+        """With the lock taken: refuse a note that may belong to a live run, remove one left by a killed run."""
+        holder = self.holder()
+        if holder is None:
+            return
+        if holder and holder.get("host") != socket.gethostname():
+            raise self._refused(holder)  # another machine's process cannot be checked from here
+        if holder and holder.get("user") != _user() and _alive(int(holder.get("pid", -1))):
+            raise self._refused(holder)  # another user's run holds another lock file
+        logger.warning("taking over a stale training lock %s (%s; that process is no longer running)",
+                       self.path, self.describe(holder))
+        self.path.unlink(missing_ok=True)
+
     def acquire(self) -> TrainingLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.token = uuid.uuid4().hex
-        for _ in range(5):
-            try:
-                handle = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self.holder()
-                if holder is None:
-                    continue  # released meanwhile
-                if not self._stale(holder):
-                    self.token = None
-                    raise TrainingLockedError(
-                        f"another training run is writing to {self.path.parent}: {self.describe(holder)} "
-                        f"(lock file {self.path}). Wait for it to finish or stop it, or train into another "
-                        f"folder with --ckpt_dir DIR. If that run no longer exists, delete {self.path}."
-                    ) from None
-                self._take_over(holder)
-                continue
-            with os.fdopen(handle, "w") as file:
-                json.dump(self._info(), file)
-            atexit.register(self.release)
-            # An uncaught error may end the process without running atexit (a bundle error hook that
-            # calls os._exit): release the lock first, then report as before.
-            self._previous_hook = sys.excepthook
-            sys.excepthook = self._excepthook
-            return self
-        raise TrainingLockedError(f"could not take the training lock {self.path}: it keeps changing; try again")
-
-    def _take_over(self, holder: dict[str, Any]) -> None:
-        """Remove a stale lock, unless another process replaced it meanwhile."""
-        aside = self.path.with_name(f"{self.path.name}.stale-{os.getpid()}")
+        lock = path_lock(self.path, thread_local=False)
+        if not try_lock(lock):
+            raise self._refused(self._holder_when_busy())
         try:
-            os.rename(self.path, aside)  # atomic: of two runs taking over, one gets it
-        except FileNotFoundError:
-            return
-        try:
-            taken = json.loads(aside.read_text()) if aside.stat().st_size else {}
-        except (OSError, ValueError):
-            taken = {}
-        if taken.get("token") != holder.get("token"):  # a fresh lock of another run: give it back
-            try:
-                os.link(aside, self.path)
-            except OSError:
-                pass
-        else:
-            logger.warning(
-                "taking over a stale training lock %s (%s; that process is no longer running)",
-                self.path, self.describe(holder),
-            )
-        aside.unlink(missing_ok=True)
+            self._clear_stale()
+            self.token = uuid.uuid4().hex
+            if not write_note(self.path, self._info(), exclusive=True):  # a run on another host came first
+                raise self._refused(self._holder_when_busy())
+        except BaseException:
+            self.token = None
+            lock.release()
+            raise
+        self._lock = lock
+        atexit.register(self.release)
+        # An uncaught error may end the process without running atexit (a bundle error hook that
+        # calls os._exit): release the lock first, then report as before.
+        self._previous_hook = sys.excepthook
+        sys.excepthook = self._excepthook
+        return self
 
     def _excepthook(self, exc_type: type[BaseException], error: BaseException, tb: Any) -> None:
         previous = self._previous_hook or sys.__excepthook__
@@ -386,7 +360,7 @@ class TrainingLock:
         previous(exc_type, error, tb)
 
     def release(self) -> None:
-        """Remove the lock if it is ours (idempotent)."""
+        """Remove the note and the lock if they are ours (idempotent)."""
         if sys.excepthook == self._excepthook:
             sys.excepthook = self._previous_hook or sys.__excepthook__
         self._previous_hook = None
@@ -396,6 +370,9 @@ class TrainingLock:
         if holder and holder.get("token") == self.token:
             self.path.unlink(missing_ok=True)
         self.token = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
         try:
             atexit.unregister(self.release)
         except Exception:  # noqa: BLE001 - nothing to unregister

@@ -15,12 +15,12 @@ from monai.inferers import Inferer, SimpleInferer
 from torch import nn
 
 from monai_exaggeration.binning import posterior_to_bin
-from monai_exaggeration.engines.series import compose_series, generate_series
+from monai_exaggeration.methods.series import compose_series, generate_series
 from monai_exaggeration.handlers.writing import writes_files
 from monai_exaggeration.metrics import series_validity
 from monai_exaggeration.utils import atomic_write, json_text
 
-__all__ = ["SeriesEvaluator", "SeriesValidityMetric", "SeriesMontageLogger", "series_montage"]
+__all__ = ["SeriesEvaluator", "SeriesValidityMetric"]
 
 
 class SeriesEvaluator(Evaluator):
@@ -95,101 +95,3 @@ class SeriesValidityMetric(Metric):
     def compute(self) -> float:
         result = series_validity(np.concatenate(self._scores), np.concatenate(self._sources))
         return float(getattr(result, self.field))
-
-
-def series_montage(series: torch.Tensor, max_rows: int = 4) -> np.ndarray:
-    """Grid (rows = queries, columns = bins) of series (B, N, 1, H, W) in [-1, 1] as uint8 (H', W')."""
-    frames = series[:max_rows, :, 0].detach().float().cpu().clamp(-1, 1)
-    rows, cols, height, width = frames.shape
-    grid = frames.permute(0, 2, 1, 3).reshape(rows * height, cols * width)
-    return ((grid.numpy() + 1.0) * 127.5).round().astype(np.uint8)
-
-
-class SeriesMontageLogger:
-    """After each evaluation, log a montage of the first validation batch's series.
-
-    Written to TensorBoard (``summary_writer``, tag ``series``, at the trainer's iteration) and, if
-    ``output_dir`` is given, to ``output_dir/series_latest.png``, by the main process only.
-    ``output_transform`` maps ``engine.state.output`` to the series (B, K, 1, S, S) (default: its ``series``).
-    """
-
-    def __init__(
-        self, summary_writer: Any = None, output_dir: str | None = None, trainer: Engine | None = None,
-        output_transform: Callable[[Any], torch.Tensor] = lambda output: output["series"],
-    ) -> None:
-        self.summary_writer = summary_writer
-        self.output_dir = Path(output_dir) if output_dir else None
-        self.trainer = trainer
-        self.output_transform = output_transform
-        self._first: torch.Tensor | None = None
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.ITERATION_COMPLETED(once=1), self._keep)
-        engine.add_event_handler(Events.COMPLETED, self._log)
-
-    def _keep(self, engine: Engine) -> None:
-        self._first = self.output_transform(engine.state.output)
-
-    def _log(self, engine: Engine) -> None:
-        if self._first is None or not writes_files("series montage"):
-            return
-        montage = series_montage(self._first)
-        step = self.trainer.state.iteration if self.trainer is not None else engine.state.epoch
-        if self.summary_writer is not None:
-            self.summary_writer.add_image("series", montage[None], step, dataformats="CHW")
-            self.summary_writer.flush()
-        if self.output_dir is not None:
-            import imageio.v3 as iio
-
-            atomic_write(self.output_dir / "series_latest.png", lambda tmp: iio.imwrite(tmp, montage, extension=".png"))
-
-
-class SeriesValidityReport:
-    """After an evaluation run, write ``validity.json`` (all measures, per bin too) and ``compatibility.png``.
-
-    The plot is the papers' compatibility plot, drawn as the evaluation draws it: mean f(x_b) per
-    target bin (with ±1 SD and the inter-quartile range) against the bin centres. The main process
-    writes them. ``output_transform`` maps ``engine.state.output`` to ``(frame scores (B, K), source
-    scores (B,))`` (default: its ``scores`` and ``source_score``).
-    """
-
-    def __init__(
-        self, output_dir: str,
-        output_transform: Callable[[Any], tuple] = lambda output: (output["scores"], output["source_score"]),
-    ) -> None:
-        self.output_dir = Path(output_dir)
-        self.metric = SeriesValidityMetric()
-        self.output_transform = output_transform
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, lambda _: self.metric.reset())
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
-        engine.add_event_handler(Events.COMPLETED, self._write)
-
-    def _collect(self, engine: Engine) -> None:
-        self.metric.update(self.output_transform(engine.state.output))
-
-    def _write(self, engine: Engine) -> None:
-        import json
-
-        if not writes_files("series validity"):
-            return
-        scores, sources = np.concatenate(self.metric._scores), np.concatenate(self.metric._sources)
-        result = series_validity(scores, sources)
-        report = dict(result.as_dict(), validity=result.validity)
-        atomic_write(self.output_dir / "validity.json", lambda tmp: tmp.write_text(json_text(report)))
-        _compatibility_plot(scores, sources, self.output_dir / "compatibility.png")
-        engine.logger.info("series validity: %s", json.dumps({k: v for k, v in report.items() if "per_bin" not in k}))
-
-
-def _compatibility_plot(scores: np.ndarray, source_scores: np.ndarray, path: Path) -> Path:
-    """The evaluation's compatibility plot (:func:`~monai_exaggeration.evaluation.plots.compatibility_plot`).
-
-    Validation frames are the explainer's model-size frames (what the inference writes with
-    ``resolution: model``): one curve, labelled "validation frames".
-    """
-    from monai_exaggeration.evaluation.plots import compatibility_plot
-    from monai_exaggeration.evaluation.summary import validity_summary
-
-    summary = validity_summary(scores, source_scores)
-    return compatibility_plot({"validation_frames": summary}, path)

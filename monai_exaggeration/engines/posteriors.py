@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -18,18 +17,12 @@ from monai_exaggeration.distributed import main_process_first
 from monai_exaggeration.handlers import Progress
 from monai_exaggeration.utils import write_csv_atomic
 
-__all__ = ["classifier_fingerprint", "compute_posteriors", "with_source_posteriors"]
+from monai_exaggeration.networks.classifier import classifier_fingerprint
+
+__all__ = ["compute_posteriors", "with_source_posteriors"]
+
 
 logger = logging.getLogger(__name__)
-
-
-def classifier_fingerprint(classifier: torch.nn.Module) -> str:
-    """Short hash of the classifier's weights and buffers (identifies the black box in caches)."""
-    digest = hashlib.sha1()
-    for name, tensor in sorted(classifier.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def _batches(

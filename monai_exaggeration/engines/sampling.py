@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 
 from monai_exaggeration.binning import bin_centres
 
-__all__ = ["TARGET_SAMPLING", "sample_target_bins"]
+__all__ = [
+    "TargetSampling","TARGET_SAMPLING", "sample_target_bins"]
 
 #: ``uniform``: b_t ~ U{0..N-1}. ``calibrated``: b_t drawn given the image's label so that, among the
 #: images asked for bin i, negatives have weight (1 - c_i) and positives c_i (c_i the bin centre):
 #: with balanced data the positive rate of the images seen with target i is about c_i.
-TARGET_SAMPLING = ("uniform", "calibrated")
+TargetSampling = Literal["uniform", "calibrated"]
+TARGET_SAMPLING: tuple[str, ...] = get_args(TargetSampling)
 
 
 def sample_target_bins(

@@ -22,7 +22,7 @@ from torch import nn
 
 from monai_exaggeration.distributed import unwrap
 from monai_exaggeration.engines.sampling import sample_target_bins
-from monai_exaggeration.engines.series import transfer_frame
+from monai_exaggeration.methods.series import transfer_frame
 from monai_exaggeration.losses import ExaggerationLoss, MaskProvider, l1_reconstruction
 from monai_exaggeration.networks.explainer_file import COMPOSITIONS
 

@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 
 from monai_exaggeration.evaluation.plots import series_side_by_side
-from monai_exaggeration.evaluation.report import _STYLE, METHOD_TITLES, _image, _number
+from monai_exaggeration.evaluation.report import _STYLE, _image, _number
+from monai_exaggeration.methods import DEFAULT_METHOD, method_title
 from monai_exaggeration.utils import atomic_write, json_text, write_csv_atomic
 
 __all__ = ["COMPARISON_COLUMNS", "compare_methods", "comparison_table", "write_comparison_report"]
@@ -79,7 +80,7 @@ def comparison_table(metrics_by_method: Mapping[str, Mapping]) -> pd.DataFrame:
         if not np.isnan(value):
             rows.append({"method": name, "n_images": int(any_metrics.get("n_images", 0)), "difference_mass_inside_heart": value})
     table = pd.DataFrame(rows)
-    reference = table.loc[table["method"] == "progressive_exaggeration", "seconds_per_series"]
+    reference = table.loc[table["method"] == DEFAULT_METHOD, "seconds_per_series"]
     if len(reference) and reference.iloc[0] > 0:
         table.insert(3, "seconds_vs_exaggeration", table["seconds_per_series"] / reference.iloc[0])
     return table
@@ -95,7 +96,7 @@ def write_comparison_report(
     head = "".join(f"<th>{html.escape(c)}</th>" for c in ["method", *columns])
     body = ""
     for _, row in table.iterrows():
-        name = html.escape(METHOD_TITLES.get(row["method"], str(row["method"])))
+        name = html.escape(method_title(str(row["method"])))
         cells = "".join(
             f"<td class='num'>{_number(None if pd.isna(row[c]) else (int(row[c]) if c == 'n_images' else float(row[c])))}</td>"
             for c in columns
@@ -105,7 +106,7 @@ def write_comparison_report(
         f"<tr><td>{html.escape(c)}</td><td class='note'>{html.escape(m)}</td></tr>" for c, _, m in COMPARISON_COLUMNS
     )
     link_list = "".join(
-        f"<li><a href='{html.escape(target)}'>{html.escape(METHOD_TITLES.get(m, m))}</a></li>" for m, target in links.items()
+        f"<li><a href='{html.escape(target)}'>{html.escape(method_title(m))}</a></li>" for m, target in links.items()
     )
     sections = [
         f"<h1>Counterfactual methods compared</h1><table>{facts}</table>",
@@ -153,7 +154,7 @@ def compare_methods(
     count = min(len(found) for found in examples.values())
     figures = [
         series_side_by_side({method: found[n] for method, found in examples.items()}, output_dir / "plots" / f"series_{n + 1}.png",
-                            METHOD_TITLES)
+                            {method: method_title(method) for method in examples})
         for n in range(count)
     ]
     links = {method: f"{method}/report.html" for method in methods}

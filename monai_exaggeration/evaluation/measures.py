@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 from torch import nn
 
+from monai_exaggeration.binning import DECISION_THRESHOLD
 from monai_exaggeration.inference import ExaggerationInference, SeriesResult
 from monai_exaggeration.metrics.ctr import cardiothoracic_ratio, largest_component
 from monai_exaggeration.metrics.geometry import border_shift, geometric_share
@@ -42,7 +43,7 @@ class SourceMeasures:
     example: dict | None = field(default=None, repr=False)
 
 
-def counterfactual_step(source_score: float, num_frames: int, threshold: float = 0.5) -> int:
+def counterfactual_step(source_score: float, num_frames: int, threshold: float = DECISION_THRESHOLD) -> int:
     """The frame at the far end from the source's class: the last for a negative source, the first for a positive."""
     return 0 if source_score >= threshold else num_frames - 1
 
@@ -155,7 +156,8 @@ def measure_source(
         "encoder": encoder_features(encoder, stack),
     }
     label = record.get(finding)
-    flipped = bool((scores >= 0.5).any()) if result.source_score < 0.5 else bool((scores < 0.5).any())
+    present = scores >= DECISION_THRESHOLD
+    flipped = bool(present.any()) if result.source_score < DECISION_THRESHOLD else bool((~present).any())
     row = {
         "source": str(path),
         "label": int(label) if label is not None else "",

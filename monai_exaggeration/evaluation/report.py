@@ -8,16 +8,11 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from monai_exaggeration.methods import DEFAULT_METHOD, method_title
 from monai_exaggeration.utils import atomic_write
 
-__all__ = ["METHOD_TITLES", "write_report"]
+__all__ = ["write_report"]
 
-#: How reports name each method of :mod:`monai_exaggeration.methods`.
-METHOD_TITLES = {
-    "progressive_exaggeration": "Progressive exaggeration",
-    "latent_shift": "Latent Shift",
-    "gradient_ascent": "Pixel-space gradient ascent",
-}
 
 _STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1100px;
@@ -135,7 +130,7 @@ def write_report(metrics: Mapping, context: Mapping[str, str], plots: Mapping[st
     """Write the HTML report (atomically). ``context``: run facts shown at the top; ``plots``: name -> PNG."""
     facts = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in context.items())
     by_label = ", ".join(f"label {k}: {v}" for k, v in metrics.get("n_images_by_label", {}).items())
-    title = f"{METHOD_TITLES.get(metrics.get('method'), 'Progressive exaggeration')}: evaluation report"
+    title = f"{method_title(metrics.get('method') or DEFAULT_METHOD)}: evaluation report"
     sections = [
         f"<h1>{html.escape(title)}</h1><table>{facts}</table>",
         f"<p>{metrics['n_images']} images ({html.escape(by_label)}), {metrics['n_frames']} frames; "

@@ -12,6 +12,7 @@ import torch
 from monai_exaggeration.evaluation.measures import FEATURE_SPACES, SourceMeasures
 from monai_exaggeration.metrics.ctr import ctr_faithfulness
 from monai_exaggeration.metrics.realism import frechet_distance, identity_rate, kernel_inception_distance
+from monai_exaggeration.methods import DEFAULT_METHOD
 from monai_exaggeration.metrics.validity import series_validity
 
 __all__ = ["summarise", "validity_summary", "realism_summary", "identity_summary", "json_safe"]
@@ -175,6 +176,6 @@ def summarise(measures: Sequence[SourceMeasures], seed: int = 0) -> tuple[dict, 
         },
         "seconds_per_image": _mean(images, "seconds"),
         "seconds_per_series": _mean(images, "series_seconds"),
-        "method": str(images["method"].iloc[0]) if "method" in images else "progressive_exaggeration",
+        "method": str(images["method"].iloc[0]) if "method" in images else DEFAULT_METHOD,
     }
     return json_safe(metrics), images, frames

@@ -37,10 +37,10 @@ from monai_exaggeration.evaluation.plots import compatibility_plot, ctr_plot, ex
 from monai_exaggeration.evaluation.report import write_report
 from monai_exaggeration.evaluation.summary import summarise
 from monai_exaggeration.handlers import Progress
-from monai_exaggeration.inference import ExaggerationInference, SourceDataset, file_sha256, source_loader
+from monai_exaggeration.inference import ExaggerationInference, SourceDataset, source_loader
 from monai_exaggeration.methods import check_method
 from monai_exaggeration.networks.segmentation import HeartLungSegmenter
-from monai_exaggeration.utils import as_bool, atomic_write, json_text, write_csv_atomic
+from monai_exaggeration.utils import as_bool, atomic_write, for_inference, json_text, write_csv_atomic
 
 __all__ = ["EvaluationResult", "ExplanationEvaluation", "evaluate_and_exit"]
 
@@ -118,10 +118,7 @@ class ExplanationEvaluation:
         if num_examples < 0:
             raise ValueError(f"num_examples must be 0 or more, got {num_examples}")
         self.segmenter = _built(segmenter, nn.Module).to(self.runner.device)
-        self.encoder = _built(encoder, nn.Module).to(self.runner.device).eval()
-        # channels-last convolutions: the same numbers to float rounding, and on a CPU the encoder runs 1.8x
-        # faster (measured; the segmentation network gains nothing; the inference does the same for its models)
-        self.encoder.to(memory_format=torch.channels_last)
+        self.encoder = for_inference(_built(encoder, nn.Module), self.runner.device)  # (the segmentation gains nothing)
         self.finding = finding
         self.num_examples = int(num_examples)
         self.occlusion = as_bool(occlusion, "occlusion")  # "--occlusion false" arrives as text
@@ -189,25 +186,19 @@ class ExplanationEvaluation:
 
     def _models(self) -> dict:
         runner = self.runner
-        facts = {
-            "method": runner.method_name,
-            "model version": runner.model_version,
-        }
-        if runner.method_name == "progressive_exaggeration":
-            facts["explainer weights"] = str(runner.explainer_weights) if runner.explainer_weights else "in memory"
-        elif runner.method_name == "latent_shift":
-            facts["autoencoder weights"] = str(runner.autoencoder_weights)
+        facts = {"method": runner.method_name, "model version": runner.model_version}
+        facts |= {key: value for key, value in runner.series_method.describe().items() if "sha256" not in key}
         if runner.method_options:
             facts["method options"] = json.dumps(runner.method_options, sort_keys=True)
         facts |= {
             "settings": f"{runner.num_bins} bins, {runner.image_size} px ({runner.aspect}), norm {runner.norm}, "
-            f"frames at {runner.resolution} resolution, {runner.bits} bit",
+            f"frames at {runner.resolution} resolution, {runner.bits} bit"
+            + (", calibrated" if getattr(runner.series_method, "calibrate", False) else ""),
             "device": str(runner.device),
             "software": f"monai_exaggeration, torch {torch.__version__}, Python {platform.python_version()}",
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         }
-        if runner.method_name == "progressive_exaggeration" and runner.explainer_weights and Path(runner.explainer_weights).is_file():
-            facts["explainer sha256"] = file_sha256(runner.explainer_weights)[:12]
+        facts |= {key: value for key, value in runner.series_method.describe().items() if "sha256" in key}
         return facts
 
     def _plots(self, metrics: dict, examples: list[dict], folder: Path) -> dict[str, Path]:

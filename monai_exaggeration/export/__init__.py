@@ -10,7 +10,7 @@
 Modules: ``destinations`` (peers from flags or a YAML/JSON file), ``dimse`` (C-ECHO/C-STORE),
 ``dicomweb`` (STOW-RS), ``status`` (status codes, error kinds), ``ledger`` (SQLite send ledger),
 ``exporter`` (the loop, retries, report, ``verify=True``: ask the destination what it holds by C-FIND
-or QIDO-RS), ``orthanc`` (a throw-away local Orthanc for trials and tests).
+or QIDO-RS).
 """
 
 from monai_exaggeration.export.destinations import (

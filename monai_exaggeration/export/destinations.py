@@ -22,57 +22,62 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from monai_exaggeration.config_models import AeTitle, Number, Port, Problem, StrictModel, Text, Whole, one_line
 
 __all__ = ["Destination", "DestinationError", "load_destinations", "select_destination", "destination_if_enabled"]
-
-_AE_MAX = 16
 
 
 class DestinationError(ValueError):
     """A destination is missing or badly described."""
 
 
-@dataclass
-class Destination:
-    """One peer. ``url`` set means DICOMweb (STOW-RS); otherwise DIMSE (host, port, AE titles)."""
+class Destination(StrictModel):
+    """One peer. ``url`` set means DICOMweb (STOW-RS); otherwise DIMSE (host, port, AE titles).
 
-    name: str = ""
-    host: str = ""
-    port: int = 104
-    called_ae: str = "ANY-SCP"
-    calling_ae: str = "EXAGGERATION"
-    url: str = ""
-    username: str = ""
-    password: str = field(default="", repr=False)
-    bearer_token: str = field(default="", repr=False)
-    tls_ca: str = ""
-    tls_cert: str = ""
-    tls_key: str = ""
-    connect_timeout: float = 10.0
-    acse_timeout: float = 30.0
-    dimse_timeout: float = 60.0
-    network_timeout: float = 60.0
-    max_pdu: int = 0  # 0: unlimited
+    A pydantic model: a wrong setting raises :class:`DestinationError`, one line naming it.
+    """
 
-    def __post_init__(self) -> None:
-        if self.url:
-            if not self.url.startswith(("http://", "https://")):
-                raise DestinationError(f"destination {self.label}: url must start with http:// or https://, got {self.url!r}")
-            return
-        if not self.host:
-            raise DestinationError(f"destination {self.label}: give host and port (DIMSE) or url (DICOMweb)")
+    name: Text = ""
+    host: Text = ""
+    port: Port = 104
+    called_ae: AeTitle = "ANY-SCP"
+    calling_ae: AeTitle = "EXAGGERATION"
+    url: Text = ""
+    username: Text = ""
+    password: Text = Field(default="", repr=False)
+    bearer_token: Text = Field(default="", repr=False)
+    tls_ca: Text = ""
+    tls_cert: Text = ""
+    tls_key: Text = ""
+    connect_timeout: Number = 10.0
+    acse_timeout: Number = 30.0
+    dimse_timeout: Number = 60.0
+    network_timeout: Number = 60.0
+    max_pdu: Whole = 0  # 0: unlimited
+
+    def __init__(self, **settings: Any) -> None:
         try:
-            self.port = int(self.port)
-        except (TypeError, ValueError):
-            raise DestinationError(f"destination {self.label}: port must be a number, got {self.port!r}") from None
-        if not 0 < self.port < 65536:
-            raise DestinationError(f"destination {self.label}: port {self.port} is out of range 1-65535")
-        for name in ("called_ae", "calling_ae"):
-            value = getattr(self, name)
-            if not value or len(value) > _AE_MAX or "\\" in value or not value.isprintable():
-                raise DestinationError(f"destination {self.label}: {name} {value!r} must be 1-16 printable characters")
+            super().__init__(**settings)
+        except ValidationError as error:
+            raise DestinationError(f"destination {_label(settings)}: {one_line(error)}") from None
+
+    @field_validator("url")
+    @classmethod
+    def _web_address(cls, url: str) -> str:
+        if url and not url.startswith(("http://", "https://")):
+            raise Problem(f"must start with http:// or https://, got {url!r}")
+        return url
+
+    @model_validator(mode="after")
+    def _peer(self) -> Destination:
+        if not self.url and not self.host:
+            raise Problem("give host and port (DIMSE) or url (DICOMweb)")
+        return self
 
     @property
     def kind(self) -> str:
@@ -85,29 +90,32 @@ class Destination:
     @property
     def label(self) -> str:
         """The key of this destination in the send ledger and the reports."""
-        if self.name:
-            return self.name
-        if self.url:
-            return self.url
-        return f"{self.called_ae}@{self.host}:{self.port}"
+        return _label(self.__dict__)
+
+
+def _label(settings: dict[str, Any]) -> str:
+    if settings.get("name"):
+        return str(settings["name"])
+    if settings.get("url"):
+        return str(settings["url"])
+    return f"{settings.get('called_ae', 'ANY-SCP')}@{settings.get('host', '')}:{settings.get('port', 104)}"
 
 
 def _from_mapping(name: str, entry: dict) -> Destination:
+    """A destination of a file: ``tls: {ca, cert, key}`` and secrets named by ``password_env``/``bearer_token_env``."""
+    if not isinstance(entry, dict):
+        raise DestinationError(f"destination {name}: must be a mapping of settings, got {type(entry).__name__}")
     entry = dict(entry)
     tls = entry.pop("tls", None) or {}
-    for key in ("ca", "cert", "key"):
-        if key in tls:
-            entry[f"tls_{key}"] = str(tls[key])
+    if not isinstance(tls, dict) or set(tls) - {"ca", "cert", "key"}:
+        raise DestinationError(f"destination {name}: tls: must be a mapping with ca, cert and key, got {tls!r}")
+    entry.update({f"tls_{key}": value for key, value in tls.items()})
     for secret in ("password", "bearer_token"):  # secrets may come from the environment
         variable = entry.pop(f"{secret}_env", None)
         if variable:
             if variable not in os.environ:
                 raise DestinationError(f"destination {name}: environment variable {variable} (for {secret}) is not set")
             entry[secret] = os.environ[variable]
-    known = {f.name for f in fields(Destination)}
-    unknown = sorted(set(entry) - known)
-    if unknown:
-        raise DestinationError(f"destination {name}: unknown setting(s) {unknown}; known: {sorted(known - {'name'})}")
     return Destination(name=name, **entry)
 
 

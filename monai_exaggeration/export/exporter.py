@@ -39,11 +39,11 @@ from monai_exaggeration.export.ledger import SendLedger
 from monai_exaggeration.export.senders import Sender, make_querier, make_sender
 from monai_exaggeration.export.status import (
     PermanentSendError,
-    QueryError,
     SendResult,
     TransientSendError,
     UnreachableError,
 )
+from monai_exaggeration.retry import BACKOFF_S, RETRIES, retry
 from monai_exaggeration.utils import atomic_write
 
 __all__ = ["REPORT_COLUMNS", "ExportReport", "ExportRow", "collect_dicom_files", "export_files", "export_series"]
@@ -170,8 +170,8 @@ def export_files(
     files: Iterable[str | os.PathLike],
     destination: Destination,
     ledger: SendLedger,
-    retries: int = 3,
-    backoff: float = 0.5,
+    retries: int = RETRIES,
+    backoff: float = BACKOFF_S,
     progress: bool = True,
     after_each: Callable[[ExportRow], None] | None = None,
     give_up_after: int = 3,
@@ -352,18 +352,8 @@ def _held_by_destination(
     querier = make_querier(destination)
     try:
         for key in dict.fromkeys(series):
-            for attempt in range(retries + 1):
-                try:
-                    held[key] = set(querier.find_instances(*key))
-                    break
-                except QueryError:
-                    raise
-                except TransientSendError as error:
-                    if attempt == retries:
-                        raise
-                    delay = backoff * 2**attempt
-                    logger.warning("%s; retrying the query in %.1f s", error, delay)
-                    time.sleep(delay)
+            held[key] = set(retry(lambda key=key: querier.find_instances(*key), retries, backoff, TransientSendError,
+                                  lambda error, delay: logger.warning("%s; retrying the query in %.1f s", error, delay)))
     finally:
         querier.close()
     return held
@@ -420,7 +410,7 @@ class _NoAnswer(SendResult):
 
 
 def _send_with_retries(sender: Sender, path: Path, retries: int, backoff: float) -> SendResult:
-    """Send one file; transient failures are retried ``retries`` times with back-off 0.5, 1, 2 ... s.
+    """Send one file; transient failures are retried ``retries`` times after ``backoff``, twice that, ... s.
 
     Raises :class:`UnreachableError` when the peer still cannot be reached after the last retry.
     """
@@ -428,15 +418,10 @@ def _send_with_retries(sender: Sender, path: Path, retries: int, backoff: float)
         dataset = pydicom.dcmread(path)
     except (InvalidDicomError, EOFError, OSError, ValueError) as error:
         return SendResult("failed", -1, f"cannot read the file: {error}")
-    for attempt in range(retries + 1):
-        try:
-            return sender.send(dataset)
-        except TransientSendError as error:
-            if attempt == retries:
-                if isinstance(error, UnreachableError):
-                    raise
-                return _NoAnswer("failed", -1, f"{error} (after {retries} retries)")
-            delay = backoff * 2**attempt
-            logger.warning("%s; retrying in %.1f s", error, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
+    try:
+        return retry(lambda: sender.send(dataset), retries, backoff, TransientSendError,
+                     lambda error, delay: logger.warning("%s; retrying in %.1f s", error, delay))
+    except UnreachableError:
+        raise
+    except TransientSendError as error:
+        return _NoAnswer("failed", -1, f"{error} (after {retries} retries)")

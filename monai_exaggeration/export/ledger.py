@@ -28,8 +28,6 @@ from __future__ import annotations
 import datetime
 import os
 import sqlite3
-import time
-import urllib.parse
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -38,7 +36,8 @@ from typing import Any
 
 from filelock import Timeout
 
-from monai_exaggeration.utils import path_lock
+from monai_exaggeration import storage
+from monai_exaggeration.utils import link_into_place, path_lock
 
 __all__ = ["FOUND_BY_QUERY", "SCHEMA_VERSION", "LedgerBusyError", "LedgerError", "SendLedger", "move_aside"]
 
@@ -48,7 +47,6 @@ SCHEMA_VERSION = 2
 #: ``status`` of a row recorded because a query found the instance at the destination (no C-STORE status).
 FOUND_BY_QUERY = -1
 
-_SQLITE_MAGIC = b"SQLite format 3\x00"
 _V1_COLUMNS = ["sop_instance_uid", "destination", "status", "file", "sent_at"]
 _COLUMNS = [*_V1_COLUMNS, "verified_at", "lost_at"]
 _SCHEMA = """
@@ -124,10 +122,11 @@ class SendLedger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self.path.exists():
             self._create()
-        self._check_file()
-        uri = "file:" + urllib.parse.quote(str(self.path.resolve())) + "?mode=rw"  # never creates an empty file
+        problem = storage.file_problem(self.path)
+        if problem:
+            raise LedgerError(self.path, problem)
         try:
-            self._db = sqlite3.connect(uri, uri=True, timeout=30.0)
+            self._db = storage.connect(self.path, mode="rw")  # never creates an empty file
         except sqlite3.Error as error:
             raise ValueError(f"send ledger {self.path} cannot be opened ({error})") from error
         try:
@@ -150,51 +149,24 @@ class SendLedger:
             raise LedgerError(self.path, f"the ledger file is missing but its SQLite journal {orphans} remains")
         temporary = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
         try:
-            db = sqlite3.connect(temporary)
+            db = storage.connect(temporary)
             try:
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute(_SCHEMA)
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                storage.use_wal(db)
+                storage.create_schema(db, _SCHEMA, SCHEMA_VERSION, newer=ValueError)
                 db.commit()
             finally:
                 db.close()  # checkpoints the WAL into the file
-            try:
-                os.link(temporary, self.path)
-            except FileExistsError:
-                pass  # another process created it meanwhile: use theirs
-            except OSError:  # a file system without hard links
-                if not self.path.exists():
-                    os.replace(temporary, self.path)
+            link_into_place(temporary, self.path)  # unless another process created it meanwhile: then use theirs
         finally:
             for leftover in [temporary, *_companions(temporary)]:
                 leftover.unlink(missing_ok=True)
 
-    def _check_file(self) -> None:
-        """The file itself: not empty, and an SQLite database."""
-        if not self.path.is_file():
-            raise LedgerError(self.path, "it is not a regular file")
-        size = self.path.stat().st_size
-        if size == 0:
-            raise LedgerError(self.path, "the file is empty (0 bytes; a ledger is never empty, even with no rows)")
-        with open(self.path, "rb") as handle:
-            head = handle.read(len(_SQLITE_MAGIC))
-        if head != _SQLITE_MAGIC:
-            raise LedgerError(self.path, f"it is not an SQLite database ({size} bytes starting {head[:8]!r})")
-
     def _check_database(self) -> None:
         """``PRAGMA integrity_check``, the schema version (migrating version 1), the table's columns."""
-        problems = [row[0] for row in self._db.execute("PRAGMA integrity_check(5)").fetchall()]
-        if problems != ["ok"]:
-            raise LedgerError(self.path, "PRAGMA integrity_check failed: " + "; ".join(map(str, problems)))
-        for attempt in range(50):  # switching to WAL needs a moment alone with the file
-            try:
-                if str(self._db.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
-                    self._db.execute("PRAGMA journal_mode=WAL")
-                break
-            except sqlite3.OperationalError as error:
-                if "locked" not in str(error) or attempt == 49:
-                    raise
-                time.sleep(0.05)
+        problems = storage.integrity_problems(self._db)
+        if problems:
+            raise LedgerError(self.path, "PRAGMA integrity_check failed: " + "; ".join(problems))
+        storage.use_wal(self._db)
         version = self.schema_version
         if version == 0:
             self._migrate_from_v1()
@@ -224,7 +196,7 @@ class SendLedger:
                     )
                 self._db.execute("ALTER TABLE sent ADD COLUMN verified_at TEXT")
                 self._db.execute("ALTER TABLE sent ADD COLUMN lost_at TEXT")
-                self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                storage.set_schema_version(self._db, SCHEMA_VERSION)
             self._db.commit()
         except BaseException:
             self._db.rollback()
@@ -232,7 +204,7 @@ class SendLedger:
 
     @property
     def schema_version(self) -> int:
-        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        return storage.schema_version(self._db)
 
     # ------------------------------------------------------------------------------------ one exporter
 

@@ -12,13 +12,14 @@ import pandas as pd
 import torch
 from ignite.engine import Engine, Events
 
+from monai_exaggeration.binning import DECISION_THRESHOLD
 from monai_exaggeration.handlers.writing import writes_files
 from monai_exaggeration.utils import atomic_write, write_csv_atomic
 
 __all__ = ["ScoreTableWriter", "binary_metrics"]
 
 
-def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = DECISION_THRESHOLD) -> dict[str, float]:
     """ROC-AUC, accuracy, sensitivity and specificity at ``threshold`` (NaN where undefined)."""
     from sklearn.metrics import roc_auc_score
 
@@ -68,7 +69,7 @@ class ScoreTableWriter:
             DICOM UIDs). Default: the output as it is, i.e. MONAI's decollated evaluator output.
     """
 
-    def __init__(self, output_dir: str, finding: str = "finding", threshold: float = 0.5, name: str = "",
+    def __init__(self, output_dir: str, finding: str = "finding", threshold: float = DECISION_THRESHOLD, name: str = "",
                  output_transform: Callable[[Any], Sequence[dict]] = lambda output: output) -> None:
         self.output_dir = Path(output_dir)
         self.finding = finding

@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import numpy as np
 import torch
 from monai.data import MetaTensor
@@ -23,10 +25,12 @@ from monai.transforms import Compose
 
 from monai_exaggeration.binning import check_num_bins
 
-__all__ = ["RESOLUTIONS", "select_bins", "to_source_grid", "full_resolution_frames", "warped_frame"]
+__all__ = [
+    "Resolution","RESOLUTIONS", "select_bins", "to_source_grid", "full_resolution_frames", "warped_frame"]
 
 #: ``source``: frames on the source's pixel matrix; ``model``: the generator's frames as they are.
-RESOLUTIONS = ("source", "model")
+Resolution = Literal["source", "model"]
+RESOLUTIONS: tuple[str, ...] = get_args(Resolution)
 
 
 def select_bins(num_bins: int, first: int = 0, last: int | None = None, num_frames: int | None = None) -> list[int]:

@@ -29,37 +29,22 @@ import torch
 from monai.data import MetaTensor
 from torch import nn
 
-from monai_exaggeration.binning import centre_values, check_num_bins, posterior_to_bin
-from monai_exaggeration.engines.posteriors import classifier_fingerprint
-from monai_exaggeration.engines.series import NORM_MODES, deforms
+from monai_exaggeration.binning import DEFAULT_NUM_BINS, centre_values, check_num_bins, posterior_to_bin
+from monai_exaggeration.methods.series import NORM_MODES
 from monai_exaggeration.inference.frames import RESOLUTIONS, full_resolution_frames, select_bins, warped_frame
 from monai_exaggeration.inference.results import SeriesResult, StageTimer
-from monai_exaggeration.methods import ProgressiveExaggeration, build_baseline, check_method
-from monai_exaggeration.methods.base import MethodSeries
+from monai_exaggeration.methods import DEFAULT_METHOD, MethodContext, check_method, method_class
+from monai_exaggeration.methods.base import MethodSeries, frame_notes
 from monai_exaggeration.methods.calibration import calibrate_strengths
-from monai_exaggeration.networks.explainer_file import COMPOSITIONS, load_explainer
+from monai_exaggeration.networks.explainer_file import COMPOSITIONS
 from monai_exaggeration.inference.dataset import SourcePreprocessing
 from monai_exaggeration.transforms import to_unit_range
 from monai_exaggeration.transforms.cxr import model_scale
-from monai_exaggeration.utils import as_bool, select_device
+from monai_exaggeration.utils import as_bool, file_sha256, for_inference, select_device, state_sha256
 
-__all__ = ["SeriesInferer", "file_sha256"]
+__all__ = ["SeriesInferer", "file_sha256"]  # file_sha256: from utils, kept here for callers of 0.9
 
 logger = logging.getLogger("monai_exaggeration.inference")
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's content."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _state_sha256(module: nn.Module) -> str:
-    """Hex SHA-256 of a module's state (parameters and buffers, in state-dict order)."""
-    return hashlib.sha256(b"".join(t.detach().cpu().numpy().tobytes() for t in module.state_dict().values())).hexdigest()
 
 
 class SeriesInferer:
@@ -110,7 +95,7 @@ class SeriesInferer:
         preprocessing: SourcePreprocessing | Callable[[], SourcePreprocessing] | None = None,
         batch_size: int | None = None,
         num_workers: int | None = None,
-        method: str = "progressive_exaggeration",
+        method: str = DEFAULT_METHOD,
         method_options: dict | None = None,
         autoencoder_weights: str | os.PathLike | None = None,
         calibrate: bool = True,
@@ -121,9 +106,9 @@ class SeriesInferer:
         self.method_options = check_method(method, method_options)
         self.autoencoder_weights = None if autoencoder_weights is None else Path(autoencoder_weights)
         self.series_method: Any = None
-        if method != "progressive_exaggeration":
+        if not getattr(method_class(method), "uses_explainer", False):
             generator, explainer_weights = None, None  # a baseline makes its own series
-            num_bins = 10 if num_bins is None else num_bins
+            num_bins = DEFAULT_NUM_BINS if num_bins is None else num_bins
         elif generator is None and explainer_weights is None:
             raise ValueError("the inference needs explainer_weights (an explainer file) or an in-memory generator")
         self._bin_selection = (first_bin, last_bin, num_frames)
@@ -163,60 +148,37 @@ class SeriesInferer:
         self.timer = StageTimer(self.device)
 
     def prepare(self) -> SeriesInferer:
-        """Load the explainer (architecture from its file), the classifier (idempotent).
+        """Load the classifier and the method (the explainer's architecture from its file); idempotent.
 
         Raises ``FileNotFoundError``/``ValueError`` with a message that says what to do.
         """
         if self.classifier is not None:
             return self
-        if self.method_name != "progressive_exaggeration":
-            return self._prepare_baseline()
-        if self.explainer_weights is not None:
-            loaded = load_explainer(self.explainer_weights, network=self.generator)
-            self.generator, self.explainer_record = loaded.generator, loaded.record
-            self._adopt(loaded.num_bins, loaded.record.get("image_size"), loaded.composition)
-        else:
-            config = self.generator.config() if hasattr(self.generator, "config") else {}
-            self._adopt(config.get("num_bins", self.num_bins), config.get("image_size"), "generated")
-        # channels-last: 1.3x faster convolutions on a CPU (measured on 2 cores), the same frames to within
-        # one grey level on 0.01 % of the pixels
-        self.generator = self.generator.to(self.device, memory_format=torch.channels_last).eval()
-        self.classifier = self._build_classifier()
-        self.output = "deformation" if deforms(self.generator) else "image"
-        trained_for = self.explainer_record.get("classifier")
-        if trained_for and trained_for != (this_one := classifier_fingerprint(self.classifier)):
-            logger.warning(
-                "the explainer %s was trained against another classifier (fingerprint %s, this one %s): "
-                "its series may not move this classifier as intended",
-                self.explainer_weights, trained_for, this_one,
-            )
-        weights = file_sha256(self.explainer_weights)[:12] if self.explainer_weights else ""
-        self.series_method = ProgressiveExaggeration(
-            self.generator, self.composition, self.norm, weights, classifier=self.classifier, calibrate=self.calibrate
+        classifier = self._build_classifier()
+        context = MethodContext(
+            classifier=classifier, device=self.device, options=self.method_options,
+            explainer_weights=self.explainer_weights, generator=self.generator,
+            autoencoder_weights=self.autoencoder_weights, norm=self.norm, composition=self.composition,
+            calibrate=self.calibrate,
         )
+        method = method_class(self.method_name).build(context)
+        self._adopt(method.num_bins, method.image_size, method.composition)
+        self.series_method, self.classifier = method, classifier
+        self.generator = getattr(method, "generator", None)
+        self.explainer_record = dict(getattr(method, "record", {}) or {}) if self.explainer_weights else {}
+        self.output = getattr(method, "output", "image")
         if self.model_version is None:
             self.model_version = self._default_model_version()
         return self
 
     def _build_classifier(self) -> nn.Module:
-        """The black box (built now if it was given as a factory) on the device, in eval mode."""
+        """The black box (built now if it was given as a factory) on the device, in eval mode, frozen:
+        gradients flow through it (the baselines' searches), never into it."""
         classifier = self._classifier if isinstance(self._classifier, nn.Module) else self._classifier()
-        return classifier.to(self.device, memory_format=torch.channels_last).eval()  # same scores to 1e-6, faster
-
-    def _prepare_baseline(self) -> SeriesInferer:
-        classifier = self._build_classifier()
-        for parameter in classifier.parameters():  # gradients flow through the black box, never into it
+        classifier = for_inference(classifier, self.device)
+        for parameter in classifier.parameters():
             parameter.requires_grad_(False)
-        weights = ""
-        if self.method_name == "latent_shift" and self.autoencoder_weights and self.autoencoder_weights.is_file():
-            weights = file_sha256(self.autoencoder_weights)[:12]
-        method = build_baseline(self.method_name, classifier, self.method_options, self.autoencoder_weights, self.device, weights)
-        size = getattr(getattr(method, "autoencoder", None), "image_size", None) or getattr(classifier, "input_size", None)
-        self._adopt(self.num_bins, size, "transfer")
-        self.series_method, self.classifier = method, classifier
-        if self.model_version is None:
-            self.model_version = self._default_model_version()
-        return self
+        return classifier
 
     def _adopt(self, num_bins: int | None, image_size: int | None, composition: str) -> None:
         """Take the number of bins, the model size and the composition of the explainer itself;
@@ -239,32 +201,15 @@ class SeriesInferer:
         self.reading.bind(self.image_size)
 
     def _default_model_version(self) -> str:
-        if self.method_name != "progressive_exaggeration":
-            settings = {"num_bins": self.num_bins, "bins": self.bins, "image_size": self.image_size, "aspect": self.aspect,
-                        "resolution": self.resolution, "bits": self.bits, "classifier": _state_sha256(self.classifier)[:12],
-                        **self.series_method.settings()}
-            digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
-            return f"{self.method_name} {self.series_method.weights_id()} cfg {digest}"
-        if self.explainer_weights:
-            weights = file_sha256(self.explainer_weights)[:12]
-        else:  # an in-memory generator: its weights themselves must enter the UIDs
-            weights = "unsaved-" + _state_sha256(self.generator)[:12]
+        """``<method> <weights> cfg <digest>``: the method, its weights and every setting that changes the pixels."""
+        method = self.series_method
         settings = {
-            "num_bins": self.num_bins,
-            "bins": self.bins,
-            "image_size": self.image_size,
-            "aspect": self.aspect,
-            "norm": self.norm,
-            "composition": self.composition,
-            "resolution": self.resolution,
-            "bits": self.bits,
-            "classifier": _state_sha256(self.classifier)[:12],
+            "num_bins": self.num_bins, "bins": self.bins, "image_size": self.image_size, "aspect": self.aspect,
+            "resolution": self.resolution, "bits": self.bits, "classifier": state_sha256(self.classifier)[:12],
+            **method.version_settings(),
         }
-        if self.calibrate:  # a raw series keeps the model version (and the UIDs) it had before calibration existed
-            settings |= {key: value for key, value in self.series_method.settings().items() if key not in settings}
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
-        return f"explainer {weights} cfg {digest}"
-
+        return f"{method.version_name} {method.weights_id()} cfg {digest}"
 
     def _score(self, images: torch.Tensor) -> list[float]:
         with torch.no_grad():
@@ -336,6 +281,7 @@ class SeriesInferer:
         count = len(self.bins)
         for position, index in enumerate(ok):
             path, source, _ = items[index]
+            details = made.details[index] if made.details else {}
             results[index] = SeriesResult(
                 source=str(path),
                 meta=dict(source.meta),
@@ -347,7 +293,9 @@ class SeriesInferer:
                 source_score=source_scores[index],
                 source_bin=source_bins[index],
                 method=self.method_name,
-                details=made.details[index] if made.details else {},
+                details=details,
+                detail_texts=self.series_method.frame_details(details, count),
+                frame_notes=frame_notes(details, count),
             )
         return results
 

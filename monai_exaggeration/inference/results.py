@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from monai_exaggeration.methods.registry import DEFAULT_METHOD
+
 __all__ = ["STAGES", "InferenceSummary", "SeriesResult", "StageTimer"]
 
 #: Timed stages of one source (seconds are summed over sources in :class:`InferenceSummary`).
@@ -32,8 +34,10 @@ class SeriesResult:
     generator_frame_scores: list[float]  # f of the generator's model-size frame
     source_score: float
     source_bin: int
-    method: str = "progressive_exaggeration"  # the methods.METHOD_NAMES entry that made the series
+    method: str = DEFAULT_METHOD  # the registered method that made the series
     details: dict = field(default_factory=dict)  # the method's per-source facts (e.g. Latent Shift's shifts)
+    detail_texts: list[str] = field(default_factory=list)  # per frame, the method's words for frames.csv
+    frame_notes: list[str] = field(default_factory=list)  # per frame, what the DICOM ImageComments add
 
     @property
     def dicom(self) -> dict:

@@ -48,8 +48,7 @@ def rank_and_world() -> tuple[int, int]:
 
 def shard(records: Sequence[dict]) -> list[dict]:
     """This rank's inputs: every W-th record from position r (all of them in a single process)."""
-    rank, world = rank_and_world()
-    return list(records[rank::world])
+    return distributed.shard(records, *rank_and_world())
 
 
 def log_paths(output_dir: Path, rank: int, world: int) -> dict[str, Path]:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from monai_exaggeration.dicom.secondary_capture import DEFAULT_SERIES_NUMBER
 from monai_exaggeration.inference import sharding
 from monai_exaggeration.inference.dataset import SourceDataset
 from monai_exaggeration.inference.evaluator import InferenceEvaluator
@@ -52,7 +53,7 @@ class ExaggerationInference:
         finding: str = "cardiomegaly",
         quicklook: bool = True,
         gif_frame_ms: int = 400,
-        series_number: int = 900,
+        series_number: int = DEFAULT_SERIES_NUMBER,
         burned_in_annotation_free: bool = False,
         **settings: Any,
     ) -> None:

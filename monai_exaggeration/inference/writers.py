@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from monai_exaggeration.dicom import SeriesInfo, write_series
-from monai_exaggeration.dicom.secondary_capture import WrittenSeries
+from monai_exaggeration.dicom.secondary_capture import DEFAULT_SERIES_NUMBER, WrittenSeries
 from monai_exaggeration.inference import quicklook
 from monai_exaggeration.inference.results import InferenceSummary, SeriesResult
 from monai_exaggeration.metrics import series_validity
@@ -63,7 +63,7 @@ class DicomSeriesWriter:
     declares non-DICOM inputs free of text, so their frames say BurnedInAnnotation NO (else it is left out).
     """
 
-    def __init__(self, series_number: int = 900, burned_in_annotation_free: bool = False) -> None:
+    def __init__(self, series_number: int = DEFAULT_SERIES_NUMBER, burned_in_annotation_free: bool = False) -> None:
         self.series_number = int(series_number)
         self.burned_in_annotation_free = as_bool(burned_in_annotation_free, "burned_in_annotation_free")
 
@@ -75,7 +75,7 @@ class DicomSeriesWriter:
         record.info = SeriesInfo.from_scores(
             record.finding, inferer.model_version, result.scores, target_bins=result.bins, num_bins=inferer.num_bins,
             series_number=self.series_number, method=inferer.series_method.label,
-            notes=frame_notes(result.details, len(result.scores)),
+            notes=result.frame_notes or None,
         )
         with inferer.timer("write"):
             record.series = write_series(
@@ -152,7 +152,7 @@ def log_rows(record: OutputRecord, model_version: str, num_bins: int) -> tuple[l
         )
         for frame, generator_score, ok, value, path, sop_instance_uid, detail in zip(
             record.info.frames, result.generator_frame_scores, reached, strength, series, series.sop_instance_uids,
-            _frame_details(result.details, len(series)),
+            result.detail_texts or [""] * len(series),
         )
     ]
     validity = series_validity(np.asarray([result.scores]), np.asarray([result.source_score]), bins=result.bins, num_bins=num_bins)
@@ -191,46 +191,10 @@ class PacsExport:
 
 def frame_strengths(details: dict, count: int) -> tuple[list, list]:
     """Per frame: whether it reached its bin centre (``reached``, blank when the method does not say) and
-    the strength that made it (``strength``: the calibrated explainer's α, Latent Shift's λ; else blank)."""
+    the strength that made it (``strength``: a method's ``alpha`` or ``shifts`` detail; else blank)."""
     reached = list(details.get("reached") or [""] * count)
     strength = list(details.get("alpha") or details.get("shifts") or [""] * count)
     return reached, strength
-
-
-def frame_notes(details: dict, count: int) -> list[str]:
-    """Per frame, what a reader of the image should know about how it was made (DICOM ImageComments):
-    the calibrated strength, and that the frame could not reach its bin centre where it could not."""
-    reached, strength = frame_strengths(details, count)
-    borrowed = details.get("change_bin") or [None] * count
-    own = details.get("bins") or [None] * count
-    notes = []
-    for ok, value, change_bin, bin_ in zip(reached, strength, borrowed, own):
-        note = f"strength {value:g}" if value != "" and "alpha" in details else ""
-        if note and change_bin is not None and bin_ is not None and change_bin != bin_:
-            note += f" of the change of target bin {change_bin}"
-        if ok is False:
-            note = (note + "; " if note else "") + "target score not reached"
-        notes.append(note)
-    return notes
-
-
-def _frame_details(details: dict, count: int) -> list[str]:
-    """One text per frame for the ``method_detail`` column: Latent Shift's shift λ or the calibrated
-    explainer's strength α (``limit`` where the target was not reached), gradient ascent's Adam steps;
-    empty for the uncalibrated explainer."""
-    if "shifts" in details:
-        return [f"shift={v:g}" + ("" if ok else " (limit)") for v, ok in zip(details["shifts"], details["reached"])]
-    if "alpha" in details:
-        borrowed = details.get("change_bin") or [None] * count
-        own = details.get("bins") or [None] * count
-        return [
-            f"alpha={v:g}" + (f" of bin {b}'s change" if b is not None and o is not None and b != o else "")
-            + ("" if ok else " (limit)")
-            for v, ok, b, o in zip(details["alpha"], details["reached"], borrowed, own)
-        ]
-    if "steps" in details:
-        return [f"steps={v}" for v in details["steps"]]
-    return [""] * count
 
 
 def _model_grid_meta(meta: dict, aspect: str) -> dict:

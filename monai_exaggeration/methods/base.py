@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import torch
 
-__all__ = ["MethodSeries", "SeriesMethod"]
+__all__ = ["MethodSeries", "SeriesMethod", "frame_notes"]
 
 
 @dataclass
@@ -48,16 +48,48 @@ class MethodSeries:
 
 
 class SeriesMethod(Protocol):
-    """A counterfactual method: ``name`` (config value), ``label`` (DICOM SeriesDescription and
-    reports), ``weights_id`` (what enters ``model_version``) and a call producing :class:`MethodSeries`."""
+    """A counterfactual method, as :mod:`.registry` builds it (see there for each member)."""
 
     name: str
     label: str
+    title: str
+    version_name: str
+    num_bins: int | None
+    image_size: int | None
+    composition: str
+
+    @classmethod
+    def build(cls, context: Any) -> SeriesMethod: ...
 
     def weights_id(self) -> str: ...
 
     def settings(self) -> dict[str, Any]: ...
 
+    def version_settings(self) -> dict[str, Any]: ...
+
+    def frame_details(self, details: dict, count: int) -> list[str]: ...
+
+    def describe(self) -> dict[str, str]: ...
+
     def __call__(
         self, inputs: torch.Tensor, source_scores: list[float], source_bins: list[int], bins: list[int], num_bins: int
     ) -> MethodSeries: ...
+
+
+def frame_notes(details: dict, count: int) -> list[str]:
+    """Per frame, what a reader of the image should know about how it was made (DICOM ImageComments):
+    a calibrated strength (and whose change it scales), and that the frame could not reach its bin
+    centre where a method says so (``reached``)."""
+    reached = list(details.get("reached") or [None] * count)
+    strength = list(details.get("alpha") or [None] * count)
+    borrowed = list(details.get("change_bin") or [None] * count)
+    own = list(details.get("bins") or [None] * count)
+    notes = []
+    for ok, value, change_bin, bin_ in zip(reached, strength, borrowed, own):
+        note = "" if value is None else f"strength {value:g}"
+        if note and change_bin is not None and bin_ is not None and change_bin != bin_:
+            note += f" of the change of target bin {change_bin}"
+        if ok is False:
+            note = (note + "; " if note else "") + "target score not reached"
+        notes.append(note)
+    return notes

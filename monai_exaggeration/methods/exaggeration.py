@@ -11,6 +11,8 @@ series, the search only re-scores scaled frames.
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,17 +20,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from monai_exaggeration.binning import bin_centre
-from monai_exaggeration.engines.series import compose_series, deforms, generate_series
 from monai_exaggeration.methods.base import MethodSeries
 from monai_exaggeration.methods.calibration import calibrate_strengths
+from monai_exaggeration.methods.registry import MethodContext, register_method
+from monai_exaggeration.methods.series import compose_series, deforms, generate_series
+from monai_exaggeration.networks.classifier import classifier_fingerprint
 from monai_exaggeration.networks.deformation import jacobian_determinant, upsample_displacement
+from monai_exaggeration.networks.explainer_file import load_explainer
+from monai_exaggeration.utils import file_sha256, for_inference, state_sha256
 
 __all__ = ["ProgressiveExaggeration"]
 
+logger = logging.getLogger("monai_exaggeration.inference")
 
+
+@register_method
 class ProgressiveExaggeration:
     """The trained explainer's generator. ``composition`` and ``norm`` as in the explainer file and
-    :func:`~monai_exaggeration.engines.series.generate_series`; ``weights`` identifies the file.
+    :func:`~monai_exaggeration.methods.series.generate_series`; ``weights`` identifies the file.
 
     Args:
         generator: an image generator or a deformation generator (``output = "deformation"``).
@@ -43,6 +52,9 @@ class ProgressiveExaggeration:
 
     name = "progressive_exaggeration"
     label = "Exaggeration"
+    title = "Progressive exaggeration"
+    version_name = "explainer"
+    uses_explainer = True
 
     def __init__(
         self,
@@ -60,6 +72,83 @@ class ProgressiveExaggeration:
         self.generator, self.composition, self.norm, self.weights = generator, composition, norm, weights
         self.classifier, self.calibrate = classifier, bool(calibrate)
         self.strength_bound, self.tolerance = float(strength_bound), float(tolerance)
+        config = generator.config() if hasattr(generator, "config") else {}
+        #: the explainer file's record (architecture, bins, model size, composition, classifier), or the
+        #: in-memory generator's configuration
+        self.record: dict[str, Any] = {"num_bins": config.get("num_bins"), "image_size": config.get("image_size")}
+        self.explainer_weights: Path | None = None
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        """The explainer takes no ``method_options`` (its settings are inference keys)."""
+        return []
+
+    @classmethod
+    def build(cls, context: MethodContext) -> ProgressiveExaggeration:
+        """The explainer of ``context.explainer_weights`` (architecture from the file's record), or the
+        in-memory ``context.generator``; on the device, channels-last, in eval mode."""
+        if context.explainer_weights is None and context.generator is None:
+            raise ValueError("the inference needs explainer_weights (an explainer file) or an in-memory generator")
+        if context.explainer_weights is not None:
+            loaded = load_explainer(context.explainer_weights, network=context.generator)
+            generator, record, composition = loaded.generator, loaded.record, loaded.composition
+            weights = file_sha256(context.explainer_weights)[:12]
+        else:
+            generator, record, composition = context.generator, None, "generated"
+            weights = "unsaved-" + state_sha256(generator)[:12]  # an in-memory generator: its weights enter the UIDs
+        generator = for_inference(generator, context.device)
+        method = cls(generator, context.composition or composition, context.norm, weights,
+                     classifier=context.classifier, calibrate=context.calibrate)
+        if record is not None:
+            method.record = dict(record)
+            method.explainer_weights = Path(context.explainer_weights)
+        trained_for = method.record.get("classifier")
+        if trained_for and trained_for != (this_one := classifier_fingerprint(context.classifier)):
+            logger.warning(
+                "the explainer %s was trained against another classifier (fingerprint %s, this one %s): "
+                "its series may not move this classifier as intended", method.explainer_weights, trained_for, this_one,
+            )
+        return method
+
+    @property
+    def num_bins(self) -> int | None:
+        return self.record.get("num_bins")
+
+    @property
+    def image_size(self) -> int | None:
+        return self.record.get("image_size")
+
+    @property
+    def output(self) -> str:
+        return "deformation" if self.deforms else "image"
+
+    def version_settings(self) -> dict[str, Any]:
+        """What enters ``model_version`` beside the common settings (a raw series keeps the version it had
+        before calibration existed)."""
+        settings = {"norm": self.norm, "composition": self.composition}
+        if self.calibrate:
+            settings |= {key: value for key, value in self.settings().items() if key not in settings}
+        return settings
+
+    def frame_details(self, details: dict, count: int) -> list[str]:
+        """The ``method_detail`` column: the calibrated strength α (and whose change it scales, ``limit``
+        where the target was not reached); empty for a raw series."""
+        if "alpha" not in details:
+            return [""] * count
+        borrowed = details.get("change_bin") or [None] * count
+        own = details.get("bins") or [None] * count
+        return [
+            f"alpha={v:g}" + (f" of bin {b}'s change" if b is not None and o is not None and b != o else "")
+            + ("" if ok else " (limit)")
+            for v, ok, b, o in zip(details["alpha"], details["reached"], borrowed, own)
+        ]
+
+    def describe(self) -> dict[str, str]:
+        """Facts for reports."""
+        facts = {"explainer weights": str(self.explainer_weights) if self.explainer_weights else "in memory"}
+        if self.explainer_weights is not None and self.explainer_weights.is_file():
+            facts["explainer sha256"] = self.weights
+        return facts
 
     @property
     def deforms(self) -> bool:
@@ -200,6 +289,7 @@ class ProgressiveExaggeration:
                 take = frames_[better]
                 alpha[take], reached[take], scores[take] = trial_alpha[take], trial_reached[take], trial_scores[take]
                 change[take] = own[better]
+            self._keep_monotone(alpha, reached, scores, change, targets, sources, batch, count)
         alpha, reached = alpha.reshape(batch, count), reached.reshape(batch, count)
         change_steps = (change % count).reshape(batch, count)
         details = [
@@ -225,6 +315,26 @@ class ProgressiveExaggeration:
             score, targets[frames_], sources[frames_], upper=self.strength_bound, tolerance=self.tolerance, start=start
         )
         alpha[frames_], reached[frames_], scores[frames_] = found.alpha, found.reached, found.scores
+
+    @staticmethod
+    def _keep_monotone(alpha, reached, scores, change, targets, sources, batch: int, count: int) -> None:
+        """Walking out from the source on each side, a frame that ends less far than the frame before it
+        (only a frame that missed its target can) repeats that frame's change and strength, so the
+        series never turns back; it stays marked as not reached. In place, flat (B*K) tensors."""
+        for row in range(batch):
+            base = row * count
+            for direction in (1, -1):
+                best = None  # flat index of the furthest frame so far on this side
+                steps = range(count) if direction == 1 else range(count - 1, -1, -1)
+                for step in steps:
+                    frame = base + step
+                    if (targets[frame] - sources[frame]) * direction <= 0:
+                        continue  # the source's own bin, or the other side
+                    if best is not None and (scores[frame] - scores[best]) * direction < 0:
+                        alpha[frame], change[frame], scores[frame] = alpha[best], change[best], scores[best]
+                        reached[frame] = False
+                    else:
+                        best = frame
 
     @staticmethod
     def _donors(reached, scores, targets, sources, batch: int, count: int) -> dict[int, int]:

@@ -18,15 +18,22 @@ from torch import nn
 
 from monai_exaggeration.binning import bin_centre
 from monai_exaggeration.methods.base import MethodSeries
+from monai_exaggeration.methods.registry import MethodContext, register_method
 
 __all__ = ["PixelGradientAscent"]
 
 
+@register_method
 class PixelGradientAscent:
     """Adam on pixel perturbations against ``classifier``; see the module docstring for the settings."""
 
     name = "gradient_ascent"
     label = "Pixel ascent"
+    title = "Pixel-space gradient ascent"
+    version_name = "gradient_ascent"
+    uses_explainer = False
+    composition = "transfer"
+    num_bins = None
 
     def __init__(
         self, classifier: nn.Module, steps: int = 200, lr: float = 0.01, l1: float = 0.01, tolerance: float = 0.05
@@ -35,6 +42,24 @@ class PixelGradientAscent:
             raise ValueError(f"gradient_ascent needs steps >= 1, lr > 0, l1 >= 0, tolerance > 0; got {steps}, {lr}, {l1}, {tolerance}")
         self.classifier = classifier
         self.steps, self.lr, self.l1, self.tolerance = int(steps), float(lr), float(l1), float(tolerance)
+
+    @classmethod
+    def build(cls, context: MethodContext) -> PixelGradientAscent:
+        return cls(context.classifier, **context.options)
+
+    @property
+    def image_size(self) -> int | None:
+        return getattr(self.classifier, "input_size", None)
+
+    def version_settings(self) -> dict[str, Any]:
+        return self.settings()
+
+    def frame_details(self, details: dict, count: int) -> list[str]:
+        """The ``method_detail`` column: the Adam steps each frame took."""
+        return [f"steps={v}" for v in details["steps"]]
+
+    def describe(self) -> dict[str, str]:
+        return {}
 
     def weights_id(self) -> str:
         return "pixels"

@@ -22,6 +22,7 @@ A target the grid cannot reach within ``max_shift`` gets the closest score found
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,10 +30,13 @@ from torch import nn
 
 from monai_exaggeration.binning import bin_centre
 from monai_exaggeration.methods.base import MethodSeries
+from monai_exaggeration.methods.registry import MethodContext, register_method
+from monai_exaggeration.utils import file_sha256
 
 __all__ = ["LatentShift"]
 
 
+@register_method
 class LatentShift:
     """Latent Shift with ``autoencoder`` (a :class:`~monai_exaggeration.networks.CXRAutoEncoder`) against ``classifier``.
 
@@ -47,6 +51,11 @@ class LatentShift:
 
     name = "latent_shift"
     label = "Latent Shift"
+    title = "Latent Shift"
+    version_name = "latent_shift"
+    uses_explainer = False
+    composition = "transfer"  # the frame is the source plus the decoder's change
+    num_bins = None
 
     def __init__(
         self,
@@ -64,6 +73,34 @@ class LatentShift:
         self.autoencoder, self.classifier = autoencoder, classifier
         self.max_shift, self.grid, self.search_steps = float(max_shift), int(grid), int(search_steps)
         self.weights = weights
+
+    @classmethod
+    def build(cls, context: MethodContext) -> LatentShift:
+        """Latent Shift in the autoencoder of ``context.autoencoder_weights`` (``FileNotFoundError``/``ValueError``
+        with what to do when it is missing or not an autoencoder file)."""
+        if not context.autoencoder_weights:
+            raise ValueError(
+                "method latent_shift needs autoencoder_weights -- give bundles/cxr_autoencoder/models/autoencoder.pt"
+            )
+        from monai_exaggeration.networks.autoencoder import load_autoencoder
+
+        path = Path(context.autoencoder_weights)
+        autoencoder = load_autoencoder(path, context.device)
+        return cls(autoencoder, context.classifier, weights=file_sha256(path)[:12] if path.is_file() else "", **context.options)
+
+    @property
+    def image_size(self) -> int | None:
+        return getattr(self.autoencoder, "image_size", None)
+
+    def version_settings(self) -> dict[str, Any]:
+        return self.settings()
+
+    def frame_details(self, details: dict, count: int) -> list[str]:
+        """The ``method_detail`` column: each frame's shift λ (``limit`` where the target was not reached)."""
+        return [f"shift={v:g}" + ("" if ok else " (limit)") for v, ok in zip(details["shifts"], details["reached"])]
+
+    def describe(self) -> dict[str, str]:
+        return {"autoencoder weights": self.weights or "in memory"}
 
     def weights_id(self) -> str:
         if self.weights:

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from monai_exaggeration.binning import centre_values
+from monai_exaggeration.binning import DECISION_THRESHOLD, centre_values
 
 __all__ = ["SeriesValidity", "series_validity"]
 
@@ -42,7 +42,7 @@ class SeriesValidity:
 def series_validity(
     scores: np.ndarray,
     source_scores: np.ndarray,
-    threshold: float = 0.5,
+    threshold: float = DECISION_THRESHOLD,
     bins: Sequence[int] | None = None,
     num_bins: int | None = None,
 ) -> SeriesValidity:

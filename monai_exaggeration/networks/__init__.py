@@ -3,10 +3,11 @@
 from monai_exaggeration.networks.classifier import (
     ACTIVATIONS,
     BlackBoxClassifier,
+    classifier_fingerprint,
     load_state_dict_file,
 )
 
-__all__ = ["ACTIVATIONS", "BlackBoxClassifier", "load_state_dict_file"]
+__all__ = ["ACTIVATIONS", "BlackBoxClassifier", "classifier_fingerprint", "load_state_dict_file"]
 
 # explainer GAN
 from monai_exaggeration.networks.conditional import ConditionalBatchNorm2d  # noqa: E402

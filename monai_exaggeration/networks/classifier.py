@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
+import hashlib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -10,9 +13,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["BlackBoxClassifier", "ACTIVATIONS", "load_state_dict_file"]
+__all__ = [
+    "Activation","BlackBoxClassifier", "ACTIVATIONS", "classifier_fingerprint", "load_state_dict_file"]
 
-ACTIVATIONS = ("sigmoid", "softmax", "none")
+Activation = Literal["sigmoid", "softmax", "none"]
+ACTIVATIONS: tuple[str, ...] = get_args(Activation)
 
 
 def load_state_dict_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
@@ -61,7 +66,7 @@ class BlackBoxClassifier(nn.Module):
         self,
         model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
         output: int | str = 0,
-        activation: str = "sigmoid",
+        activation: Activation = "sigmoid",
         labels: Sequence[str] | None = None,
         input_size: int | None = None,
     ) -> None:
@@ -124,3 +129,12 @@ class BlackBoxClassifier(nn.Module):
         if not Path(path).is_file():
             raise FileNotFoundError(f"TorchScript classifier not found: {path}")
         return cls(torch.jit.load(str(path), map_location=map_location), **kwargs)
+
+
+def classifier_fingerprint(classifier: torch.nn.Module) -> str:
+    """Short hash of the classifier's weights and buffers (identifies the black box in caches)."""
+    digest = hashlib.sha1()
+    for name, tensor in sorted(classifier.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]

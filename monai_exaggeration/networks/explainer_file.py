@@ -23,12 +23,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, Literal
 
 import torch
 from torch import nn
 
 __all__ = [
+    "Composition",
     "COMPOSITIONS",
     "LEGACY_OVERRIDE",
     "ExplainerRecord",
@@ -38,7 +39,8 @@ __all__ = [
 ]
 
 #: How a frame is made from the generator's output (see the module docstring).
-COMPOSITIONS = ("generated", "transfer")
+Composition = Literal["generated", "transfer"]
+COMPOSITIONS: tuple[str, ...] = get_args(Composition)
 #: The override that describes explainer files written before records existed (64 px CPU widths).
 LEGACY_OVERRIDE = "configs/legacy_explainer_v0.json"
 RECORD_FORMAT = 1
@@ -72,7 +74,7 @@ class ExplainerRecord:
     def __init__(
         self,
         generator: nn.Module,
-        composition: str = "generated",
+        composition: Composition = "generated",
         finding: str = "",
         classifier: nn.Module | str | None = None,
         aspect: str = "pad",
@@ -84,7 +86,7 @@ class ExplainerRecord:
         self.finding = finding
         self.aspect = aspect
         if isinstance(classifier, nn.Module):
-            from monai_exaggeration.engines.posteriors import classifier_fingerprint
+            from monai_exaggeration.networks.classifier import classifier_fingerprint
 
             classifier = classifier_fingerprint(classifier)
         self.classifier = classifier or ""

@@ -16,22 +16,41 @@
     inference: {num_frames: 10, quicklook: false}   # keys of bundles/cxr/configs/inference.json
     outputs: {presentation_state: true, burned_in: false, report: true, ctr: true, keep_results: false}
 
-Relative paths are relative to the YAML file's folder. :func:`load_node_config` raises
-:class:`NodeConfigError` (a :class:`~monai_exaggeration.errors.UserError`) for anything wrong.
+Relative paths are relative to the YAML file's folder. The file is checked by pydantic models
+(:class:`NodeFile`, :mod:`~monai_exaggeration.config_models`); :func:`load_node_config` raises
+:class:`NodeConfigError` (a :class:`~monai_exaggeration.errors.UserError`) for anything wrong, one
+line naming the key.
 """
 
 from __future__ import annotations
 
 import os
 import ssl
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import BeforeValidator, Field, ValidationError, ValidationInfo, model_validator
+
+from monai_exaggeration.config_models import (
+    LIST,
+    AeTitle,
+    Flag,
+    Number,
+    Port,
+    Problem,
+    StrictModel,
+    Text,
+    Whole,
+    as_list,
+    at_least,
+    one_line,
+)
 from monai_exaggeration.errors import UserError
+from monai_exaggeration.retry import BACKOFF_S, RETRIES
 
-__all__ = ["SOP_CLASSES", "NodeConfig", "NodeConfigError", "OutputSettings", "QueueSettings", "ScpSettings",
-           "load_node_config"]
+__all__ = ["SOP_CLASSES", "NodeConfig", "NodeConfigError", "NodeFile", "OutputSettings", "QueueSettings", "ScpSettings",
+           "TlsFiles", "load_node_config"]
 
 #: The storage SOP classes the node can accept, by the names used in ``node.accept``.
 SOP_CLASSES = {
@@ -50,19 +69,73 @@ class NodeConfigError(UserError, ValueError):
     """The node's YAML file is missing, unreadable or has a wrong setting."""
 
 
-@dataclass
-class ScpSettings:
-    ae_title: str = "EXAGGERATION"
-    host: str = "0.0.0.0"
-    port: int = 11112
-    allowed_calling_aes: list[str] = field(default_factory=list)
-    accept: list[str] = field(default_factory=lambda: list(SOP_CLASSES))
-    max_associations: int = 10
-    refuse_unusable: bool = True  # answer a failure status to instances the inference would refuse from the header
-    tls_cert: str = ""
-    tls_key: str = ""
-    tls_ca: str = ""
-    network_timeout: float = 60.0
+def _file(value: Any, info: ValidationInfo) -> str:
+    """An existing file, relative to the YAML file's folder (``context["base"]``); "" when not set."""
+    if not value:
+        return ""
+    resolved = Path((info.context or {}).get("base", ".")) / Path(str(value)).expanduser()
+    if not resolved.is_file():
+        raise Problem(f"file not found: {resolved}")
+    return str(resolved)
+
+
+def _sop_classes(value: Any) -> list[str]:
+    names = [str(name).upper() for name in as_list(value)]
+    if not names or any(name not in SOP_CLASSES for name in names):
+        raise Problem(f"choose from {', '.join(SOP_CLASSES)}; got {value!r}")
+    return names
+
+
+#: A file that must exist (relative to the YAML file).
+File = Annotated[str, BeforeValidator(_file)]
+AtLeastOne = Annotated[Whole, at_least(1)]
+NotNegative = Annotated[Number, at_least(0)]
+
+
+class TlsFiles(StrictModel):
+    """``node.tls``: the node's certificate and key; with ``ca``, callers must present a certificate it signed."""
+
+    cert: File = ""
+    key: File = ""
+    ca: File = ""
+
+    @model_validator(mode="after")
+    def _loadable(self) -> TlsFiles:
+        if (self.key or self.ca) and not self.cert:
+            raise Problem("cert (the node's certificate) is needed for TLS")
+        try:
+            self.context()
+        except (OSError, ssl.SSLError) as error:
+            raise Problem(f"cannot load the certificate files: {error}") from None
+        return self
+
+    def context(self) -> ssl.SSLContext | None:
+        if not self.cert:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.cert, keyfile=self.key or None)
+        if self.ca:
+            context.load_verify_locations(cafile=self.ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+
+class ScpSettings(StrictModel):
+    """``node:``, the Storage SCP."""
+
+    ae_title: AeTitle = "EXAGGERATION"
+    host: Text = "0.0.0.0"
+    port: Port = 11112
+    allowed_calling_aes: Annotated[list[AeTitle], LIST] = Field(default_factory=list)
+    accept: Annotated[list[str], BeforeValidator(_sop_classes)] = Field(default_factory=lambda: list(SOP_CLASSES))
+    max_associations: AtLeastOne = 10
+    refuse_unusable: Flag = True  # answer a failure status to instances the inference would refuse from the header
+    tls: TlsFiles | None = None
+    network_timeout: Number = 60.0
+
+    @property
+    def tls_cert(self) -> str:
+        return self.tls.cert if self.tls else ""
 
     @property
     def accepted_sop_classes(self) -> dict[str, str]:
@@ -71,36 +144,67 @@ class ScpSettings:
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """Server TLS context (None without ``tls``); with ``ca`` clients must present a certificate it signed."""
-        if not self.tls_cert:
-            return None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(self.tls_cert, keyfile=self.tls_key or None)
-        if self.tls_ca:
-            context.load_verify_locations(cafile=self.tls_ca)
-            context.verify_mode = ssl.CERT_REQUIRED
-        return context
+        return self.tls.context() if self.tls else None
 
 
-@dataclass
-class QueueSettings:
-    max_jobs: int = 1000  # jobs not yet done (queued, running, waiting to retry)
-    max_spool_mb: float = 20480.0  # received files waiting in the spool
-    min_free_mb: float = 1024.0  # free space the spool's disk must keep
-    max_attempts: int = 5
-    backoff_s: float = 60.0
-    max_backoff_s: float = 3600.0
-    poll_s: float = 0.5
+class QueueSettings(StrictModel):
+    max_jobs: AtLeastOne = 1000  # jobs not yet done (queued, running, waiting to retry)
+    max_spool_mb: NotNegative = 20480.0  # received files waiting in the spool
+    min_free_mb: NotNegative = 1024.0  # free space the spool's disk must keep
+    max_attempts: AtLeastOne = 5
+    backoff_s: NotNegative = 60.0
+    max_backoff_s: NotNegative = 3600.0
+    poll_s: Number = 0.5
 
 
-@dataclass
-class OutputSettings:
-    presentation_state: bool = True
-    burned_in: bool = False
-    report: bool = True
-    ctr: bool = True
-    keep_results: bool = False
-    export_retries: int = 3
-    export_backoff_s: float = 1.0
+class OutputSettings(StrictModel):
+    presentation_state: Flag = True
+    burned_in: Flag = False
+    report: Flag = True
+    ctr: Flag = True
+    keep_results: Flag = False
+    export_retries: Annotated[Whole, at_least(0)] = RETRIES
+    export_backoff_s: NotNegative = BACKOFF_S
+
+
+def _work_dir(value: Any) -> str:
+    if not value:
+        raise Problem("set the folder for the spool, the queue and the results")
+    return str(value)
+
+
+def _inference(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise Problem(f"must be a mapping of settings, got {type(value).__name__}")
+    owned = sorted(set(value) & _NODE_OWNED)
+    if owned:
+        raise Problem("is set by the node itself; remove it", key=(owned[0],))
+    return dict(value)
+
+
+class NodeFile(StrictModel):
+    """The whole ``node.yaml`` (see the module docstring)."""
+
+    work_dir: Annotated[str, BeforeValidator(_work_dir)] = Field(default=None, validate_default=True)
+    node: ScpSettings = Field(default_factory=ScpSettings)
+    queue: QueueSettings = Field(default_factory=QueueSettings)
+    outputs: OutputSettings = Field(default_factory=OutputSettings)
+    inference: Annotated[dict[str, Any], BeforeValidator(_inference)] = Field(default_factory=dict)
+    destination: Text | None = None
+    destinations: Any = None
+    destinations_file: File | None = None
+    threads: AtLeastOne | None = None
+
+    @model_validator(mode="after")
+    def _where_results_go(self) -> NodeFile:
+        if self.destinations_file and self.destinations:
+            raise Problem("give either destinations: or destinations_file:, not both", key=("destinations_file",))
+        if not self.destinations_file and not self.destinations:
+            raise Problem("say where results go: a destinations: mapping (as in docs/pacs_export.md) or "
+                          "destinations_file:", key=("destinations",))
+        return self
 
 
 @dataclass
@@ -144,100 +248,6 @@ class NodeConfig:
             raise NodeConfigError(f"{self.path}: {error}") from None
 
 
-# ------------------------------------------------------------------------------------------ parsing
-
-
-def _fail(path: Path, key: str, problem: str) -> NodeConfigError:
-    return NodeConfigError(f"{path}: {key}: {problem}")
-
-
-def _section(path: Path, content: dict, key: str) -> dict:
-    value = content.get(key) or {}
-    if not isinstance(value, dict):
-        raise _fail(path, key, f"must be a mapping of settings, got {type(value).__name__}")
-    return dict(value)
-
-
-_KINDS = {"bool": "true or false", "int": "a whole number", "float": "a number", "str": "a text"}
-
-
-def _typed(path: Path, section: str, cls: type, values: dict) -> Any:
-    """``cls(**values)`` with each value checked against the field's type; unknown keys are errors."""
-    known = {f.name: f for f in fields(cls)}
-    kwargs = {}
-    for key, value in values.items():
-        name = key
-        if name not in known:
-            raise _fail(path, f"{section}.{key}", f"unknown setting; known: {', '.join(sorted(known))}")
-        kind = known[name].type
-        try:
-            if kind == "bool" and not isinstance(value, bool):
-                raise TypeError
-            if kind in ("int", "float", "str") and isinstance(value, bool):
-                raise TypeError
-            if kind == "int":
-                if int(value) != float(value):
-                    raise ValueError
-                value = int(value)
-            elif kind == "float":
-                value = float(value)
-            elif kind == "str":
-                if not isinstance(value, (str, int)):
-                    raise TypeError
-                value = str(value)
-        except (TypeError, ValueError):
-            raise _fail(path, f"{section}.{key}", f"must be {_KINDS.get(kind, kind)}, got {value!r}") from None
-        kwargs[name] = value
-    return cls(**kwargs)
-
-
-def _ae_title(path: Path, key: str, value: Any) -> str:
-    if not isinstance(value, str) or not 1 <= len(value.strip()) <= 16 or "\\" in value or not value.isprintable():
-        raise _fail(path, key, f"an AE title is 1-16 printable characters without backslash, got {value!r}")
-    return value.strip()
-
-
-def _file(path: Path, key: str, value: str) -> str:
-    resolved = path.parent / Path(value).expanduser() if value else None
-    if resolved is None:
-        return ""
-    if not resolved.is_file():
-        raise _fail(path, key, f"file not found: {resolved}")
-    return str(resolved)
-
-
-def _scp(path: Path, values: dict) -> ScpSettings:
-    tls = values.pop("tls", None) or {}
-    if not isinstance(tls, dict) or set(tls) - {"cert", "key", "ca"}:
-        raise _fail(path, "node.tls", "must be a mapping with cert, key and (optional) ca")
-    for list_key in ("allowed_calling_aes", "accept"):
-        if list_key in values and not isinstance(values[list_key], list):
-            raise _fail(path, f"node.{list_key}", f"must be a list, got {values[list_key]!r}")
-    lists = {key: values.pop(key) for key in ("allowed_calling_aes", "accept") if key in values}
-    scp = _typed(path, "node", ScpSettings, values)
-    scp.ae_title = _ae_title(path, "node.ae_title", scp.ae_title)
-    scp.allowed_calling_aes = [_ae_title(path, "node.allowed_calling_aes", ae) for ae in lists.get("allowed_calling_aes", [])]
-    accept = [str(name).upper() for name in lists.get("accept", list(SOP_CLASSES))]
-    unknown = [name for name in accept if name not in SOP_CLASSES]
-    if unknown or not accept:
-        raise _fail(path, "node.accept", f"choose from {', '.join(SOP_CLASSES)}; got {lists.get('accept')!r}")
-    scp.accept = accept
-    if not 0 < scp.port < 65536:
-        raise _fail(path, "node.port", f"must be 1-65535, got {scp.port}")
-    if scp.max_associations < 1:
-        raise _fail(path, "node.max_associations", f"must be at least 1, got {scp.max_associations}")
-    scp.tls_cert = _file(path, "node.tls.cert", tls.get("cert", ""))
-    scp.tls_key = _file(path, "node.tls.key", tls.get("key", ""))
-    scp.tls_ca = _file(path, "node.tls.ca", tls.get("ca", ""))
-    if (scp.tls_key or scp.tls_ca) and not scp.tls_cert:
-        raise _fail(path, "node.tls", "cert (the node's certificate) is needed for TLS")
-    try:
-        scp.ssl_context()
-    except (OSError, ssl.SSLError) as error:
-        raise _fail(path, "node.tls", f"cannot load the certificate files: {error}") from None
-    return scp
-
-
 def bundle_root(path: Path, inference: dict) -> Path:
     """The bundle whose ``configs/inference.json`` the node runs (``inference.bundle_root``, else the shipped one)."""
     from monai_exaggeration.bundle import default_bundle_root
@@ -255,10 +265,10 @@ def _check_inference(path: Path, inference: dict) -> None:
     try:
         known = set(json.loads(config.read_text())) | {"bundle_root"}
     except (OSError, ValueError) as error:
-        raise _fail(path, "inference.bundle_root", f"cannot read {config}: {error}") from None
+        raise NodeConfigError(f"{path}: inference.bundle_root: cannot read {config}: {error}") from None
     unknown = sorted(set(inference) - known)
     if unknown:
-        raise _fail(path, f"inference.{unknown[0]}", f"not a setting of {config}")
+        raise NodeConfigError(f"{path}: inference.{unknown[0]}: not a setting of {config}")
 
 
 def load_node_config(path: str | os.PathLike) -> NodeConfig:
@@ -274,43 +284,16 @@ def load_node_config(path: str | os.PathLike) -> NodeConfig:
         raise NodeConfigError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
     if not isinstance(content, dict):
         raise NodeConfigError(f"{path}: must be a mapping with node:, work_dir:, destination(s): ... (see docs/dicom_node.md)")
-    known = {"node", "work_dir", "queue", "outputs", "inference", "destination", "destinations", "destinations_file",
-             "threads"}
-    unknown = sorted(set(content) - known)
-    if unknown:
-        raise _fail(path, ", ".join(unknown), f"unknown setting; known: {', '.join(sorted(known))}")
-    if not content.get("work_dir"):
-        raise _fail(path, "work_dir", "set the folder for the spool, the queue and the results")
-    scp = _scp(path, _section(path, content, "node"))
-    queue = _typed(path, "queue", QueueSettings, _section(path, content, "queue"))
-    for key in ("max_jobs", "max_attempts"):
-        if getattr(queue, key) < 1:
-            raise _fail(path, f"queue.{key}", f"must be at least 1, got {getattr(queue, key)}")
-    for key in ("max_spool_mb", "min_free_mb", "backoff_s", "max_backoff_s"):
-        if getattr(queue, key) < 0:
-            raise _fail(path, f"queue.{key}", f"must be >= 0, got {getattr(queue, key)}")
-    outputs = _typed(path, "outputs", OutputSettings, _section(path, content, "outputs"))
-    inference = _section(path, content, "inference")
-    owned = sorted(set(inference) & _NODE_OWNED)
-    if owned:
-        raise _fail(path, f"inference.{owned[0]}", "is set by the node itself; remove it")
-    _check_inference(path, inference)
-    if content.get("destinations_file") and content.get("destinations"):
-        raise _fail(path, "destinations_file", "give either destinations: or destinations_file:, not both")
-    destination_file = path
-    if content.get("destinations_file"):
-        destination_file = Path(_file(path, "destinations_file", str(content["destinations_file"])))
-    elif not content.get("destinations"):
-        raise _fail(path, "destinations", "say where results go: a destinations: mapping (as in docs/pacs_export.md) "
-                    "or destinations_file:")
-    threads = content.get("threads")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise _fail(path, "threads", f"must be a whole number >= 1, got {threads!r}")
+    try:
+        settings = NodeFile.model_validate(content, context={"base": path.parent})
+    except ValidationError as error:
+        raise NodeConfigError(f"{path}: {one_line(error)}") from None
+    _check_inference(path, settings.inference)
     config = NodeConfig(
-        path=path, work_dir=(path.parent / Path(str(content["work_dir"])).expanduser()).absolute(), scp=scp, queue=queue,
-        outputs=outputs, destination_file=destination_file,
-        destination_name=str(content["destination"]) if content.get("destination") else None,
-        inference=inference, threads=threads,
+        path=path, work_dir=(path.parent / Path(settings.work_dir).expanduser()).absolute(), scp=settings.node,
+        queue=settings.queue, outputs=settings.outputs,
+        destination_file=Path(settings.destinations_file) if settings.destinations_file else path,
+        destination_name=settings.destination or None, inference=settings.inference, threads=settings.threads,
     )
     config.destination()  # checked now: a bad destination is a configuration error
     return config

@@ -19,6 +19,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from monai_exaggeration import storage
+from monai_exaggeration.retry import backoff_delay
+
 __all__ = ["PENDING", "STATES", "Job", "JobQueue"]
 
 STATES = ("queued", "running", "done", "failed", "parked")
@@ -78,19 +81,17 @@ class JobQueue:
         if read_only:
             if not self.path.is_file():
                 raise FileNotFoundError(f"no job queue at {self.path}: has the node run with this work_dir?")
-            uri = f"file:{self.path.resolve()}?mode=ro"
-            self._db = sqlite3.connect(uri, uri=True, timeout=30.0, check_same_thread=False)
+            self._db = storage.connect(self.path, mode="ro", threads=True)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(self.path), timeout=30.0, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
+            self._db = storage.connect(self.path, autocommit=True, threads=True)
+            try:
+                storage.use_wal(self._db, synchronous="FULL")
+                storage.create_schema(self._db, _SCHEMA, SCHEMA_VERSION, lambda found: ValueError(
+                    f"job queue {self.path} was written by a newer release (schema {found})"))
+            except BaseException:
                 self._db.close()
-                raise ValueError(f"job queue {self.path} was written by a newer release (schema {version})")
-            self._db.executescript(_SCHEMA)
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                raise
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -181,7 +182,7 @@ class JobQueue:
             if permanent or attempts >= max_attempts:
                 state, next_try = "parked", time.time()
             else:
-                state, next_try = "failed", time.time() + min(max_backoff_s, backoff_s * 2 ** max(0, attempts - 1))
+                state, next_try = "failed", time.time() + backoff_delay(attempts - 1, backoff_s, max_backoff_s)
             db.execute("UPDATE jobs SET state=?, reason=?, next_try=?, finished_at=? WHERE id=?",
                        (state, reason[:2000], next_try, time.time(), job_id))
         return state

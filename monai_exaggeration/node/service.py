@@ -11,7 +11,6 @@ finish the jobs they hold, and releases the folder.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import signal
@@ -20,10 +19,13 @@ import time
 import warnings
 from pathlib import Path
 
+from filelock import FileLock
+
 from monai_exaggeration.node.config import NodeConfig, NodeConfigError, bundle_root
 from monai_exaggeration.node.queue import PENDING, JobQueue
 from monai_exaggeration.node.scp import StorageSCP
 from monai_exaggeration.node.worker import Worker
+from monai_exaggeration.utils import read_note, try_lock, write_note
 
 __all__ = ["DicomNode", "build_runner", "node_running", "serve"]
 
@@ -60,38 +62,32 @@ def build_runner(config: NodeConfig):
         raise NodeConfigError(f"{config.path}: the inference cannot be set up: {text[:400]}") from None
 
 
-def _lock(work_dir: Path):
-    """An exclusive lock on ``work_dir/node.lock`` holding our pid; raises NodeConfigError when another node holds it."""
+#: ``work_dir/node.lock``: the lock (:mod:`filelock`) one node holds; ``node.lock.json``: its pid, for the messages.
+LOCK_FILE, HOLDER_FILE = "node.lock", "node.lock.json"
+
+
+def _lock(work_dir: Path) -> FileLock:
+    """The exclusive lock on ``work_dir`` (our pid noted beside it); NodeConfigError when another node holds it."""
     work_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(work_dir / "node.lock", "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.seek(0)
-        pid = handle.read().strip() or "?"
-        handle.close()
-        raise NodeConfigError(f"another node (pid {pid}) is running with work_dir {work_dir}") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(str(os.getpid()))
-    handle.flush()
-    return handle
+    lock = FileLock(work_dir / LOCK_FILE, thread_local=False)
+    if not try_lock(lock):
+        pid = (read_note(work_dir / HOLDER_FILE) or {}).get("pid", "?")
+        raise NodeConfigError(f"another node (pid {pid}) is running with work_dir {work_dir}")
+    write_note(work_dir / HOLDER_FILE, {"pid": os.getpid()})
+    return lock
 
 
 def node_running(work_dir: Path) -> int | None:
-    """The pid of the node running with ``work_dir``, or None."""
-    path = Path(work_dir) / "node.lock"
+    """The pid of the node running with ``work_dir`` (-1 when it cannot be told), or None."""
+    path = Path(work_dir) / LOCK_FILE
     if not path.is_file():
         return None
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            text = handle.read().strip()
-            return int(text) if text.isdigit() else -1
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    return None
+    probe = FileLock(path, thread_local=False)
+    if try_lock(probe):
+        probe.release()
+        return None
+    pid = (read_note(Path(work_dir) / HOLDER_FILE) or {}).get("pid")
+    return pid if isinstance(pid, int) else -1
 
 
 class DicomNode:
@@ -103,11 +99,11 @@ class DicomNode:
         self.scp: StorageSCP | None = None
         self.worker: Worker | None = None
         self.runner = None
-        self._lock_handle = None
+        self._lock: FileLock | None = None
 
     def start(self) -> DicomNode:
         config = self.config
-        self._lock_handle = _lock(config.work_dir)
+        self._lock = _lock(config.work_dir)
         try:
             self._start()
         except BaseException:
@@ -200,9 +196,10 @@ class DicomNode:
         if self.queue is not None:
             self.queue.close()
             self.queue = None
-        if self._lock_handle is not None:
-            self._lock_handle.close()
-            self._lock_handle = None
+        if self._lock is not None:
+            (self.config.work_dir / HOLDER_FILE).unlink(missing_ok=True)
+            self._lock.release()
+            self._lock = None
 
 
 def serve(config: NodeConfig) -> int:

@@ -32,11 +32,25 @@ Keys (paths are relative to the folder of ``study.yaml``; unknown keys are an er
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, model_validator
+
+from monai_exaggeration.config_models import (
+    LIST,
+    Flag,
+    Problem,
+    StrictModel,
+    Text,
+    UnknownKeys,
+    Whole,
+    at_least,
+    first_problem,
+)
 
 __all__ = [
     "ARM_SHOWS",
@@ -49,8 +63,7 @@ __all__ = [
     "default_arms",
     "default_questions",
     "load_config",
-    "parse_arms",
-    "parse_questions",
+    "parse_config",
 ]
 
 #: What an arm may show besides the questions.
@@ -68,8 +81,6 @@ _TOP_KEYS = (
     "title", "instructions", "seed", "inference_dir", "cases", "readers", "arms", "questions",
     "finding", "allow_burned_in", "max_side",
 )
-_ARM_KEYS = ("id", "label", "shows")
-_QUESTION_KEYS = ("id", "type", "prompt", "phase", "min", "max", "labels", "options", "multiple", "arms")
 _DEFAULT_INSTRUCTIONS = (
     "For each case, first answer the questions on the image alone. Then show the explanation "
     "(if your arm of the study has one for this case) and answer the remaining questions. "
@@ -146,6 +157,194 @@ class StudyConfig:
     source: Path | None = field(default=None, compare=False)  # the study.yaml it came from
 
 
+# ----------------------------------------------------------------------------------------- the file's models
+
+
+def _ids(ids: list[str], what: str) -> None:
+    """Ids appear in URLs and file names: a strict pattern, and unique."""
+    for value in ids:
+        if not ID_PATTERN.match(value):
+            raise Problem(f"{what} id {value!r} is not valid -- use 1 to 40 letters, digits, '_' or '-'", place="")
+    duplicates = sorted({value for value in ids if ids.count(value) > 1})
+    if duplicates:
+        raise Problem(f"duplicate {what} id(s) {', '.join(duplicates)} -- ids must be unique", place="")
+
+
+def _shows(value: Any) -> tuple[str, ...]:
+    shows = [value] if isinstance(value, str) else value
+    if not isinstance(shows, list) or not shows:
+        raise Problem(f"is needed, a non-empty list from {', '.join(ARM_SHOWS)}")
+    unknown = [str(item) for item in shows if item not in ARM_SHOWS]
+    if unknown:
+        raise Problem(f"shows unknown {', '.join(map(repr, unknown))} -- an arm shows a subset of "
+                      f"{', '.join(ARM_SHOWS)}", place="")
+    if "scores" in shows and "series" not in shows:
+        raise Problem("shows 'scores' without 'series' -- scores belong to the series frames", place="")
+    return tuple(dict.fromkeys(shows))
+
+
+def _one_or_more(value: Any) -> list:
+    value = [value] if isinstance(value, str) else value
+    if not isinstance(value, list) or not value:
+        raise Problem("must be a non-empty list of arm ids (or left out: all arms)")
+    return value
+
+
+class ArmEntry(StrictModel):
+    id: Text = ""
+    label: Text | None = None
+    shows: Annotated[tuple[str, ...], BeforeValidator(_shows)] = Field(default=None, validate_default=True)
+
+    def arm(self) -> Arm:
+        return Arm(self.id, self.id if self.label is None else self.label, self.shows)
+
+
+def _question_type(value: Any) -> str:
+    if value not in QUESTION_TYPES:
+        raise Problem(f"unknown type {value!r} -- use one of {', '.join(QUESTION_TYPES)}", place="")
+    return value
+
+
+def _phase(value: Any) -> str:
+    if value not in PHASES:
+        raise Problem(f"phase {value!r} is unknown -- use 'before' (image alone) or 'after' (with the explanation)",
+                      place="")
+    return value
+
+
+class QuestionEntry(StrictModel):
+    id: Text = ""
+    type: Annotated[str, BeforeValidator(_question_type)] = Field(default=None, validate_default=True)
+    phase: Annotated[str, BeforeValidator(_phase)] = "after"
+    prompt: Text = ""
+    min: Whole = 1
+    max: Whole = 5
+    labels: Annotated[list[Any], LIST] | None = None
+    options: Annotated[list[Any], LIST] | None = None
+    multiple: Flag = False
+    arms: Annotated[list[Text], BeforeValidator(_one_or_more)] | None = None
+
+    @model_validator(mode="after")
+    def _keys_of_its_type(self) -> QuestionEntry:
+        given, kind = self.model_fields_set, self.type
+        if not self.prompt.strip():
+            raise Problem("a 'prompt' is needed (the text the reader sees)", place="")
+        if kind == "likert":
+            if self.max <= self.min or self.max - self.min > 20:
+                raise Problem("a Likert scale needs integers min < max (at most 21 points), "
+                              f"got {self.min}..{self.max}", place="")
+            if self.labels is not None and len(self.labels) != self.max - self.min + 1:
+                raise Problem(f"'labels' must list one text per scale point ({self.max - self.min + 1}; empty strings "
+                              "allowed)", place="")
+        elif given & {"min", "max", "labels"}:
+            raise Problem(f"min/max/labels belong to Likert questions, not to type {kind!r}", place="")
+        if kind == "choice":
+            if not self.options or len({str(option) for option in self.options}) != len(self.options):
+                raise Problem("a choice question needs 'options', a list of distinct texts", place="")
+        elif given & {"options", "multiple"}:
+            raise Problem(f"options/multiple belong to choice questions, not to type {kind!r}", place="")
+        return self
+
+    def question(self) -> Question:
+        extra: dict[str, Any] = {}
+        if self.type == "likert":
+            labels = None if self.labels is None else tuple("" if v is None else str(v) for v in self.labels)
+            extra.update(min=self.min, max=self.max, labels=labels)
+        if self.type == "choice":
+            extra.update(options=tuple(str(option) for option in self.options), multiple=self.multiple)
+        if self.arms is not None:
+            extra["arms"] = tuple(self.arms)
+        return Question(id=self.id, type=self.type, prompt=self.prompt, phase=self.phase, **extra)
+
+
+def _required(value: Any) -> str:
+    if value in (None, ""):
+        raise Problem("is missing -- see docs/reader_study.md for an example")
+    if not isinstance(value, str):
+        raise Problem(f"must be a path, got {value!r}")
+    return value
+
+
+def _readers(value: Any) -> list[str]:
+    """A list of reader ids, or a count ``n`` (ids ``R01`` ... ``Rnn``)."""
+    if value in (None, ""):
+        raise Problem("is missing -- see docs/reader_study.md for an example")
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise Problem(f"must be at least 1, got {value}")
+        width = max(2, len(str(value)))
+        return [f"R{number:0{width}d}" for number in range(1, value + 1)]
+    if not isinstance(value, list) or not value:
+        raise Problem("must be a non-empty list of reader ids or a number of readers")
+    readers = [str(reader) for reader in value]
+    _ids(readers, "reader")
+    return readers
+
+
+def _finding(value: Any) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise Problem(f"must be a non-empty text, got {value!r}")
+    return value.strip() if isinstance(value, str) else None
+
+
+def _non_empty(what: str) -> Callable[[list], list]:
+    def check(items: list) -> list:
+        if not items:
+            raise Problem(f"must be a non-empty list of {what}")
+        return items
+
+    return check
+
+
+class StudyFile(StrictModel):
+    """The whole ``study.yaml`` (see the module docstring), keys in the order of :data:`_TOP_KEYS`."""
+
+    title: Text = "Reader study"
+    instructions: Text = _DEFAULT_INSTRUCTIONS
+    seed: Whole = 0
+    inference_dir: Annotated[str, BeforeValidator(_required)] = Field(default=None, validate_default=True)
+    cases: Annotated[str, BeforeValidator(_required)] = Field(default=None, validate_default=True)
+    readers: Annotated[list[str], BeforeValidator(_readers)] = Field(default=None, validate_default=True)
+    arms: Annotated[list[ArmEntry], LIST, AfterValidator(_non_empty("{id, label, shows}"))] | None = None
+    questions: Annotated[list[QuestionEntry], LIST, AfterValidator(_non_empty("{id, type, prompt, ...}"))] | None = None
+    finding: Annotated[str | None, BeforeValidator(_finding)] = None
+    allow_burned_in: Flag = False
+    max_side: Annotated[Whole, at_least(16)] | None = None
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> StudyFile:
+        if self.arms is not None:
+            _ids([arm.id for arm in self.arms], "arm")
+        if self.questions is not None:
+            _ids([question.id for question in self.questions], "question")
+        return self
+
+
+def _item_label(data: dict, key: str, index: int) -> str:
+    """``arm 'series'``, ``question 'helpful'`` (the position when the item has no id)."""
+    item = data[key][index]
+    what = key[:-1]
+    if not isinstance(item, dict):
+        return f"{what} {index + 1}"
+    return f"{what} {str(item.get('id', '')) or index + 1!r}"
+
+
+def _message(error: ValidationError, data: dict, where: str) -> str:
+    """The first problem of ``error`` as one line: the file, the arm or question, the key, what is wrong."""
+    place, problem = first_problem(error)
+    parts = [where]
+    if len(place) >= 2 and place[0] in ("arms", "questions") and isinstance(place[1], int):
+        parts.append(_item_label(data, str(place[0]), place[1]))
+        place = place[2:]
+    if isinstance(problem, UnknownKeys):
+        text = f"unknown key(s) {', '.join(map(repr, problem.unknown))} -- allowed: {', '.join(problem.known)}"
+    elif problem.place is None and place:
+        text = f"'{place[0]}' {problem.text}"
+    else:
+        text = problem.text
+    return ": ".join([*parts, text])
+
+
 # ----------------------------------------------------------------------------------------- loading
 
 
@@ -171,143 +370,20 @@ def load_config(path: str | Path) -> StudyConfig:
 def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -> StudyConfig:
     """Validate a configuration mapping; relative paths are taken from ``base``."""
     where = str(source) if source else "study config"
-    _check_keys(data, _TOP_KEYS, where)
-    for key in ("inference_dir", "cases", "readers"):
-        if data.get(key) in (None, ""):
-            raise ReaderStudyError(f"{where}: '{key}' is missing -- see docs/reader_study.md for an example")
-    seed = data.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ReaderStudyError(f"{where}: 'seed' must be an integer, got {seed!r}")
-    max_side = data.get("max_side")
-    if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 16):
-        raise ReaderStudyError(f"{where}: 'max_side' must be an integer of at least 16 pixels, got {max_side!r}")
-    allow = data.get("allow_burned_in", False)
-    if not isinstance(allow, bool):
-        raise ReaderStudyError(f"{where}: 'allow_burned_in' must be true or false, got {allow!r}")
-    arms = parse_arms(data["arms"], where) if data.get("arms") is not None else None
-    questions = parse_questions(data["questions"], where) if data.get("questions") is not None else None
+    try:
+        study = StudyFile.model_validate(data)
+    except ValidationError as error:
+        raise ReaderStudyError(_message(error, data, where)) from None
+    arms = None if study.arms is None else [entry.arm() for entry in study.arms]
+    questions = None if study.questions is None else [entry.question() for entry in study.questions]
     if arms is not None and questions is not None:
         check_question_arms(questions, arms, where)
-    finding = data.get("finding")
-    if finding is not None and (not isinstance(finding, str) or not finding.strip()):
-        raise ReaderStudyError(f"{where}: 'finding' must be a non-empty text, got {finding!r}")
     return StudyConfig(
-        title=_text(data.get("title", "Reader study"), "title", where),
-        instructions=_text(data.get("instructions", _DEFAULT_INSTRUCTIONS), "instructions", where),
-        seed=int(seed),
-        inference_dir=_path(data["inference_dir"], base, "inference_dir", where),
-        cases=_path(data["cases"], base, "cases", where),
-        readers=parse_readers(data["readers"], where),
-        arms=arms,
-        questions=questions,
-        finding=finding.strip() if isinstance(finding, str) else None,
-        allow_burned_in=allow,
-        max_side=max_side,
-        source=source,
+        title=study.title, instructions=study.instructions, seed=study.seed,
+        inference_dir=_path(study.inference_dir, base), cases=_path(study.cases, base), readers=study.readers,
+        arms=arms, questions=questions, finding=study.finding, allow_burned_in=study.allow_burned_in,
+        max_side=study.max_side, source=source,
     )
-
-
-def parse_readers(value: Any, where: str = "study config") -> list[str]:
-    """A list of reader ids, or a count ``n`` (ids ``R01`` ... ``Rnn``)."""
-    if isinstance(value, bool):
-        raise ReaderStudyError(f"{where}: 'readers' must be a list of reader ids or a number of readers")
-    if isinstance(value, int):
-        if value < 1:
-            raise ReaderStudyError(f"{where}: 'readers' must be at least 1, got {value}")
-        width = max(2, len(str(value)))
-        return [f"R{number:0{width}d}" for number in range(1, value + 1)]
-    if not isinstance(value, list) or not value:
-        raise ReaderStudyError(f"{where}: 'readers' must be a non-empty list of reader ids or a number of readers")
-    readers = [str(reader) for reader in value]
-    _check_ids(readers, "reader", where)
-    return readers
-
-
-def parse_arms(value: Any, where: str = "study config") -> list[Arm]:
-    """Validate the ``arms`` list."""
-    if not isinstance(value, list) or not value:
-        raise ReaderStudyError(f"{where}: 'arms' must be a non-empty list of {{id, label, shows}}")
-    arms = []
-    for index, item in enumerate(value):
-        if not isinstance(item, dict):
-            raise ReaderStudyError(f"{where}: arm {index + 1} must be a mapping with id, label and shows")
-        _check_keys(item, _ARM_KEYS, f"{where}: arm {item.get('id', index + 1)!r}")
-        arm_id = str(item.get("id", ""))
-        shows = item.get("shows")
-        if isinstance(shows, str):
-            shows = [shows]
-        if not isinstance(shows, list) or not shows:
-            raise ReaderStudyError(
-                f"{where}: arm {arm_id!r} needs 'shows', a non-empty list from {', '.join(ARM_SHOWS)}"
-            )
-        unknown = [str(s) for s in shows if s not in ARM_SHOWS]
-        if unknown:
-            raise ReaderStudyError(
-                f"{where}: arm {arm_id!r} shows unknown {', '.join(map(repr, unknown))} -- "
-                f"an arm shows a subset of {', '.join(ARM_SHOWS)}"
-            )
-        if "scores" in shows and "series" not in shows:
-            raise ReaderStudyError(f"{where}: arm {arm_id!r} shows 'scores' without 'series' -- scores belong to the series frames")
-        arms.append(Arm(arm_id, _text(item.get("label", arm_id), "label", where), tuple(dict.fromkeys(shows))))
-    _check_ids([arm.id for arm in arms], "arm", where)
-    return arms
-
-
-def parse_questions(value: Any, where: str = "study config") -> list[Question]:
-    """Validate the ``questions`` list."""
-    if not isinstance(value, list) or not value:
-        raise ReaderStudyError(f"{where}: 'questions' must be a non-empty list of {{id, type, prompt, ...}}")
-    questions = []
-    for index, item in enumerate(value):
-        if not isinstance(item, dict):
-            raise ReaderStudyError(f"{where}: question {index + 1} must be a mapping with id, type and prompt")
-        qid = str(item.get("id", ""))
-        label = f"{where}: question {qid or index + 1!r}"
-        _check_keys(item, _QUESTION_KEYS, label)
-        kind = item.get("type")
-        if kind not in QUESTION_TYPES:
-            raise ReaderStudyError(f"{label} has unknown type {kind!r} -- use one of {', '.join(QUESTION_TYPES)}")
-        phase = item.get("phase", "after")
-        if phase not in PHASES:
-            raise ReaderStudyError(f"{label} has phase {phase!r} -- use 'before' (image alone) or 'after' (with the explanation)")
-        prompt = _text(item.get("prompt", ""), "prompt", label)
-        if not prompt.strip():
-            raise ReaderStudyError(f"{label} needs a 'prompt' (the text the reader sees)")
-        kwargs: dict[str, Any] = {}
-        if kind == "likert":
-            low, high = item.get("min", 1), item.get("max", 5)
-            if any(isinstance(v, bool) or not isinstance(v, int) for v in (low, high)) or high <= low or high - low > 20:
-                raise ReaderStudyError(f"{label}: a Likert scale needs integers min < max (at most 21 points), got {low!r}..{high!r}")
-            labels = item.get("labels")
-            if labels is not None:
-                if not isinstance(labels, list) or len(labels) != high - low + 1:
-                    raise ReaderStudyError(
-                        f"{label}: 'labels' must list one text per scale point ({high - low + 1}; empty strings allowed)"
-                    )
-                labels = tuple("" if v is None else str(v) for v in labels)
-            kwargs.update(min=low, max=high, labels=labels)
-        elif any(key in item for key in ("min", "max", "labels")):
-            raise ReaderStudyError(f"{label}: min/max/labels belong to Likert questions, not to type {kind!r}")
-        if kind == "choice":
-            options = item.get("options")
-            if not isinstance(options, list) or not options or len({str(o) for o in options}) != len(options):
-                raise ReaderStudyError(f"{label}: a choice question needs 'options', a list of distinct texts")
-            multiple = item.get("multiple", False)
-            if not isinstance(multiple, bool):
-                raise ReaderStudyError(f"{label}: 'multiple' must be true or false")
-            kwargs.update(options=tuple(str(o) for o in options), multiple=multiple)
-        elif "options" in item or "multiple" in item:
-            raise ReaderStudyError(f"{label}: options/multiple belong to choice questions, not to type {kind!r}")
-        arms = item.get("arms")
-        if arms is not None:
-            if isinstance(arms, str):
-                arms = [arms]
-            if not isinstance(arms, list) or not arms:
-                raise ReaderStudyError(f"{label}: 'arms' must be a non-empty list of arm ids (or left out: all arms)")
-            kwargs["arms"] = tuple(str(a) for a in arms)
-        questions.append(Question(id=qid, type=kind, prompt=prompt, phase=phase, **kwargs))
-    _check_ids([q.id for q in questions], "question", where)
-    return questions
 
 
 def check_question_arms(questions: list[Question], arms: list[Arm], where: str = "study config") -> None:
@@ -377,31 +453,6 @@ def default_questions(arms: list[Arm], finding: str = "the finding", forced_choi
 # ----------------------------------------------------------------------------------------- helpers
 
 
-def _check_keys(data: dict, allowed: tuple[str, ...], where: str) -> None:
-    unknown = [str(key) for key in data if key not in allowed]
-    if unknown:
-        raise ReaderStudyError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))} -- allowed: {', '.join(allowed)}")
-
-
-def _check_ids(ids: list[str], what: str, where: str) -> None:
-    for value in ids:
-        if not ID_PATTERN.match(value):
-            raise ReaderStudyError(
-                f"{where}: {what} id {value!r} is not valid -- use 1 to 40 letters, digits, '_' or '-'"
-            )
-    duplicates = sorted({value for value in ids if ids.count(value) > 1})
-    if duplicates:
-        raise ReaderStudyError(f"{where}: duplicate {what} id(s) {', '.join(duplicates)} -- ids must be unique")
-
-
-def _text(value: Any, key: str, where: str) -> str:
-    if not isinstance(value, str):
-        raise ReaderStudyError(f"{where}: '{key}' must be a text, got {value!r}")
-    return value
-
-
-def _path(value: Any, base: Path, key: str, where: str) -> Path:
-    if not isinstance(value, str):
-        raise ReaderStudyError(f"{where}: '{key}' must be a path, got {value!r}")
+def _path(value: str, base: Path) -> Path:
     path = Path(value).expanduser()
     return path if path.is_absolute() else (base / path)

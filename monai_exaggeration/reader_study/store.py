@@ -37,7 +37,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -46,11 +45,15 @@ from typing import Any
 
 import pandas as pd
 
+from monai_exaggeration import storage
+
 __all__ = ["RESPONSE_COLUMNS", "AnswerFrozenError", "ResponseStore"]
 
 #: Columns of the ``responses`` table, of :meth:`ResponseStore.answers` rows and of :meth:`ResponseStore.to_frame`.
 RESPONSE_COLUMNS = ["reader_id", "case_id", "question_id", "arm", "phase", "value", "answered_at"]
 _PHASES = ("before", "after")
+#: ``PRAGMA user_version`` of the file (0: written before versions were kept; the tables are the same).
+SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
     reader_id   TEXT NOT NULL,
@@ -108,28 +111,18 @@ class ResponseStore:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        connection = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)  # autocommit
+        connection = storage.connect(self.path, timeout=self.timeout, autocommit=True)
         try:
-            connection.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
             yield connection
         finally:
             connection.close()
 
     def _initialise(self) -> None:
-        """WAL mode and the table. Switching to WAL needs a moment alone with the file: retry while it is busy."""
-        deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                with self._connect() as connection:
-                    mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                    if str(mode).lower() != "wal":
-                        raise sqlite3.OperationalError(f"could not switch {self.path} to WAL mode (got {mode})")
-                    connection.executescript(_SCHEMA)
-                return
-            except sqlite3.OperationalError as error:
-                if ("locked" not in str(error) and "busy" not in str(error)) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
+        """WAL mode, the tables and the schema version."""
+        with self._connect() as connection:
+            storage.use_wal(connection, timeout=self.timeout)
+            storage.create_schema(connection, _SCHEMA, SCHEMA_VERSION, lambda found: ValueError(
+                f"response store {self.path} was written by a newer release (schema {found}) -- use that release"))
 
     # ------------------------------------------------------------------------------------- writing
 

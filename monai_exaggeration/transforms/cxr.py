@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from typing import Any, get_args, Literal
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ from monai_exaggeration.transforms.readers import InputLimits, read_cxr
 from monai_exaggeration.transforms.resize import AntiAliasedResized, anti_aliased_resize
 
 __all__ = [
+    "Aspect",
     "ASPECT_POLICIES",
     "LoadCXR",
     "LoadCXRd",
@@ -50,7 +51,8 @@ __all__ = [
     "to_model_range",
 ]
 
-ASPECT_POLICIES = ("pad", "crop", "stretch")
+Aspect = Literal["pad", "crop", "stretch"]
+ASPECT_POLICIES: tuple[str, ...] = get_args(Aspect)
 
 
 def to_model_range(unit: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
@@ -132,7 +134,7 @@ def _aspect_transforms(keys: KeysCollection, spatial_size: int, aspect: str) -> 
 def cxr_preprocessing(
     keys: KeysCollection = "image",
     spatial_size: int = 128,
-    aspect: str = "pad",
+    aspect: Aspect = "pad",
     load: bool = True,
     extra: Sequence[Transform] = (),
 ) -> Compose:
@@ -152,7 +154,7 @@ def cxr_preprocessing(
 
 
 def load_cxr(
-    path: str | os.PathLike, spatial_size: int = 128, aspect: str = "pad", limits: InputLimits | None = None
+    path: str | os.PathLike, spatial_size: int = 128, aspect: Aspect = "pad", limits: InputLimits | None = None
 ) -> MetaTensor:
     """Load one file ready for the model: (1, size, size) in [-1, 1]. Errors are :class:`CXRInputError`."""
     image = LoadCXR(limits)(path)  # called directly so that input errors are not wrapped by Compose
@@ -180,7 +182,7 @@ def model_scale(shape: tuple[int, int], spatial_size: int, aspect: str) -> tuple
     return resized[0] / rows, resized[1] / columns
 
 
-def model_input(pixels: np.ndarray | torch.Tensor, spatial_size: int = 128, aspect: str = "pad") -> torch.Tensor:
+def model_input(pixels: np.ndarray | torch.Tensor, spatial_size: int = 128, aspect: Aspect = "pad") -> torch.Tensor:
     """:func:`cxr_preprocessing` (``load=False``) of one (rows, columns) image in [0, 1], on plain tensors.
 
     The same operations in the same order (intensity to [-1, 1], crop, anti-aliased bilinear resize,

@@ -13,6 +13,8 @@ Normalisation statistics at inference are an explicit choice (``norm``):
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -21,11 +23,13 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "Norm",
     "NORM_MODES", "compose_series", "deformation_series", "deforms", "generate_series", "grouped_batch_statistics",
     "series_batch_statistics", "transfer_frame",
 ]
 
-NORM_MODES = ("series", "running")
+Norm = Literal["series", "running"]
+NORM_MODES: tuple[str, ...] = get_args(Norm)
 
 
 @contextmanager
@@ -85,7 +89,7 @@ def generate_series(
     generator: nn.Module,
     images: torch.Tensor,
     num_bins: int,
-    norm: str = "series",
+    norm: Norm = "series",
 ) -> torch.Tensor:
     """Series of ``images`` (B, C, H, W) for the target bins 0..N-1: tensor (B, N, C, H, W).
 

@@ -1,4 +1,7 @@
-"""A throw-away local Orthanc PACS (Debian packages ``orthanc`` + ``orthanc-dicomweb``) for tests and trials.
+"""A throw-away local Orthanc PACS (Debian packages ``orthanc`` + ``orthanc-dicomweb``) for the tests and benchmarks.
+
+Test and benchmark code only, not part of the package: the tests import it from ``tests/`` (pytest puts
+that folder on ``sys.path``), the benchmarks through ``benchmarks/repo_helpers.py``.
 
     with LocalOrthanc(workdir) as pacs:          # free ports on 127.0.0.1, remote access off
         destination = pacs.destination()          # DIMSE; pacs.dicomweb_destination() for STOW-RS
