@@ -219,7 +219,8 @@ def test_generator_terms_combine_with_weights(classifier, generator):
     terms = loss.generator_terms(
         x, generated, target, fake_scores, classifier, identity=identity, cycled=cycled, masks=masks
     )
-    assert set(terms) == {"adv", "cls", "cls_cycle", "identity", "cycle", "change", "total"}
+    assert set(terms) == {"adv", "cls", "cls_cycle", "identity", "cycle", "change", "smooth", "fold", "total"}
+    assert terms["smooth"].item() == 0.0 and terms["fold"].item() == 0.0  # no displacement: an image generator
     assert terms["change"].item() == 0.0  # lambda_change 0 (the papers): no change term
     assert terms["adv"].item() == pytest.approx(-0.375)
     assert terms["identity"].item() == pytest.approx(l1_reconstruction(x, identity, masks).item())

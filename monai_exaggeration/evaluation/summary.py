@@ -96,12 +96,19 @@ def _mean(frame: pd.DataFrame, column: str) -> float:
 
 
 def _max(frame: pd.DataFrame, column: str) -> float:
-    values = pd.to_numeric(frame[column], errors="coerce").dropna() if column in frame else pd.Series(dtype=float)
+    values = _values(frame, column)
     return float(values.max()) if len(values) else float("nan")
 
 
+def _values(frame: pd.DataFrame, column: str) -> pd.Series:
+    """The finite numbers of a column (none when the column is missing)."""
+    if column not in frame:
+        return pd.Series(dtype=float)
+    return pd.to_numeric(frame[column], errors="coerce").replace([np.inf, -np.inf], np.nan).dropna()
+
+
 def _median(frame: pd.DataFrame, column: str) -> float:
-    values = pd.to_numeric(frame[column], errors="coerce").replace([np.inf, -np.inf], np.nan).dropna()
+    values = _values(frame, column)
     return float(values.median()) if len(values) else float("nan")
 
 
@@ -161,7 +168,7 @@ def summarise(measures: Sequence[SourceMeasures], seed: int = 0) -> tuple[dict, 
         "anatomy": {
             "median_geometric_share": _median(images, "geometric_share"),
             "mean_geometric_share": _mean(images, "geometric_share"),
-            "n_geometric_share": int(pd.to_numeric(images["geometric_share"], errors="coerce").notna().sum()),
+            "n_geometric_share": int(len(_values(images, "geometric_share"))),
             "median_border_shift_px": _median(images, "border_shift_px"),
             "median_border_shift_fraction": _median(images, "border_shift_fraction"),
             "mean_folding_fraction": _mean(images, "folding_fraction"),
