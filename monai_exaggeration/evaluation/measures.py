@@ -66,6 +66,96 @@ def _spearman(values: np.ndarray) -> float:
     return float(spearmanr(np.arange(len(values)), values).statistic)
 
 
+@dataclass
+class _Pictures:
+    """One source and its written frames in the forms the measures need."""
+
+    source: np.ndarray  # (rows, columns) in [0, 1], the source grid
+    source_input: torch.Tensor  # (1, S, S) model input in [-1, 1]
+    frames: np.ndarray  # (K, rows, columns) in [0, 1], as written
+    frame_inputs: torch.Tensor  # (K, 1, S, S), what the classifier sees of the written frames
+    probabilities: torch.Tensor  # (1 + K, 3, s, s) the segmentation of the source and the frames
+
+
+def _pictures(runner: ExaggerationInference, segmenter: HeartLungSegmenter, path: str, result: SeriesResult,
+              loaded: tuple[torch.Tensor, torch.Tensor] | None) -> _Pictures:
+    """The source (read again unless ``loaded``) and the written frames; one segmentation forward of all."""
+    if loaded is None:
+        source = runner.loader(path)
+        source_input = runner.preprocessing({"image": source})["image"].as_tensor()  # (1, S, S)
+    else:
+        source, source_input = loaded
+        source_input = source_input.as_tensor() if hasattr(source_input, "as_tensor") else source_input
+    source_unit = source[0].numpy().astype(np.float32)
+    unit_frames = result.unit_frames
+    frame_inputs = runner.as_model_input(unit_frames, source)[:, None]
+    stack = to_model_range(torch.cat([torch.from_numpy(source_unit)[None, None], torch.from_numpy(unit_frames)[:, None].float()]))
+    probabilities = segmenter(stack.to(runner.device)).cpu()
+    return _Pictures(source_unit, source_input, unit_frames, frame_inputs, probabilities)
+
+
+def _validity(result: SeriesResult) -> dict:
+    scores = np.asarray(result.scores, dtype=np.float64)
+    generator_scores = np.asarray(result.generator_frame_scores, dtype=np.float64)
+    centres = np.asarray(result.centres, dtype=np.float64)
+    present = scores >= DECISION_THRESHOLD
+    flipped = bool(present.any()) if result.source_score < DECISION_THRESHOLD else bool((~present).any())
+    return {
+        "first_score": float(scores[0]),
+        "last_score": float(scores[-1]),
+        "flip": flipped,
+        "spearman": _spearman(scores),
+        "monotone": bool((np.diff(scores) >= 0).all()),
+        "mae": float(np.abs(scores - centres).mean()),
+        "generator_mae": float(np.abs(generator_scores - centres).mean()),
+        "generator_spearman": _spearman(generator_scores),
+    }
+
+
+def _localisation(pictures: _Pictures, step: int, heart: np.ndarray) -> dict:
+    """Preservation on the source grid: the counterfactual against the source, inside and outside the heart."""
+    if heart.any() and not heart.all():
+        return change_inside_outside(pictures.source, pictures.frames[step], heart)
+    keys = ("change_inside", "change_outside", "inside_outside_ratio", "change_mass_inside", "l1_outside", "ssim_outside")
+    return dict.fromkeys(keys, float("nan"))  # no heart found: the region measures are undefined for this image
+
+
+def _anatomy(pictures: _Pictures, result: SeriesResult) -> dict:
+    """Enlargement or paint? From the first written frame to the last: the share of the change a smooth
+    deformation explains (model grid), how far the heart outline moves outward (source grid, pixels)."""
+    first, last = (to_unit_range(pictures.frame_inputs[i, 0]).numpy() for i in (0, len(pictures.frames) - 1))
+    grid = pictures.source.shape
+    shift = border_shift(_heart_mask(pictures.probabilities[1:2], grid), _heart_mask(pictures.probabilities[-1:], grid))
+    return {
+        "geometric_share": geometric_share(first, last),
+        "border_shift_px": shift,
+        "border_shift_fraction": shift / float(grid[1]),
+        "folding_fraction": float(result.details.get("folding", float("nan"))),
+        "frames_reached": float(np.mean(result.details["reached"])) if "reached" in result.details else float("nan"),
+    }
+
+
+def _saliency(runner: ExaggerationInference, segmenter: HeartLungSegmenter, pictures: _Pictures, step: int,
+              occlusion: bool, gradcam_layer: str) -> tuple[dict, dict, np.ndarray]:
+    """The difference, GradCAM (and occlusion) maps on the model grid, their mass inside the heart, the heart."""
+    source_input, device = pictures.source_input, runner.device
+    model_grid = tuple(source_input.shape[1:])
+    source_model_range = to_model_range(torch.from_numpy(pictures.source)[None])
+    if source_input.shape == source_model_range.shape and torch.equal(source_input, source_model_range):
+        heart = _heart_mask(pictures.probabilities[:1], model_grid)  # a source at the model size: the same image
+    else:
+        heart = heart_mask(segmenter, source_input.to(device), model_grid)
+    batch = source_input[None].to(device)
+    maps = {
+        "difference": (pictures.frame_inputs[step, 0] - source_input[0]).abs().numpy() / 2.0,
+        "gradcam": saliency_maps(runner.classifier, batch, "gradcam", target_layer=gradcam_layer)[0].cpu().numpy(),
+    }
+    if occlusion:
+        maps["occlusion"] = saliency_maps(runner.classifier, batch, "occlusion")[0].cpu().numpy()
+    mass = {name: mass_inside(weights, heart) if heart.any() else float("nan") for name, weights in maps.items()}
+    return maps, mass, heart
+
+
 def measure_source(
     runner: ExaggerationInference,
     segmenter: HeartLungSegmenter,
@@ -80,7 +170,7 @@ def measure_source(
     loaded: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> SourceMeasures:
     """Explain ``record["image"]`` (or take its ``result``, explained in a batch in ``seconds``) and
-    measure validity, CTR, localisation, saliency and features.
+    measure validity, CTR, localisation, anatomy, saliency and features.
 
     ``loaded``: the source and its model input as the runner's reader gave them (else read again).
     The segmentation sees the source and its frames in one forward (and the model-grid source only
@@ -92,72 +182,15 @@ def measure_source(
     if result is None:
         result = runner.explain(path)
         seconds = time.perf_counter() - start
-    series_seconds = seconds  # making the series (read, classifier, method, frames), before any measure
-    classifier = runner.classifier
-    device = runner.device
-    num_frames = len(result.bins)
-    scores = np.asarray(result.scores, dtype=np.float64)
-    generator_scores = np.asarray(result.generator_frame_scores, dtype=np.float64)
-    centres = np.asarray(result.centres, dtype=np.float64)
-
-    # the source and the written frames, on the source grid ([0, 1]) and as model inputs ([-1, 1])
-    if loaded is None:
-        source = runner.loader(path)
-        source_input = runner.preprocessing({"image": source})["image"].as_tensor()  # (1, S, S)
-    else:
-        source, source_input = loaded
-        source_input = source_input.as_tensor() if hasattr(source_input, "as_tensor") else source_input
-    source_unit = source[0].numpy().astype(np.float32)
-    unit_frames = result.unit_frames  # (K, rows, columns) in [0, 1], as written
-    frame_inputs = runner.as_model_input(unit_frames, source)[:, None]  # (K, 1, S, S)
-    frames_model_range = to_model_range(torch.from_numpy(unit_frames)[:, None].float())
-
-    # clinical faithfulness: CTR of the source and of every written frame (one segmentation forward)
-    source_model_range = to_model_range(torch.from_numpy(source_unit)[None, None])
-    probabilities = segmenter(torch.cat([source_model_range, frames_model_range]).to(device)).cpu()  # (1 + K, 3, s, s)
-    ctr_source = cardiothoracic_ratio(*probabilities[0])
-    ctr = np.asarray([cardiothoracic_ratio(*masks) for masks in probabilities[1:]], dtype=np.float64)
-
-    # preservation / localisation on the source grid: the counterfactual against the source
-    step = counterfactual_step(result.source_score, num_frames)
-    heart_source_grid = _heart_mask(probabilities[:1], source_unit.shape)
-    if heart_source_grid.any() and not heart_source_grid.all():
-        localisation = change_inside_outside(source_unit, unit_frames[step], heart_source_grid)
-    else:  # no heart found: the region measures are undefined for this image
-        localisation = dict.fromkeys(
-            ("change_inside", "change_outside", "inside_outside_ratio", "change_mass_inside", "l1_outside", "ssim_outside"),
-            float("nan"),
-        )
-
-    # enlargement or paint? from the first written frame to the last: the share of the change a smooth
-    # deformation explains (model grid), how far the heart outline moves outward (source grid, pixels)
-    first_frame, last_frame = (to_unit_range(frame_inputs[i, 0]).numpy() for i in (0, num_frames - 1))
-    share = geometric_share(first_frame, last_frame)
-    shift = border_shift(_heart_mask(probabilities[1:2], source_unit.shape), _heart_mask(probabilities[-1:], source_unit.shape))
-
-    # saliency against the counterfactual difference map, all on the model grid
-    model_grid = tuple(source_input.shape[1:])
-    if source_input.shape == source_model_range.shape[1:] and torch.equal(source_input, source_model_range[0]):
-        heart_model_grid = _heart_mask(probabilities[:1], model_grid)  # a source at the model size: the same image
-    else:
-        heart_model_grid = heart_mask(segmenter, source_input.to(device), model_grid)
-    difference = (frame_inputs[step, 0] - source_input[0]).abs().numpy() / 2.0
-    gradcam = saliency_maps(classifier, source_input[None].to(device), "gradcam", target_layer=gradcam_layer)[0].cpu().numpy()
-    saliency = {"difference": difference, "gradcam": gradcam}
-    if occlusion:
-        saliency["occlusion"] = saliency_maps(classifier, source_input[None].to(device), "occlusion")[0].cpu().numpy()
-    has_heart = bool(heart_model_grid.any())
-    mass = {name: mass_inside(weights, heart_model_grid) if has_heart else float("nan") for name, weights in saliency.items()}
-
-    # features for realism and identity
-    stack = torch.cat([source_input[None], frame_inputs]).float()
-    features = {
-        "classifier": penultimate_features(classifier, stack),
-        "encoder": encoder_features(encoder, stack),
-    }
+    pictures = _pictures(runner, segmenter, path, result, loaded)
+    ctr = np.asarray([cardiothoracic_ratio(*masks) for masks in pictures.probabilities[1:]], dtype=np.float64)
+    step = counterfactual_step(result.source_score, len(result.bins))
+    heart_source_grid = _heart_mask(pictures.probabilities[:1], pictures.source.shape)
+    maps, mass, heart_model_grid = _saliency(runner, segmenter, pictures, step, occlusion, gradcam_layer)
+    stack = torch.cat([pictures.source_input[None], pictures.frame_inputs]).float()
+    features = {"classifier": penultimate_features(runner.classifier, stack), "encoder": encoder_features(encoder, stack)}
     label = record.get(finding)
-    present = scores >= DECISION_THRESHOLD
-    flipped = bool(present.any()) if result.source_score < DECISION_THRESHOLD else bool((~present).any())
+    scores = np.asarray(result.scores, dtype=np.float64)
     row = {
         "source": str(path),
         "label": int(label) if label is not None else "",
@@ -165,59 +198,37 @@ def measure_source(
         "source_bin": result.source_bin,
         "counterfactual_step": step,
         "counterfactual_score": float(scores[step]),
-        "first_score": float(scores[0]),
-        "last_score": float(scores[-1]),
-        "flip": flipped,
-        "spearman": _spearman(scores),
-        "monotone": bool((np.diff(scores) >= 0).all()),
-        "mae": float(np.abs(scores - centres).mean()),
-        "generator_mae": float(np.abs(generator_scores - centres).mean()),
-        "generator_spearman": _spearman(generator_scores),
-        "ctr_source": ctr_source,
+        **_validity(result),
+        "ctr_source": cardiothoracic_ratio(*pictures.probabilities[0]),
         "ctr_first": float(ctr[0]),
         "ctr_last": float(ctr[-1]),
         "delta_ctr": float(ctr[-1] - ctr[0]),
         "ctr_spearman": _spearman(ctr),
         "heart_fraction": float(heart_source_grid.mean()),
-        "geometric_share": share,
-        "border_shift_px": shift,
-        "border_shift_fraction": shift / float(source_unit.shape[1]),
-        "folding_fraction": float(result.details.get("folding", float("nan"))),
-        "frames_reached": float(np.mean(result.details["reached"])) if "reached" in result.details else float("nan"),
-        **{key: float(value) for key, value in localisation.items()},
+        **_anatomy(pictures, result),
+        **{key: float(value) for key, value in _localisation(pictures, step, heart_source_grid).items()},
         "difference_mass_inside": mass["difference"],
         "gradcam_mass_inside": mass["gradcam"],
         "occlusion_mass_inside": mass.get("occlusion", float("nan")),
         "heart_fraction_model_grid": float(heart_model_grid.mean()),
         "method": result.method,
-        "series_seconds": series_seconds,
+        "series_seconds": seconds,  # making the series (read, classifier, method, frames), before any measure
         "seconds": 0.0,
     }
     frame_rows = [
         {
-            "source": str(path),
-            "step": index,
-            "target_bin": result.bins[index],
-            "target_centre": float(centres[index]),
-            "score": float(scores[index]),
-            "generator_frame_score": float(generator_scores[index]),
-            "ctr": float(ctr[index]),
+            "source": str(path), "step": index, "target_bin": result.bins[index],
+            "target_centre": float(result.centres[index]), "score": float(scores[index]),
+            "generator_frame_score": float(result.generator_frame_scores[index]), "ctr": float(ctr[index]),
         }
-        for index in range(num_frames)
+        for index in range(len(result.bins))
     ]
     example = None
     if keep_example:
         example = {
-            "source": str(path),
-            "source_image": source_unit,
-            "frames": unit_frames,
-            "scores": scores.tolist(),
-            "ctr": ctr.tolist(),
-            "step": step,
-            "model_source": to_unit_range(source_input[0]).numpy(),
-            "heart": heart_model_grid,
-            "maps": saliency,
-            "mass": mass,
+            "source": str(path), "source_image": pictures.source, "frames": pictures.frames, "scores": scores.tolist(),
+            "ctr": ctr.tolist(), "step": step, "model_source": to_unit_range(pictures.source_input[0]).numpy(),
+            "heart": heart_model_grid, "maps": maps, "mass": mass,
         }
     row["seconds"] = time.perf_counter() - start
     return SourceMeasures(

@@ -37,6 +37,63 @@ class Calibration:
     rounds: int
 
 
+class _Search:
+    """The state of one calibration: per frame the bracket [low, high] (gap(low) < 0 <= gap(high)) and the
+    strength whose score came closest to the target so far."""
+
+    def __init__(self, targets: torch.Tensor, source_scores: torch.Tensor, start: torch.Tensor, raw: torch.Tensor):
+        self.targets = targets
+        self.direction = torch.sign(targets - source_scores)
+        self.direction[self.direction == 0] = 1.0
+        self.low_a, self.low_s = torch.zeros_like(start), source_scores.clone()
+        self.high_a, self.high_s = start.clone(), raw.clone()
+        self.best_a, self.best_s = start.clone(), raw.clone()
+        self.side = torch.zeros(targets.numel(), dtype=torch.long)  # Illinois: which end stayed last time
+        self.rounds = 0
+
+    def gap(self, values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Signed distance past the target, in the direction of travel (>= 0: at or beyond it)."""
+        return self.direction[rows] * (values - self.targets[rows])
+
+    def keep_best(self, rows: torch.Tensor, alpha: torch.Tensor, values: torch.Tensor) -> None:
+        closer = (values - self.targets[rows]).abs() < (self.best_s[rows] - self.targets[rows]).abs()
+        self.best_a[rows] = torch.where(closer, alpha, self.best_a[rows])
+        self.best_s[rows] = torch.where(closer, values, self.best_s[rows])
+
+    def bracket(self, score: ScoreFunction, start: torch.Tensor, upper: float) -> torch.Tensor:
+        """Frames whose first guess stops short are scored at ``upper``; returns which frames are bracketed."""
+        everything = torch.arange(self.targets.numel())
+        short = (self.gap(self.high_s, everything) < 0) & (start < upper)
+        self.low_a[short], self.low_s[short] = start[short], self.high_s[short]
+        if short.any():
+            rows = everything[short]
+            bound = torch.full((rows.numel(),), float(upper), dtype=torch.float64)
+            far = score(rows, bound.float()).double()
+            self.rounds += 1
+            self.high_a[rows], self.high_s[rows] = bound, far
+            self.keep_best(rows, bound, far)
+        return self.gap(self.high_s, everything) >= 0
+
+    def narrow(self, score: ScoreFunction, rows: torch.Tensor) -> None:
+        """One round of false position (Illinois weights, clamped away from the bracket's ends) for ``rows``."""
+        low_g, high_g = self.gap(self.low_s[rows], rows), self.gap(self.high_s[rows], rows)
+        span = self.high_a[rows] - self.low_a[rows]
+        weight_low = torch.where(self.side[rows] == -1, 0.5, 1.0)  # halve the stale end's gap
+        weight_high = torch.where(self.side[rows] == 1, 0.5, 1.0)
+        denominator = high_g * weight_high - low_g * weight_low
+        fraction = torch.where(denominator.abs() > 1e-12, -low_g * weight_low / denominator, torch.full_like(span, 0.5))
+        alpha = self.low_a[rows] + fraction.clamp(0.05, 0.95) * span
+        values = score(rows, alpha.float()).double()
+        self.rounds += 1
+        past = self.gap(values, rows) >= 0
+        self.high_a[rows] = torch.where(past, alpha, self.high_a[rows])
+        self.high_s[rows] = torch.where(past, values, self.high_s[rows])
+        self.low_a[rows] = torch.where(past, self.low_a[rows], alpha)
+        self.low_s[rows] = torch.where(past, self.low_s[rows], values)
+        self.side[rows] = torch.where(past, -torch.ones_like(self.side[rows]), torch.ones_like(self.side[rows]))
+        self.keep_best(rows, alpha, values)
+
+
 def calibrate_strengths(
     score: ScoreFunction,
     targets: torch.Tensor,
@@ -62,66 +119,23 @@ def calibrate_strengths(
     """
     if upper < 1.0:
         raise ValueError(f"the calibration bound must be >= 1 (1 is the raw frame), got {upper}")
-    targets = targets.double()
-    source_scores = source_scores.double()
+    targets, source_scores = targets.double(), source_scores.double()
     count = targets.numel()
     everything = torch.arange(count)
     start = torch.ones(count, dtype=torch.float64) if start is None else start.double().clamp(0.0, upper)
-    rounds = 0
-    if raw_scores is None:
-        raw_scores = score(everything, start.float()).double()
-        rounds += 1
-    raw_scores = raw_scores.double()
-    direction = torch.sign(targets - source_scores)
-    direction[direction == 0] = 1.0
-
-    def gap(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """Signed distance past the target, in the direction of travel (>= 0: at or beyond it)."""
-        return direction[rows] * (values - targets[rows])
-
-    # bracket [low, high]: gap(low) < 0 <= gap(high)
-    low_a, low_s = torch.zeros(count, dtype=torch.float64), source_scores.clone()
-    high_a, high_s = start.clone(), raw_scores.clone()
-    best_a, best_s = start.clone(), raw_scores.clone()
-    short = (gap(raw_scores, everything) < 0) & (start < upper)  # the first guess stops short: try the bound
-    low_a[short], low_s[short] = start[short], raw_scores[short]
-    if short.any():
-        rows = everything[short]
-        far = score(rows, torch.full((rows.numel(),), float(upper))).double()
-        rounds += 1
-        high_a[rows], high_s[rows] = float(upper), far
-        closer = (far - targets[rows]).abs() < (best_s[rows] - targets[rows]).abs()
-        best_a[rows] = torch.where(closer, torch.full_like(far, float(upper)), best_a[rows])
-        best_s[rows] = torch.where(closer, far, best_s[rows])
-    bracketed = gap(high_s, everything) >= 0
-    if bracketed.any():  # a source already at or past its target: the bracket starts at 0
-        at_source = bracketed & (gap(low_s, everything) >= 0)
-        best_a[at_source], best_s[at_source] = 0.0, source_scores[at_source]
-    done = ((best_s - targets).abs() <= tolerance / 2) | ~bracketed
-    side = torch.zeros(count, dtype=torch.long)  # Illinois: which end stayed twice in a row
+    fresh = raw_scores is None
+    raw = score(everything, start.float()).double() if fresh else raw_scores.double()
+    search = _Search(targets, source_scores, start, raw)
+    search.rounds += int(fresh)
+    bracketed = search.bracket(score, start, upper)
+    at_source = bracketed & (search.gap(search.low_s, everything) >= 0)  # a source already at its target
+    search.best_a[at_source], search.best_s[at_source] = 0.0, source_scores[at_source]
+    done = ((search.best_s - targets).abs() <= tolerance / 2) | ~bracketed
     for _ in range(max_rounds):
         rows = everything[~done]
         if rows.numel() == 0:
             break
-        low_g, high_g = gap(low_s[rows], rows), gap(high_s[rows], rows)
-        span = high_a[rows] - low_a[rows]
-        weight_low = torch.where(side[rows] == -1, 0.5, 1.0)  # halve the stale end's gap
-        weight_high = torch.where(side[rows] == 1, 0.5, 1.0)
-        denominator = high_g * weight_high - low_g * weight_low
-        fraction = torch.where(denominator.abs() > 1e-12, -low_g * weight_low / denominator, torch.full_like(span, 0.5))
-        fraction = fraction.clamp(0.05, 0.95)
-        alpha = low_a[rows] + fraction * span
-        values = score(rows, alpha.float()).double()
-        rounds += 1
-        past = gap(values, rows) >= 0
-        high_a[rows] = torch.where(past, alpha, high_a[rows])
-        high_s[rows] = torch.where(past, values, high_s[rows])
-        low_a[rows] = torch.where(past, low_a[rows], alpha)
-        low_s[rows] = torch.where(past, low_s[rows], values)
-        side[rows] = torch.where(past, torch.ones_like(side[rows]) * -1, torch.ones_like(side[rows]))
-        closer = (values - targets[rows]).abs() < (best_s[rows] - targets[rows]).abs()
-        best_a[rows] = torch.where(closer, alpha, best_a[rows])
-        best_s[rows] = torch.where(closer, values, best_s[rows])
-        done[rows] = (best_s[rows] - targets[rows]).abs() <= tolerance / 2
-    reached = (best_s - targets).abs() <= tolerance
-    return Calibration(best_a.float(), best_s.float(), reached, rounds)
+        search.narrow(score, rows)
+        done[rows] = (search.best_s[rows] - targets[rows]).abs() <= tolerance / 2
+    reached = (search.best_s - targets).abs() <= tolerance
+    return Calibration(search.best_a.float(), search.best_s.float(), reached, search.rounds)
