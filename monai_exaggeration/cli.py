@@ -17,7 +17,7 @@ import logging
 import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from monai_exaggeration.bundle import default_bundle_root
 from monai_exaggeration.errors import (
@@ -298,8 +298,20 @@ def _chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line: ``classify``, ``export``, ``reader-study`` and ``serve-dicom``, each with its own options."""
+    from monai_exaggeration.node.cli import add_dicom_node_parser
+    from monai_exaggeration.reader_study.cli import add_reader_study_parser
+
     parser = CommandParser(prog="python -m monai_exaggeration", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_classify_parser(commands)
+    _add_export_parser(commands)
+    add_reader_study_parser(commands)
+    add_dicom_node_parser(commands)
+    return parser
+
+
+def _add_classify_parser(commands: Any) -> None:
     classify_parser = commands.add_parser(
         "classify",
         help="score chest X-rays with the bundle's classifier",
@@ -326,6 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_debug_option(classify_parser)
     classify_parser.set_defaults(handler=_classify_command)
+
+
+def _add_export_parser(commands: Any) -> None:
+    from monai_exaggeration.retry import BACKOFF_S, RETRIES
 
     export_parser = commands.add_parser(
         "export",
@@ -371,19 +387,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export_parser.add_argument("--ledger", help="send ledger (default: <first source folder>/export_ledger.sqlite)")
     export_parser.add_argument("--report", help="CSV report (default: <first source folder>/export_report.csv)")
-    from monai_exaggeration.retry import BACKOFF_S, RETRIES
-
     export_parser.add_argument("--retries", type=int, default=RETRIES, help="retries of transient failures (default: %(default)s)")
     export_parser.add_argument("--backoff", type=float, default=BACKOFF_S, help="first retry delay in s, doubling (default: %(default)s)")
     export_parser.add_argument("--timeout", type=float, default=30.0, help="network timeouts in s (default: %(default)s)")
     export_parser.add_argument("--debug", action="store_true", help="log pynetdicom's association and DIMSE messages")
     export_parser.set_defaults(handler=_export_command)
-    from monai_exaggeration.reader_study.cli import add_reader_study_parser
-
-    add_reader_study_parser(commands)
-    from monai_exaggeration.node.cli import add_dicom_node_parser
-    add_dicom_node_parser(commands)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -612,6 +612,13 @@ def _build_instance(ctx: _Context, frame: np.ndarray, frame_info: FrameInfo, bit
         image.WindowCenter = "32767.5"
         image.WindowWidth = "65536"
         image.WindowCenterWidthExplanation = "FULL RANGE"
+    _describe_frame(image, ctx, frame_info, step)
+    return image
+
+
+def _describe_frame(image: Dataset, ctx: _Context, frame_info: FrameInfo, step: int) -> None:
+    """SourceImageSequence (a DICOM source), DerivationDescription and ImageComments of one frame."""
+    info = ctx.info
     centre = f"{frame_info.target_centre:.4f}"
     n_text = f" of {info.num_bins}" if info.num_bins else ""
     if ctx.is_dicom:
@@ -633,7 +640,6 @@ def _build_instance(ctx: _Context, frame: np.ndarray, frame_info: FrameInfo, bit
         + (f"{frame_info.note}; " if frame_info.note else "")
         + f"model {info.model_version}; synthetic counterfactual, {RESEARCH_NOTE}"
     )
-    return image
 
 
 # ------------------------------------------------------------------------------------------ files

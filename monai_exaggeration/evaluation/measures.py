@@ -156,6 +156,17 @@ def _saliency(runner: ExaggerationInference, segmenter: HeartLungSegmenter, pict
     return maps, mass, heart
 
 
+def _frame_rows(path: str, result: SeriesResult, ctr: np.ndarray) -> list[dict]:
+    return [
+        {
+            "source": path, "step": index, "target_bin": result.bins[index], "target_centre": float(result.centres[index]),
+            "score": float(result.scores[index]), "generator_frame_score": float(result.generator_frame_scores[index]),
+            "ctr": float(ctr[index]),
+        }
+        for index in range(len(result.bins))
+    ]
+
+
 def measure_source(
     runner: ExaggerationInference,
     segmenter: HeartLungSegmenter,
@@ -215,14 +226,6 @@ def measure_source(
         "series_seconds": seconds,  # making the series (read, classifier, method, frames), before any measure
         "seconds": 0.0,
     }
-    frame_rows = [
-        {
-            "source": str(path), "step": index, "target_bin": result.bins[index],
-            "target_centre": float(result.centres[index]), "score": float(scores[index]),
-            "generator_frame_score": float(result.generator_frame_scores[index]), "ctr": float(ctr[index]),
-        }
-        for index in range(len(result.bins))
-    ]
     example = None
     if keep_example:
         example = {
@@ -233,7 +236,7 @@ def measure_source(
     row["seconds"] = time.perf_counter() - start
     return SourceMeasures(
         row=row,
-        frame_rows=frame_rows,
+        frame_rows=_frame_rows(str(path), result, ctr),
         source_features={space: values[0] for space, values in features.items()},
         frame_features={space: values[1:] for space, values in features.items()},
         example=example,

@@ -204,11 +204,32 @@ def _export_alone(
     give_up_after: int,
     verify: bool,
 ) -> ExportReport:
-    """:func:`export_files` while holding the ledger alone."""
+    """:func:`export_files` while holding the ledger alone: read the headers, decide what to send (asking
+    the destination with ``verify``), send it, and confirm."""
     start = time.perf_counter()
     retries = max(0, int(retries))
-    label = destination.label
-    report = ExportReport(label, verified=bool(verify))
+    report = ExportReport(destination.label, verified=bool(verify))
+    candidates = _candidates(files, ledger, report, verify)
+    held: dict[tuple[str, str], set[str]] = {}
+    if verify:
+        candidates, held = _ask_destination(candidates, destination, retries, backoff, report)
+        if report.verify_error:
+            report.seconds = time.perf_counter() - start
+            return report
+    pending, notes = _to_send(candidates, held, ledger, report, verify)
+    fatal = _send_pending(pending, notes, destination, ledger, report, retries, backoff, progress, after_each,
+                          give_up_after)
+    if verify:
+        _confirm(report, destination, ledger, candidates, held, retries, backoff, requery=fatal is None)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _candidates(
+    files: Iterable[str | os.PathLike], ledger: SendLedger, report: ExportReport, verify: bool
+) -> list[tuple[Path, pydicom.Dataset, str]]:
+    """The readable DICOM files, once per SOP Instance UID (unreadable ones and repeats become report rows)."""
+    label = report.destination
     candidates: list[tuple[Path, pydicom.Dataset, str]] = []
     seen: dict[str, Path] = {}
     for path in map(Path, files):
@@ -227,28 +248,43 @@ def _export_alone(
             continue
         seen[uid] = path
         candidates.append((path, header, uid))
+    return candidates
 
-    held: dict[tuple[str, str], set[str]] = {}
-    if verify:
-        unplaced = [(path, uid) for path, header, uid in candidates if _series_key(header) is None]
-        for path, uid in unplaced:
-            report.rows.append(ExportRow(str(path), uid, label, "failed", "",
-                                         "cannot be verified: the file has no StudyInstanceUID / SeriesInstanceUID"))
-        candidates = [entry for entry in candidates if _series_key(entry[1]) is not None]
-        report.expected = len(candidates)
-        try:
-            held = _held_by_destination(destination, [_series_key(header) for _p, header, _u in candidates], retries, backoff)
-        except (PermanentSendError, TransientSendError) as error:
-            report.verify_error = f"cannot ask which instances it holds: {error}"
-            logger.error("--verify: %s %s -- nothing was sent. Allow C-FIND (DIMSE) or QIDO-RS (DICOMweb) for us at "
-                         "the PACS, or export without --verify to trust the send ledger", label, report.verify_error)
-            for path, _header_, uid in candidates:
-                report.rows.append(ExportRow(str(path), uid, label, "failed", "", f"not verified: {report.verify_error}"))
-            report.seconds = time.perf_counter() - start
-            return report
 
+def _ask_destination(
+    candidates: list[tuple[Path, pydicom.Dataset, str]], destination: Destination, retries: int, backoff: float,
+    report: ExportReport,
+) -> tuple[list[tuple[Path, pydicom.Dataset, str]], dict[tuple[str, str], set[str]]]:
+    """With ``verify``: the candidates that can be placed in a series, and what the destination holds of
+    their series. When it cannot be asked, ``report.verify_error`` says why and every candidate fails."""
+    label = destination.label
+    unplaced = [(path, uid) for path, header, uid in candidates if _series_key(header) is None]
+    for path, uid in unplaced:
+        report.rows.append(ExportRow(str(path), uid, label, "failed", "",
+                                     "cannot be verified: the file has no StudyInstanceUID / SeriesInstanceUID"))
+    candidates = [entry for entry in candidates if _series_key(entry[1]) is not None]
+    report.expected = len(candidates)
+    try:
+        held = _held_by_destination(destination, [_series_key(header) for _p, header, _u in candidates], retries, backoff)
+    except (PermanentSendError, TransientSendError) as error:
+        report.verify_error = f"cannot ask which instances it holds: {error}"
+        logger.error("--verify: %s %s -- nothing was sent. Allow C-FIND (DIMSE) or QIDO-RS (DICOMweb) for us at "
+                     "the PACS, or export without --verify to trust the send ledger", label, report.verify_error)
+        for path, _header_, uid in candidates:
+            report.rows.append(ExportRow(str(path), uid, label, "failed", "", f"not verified: {report.verify_error}"))
+        return candidates, {}
+    return candidates, held
+
+
+def _to_send(
+    candidates: list[tuple[Path, pydicom.Dataset, str]], held: dict[tuple[str, str], set[str]], ledger: SendLedger,
+    report: ExportReport, verify: bool,
+) -> tuple[list[tuple[Path, pydicom.Dataset]], dict[str, str]]:
+    """What to send: without ``verify`` what the ledger lacks; with it what the destination lacks (the
+    ledger is brought up to date with what it holds). Also, per UID, why an instance is sent again."""
+    label = report.destination
     pending: list[tuple[Path, pydicom.Dataset]] = []
-    notes: dict[str, str] = {}  # why an instance is sent again
+    notes: dict[str, str] = {}
     confirmed_before, found, lost = [], [], []
     for path, header, uid in candidates:
         in_ledger = ledger.is_sent(uid, label)
@@ -277,61 +313,74 @@ def _export_alone(
         report.lost = len(lost)
         if lost:
             logger.warning("%s lacks %d instance(s) the send ledger had as sent: sending them again", label, len(lost))
+    return pending, notes
 
-    sender = None
-    fatal: str | None = None
+
+def _send_pending(
+    pending: list[tuple[Path, pydicom.Dataset]], notes: dict[str, str], destination: Destination, ledger: SendLedger,
+    report: ExportReport, retries: int, backoff: float, progress: bool,
+    after_each: Callable[[ExportRow], None] | None, give_up_after: int,
+) -> str | None:
+    """Send ``pending`` in order over one association (or session), recording each confirmed instance in the
+    ledger at once; returns why the export stopped early (None when it did not)."""
+    label = destination.label
+    sender, fatal = None, None
     no_answer = 0  # instances in a row that got no answer even after the retries
     try:
         if pending:
-            contexts = []
-            for _path, header in pending:
-                syntax = str(getattr(header.file_meta, "TransferSyntaxUID", "1.2.840.10008.1.2.1"))
-                contexts.append((str(header.SOPClassUID), syntax))
+            contexts = [(str(header.SOPClassUID), str(getattr(header.file_meta, "TransferSyntaxUID", "1.2.840.10008.1.2.1")))
+                        for _path, header in pending]
             try:
                 sender = make_sender(destination, contexts)
             except PermanentSendError as error:
                 fatal = str(error)
                 logger.error("%s", error)
-        bar = tqdm(pending, desc=f"export to {label}", unit="instance", disable=not progress or None)
-        for path, header in bar:
+        for path, header in tqdm(pending, desc=f"export to {label}", unit="instance", disable=not progress or None):
             uid = str(header.SOPInstanceUID)
             if fatal is not None:
                 row = ExportRow(str(path), uid, label, "failed", "", fatal)
             else:
-                try:
-                    result = _send_with_retries(sender, path, retries, backoff)
-                except PermanentSendError as error:
-                    fatal = str(error)
-                    logger.error("%s -- export stopped", error)
-                    result = SendResult("failed", -1, fatal)
-                except UnreachableError as error:
-                    fatal = f"{error} (after {retries} retries; run the export again later: it resumes)"
-                    logger.error("%s -- export stopped", fatal)
-                    result = SendResult("failed", -1, fatal)
+                result, fatal = _send_one(sender, path, retries, backoff)
                 no_answer = no_answer + 1 if isinstance(result, _NoAnswer) else 0
                 if fatal is None and give_up_after and no_answer >= give_up_after:
                     fatal = f"not tried: {no_answer} instances in a row got no answer ({result.message})"
                     logger.error("%s -- export stopped", fatal)
-                message = result.message
-                if uid in notes:
-                    message = notes[uid] + (f"; {message}" if message else "") if result.stored else message
-                row = ExportRow(str(path), uid, label, result.result, result.status_hex, message)
-                if result.stored:
-                    ledger.record(uid, label, result.status, path)
-                    if result.result == "warning":
-                        logger.warning("%s (%s): %s %s", path, uid, row.status, row.message)
-                elif fatal is None:
-                    logger.error("%s (%s): failed %s %s", path, uid, row.status or "(no status)", row.message)
+                row = _row_of(path, uid, label, result, notes, ledger, fatal)
             report.rows.append(row)
             if after_each is not None:
                 after_each(row)
     finally:
         if sender is not None:
             sender.close()
-    if verify:
-        _confirm(report, destination, ledger, candidates, held, retries, backoff, requery=fatal is None)
-    report.seconds = time.perf_counter() - start
-    return report
+    return fatal
+
+
+def _send_one(sender: Sender, path: Path, retries: int, backoff: float) -> tuple[SendResult, str | None]:
+    """One instance with retries; a permanent failure or an unreachable peer stops the export (the message)."""
+    try:
+        return _send_with_retries(sender, path, retries, backoff), None
+    except PermanentSendError as error:
+        fatal = str(error)
+    except UnreachableError as error:
+        fatal = f"{error} (after {retries} retries; run the export again later: it resumes)"
+    logger.error("%s -- export stopped", fatal)
+    return SendResult("failed", -1, fatal), fatal
+
+
+def _row_of(path: Path, uid: str, label: str, result: SendResult, notes: dict[str, str], ledger: SendLedger,
+            fatal: str | None) -> ExportRow:
+    """The report row of one sent instance; a stored one is recorded in the ledger."""
+    message = result.message
+    if uid in notes:
+        message = notes[uid] + (f"; {message}" if message else "") if result.stored else message
+    row = ExportRow(str(path), uid, label, result.result, result.status_hex, message)
+    if result.stored:
+        ledger.record(uid, label, result.status, path)
+        if result.result == "warning":
+            logger.warning("%s (%s): %s %s", path, uid, row.status, row.message)
+    elif fatal is None:
+        logger.error("%s (%s): failed %s %s", path, uid, row.status or "(no status)", row.message)
+    return row
 
 
 def _series_key(header: pydicom.Dataset) -> tuple[str, str] | None:
