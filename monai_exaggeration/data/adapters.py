@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from monai_exaggeration.findings import CARDIOMEGALY
+
 from .manifest import SPLITS, assign_split
 
 __all__ = [
@@ -125,7 +127,7 @@ def _nih_images(names: pd.Series, image_root: str | os.PathLike, images_subdir: 
 def nih_manifest(
     data_entry_csv: str | os.PathLike,
     image_root: str | os.PathLike = ".",
-    finding: str = "Cardiomegaly",
+    finding: str = CARDIOMEGALY.display,
     negatives: str = "no_finding",
     views: Sequence[str] | None = ("PA", "AP"),
     images_subdir: str = "images",
@@ -191,7 +193,7 @@ _CHEXPERT_PATIENT = re.compile(r"(patient\d+)")
 def chexpert_manifest(
     csv_path: str | os.PathLike,
     image_root: str | os.PathLike = ".",
-    finding: str = "Cardiomegaly",
+    finding: str = CARDIOMEGALY.display,
     uncertainty: str = "zeros",
     frontal_only: bool = True,
     views: Sequence[str] | None = None,
@@ -265,7 +267,7 @@ def mimic_manifest(
     metadata_csv: str | os.PathLike,
     chexpert_csv: str | os.PathLike,
     image_root: str | os.PathLike = ".",
-    finding: str = "Cardiomegaly",
+    finding: str = CARDIOMEGALY.display,
     uncertainty: str = "zeros",
     views: Sequence[str] | None = ("PA", "AP"),
     split_csv: str | os.PathLike | None = None,

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from monai_exaggeration.findings import DEFAULT_FINDING
 from monai_exaggeration.errors import DatasetNotFoundError, UserError
 from monai_exaggeration.utils import write_csv_atomic
 
@@ -287,7 +288,7 @@ def _manifest_path(dataset_dir_or_csv: str | os.PathLike, manifest_name: str, la
 def load_split(
     dataset_dir_or_csv: str | os.PathLike,
     split: str,
-    label: str = "cardiomegaly",
+    label: str = DEFAULT_FINDING,
     fractions: Sequence[float] = SPLIT_FRACTIONS,
     seed: int = SPLIT_SEED,
     manifest_name: str = "labels.csv",
@@ -339,7 +340,7 @@ def load_split(
 def load_explainer_split(
     dataset_dir_or_csv: str | os.PathLike,
     split: str,
-    label: str = "cardiomegaly",
+    label: str = DEFAULT_FINDING,
     fractions: Sequence[float] = SPLIT_FRACTIONS,
     seed: int = SPLIT_SEED,
     target_sampling: str = "uniform",
@@ -358,7 +359,7 @@ def load_explainer_split(
     return records
 
 
-def stratified_head(records: Sequence[dict], count: int | None, label: str = "cardiomegaly") -> list[dict]:
+def stratified_head(records: Sequence[dict], count: int | None, label: str = DEFAULT_FINDING) -> list[dict]:
     """The first ``count`` records with the classes interleaved (negative, positive, negative, ...).
 
     ``load_split`` sorts by path, and folder-per-class datasets put one class first, so a plain

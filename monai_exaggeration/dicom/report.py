@@ -5,7 +5,7 @@ Imaging Measurement Report (TID 1500, highdicom :class:`highdicom.sr.Measurement
 measurement group (TID 1501) per frame:
 
 * tracking identifier ``Frame k/N (step s)`` and a deterministic tracking UID;
-* finding type: SNOMED CT 287272002 "Cardiomegaly" (other findings: a local code);
+* finding type: the code of the finding's profile (:mod:`monai_exaggeration.findings`; other findings: a local code);
 * measurements: the classifier's score of the frame as written (``frames.csv`` ``score``), the
   target bin centre, and the cardiothoracic ratio of the frame when given (``ctr``; NaN is left out);
 * source images: the SC instance of the frame and the source radiograph it was generated from;
@@ -35,6 +35,7 @@ from pydicom.sr.coding import Code
 from monai_exaggeration import __version__
 from monai_exaggeration.dicom.presentation import CAPTION_NOTE, MODEL_NAME, _copy_verbatim, _typed_references, read_series
 from monai_exaggeration.dicom.secondary_capture import DEFAULT_SERIES_NUMBER, SOFTWARE_NAME, derived_uid
+from monai_exaggeration.findings import finding_profile
 from monai_exaggeration.utils import atomic_write
 
 __all__ = ["ALGORITHM_NAME", "LOCAL_SCHEME", "SCORE", "TARGET_CENTRE", "CTR", "build_report", "read_report", "write_report"]
@@ -50,8 +51,10 @@ _RATIO = Code("{ratio}", "UCUM", "ratio")
 
 
 def _finding_code(finding: str) -> Code:
-    if finding.strip().lower() == "cardiomegaly":
-        return codes.SCT.Cardiomegaly
+    """The finding's code from its profile (SNOMED CT for cardiomegaly), else a local code."""
+    profile = finding_profile(finding)
+    if profile.code is not None:
+        return Code(*profile.code)
     return Code(finding.strip().upper().replace(" ", "_")[:16], LOCAL_SCHEME, finding.strip()[:64])
 
 

@@ -181,7 +181,7 @@ class SeriesInfo:
     def __post_init__(self) -> None:
         self.frames = list(self.frames)
         if not isinstance(self.finding, str) or not self.finding.strip():
-            raise ValueError("SeriesInfo.finding must name the finding, e.g. 'cardiomegaly'")
+            raise ValueError("SeriesInfo.finding must name the finding the classifier scores")
         if not isinstance(self.model_version, str) or not self.model_version.strip():
             raise ValueError("SeriesInfo.model_version must be a non-empty string (it enters every UID)")
         for name in ("model_version", "software_name", "software_version"):

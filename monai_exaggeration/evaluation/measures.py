@@ -18,6 +18,8 @@ from scipy.stats import spearmanr
 from torch import nn
 
 from monai_exaggeration.binning import DECISION_THRESHOLD
+from monai_exaggeration.data.segmentation import STRUCTURES
+from monai_exaggeration.findings import FindingProfile, finding_profile
 from monai_exaggeration.inference import ExaggerationInference, SeriesResult
 from monai_exaggeration.metrics.ctr import cardiothoracic_ratio, largest_component
 from monai_exaggeration.metrics.geometry import border_shift, geometric_share
@@ -48,15 +50,25 @@ def counterfactual_step(source_score: float, num_frames: int, threshold: float =
     return 0 if source_score >= threshold else num_frames - 1
 
 
-def heart_mask(segmenter: HeartLungSegmenter, image: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """Boolean heart mask (largest component) of ``image`` (1, H, W) in the model range, on a ``size`` grid."""
-    return _heart_mask(segmenter(image[None].float()), size)
+def heart_mask(segmenter: HeartLungSegmenter, image: torch.Tensor, size: tuple[int, int], channel: int | None = 0) -> np.ndarray:
+    """Boolean mask (largest component) of one segmented structure (``channel``: 0 the heart, the default)
+    of ``image`` (1, H, W) in the model range, on a ``size`` grid; all False when ``channel`` is None."""
+    if channel is None:
+        return np.zeros(size, dtype=bool)
+    return _heart_mask(segmenter(image[None].float()), size, channel)
 
 
-def _heart_mask(probabilities: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+def _heart_mask(probabilities: torch.Tensor, size: tuple[int, int], channel: int | None = 0) -> np.ndarray:
     """:func:`heart_mask` from the segmenter's output (1, 3, s, s) of one image."""
-    resized = F.interpolate(probabilities[:1, :1], size=size, mode="bilinear", align_corners=False)[0, 0].cpu().numpy()
-    return largest_component(resized > 0.5, min_fraction=0.001)
+    if channel is None:
+        return np.zeros(size, dtype=bool)
+    resized = F.interpolate(probabilities[:1, channel : channel + 1], size=size, mode="bilinear", align_corners=False)
+    return largest_component(resized[0, 0].cpu().numpy() > 0.5, min_fraction=0.001)
+
+
+def _region_channel(profile: FindingProfile) -> int | None:
+    """The segmentation channel of the finding's region (None: the finding has none)."""
+    return STRUCTURES.index(profile.region) if profile.region in STRUCTURES else None
 
 
 def _spearman(values: np.ndarray) -> float:
@@ -120,12 +132,13 @@ def _localisation(pictures: _Pictures, step: int, heart: np.ndarray) -> dict:
     return dict.fromkeys(keys, float("nan"))  # no heart found: the region measures are undefined for this image
 
 
-def _anatomy(pictures: _Pictures, result: SeriesResult) -> dict:
+def _anatomy(pictures: _Pictures, result: SeriesResult, channel: int | None) -> dict:
     """Enlargement or paint? From the first written frame to the last: the share of the change a smooth
     deformation explains (model grid), how far the heart outline moves outward (source grid, pixels)."""
     first, last = (to_unit_range(pictures.frame_inputs[i, 0]).numpy() for i in (0, len(pictures.frames) - 1))
     grid = pictures.source.shape
-    shift = border_shift(_heart_mask(pictures.probabilities[1:2], grid), _heart_mask(pictures.probabilities[-1:], grid))
+    shift = border_shift(_heart_mask(pictures.probabilities[1:2], grid, channel),
+                         _heart_mask(pictures.probabilities[-1:], grid, channel))
     return {
         "geometric_share": geometric_share(first, last),
         "border_shift_px": shift,
@@ -136,15 +149,15 @@ def _anatomy(pictures: _Pictures, result: SeriesResult) -> dict:
 
 
 def _saliency(runner: ExaggerationInference, segmenter: HeartLungSegmenter, pictures: _Pictures, step: int,
-              occlusion: bool, gradcam_layer: str) -> tuple[dict, dict, np.ndarray]:
+              occlusion: bool, gradcam_layer: str, channel: int | None) -> tuple[dict, dict, np.ndarray]:
     """The difference, GradCAM (and occlusion) maps on the model grid, their mass inside the heart, the heart."""
     source_input, device = pictures.source_input, runner.device
     model_grid = tuple(source_input.shape[1:])
     source_model_range = to_model_range(torch.from_numpy(pictures.source)[None])
     if source_input.shape == source_model_range.shape and torch.equal(source_input, source_model_range):
-        heart = _heart_mask(pictures.probabilities[:1], model_grid)  # a source at the model size: the same image
+        heart = _heart_mask(pictures.probabilities[:1], model_grid, channel)  # a source at the model size: the same image
     else:
-        heart = heart_mask(segmenter, source_input.to(device), model_grid)
+        heart = heart_mask(segmenter, source_input.to(device), model_grid, channel)
     batch = source_input[None].to(device)
     maps = {
         "difference": (pictures.frame_inputs[step, 0] - source_input[0]).abs().numpy() / 2.0,
@@ -172,7 +185,7 @@ def measure_source(
     segmenter: HeartLungSegmenter,
     encoder: nn.Module,
     record: dict,
-    finding: str,
+    finding: str | FindingProfile,
     keep_example: bool = False,
     occlusion: bool = True,
     gradcam_layer: str = "model.class_layers.relu",
@@ -181,7 +194,9 @@ def measure_source(
     loaded: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> SourceMeasures:
     """Explain ``record["image"]`` (or take its ``result``, explained in a batch in ``seconds``) and
-    measure validity, CTR, localisation, anatomy, saliency and features.
+    measure validity, the clinical measure (CTR for cardiomegaly), localisation, anatomy, saliency and
+    features. The region of the localisation and anatomy measures is the finding's
+    (:mod:`monai_exaggeration.findings`); a finding without a region or a measure gets NaN there.
 
     ``loaded``: the source and its model input as the runner's reader gave them (else read again).
     The segmentation sees the source and its frames in one forward (and the model-grid source only
@@ -193,14 +208,18 @@ def measure_source(
     if result is None:
         result = runner.explain(path)
         seconds = time.perf_counter() - start
+    profile = finding if isinstance(finding, FindingProfile) else finding_profile(finding)
+    channel = _region_channel(profile)
     pictures = _pictures(runner, segmenter, path, result, loaded)
-    ctr = np.asarray([cardiothoracic_ratio(*masks) for masks in pictures.probabilities[1:]], dtype=np.float64)
+    measured = profile.measure == "ctr"
+    ctr = np.asarray([cardiothoracic_ratio(*masks) if measured else float("nan") for masks in pictures.probabilities],
+                     dtype=np.float64)  # the source, then the frames
     step = counterfactual_step(result.source_score, len(result.bins))
-    heart_source_grid = _heart_mask(pictures.probabilities[:1], pictures.source.shape)
-    maps, mass, heart_model_grid = _saliency(runner, segmenter, pictures, step, occlusion, gradcam_layer)
+    heart_source_grid = _heart_mask(pictures.probabilities[:1], pictures.source.shape, channel)
+    maps, mass, heart_model_grid = _saliency(runner, segmenter, pictures, step, occlusion, gradcam_layer, channel)
     stack = torch.cat([pictures.source_input[None], pictures.frame_inputs]).float()
     features = {"classifier": penultimate_features(runner.classifier, stack), "encoder": encoder_features(encoder, stack)}
-    label = record.get(finding)
+    label = record.get(profile.label)
     scores = np.asarray(result.scores, dtype=np.float64)
     row = {
         "source": str(path),
@@ -210,13 +229,13 @@ def measure_source(
         "counterfactual_step": step,
         "counterfactual_score": float(scores[step]),
         **_validity(result),
-        "ctr_source": cardiothoracic_ratio(*pictures.probabilities[0]),
-        "ctr_first": float(ctr[0]),
+        "ctr_source": float(ctr[0]),
+        "ctr_first": float(ctr[1]),
         "ctr_last": float(ctr[-1]),
-        "delta_ctr": float(ctr[-1] - ctr[0]),
-        "ctr_spearman": _spearman(ctr),
+        "delta_ctr": float(ctr[-1] - ctr[1]),
+        "ctr_spearman": _spearman(ctr[1:]),
         "heart_fraction": float(heart_source_grid.mean()),
-        **_anatomy(pictures, result),
+        **_anatomy(pictures, result, channel),
         **{key: float(value) for key, value in _localisation(pictures, step, heart_source_grid).items()},
         "difference_mass_inside": mass["difference"],
         "gradcam_mass_inside": mass["gradcam"],
@@ -230,13 +249,13 @@ def measure_source(
     if keep_example:
         example = {
             "source": str(path), "source_image": pictures.source, "frames": pictures.frames, "scores": scores.tolist(),
-            "ctr": ctr.tolist(), "step": step, "model_source": to_unit_range(pictures.source_input[0]).numpy(),
+            "ctr": ctr[1:].tolist(), "step": step, "model_source": to_unit_range(pictures.source_input[0]).numpy(),
             "heart": heart_model_grid, "maps": maps, "mass": mass,
         }
     row["seconds"] = time.perf_counter() - start
     return SourceMeasures(
         row=row,
-        frame_rows=_frame_rows(str(path), result, ctr),
+        frame_rows=_frame_rows(str(path), result, ctr[1:]),
         source_features={space: values[0] for space, values in features.items()},
         frame_features={space: values[1:] for space, values in features.items()},
         example=example,

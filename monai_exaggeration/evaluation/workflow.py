@@ -36,6 +36,7 @@ from monai_exaggeration.evaluation.measures import SourceMeasures, measure_sourc
 from monai_exaggeration.evaluation.plots import compatibility_plot, ctr_plot, examples_figure, identity_plot
 from monai_exaggeration.evaluation.report import write_report
 from monai_exaggeration.evaluation.summary import summarise
+from monai_exaggeration.findings import finding_profile
 from monai_exaggeration.handlers import Progress
 from monai_exaggeration.inference import ExaggerationInference, SourceDataset, source_loader
 from monai_exaggeration.methods import check_method
@@ -65,14 +66,18 @@ class EvaluationResult:
         out = self.output_dir
         v = self.metrics["validity"]["written_frames"]
         c = self.metrics["clinical_faithfulness"]
+        a = self.metrics.get("anatomy", {})
         identity = self.metrics["preservation"]["identity"]["encoder"]["counterfactual"]
+        clinical = (f"CTR: median Spearman with step {c['median_spearman_ctr_step']:.2f}, mean ΔCTR {c['mean_delta_ctr']:.3f}; "
+                    if c.get("n_series") else "no clinical measure for this finding; ")
+        share = a.get("median_geometric_share")
         return "\n".join(
             [
                 f"{self.metrics['n_images']} images evaluated ({len(self.failures)} failed).",
                 f"  validity (written frames): MAE {v['mae']:.3f}, flip {100 * v['flip_rate']:.1f} %, "
                 f"median Spearman {v['median_spearman']:.2f}",
-                f"  CTR: median Spearman with step {c['median_spearman_ctr_step']:.2f}, "
-                f"mean ΔCTR {c['mean_delta_ctr']:.3f}; identity (encoder) {100 * (identity or 0):.1f} %",
+                f"  {clinical}geometric share {'n/a' if share is None else f'{share:.2f}'}; "
+                f"identity (encoder) {100 * (identity or 0):.1f} %",
                 f"  report      : {out / 'report.html'}",
                 f"  metrics     : {out / 'metrics.json'}",
                 f"  tables      : {out / 'per_image.csv'}, {out / 'per_frame.csv'}",
@@ -97,7 +102,7 @@ class ExplanationEvaluation:
         runner: ExaggerationInference | Callable[[], ExaggerationInference],
         segmenter: HeartLungSegmenter | Callable[[], HeartLungSegmenter],
         encoder: nn.Module | Callable[[], nn.Module],
-        finding: str = "cardiomegaly",
+        finding: str | None = None,
         num_examples: int = 4,
         occlusion: bool = True,
         gradcam_layer: str = "model.class_layers.relu",
@@ -119,7 +124,8 @@ class ExplanationEvaluation:
             raise ValueError(f"num_examples must be 0 or more, got {num_examples}")
         self.segmenter = _built(segmenter, nn.Module).to(self.runner.device)
         self.encoder = for_inference(_built(encoder, nn.Module), self.runner.device)  # (the segmentation gains nothing)
-        self.finding = finding
+        self.finding = finding or self.runner.finding  # None: the finding the explainer file records
+        self.profile = finding_profile(self.finding)
         self.num_examples = int(num_examples)
         self.occlusion = as_bool(occlusion, "occlusion")  # "--occlusion false" arrives as text
         self.gradcam_layer = gradcam_layer
@@ -129,7 +135,8 @@ class ExplanationEvaluation:
         """Measure every record, then write tables, metrics, plots and the report into ``output_dir``."""
         self.runner.prepare()
         output_dir = Path(output_dir)
-        records = stratified_head(records, None, self.finding) if records and self.finding in records[0] else list(records)
+        label = self.profile.label
+        records = stratified_head(records, None, label) if records and label in records[0] else list(records)
         measures: list[SourceMeasures] = []
         failures: list[dict] = []
         start = time.perf_counter()
@@ -157,7 +164,7 @@ class ExplanationEvaluation:
                             raise outcome
                         measures.append(
                             measure_source(
-                                self.runner, self.segmenter, self.encoder, record, self.finding,
+                                self.runner, self.segmenter, self.encoder, record, self.profile,
                                 keep_example=index < self.num_examples, occlusion=self.occlusion,
                                 gradcam_layer=self.gradcam_layer, result=outcome, seconds=share, loaded=item,
                             )
@@ -202,11 +209,10 @@ class ExplanationEvaluation:
         return facts
 
     def _plots(self, metrics: dict, examples: list[dict], folder: Path) -> dict[str, Path]:
-        plots = {
-            "compatibility": compatibility_plot(metrics["validity"], folder / "compatibility.png"),
-            "ctr": ctr_plot(metrics["clinical_faithfulness"], folder / "ctr_vs_step.png"),
-            "identity": identity_plot(metrics["preservation"]["identity"], folder / "identity_per_step.png"),
-        }
+        plots = {"compatibility": compatibility_plot(metrics["validity"], folder / "compatibility.png")}
+        if metrics["clinical_faithfulness"].get("n_series"):  # a finding with a clinical measure (CTR)
+            plots["ctr"] = ctr_plot(metrics["clinical_faithfulness"], folder / "ctr_vs_step.png")
+        plots["identity"] = identity_plot(metrics["preservation"]["identity"], folder / "identity_per_step.png")
         if examples:
             plots["examples"] = examples_figure(examples, folder / "examples.png")
         return plots
@@ -216,7 +222,7 @@ def evaluate_and_exit(
     evaluation: ExplanationEvaluation | Callable[[], ExplanationEvaluation],
     dataset_dir: str | os.PathLike,
     output_dir: str | os.PathLike,
-    finding: str = "cardiomegaly",
+    finding: str | None = None,
     split: str = "val",
     fractions: Sequence[float] = SPLIT_FRACTIONS,
     seed: int = SPLIT_SEED,
@@ -230,9 +236,13 @@ def evaluate_and_exit(
     (:func:`~monai_exaggeration.evaluation.comparison.compare_methods`) into ``output_dir``.
     """
     try:
-        records = load_split(dataset_dir, split, label=finding, fractions=fractions, seed=seed)
+        if finding is None:  # the finding the explainer file records
+            evaluation = _built(evaluation, ExplanationEvaluation) if not methods else evaluation
+            finding = evaluation.finding if isinstance(evaluation, ExplanationEvaluation) else evaluation().finding
+        label = finding_profile(finding).label
+        records = load_split(dataset_dir, split, label=label, fractions=fractions, seed=seed)
         if num_images is not None:
-            records = stratified_head(records, int(num_images), finding)
+            records = stratified_head(records, int(num_images), label)
         context = {
             "dataset": str(Path(dataset_dir).resolve()),
             "split": f"{split} (fractions {list(fractions)}, seed {seed}), {len(records)} images",

@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 from ignite.engine import Engine, Events
 
+from monai_exaggeration.findings import CARDIOMEGALY
 from monai_exaggeration.handlers.writing import writes_files
 from monai_exaggeration.utils import atomic_write, write_csv_atomic
 
@@ -80,7 +81,7 @@ class CTRReport:
             "ctr_mae": float(error.mean()) if len(known) else float("nan"),
             "ctr_max_error": float(error.max()) if len(known) else float("nan"),
             "ctr_mae_label_masks": float((known["ctr_from_label_masks"] - known["ctr_truth"]).abs().mean()) if len(known) else float("nan"),
-            "cardiomegaly_agreement": float(((known["ctr_predicted"] > 0.5) == (known["ctr_truth"] > 0.5)).mean()) if len(known) else float("nan"),
+            f"{CARDIOMEGALY.name}_agreement": float(((known["ctr_predicted"] > 0.5) == (known["ctr_truth"] > 0.5)).mean()) if len(known) else float("nan"),
             "ctr_missing": int(table["ctr_predicted"].isna().sum()),
         }
         metrics.update({column: float(table[column].mean()) for column in table.columns if column.startswith("dice_")})

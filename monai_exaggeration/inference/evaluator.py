@@ -54,7 +54,8 @@ class InferenceEvaluator(Evaluator):
             it reads with the inferer's preprocessing, bound to the model size.
         writers: the writers every series goes through, in order (:mod:`.writers`; the first is the DICOM writer).
         output_dir: the run's folder (made absolute: the logs and the summary name absolute paths).
-        finding: the finding the classifier scores, named in the series descriptions and logs.
+        finding: the finding the classifier scores, named in the series descriptions and logs (None: the
+            explainer file's).
         val_handlers: extra ignite/MONAI handlers attached to this engine.
         device: the device of the engine state (the inferer's own device is used for the models).
     """
@@ -65,14 +66,14 @@ class InferenceEvaluator(Evaluator):
         dataset: SourceDataset | Callable[[], SourceDataset],
         writers: Sequence[SeriesOutput],
         output_dir: str | os.PathLike,
-        finding: str = "cardiomegaly",
+        finding: str | None = None,
         val_handlers: Sequence | None = None,
         device: Any = None,
     ) -> None:
         self.inferer = (inferer if isinstance(inferer, SeriesInferer) else inferer()).prepare()
         self.dataset = dataset if isinstance(dataset, SourceDataset) else dataset()
         self.dataset.use(self.inferer.reading)
-        self.writers, self.finding = list(writers), finding
+        self.writers, self.finding = list(writers), finding or self.inferer.finding
         self.output_dir = Path(output_dir).expanduser().resolve()
         self.batch_size = self.inferer.sources_per_batch()
         loader = source_loader(self.dataset, self.batch_size, self.inferer.num_workers)

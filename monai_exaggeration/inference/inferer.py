@@ -30,6 +30,7 @@ from monai.data import MetaTensor
 from torch import nn
 
 from monai_exaggeration.binning import DEFAULT_NUM_BINS, centre_values, check_num_bins, posterior_to_bin
+from monai_exaggeration.findings import DEFAULT_FINDING
 from monai_exaggeration.methods.series import NORM_MODES
 from monai_exaggeration.inference.frames import RESOLUTIONS, full_resolution_frames, select_bins, warped_frame
 from monai_exaggeration.inference.results import SeriesResult, StageTimer
@@ -170,6 +171,12 @@ class SeriesInferer:
         if self.model_version is None:
             self.model_version = self._default_model_version()
         return self
+
+    @property
+    def finding(self) -> str:
+        """The finding the explainer file records (the default finding for a method without a file)."""
+        record = getattr(self.series_method, "record", None) or {}
+        return str(record.get("finding") or DEFAULT_FINDING)
 
     def _build_classifier(self) -> nn.Module:
         """The black box (built now if it was given as a factory) on the device, in eval mode, frozen:

@@ -40,7 +40,8 @@ class ExaggerationInference:
     ``resolution``, ``bits``, ``method``, ...) build it. ``writers`` replaces the default writers
     (:class:`~.writers.DicomSeriesWriter` with ``series_number`` and ``burned_in_annotation_free``,
     then :class:`~.writers.QuickLookWriter` when ``quicklook``, ``gif_frame_ms`` per GIF frame).
-    ``finding`` names what the classifier scores in the descriptions and logs.
+    ``finding`` names what the classifier scores in the descriptions and logs (None: the finding the
+    explainer file records, :mod:`monai_exaggeration.findings`).
     """
 
     def __init__(
@@ -50,7 +51,7 @@ class ExaggerationInference:
         *,
         inferer: SeriesInferer | Callable[..., SeriesInferer] | None = None,
         writers: Sequence[Any] | None = None,
-        finding: str = "cardiomegaly",
+        finding: str | None = None,
         quicklook: bool = True,
         gif_frame_ms: int = 400,
         series_number: int = DEFAULT_SERIES_NUMBER,
@@ -68,13 +69,18 @@ class ExaggerationInference:
         if writers is None:
             writers = [DicomSeriesWriter(series_number, burned_in_annotation_free), QuickLookWriter(quicklook, gif_frame_ms)]
         self.writers = list(writers)
-        self.finding = finding
+        self._finding = finding
 
     def __getattr__(self, name: str) -> Any:
         """The inferer's settings and models (``num_bins``, ``bins``, ``classifier``, ``device``, ...)."""
         if name == "inferer":
             raise AttributeError(name)
         return getattr(self.inferer, name)
+
+    @property
+    def finding(self) -> str:
+        """The finding named in the descriptions and logs: the setting, else the explainer file's."""
+        return self._finding or self.inferer.prepare().finding
 
     @property
     def quicklook(self) -> bool:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from monai_exaggeration.findings import finding_profile
 from monai_exaggeration.node.config import NodeConfig, NodeConfigError, bundle_root
 from monai_exaggeration.node.queue import PENDING, JobQueue
 from monai_exaggeration.node.scp import StorageSCP
@@ -124,7 +125,7 @@ class DicomNode:
         started = time.perf_counter()
         self.runner = build_runner(config)
         segmenter = None
-        if config.outputs.ctr:
+        if config.outputs.ctr and finding_profile(self.runner.finding).measure == "ctr":  # CTR: cardiomegaly's measure
             from monai_exaggeration.bundle import load_bundle_segmenter
 
             segmenter = load_bundle_segmenter(device=self.runner.device)

@@ -40,6 +40,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, model_validator
 
+from monai_exaggeration.findings import CARDIOMEGALY
 from monai_exaggeration.config_models import (
     LIST,
     Flag,
@@ -73,7 +74,7 @@ QUESTION_TYPES = ("likert", "yes_no", "choice", "text", "forced_choice")
 #: ``before``: answered on the image alone, before the explanation is shown; ``after``: once it is shown.
 PHASES = ("before", "after")
 #: Options of the default "what changed?" question.
-WHAT_CHANGED_OPTIONS = ("heart size", "pleural effusion", "devices", "other")
+WHAT_CHANGED_OPTIONS = (CARDIOMEGALY.reader_change, "pleural effusion", "devices", "other")
 #: Ids of arms, questions and readers (they appear in URLs and file names).
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 
