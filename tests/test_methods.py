@@ -134,8 +134,9 @@ def test_method_settings_are_checked_before_loading() -> None:
         check_method("lime", None)
     with pytest.raises(ValueError, match="accept .*unknown \\['lr'\\]"):
         check_method("latent_shift", {"lr": 0.1})
-    with pytest.raises(ValueError, match="progressive_exaggeration takes none"):
+    with pytest.raises(ValueError, match="progressive_exaggeration accept .*strength_bound.*unknown \\['steps'\\]"):
         check_method("progressive_exaggeration", {"steps": 3})
+    assert check_method("progressive_exaggeration", {"strength_bound": 3.0}) == {"strength_bound": 3.0}
     with pytest.raises(ValueError, match="max_shift > 0"):
         LatentShift(PoolingAutoEncoder(), MeanIntensityClassifier(), max_shift=0)
 

@@ -69,6 +69,11 @@ class ProgressiveExaggeration:
     ) -> None:
         if calibrate and classifier is None:
             raise ValueError("a calibrated series needs the classifier")
+        if strength_bound < 1.0 or not 0.0 < tolerance < 0.5:
+            raise ValueError(
+                f"strength_bound must be >= 1 and tolerance in (0, 0.5), got {strength_bound} and {tolerance} -- "
+                "e.g. method_options {'strength_bound': 2.0, 'tolerance': 0.02}"
+            )
         self.generator, self.composition, self.norm, self.weights = generator, composition, norm, weights
         self.classifier, self.calibrate = classifier, bool(calibrate)
         self.strength_bound, self.tolerance = float(strength_bound), float(tolerance)
@@ -80,8 +85,9 @@ class ProgressiveExaggeration:
 
     @classmethod
     def option_names(cls) -> list[str]:
-        """The explainer takes no ``method_options`` (its settings are inference keys)."""
-        return []
+        """The explainer's ``method_options``: the calibration's ``strength_bound`` and ``tolerance``
+        (its other settings are inference keys)."""
+        return ["strength_bound", "tolerance"]
 
     @classmethod
     def build(cls, context: MethodContext) -> ProgressiveExaggeration:
@@ -98,7 +104,7 @@ class ProgressiveExaggeration:
             weights = "unsaved-" + state_sha256(generator)[:12]  # an in-memory generator: its weights enter the UIDs
         generator = for_inference(generator, context.device)
         method = cls(generator, context.composition or composition, context.norm, weights,
-                     classifier=context.classifier, calibrate=context.calibrate)
+                     classifier=context.classifier, calibrate=context.calibrate, **context.options)
         if record is not None:
             method.record = dict(record)
             method.explainer_weights = Path(context.explainer_weights)
