@@ -337,20 +337,20 @@ def test_reporter_retries_while_the_pacs_is_down_parks_then_sends_after_requeue(
     job = _spooled_job(queue, config, rg1_uncr)
     worker = Worker(config, queue)
     worker.runner = runner
-    seconds, ctr = worker.explain(job)
-    assert ctr is None and (config.work_dir / "jobs" / f"{job.id:08d}" / "frames.csv").is_file()
+    seconds, ctr, rows = worker.explain(job)
+    assert ctr is None and (config.work_dir / "jobs" / f"{job.id:08d}" / "frames.csv").is_file() and len(rows) == 10
     with SendLedger(config.work_dir / "export_ledger.sqlite") as ledger:
         down = Reporter(config, config.destination(), queue, ledger)  # nothing listens on that port
-        assert down.run(job, "cardiomegaly", None, seconds, time.time()) == "failed"
+        assert down.run(job, "cardiomegaly", None, seconds, time.time(), rows) == "failed"
         failed = queue.get(job.id)
         assert "did not reach pacs" in failed.reason and "cannot connect" in failed.reason and failed.next_try > time.time()
-        assert down.run(queue.claim(now=time.time() + 60), "cardiomegaly", None, seconds, time.time()) == "parked"
+        assert down.run(queue.claim(now=time.time() + 60), "cardiomegaly", None, seconds, time.time(), rows) == "parked"
         assert queue.get(job.id).state == "parked" and Path(job.spool_file).exists()  # kept for a requeue
         pacs = LocalOrthanc(tmp_path / "orthanc").start()  # the PACS is back
         try:
             assert queue.requeue() == 1
             up = Reporter(config, pacs.destination(calling_ae="EXAGGERATION"), queue, ledger)
-            assert up.run(queue.claim(), "cardiomegaly", None, seconds, time.time()) == "done"
+            assert up.run(queue.claim(), "cardiomegaly", None, seconds, time.time(), rows) == "done"
             result = json.loads(queue.get(job.id).result)
             assert result["sent"] == 12 and len(pacs.instances()) == 12
         finally:

@@ -40,8 +40,6 @@ from monai_exaggeration.node.queue import Job, JobQueue
 __all__ = ["Reporter", "frame_ctr", "record_failure", "reporter_main"]
 
 logger = logging.getLogger("monai_exaggeration.node")
-_UID_COLUMNS = {name: str for name in ("source_sop_instance_uid", "study_instance_uid", "series_instance_uid",
-                                       "sop_instance_uid", "source", "output_file", "model_version")}
 
 
 def record_failure(queue: JobQueue, config: NodeConfig, job: Job, reason: str, permanent: bool) -> str:
@@ -123,14 +121,15 @@ class Reporter:
         return files
 
     def prepare(self, job: Job, finding: str, ctr: list[float] | None, explain_seconds: float,
-                started: float) -> _Prepared | None:
-        """Write the captions and the report of an explained job; None when that failed (recorded in the queue)."""
+                started: float, frame_rows: list[dict]) -> _Prepared | None:
+        """Write the captions and the report of an explained job from its frames' rows (as the worker made them);
+        None when that failed (recorded in the queue)."""
         from monai_exaggeration.dicom.presentation import series_rows
 
         out = self.config.work_dir / "jobs" / f"{job.id:08d}"
         start = time.perf_counter()
         try:
-            rows = series_rows(pd.read_csv(out / "frames.csv", dtype=_UID_COLUMNS, keep_default_na=False))
+            rows = series_rows(pd.DataFrame(frame_rows))
             files = self.derived(out, rows, finding, job.spool_file, ctr)
         except Exception as error:  # noqa: BLE001 - one bad job must not stop the node; retried later
             logger.debug("job %d", job.id, exc_info=True)
@@ -138,9 +137,10 @@ class Reporter:
             return None
         return _Prepared(job, out, rows, files, ctr, explain_seconds, started, time.perf_counter() - start)
 
-    def run(self, job: Job, finding: str, ctr: list[float] | None, explain_seconds: float, started: float) -> str:
+    def run(self, job: Job, finding: str, ctr: list[float] | None, explain_seconds: float, started: float,
+            frame_rows: list[dict]) -> str:
         """:meth:`prepare` and :meth:`send` one job in this thread; returns its new state (done, failed or parked)."""
-        prepared = self.prepare(job, finding, ctr, explain_seconds, started)
+        prepared = self.prepare(job, finding, ctr, explain_seconds, started, frame_rows)
         return self.send(prepared) if prepared is not None else self.queue.get(job.id).state
 
     def send(self, prepared: _Prepared) -> str:
@@ -238,8 +238,8 @@ def reporter_main(config: NodeConfig, destination, jobs, status) -> None:
                 continue
             if item is None:
                 break
-            job_id, finding, ctr, explain_seconds, started = item
-            ready = reporter.prepare(queue.get(job_id), finding, ctr, explain_seconds, started)
+            job_id, finding, ctr, explain_seconds, started, frame_rows = item
+            ready = reporter.prepare(queue.get(job_id), finding, ctr, explain_seconds, started, frame_rows)
             while ready is not None and sender.is_alive():
                 try:
                     prepared.put(ready, timeout=1.0)

@@ -134,7 +134,7 @@ class Worker:
                 self.current = job
                 started = time.time()
                 try:
-                    explain_seconds, ctr = self.explain(job)
+                    explain_seconds, ctr, frame_rows = self.explain(job)
                 except JobFailure as failure:
                     record_failure(self.queue, self.config, job, failure.reason, failure.permanent)
                     continue
@@ -144,7 +144,7 @@ class Worker:
                     continue
                 finally:
                     self.current = None
-                self._hand_over((job.id, self.runner.finding, ctr, explain_seconds, started))
+                self._hand_over((job.id, self.runner.finding, ctr, explain_seconds, started, frame_rows))
         except BaseException as error:  # noqa: BLE001 - reported by the service, which stops the node
             logger.exception("the explaining thread stopped: %s", error)
             self.error = error
@@ -161,9 +161,10 @@ class Worker:
             except queue_module.Full:
                 continue
 
-    def explain(self, job: Job) -> tuple[float, list[float] | None]:
+    def explain(self, job: Job) -> tuple[float, list[float] | None, list[dict]]:
         """Explain the spooled source of ``job``, write its series and CSV logs and measure the CTR of its frames
-        (``outputs.ctr``); returns the seconds taken and the CTR values (None when not measured)."""
+        (``outputs.ctr``); returns the seconds taken, the CTR values (None when not measured) and the frames'
+        log rows, which the reporter builds the captions and the report from (in memory, not read back)."""
         source = Path(job.spool_file)
         if not source.is_file():
             raise JobFailure(f"the spooled file {source} is missing", permanent=True)
@@ -184,4 +185,4 @@ class Worker:
         if self.segmenter is not None:
             ctr = frame_ctr(self.segmenter, series.frames)
             write_csv_atomic(pd.DataFrame(frame_rows, columns=FRAME_COLUMNS).assign(ctr=ctr), out / "frames_ctr.csv")
-        return time.perf_counter() - start, ctr
+        return time.perf_counter() - start, ctr, frame_rows
