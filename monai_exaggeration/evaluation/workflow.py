@@ -150,13 +150,8 @@ class ExplanationEvaluation:
         index = -1
         with compute_threads(self.runner.num_workers, self.runner.device):
             for group in loader:
-                batch_start = time.perf_counter()
-                loaded = [(str(record["image"]), *item) for record, item in group if not isinstance(item, LoadFailure)]
-                results = iter(self.runner.explain_loaded(loaded) if loaded else [])
-                share = (time.perf_counter() - batch_start) / max(1, len(loaded))
-                for record, item in group:
+                for record, item, outcome, share in self.runner.inferer.explain_batch(group):
                     index += 1
-                    outcome = item if isinstance(item, LoadFailure) else next(results)
                     try:
                         if isinstance(outcome, LoadFailure):
                             raise CXRInputError(record["image"], outcome.error, outcome.hint)

@@ -28,7 +28,7 @@ import pandas as pd
 from ignite.engine import Events
 from monai.engines import Evaluator
 
-from monai_exaggeration.data.streaming import LoadFailure, compute_threads
+from monai_exaggeration.data.streaming import compute_threads
 from monai_exaggeration.dicom import series_instance_uid
 from monai_exaggeration.handlers import Progress
 from monai_exaggeration.inference import sharding
@@ -87,9 +87,7 @@ class InferenceEvaluator(Evaluator):
 
     def _iteration(self, engine: Any, batch: list[tuple[dict, Any]]) -> list[tuple[dict, Any]]:
         started = time.perf_counter()
-        loaded = [(str(record["image"]), *item) for record, item in batch if not isinstance(item, LoadFailure)]
-        results = iter(self.inferer.explain_loaded(loaded) if loaded else [])
-        outcomes = [(record, item if isinstance(item, LoadFailure) else next(results)) for record, item in batch]
+        outcomes = [(record, outcome) for record, _, outcome, _ in self.inferer.explain_batch(batch)]
         for record, outcome in outcomes:
             self.writer.submit(record["image"], outcome, started)
         return outcomes

@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -246,11 +247,27 @@ class SeriesInferer:
     def explain(self, path: str | os.PathLike) -> SeriesResult:
         """The series of one source file (nothing written). Input problems raise ``CXRInputError``."""
         with self.timer("read"):
-            source, model_input = self.load(path)
-        result = self.explain_loaded([(str(path), source, model_input)])[0]
+            item = self.load(path)
+        _, _, result, _ = self.explain_batch([({"image": str(path)}, item)])[0]
         if isinstance(result, BaseException):
             raise result
         return result
+
+    def explain_batch(self, group: Sequence[tuple[dict, Any]]) -> list[tuple[dict, Any, Any, float]]:
+        """The one batch step of every caller (the inference's evaluator, the evaluation, the DICOM node):
+        ``group`` is a batch of :func:`~.dataset.source_loader` (``(record, (source, model input))`` or
+        ``(record, LoadFailure)``); the readable sources are explained together (:meth:`explain_loaded`).
+
+        Returns, in input order, ``(record, item, outcome, seconds)``: the outcome is the
+        :class:`SeriesResult`, the exception that source raised, or the ``LoadFailure``; ``seconds`` is the
+        source's share of the batch's time."""
+        from monai_exaggeration.data.streaming import LoadFailure
+
+        start = time.perf_counter()
+        loaded = [(str(record["image"]), *item) for record, item in group if not isinstance(item, LoadFailure)]
+        results = iter(self.explain_loaded(loaded) if loaded else [])
+        share = (time.perf_counter() - start) / max(1, len(loaded))
+        return [(record, item, item if isinstance(item, LoadFailure) else next(results), share) for record, item in group]
 
     @torch.no_grad()
     def explain_loaded(self, items: Sequence[tuple[str, MetaTensor, MetaTensor]]) -> list[SeriesResult | Exception]:
