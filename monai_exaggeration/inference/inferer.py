@@ -22,6 +22,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,8 @@ from torch import nn
 
 from monai_exaggeration.binning import DEFAULT_NUM_BINS, centre_values, check_num_bins, posterior_to_bin
 from monai_exaggeration.findings import DEFAULT_FINDING
-from monai_exaggeration.methods.series import NORM_MODES
-from monai_exaggeration.inference.frames import RESOLUTIONS, full_resolution_frames, select_bins, warped_frame
+from monai_exaggeration.methods.series import NORM_MODES, Norm
+from monai_exaggeration.inference.frames import RESOLUTIONS, Resolution, full_resolution_frames, select_bins, warped_frame
 from monai_exaggeration.inference.results import SeriesResult, StageTimer
 from monai_exaggeration.methods import DEFAULT_METHOD, MethodContext, check_method, method_class
 from monai_exaggeration.methods.base import MethodSeries, frame_notes
@@ -44,102 +45,108 @@ from monai_exaggeration.transforms import to_unit_range
 from monai_exaggeration.transforms.cxr import model_scale
 from monai_exaggeration.utils import as_bool, file_sha256, for_inference, select_device, state_sha256
 
-__all__ = ["SeriesInferer", "file_sha256"]  # file_sha256: from utils, kept here for callers of 0.9
+__all__ = ["MethodSettings", "SeriesInferer", "SeriesSettings", "file_sha256"]  # file_sha256: from utils, kept here for callers of 0.9
 
 logger = logging.getLogger("monai_exaggeration.inference")
+
+
+@dataclass
+class MethodSettings:
+    """How a series is made: the ``method`` (:mod:`monai_exaggeration.methods`, docs/methods.md) and what it
+    loads. The explainer comes from ``explainer_weights``, a file that records its architecture, number
+    of bins, model size and composition; a ``generator`` given with it receives the file's weights
+    (files of 0.5 and earlier record no architecture); a ``generator`` alone is used as it is (in memory).
+    Latent Shift needs ``autoencoder_weights``. ``options`` are the method's ``method_options``;
+    ``norm``, ``composition`` and ``calibrate`` are the explainer's (docs/inference.md)."""
+
+    method: str = DEFAULT_METHOD
+    options: dict | None = None
+    explainer_weights: str | os.PathLike | None = None
+    generator: nn.Module | None = None
+    autoencoder_weights: str | os.PathLike | None = None
+    norm: Norm = "series"
+    composition: str | None = None
+    calibrate: bool = True
+
+
+@dataclass
+class SeriesSettings:
+    """Which frames a series has and how they are written: the target bins (``num_bins`` bins, of which
+    ``first_bin``..``last_bin`` or ``num_frames`` of them, :func:`~.frames.select_bins`), the ``resolution``
+    and ``bits`` of the written frames, and the model size (``image_size``; None: the explainer file's)."""
+
+    num_bins: int | None = None
+    first_bin: int = 0
+    last_bin: int | None = None
+    num_frames: int | None = None
+    resolution: Resolution = "source"
+    bits: int = 8
+    image_size: int | None = None
 
 
 class SeriesInferer:
     """Make the series of loaded sources with a trained explainer or a baseline (module docstring).
 
-    The explainer comes from ``explainer_weights``, a file that records its architecture, number of
-    bins, model size and composition (:func:`~monai_exaggeration.networks.load_explainer`), so
-    ``generator``, ``num_bins`` and ``image_size`` are normally left None. A ``generator`` given
-    with ``explainer_weights`` receives the file's weights (for files written before 0.6, which
-    record no architecture); a ``generator`` without ``explainer_weights`` is used as it is (in
-    memory, ``image_size`` from its config or the argument). ``classifier`` is the black box (a module
-    or a zero-argument callable returning one, so that loading errors surface in :meth:`prepare`).
-    ``first_bin``/``last_bin``/``num_frames`` choose the target bins (:func:`~.frames.select_bins`).
-    ``model_version`` enters every output UID; by default it is derived from the weights and every
-    setting that changes the pixels, so a re-run with the same models and settings yields identical
-    UIDs and any change yields new ones. ``input_limits`` overrides :meth:`InputLimits.for_sources`
-    (``min_size``, ``max_aspect``, ``max_megapixels``, ``max_file_mb``); ``preprocessing`` (a
-    :class:`~.dataset.SourcePreprocessing` or a factory of one) replaces ``aspect`` and ``input_limits``
-    (the model size is bound to it when the models are loaded). ``batch_size`` sources go
-    through the models together (None: automatic, :meth:`sources_per_batch`); ``num_workers`` reader
-    processes decode ahead (None: automatic, :func:`~monai_exaggeration.data.streaming.default_workers`).
+    Args:
+        classifier: the black box (a module, or a zero-argument callable returning one, so that loading
+            errors surface in :meth:`prepare`).
+        method: how the series is made (:class:`MethodSettings`).
+        series: which frames, at which resolution (:class:`SeriesSettings`).
+        preprocessing: the reader of source files (:class:`~.dataset.SourcePreprocessing`, or a factory of
+            one; the model size is bound to it when the models are loaded).
+        device: where the models run (None: CUDA when available).
+        model_version: enters every output UID; by default derived from the weights and every setting
+            that changes the pixels, so a re-run with the same models and settings yields identical UIDs.
+        batch_size: sources per forward (None: automatic, :meth:`sources_per_batch`).
+        num_workers: reader processes that decode ahead (None: automatic,
+            :func:`~monai_exaggeration.data.streaming.default_workers`).
 
-    ``method`` chooses how the series is made (:mod:`monai_exaggeration.methods`, docs/methods.md): the
-    explainer (``progressive_exaggeration``, default) or a baseline, ``latent_shift`` (needs
-    ``autoencoder_weights``) or ``gradient_ascent``, with ``method_options`` for the baseline's search.
-    A baseline needs no explainer: ``num_bins`` defaults to 10 and the model size comes from the
-    autoencoder or the classifier.
+    :meth:`from_settings` builds it from the flat keys of inference.json.
     """
 
     def __init__(
         self,
-        generator: nn.Module | None,
         classifier: nn.Module | Callable[[], nn.Module],
-        num_bins: int | None = None,
-        explainer_weights: str | os.PathLike | None = None,
-        image_size: int | None = None,
-        aspect: str = "pad",
-        norm: str = "series",
-        first_bin: int = 0,
-        last_bin: int | None = None,
-        num_frames: int | None = None,
-        resolution: str = "source",
-        bits: int = 8,
-        model_version: str | None = None,
-        device: str | torch.device | None = None,
-        composition: str | None = None,
-        input_limits: dict | None = None,
+        method: MethodSettings | None = None,
+        series: SeriesSettings | None = None,
         preprocessing: SourcePreprocessing | Callable[[], SourcePreprocessing] | None = None,
+        device: str | torch.device | None = None,
+        model_version: str | None = None,
         batch_size: int | None = None,
         num_workers: int | None = None,
-        method: str = DEFAULT_METHOD,
-        method_options: dict | None = None,
-        autoencoder_weights: str | os.PathLike | None = None,
-        calibrate: bool = True,
     ) -> None:
-        self.method_name = method
-        self.calibrate = as_bool(calibrate, "calibrate")
+        method = method or MethodSettings()
+        series = series or SeriesSettings()
+        self.method_name = method.method
+        self.calibrate = as_bool(method.calibrate, "calibrate")
         self.output = "image"  # or "deformation", from the explainer file (set in prepare)
-        self.method_options = check_method(method, method_options)
-        self.autoencoder_weights = None if autoencoder_weights is None else Path(autoencoder_weights)
+        self.method_options = check_method(method.method, method.options)
+        self.autoencoder_weights = None if method.autoencoder_weights is None else Path(method.autoencoder_weights)
         self.series_method: Any = None
-        if not getattr(method_class(method), "uses_explainer", False):
+        generator, explainer_weights, num_bins = method.generator, method.explainer_weights, series.num_bins
+        if not getattr(method_class(method.method), "uses_explainer", False):
             generator, explainer_weights = None, None  # a baseline makes its own series
             num_bins = DEFAULT_NUM_BINS if num_bins is None else num_bins
         elif generator is None and explainer_weights is None:
             raise ValueError("the inference needs explainer_weights (an explainer file) or an in-memory generator")
-        self._bin_selection = (first_bin, last_bin, num_frames)
+        self._bin_selection = (series.first_bin, series.last_bin, series.num_frames)
         self.num_bins: int | None = None
         self.bins: list[int] | None = None
         if num_bins is not None:  # checked now, so that bad settings fail before anything is loaded
             self.num_bins = check_num_bins(num_bins)
             self.bins = select_bins(num_bins, *self._bin_selection)
         if preprocessing is None:
-            preprocessing = SourcePreprocessing(aspect, input_limits)
+            preprocessing = SourcePreprocessing()
         self.reading = preprocessing if isinstance(preprocessing, SourcePreprocessing) else preprocessing()
-        if norm not in NORM_MODES:
-            raise ValueError(f"norm must be one of {NORM_MODES}, got {norm!r}")
-        if resolution not in RESOLUTIONS:
-            raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")
-        if bits not in (8, 16):
-            raise ValueError(f"bits must be 8 or 16, got {bits!r}")
-        if composition is not None and composition not in COMPOSITIONS:
-            raise ValueError(f"composition must be one of {COMPOSITIONS}, got {composition!r}")
+        self._check(method, series)
         self.generator = generator
         self._classifier = classifier
         self.explainer_weights = None if explainer_weights is None else Path(explainer_weights)
         self.explainer_record: dict[str, Any] = {}
-        self.image_size = None if image_size is None else int(image_size)
-        self.composition = composition
+        self.image_size = None if series.image_size is None else int(series.image_size)
+        self.composition = method.composition
         self.aspect = self.reading.aspect
-        self.norm = norm
-        self.resolution = resolution
-        self.bits = bits
+        self.norm, self.resolution, self.bits = method.norm, series.resolution, series.bits
         self.model_version = model_version
         self.device = select_device(device)
         if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) < 1):
@@ -148,6 +155,39 @@ class SeriesInferer:
         self.num_workers = num_workers
         self.classifier: nn.Module | None = None
         self.timer = StageTimer(self.device)
+
+    @staticmethod
+    def _check(method: MethodSettings, series: SeriesSettings) -> None:
+        if method.norm not in NORM_MODES:
+            raise ValueError(f"norm must be one of {NORM_MODES}, got {method.norm!r}")
+        if series.resolution not in RESOLUTIONS:
+            raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {series.resolution!r}")
+        if series.bits not in (8, 16):
+            raise ValueError(f"bits must be 8 or 16, got {series.bits!r}")
+        if method.composition is not None and method.composition not in COMPOSITIONS:
+            raise ValueError(f"composition must be one of {COMPOSITIONS}, got {method.composition!r}")
+
+    @classmethod
+    def from_settings(
+        cls, generator: nn.Module | None, classifier: nn.Module | Callable[[], nn.Module], *,
+        aspect: str = "pad", input_limits: dict | None = None, method_options: dict | None = None, **settings: Any,
+    ) -> SeriesInferer:
+        """A series inferer from the flat keys of inference.json (``method``, ``method_options``,
+        ``explainer_weights``, ``num_bins``, ``first_bin``, ``resolution``, ``aspect``, ``input_limits``, ...)."""
+        groups = {"method": MethodSettings, "series": SeriesSettings}
+        parts: dict[str, dict[str, Any]] = {name: {} for name in groups}
+        for key, value in settings.items():
+            for name, kind in groups.items():
+                if key in kind.__dataclass_fields__:
+                    parts[name][key] = value
+                    break
+        plain = {key: value for key, value in settings.items() if not any(key in parts[name] for name in parts)}
+        if plain.get("preprocessing") is None:
+            plain["preprocessing"] = SourcePreprocessing(aspect, input_limits)
+        return cls(
+            classifier, MethodSettings(**parts["method"], options=method_options, generator=generator),
+            SeriesSettings(**parts["series"]), **plain,
+        )
 
     def prepare(self) -> SeriesInferer:
         """Load the classifier and the method (the explainer's architecture from its file); idempotent.

@@ -65,7 +65,7 @@ class ExaggerationInference:
         else:
             if classifier is None:
                 raise ValueError("the inference needs a classifier (the black box whose decisions it explains)")
-            self.inferer = SeriesInferer(generator, classifier, **settings)
+            self.inferer = SeriesInferer.from_settings(generator, classifier, **settings)
         if writers is None:
             writers = [DicomSeriesWriter(series_number, burned_in_annotation_free), QuickLookWriter(quicklook, gif_frame_ms)]
         self.writers = list(writers)
