@@ -468,20 +468,26 @@ class ExaggerationTrainer(Trainer):
         back_source, back_target = self.g_inferer(frame, self.generator, source_bins, target_bins).chunk(2)
         cycled, _ = generator.compose(frame, back_source, back_target)
         self.fire_event(ExaggerationIterationEvents.G_FORWARD_COMPLETED)
-        region = None if self.change_region is None else self.change_region(x)
+        return self._terms(batchdata, x, frame, target_bins, source_posterior, critic,
+                           identity=generator.reconstruct(x, fields_source), cycled=cycled, change=frame - x,
+                           displacement=ddf)
+
+    def _terms(
+        self, batchdata: dict[str, Any], x: torch.Tensor, frame: torch.Tensor, target_bins: torch.Tensor,
+        source_posterior: torch.Tensor, critic: nn.Module, **images: torch.Tensor | None,
+    ) -> dict[str, torch.Tensor]:
+        """The loss terms of G for ``frame`` (what D and f see) and ``images`` (identity, cycled, change,
+        displacement), with the change region and the reconstruction masks of ``x``."""
         return self.loss_function.generator_terms(
             x=x,
             generated=frame,
             target_bins=target_bins,
             fake_scores=self.d_inferer(frame, critic, target_bins),
             classifier=self.classifier,
-            identity=generator.reconstruct(x, fields_source),
-            cycled=cycled,
             masks=self._masks(batchdata, x),
             source_posterior=source_posterior,
-            change=frame - x,
-            change_region=region,
-            displacement=ddf,
+            change_region=None if self.change_region is None else self.change_region(x),
+            **images,
         )
 
     def _image_terms(
@@ -494,17 +500,5 @@ class ExaggerationTrainer(Trainer):
             reconstruction = self._generate(x, source_bins)
         cycled = self._generate(generated, source_bins)
         self.fire_event(ExaggerationIterationEvents.G_FORWARD_COMPLETED)
-        region = None if self.change_region is None else self.change_region(x)
-        return self.loss_function.generator_terms(
-            x=x,
-            generated=frame,
-            target_bins=target_bins,
-            fake_scores=self.d_inferer(frame, critic, target_bins),
-            classifier=self.classifier,
-            identity=reconstruction,
-            cycled=cycled,
-            masks=self._masks(batchdata, x),
-            source_posterior=source_posterior,
-            change=generated - reconstruction,
-            change_region=region,
-        )
+        return self._terms(batchdata, x, frame, target_bins, source_posterior, critic,
+                           identity=reconstruction, cycled=cycled, change=generated - reconstruction)

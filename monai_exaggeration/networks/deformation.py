@@ -33,7 +33,7 @@ from torch import nn
 
 from monai_exaggeration.binning import check_num_bins
 from monai_exaggeration.networks.conditional import as_bin_tensor
-from monai_exaggeration.networks.explainer import _check_size, _check_widths, _GeneratorBlock
+from monai_exaggeration.networks.explainer import _check_size, _check_widths, _GeneratorBlock, decode_features, encode_images
 
 __all__ = [
     "DeformationGenerator",
@@ -187,22 +187,11 @@ class DeformationGenerator(nn.Module):
     # ------------------------------------------------------------------------------------- fields
     def encode(self, x: torch.Tensor, bins: torch.Tensor | int) -> torch.Tensor:
         """Bottleneck features of ``x`` (the bins are ignored with ``conditional_encoder=False``)."""
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"expected images of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
-        _check_size(x.shape[-2], self.scale_factor, "image height")
-        _check_size(x.shape[-1], self.scale_factor, "image width")
-        bins = as_bin_tensor(bins, x.shape[0], self.num_bins, x.device)
-        h = self.stem(x)
-        for block in self.encoder:
-            h = block(h, bins)
-        return h
+        return encode_images(self, x, bins)
 
     def decode(self, h: torch.Tensor, bins: torch.Tensor | int) -> torch.Tensor:
         """Fields (B, C, h, w) from bottleneck features: bounded velocities (grid units), intensities."""
-        bins = as_bin_tensor(bins, h.shape[0], self.num_bins, h.device)
-        for block in self.decoder:
-            h = block(h, bins)
-        raw = self.head(F.relu(self.head_norm(h)))
+        raw = decode_features(self, h, bins)
         side = torch.tensor(raw.shape[-2:], dtype=raw.dtype, device=raw.device).view(1, 2, 1, 1)
         velocity = torch.tanh(raw[:, :2]) * (self.max_velocity * side)
         if self.intensity > 0:

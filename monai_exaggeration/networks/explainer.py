@@ -40,6 +40,28 @@ def _check_size(size: int, factor: int, what: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------- generator
+def encode_images(generator: nn.Module, x: torch.Tensor, bins: torch.Tensor | int) -> torch.Tensor:
+    """Stem and encoder blocks of a conditional generator (``stem``, ``encoder``, ``in_channels``,
+    ``scale_factor``, ``num_bins``), with the input checked: bottleneck features of ``x`` under ``bins``."""
+    if x.ndim != 4 or x.shape[1] != generator.in_channels:
+        raise ValueError(f"expected images of shape (B, {generator.in_channels}, H, W), got {tuple(x.shape)}")
+    _check_size(x.shape[-2], generator.scale_factor, "image height")
+    _check_size(x.shape[-1], generator.scale_factor, "image width")
+    bins = as_bin_tensor(bins, x.shape[0], generator.num_bins, x.device)
+    h = generator.stem(x)
+    for block in generator.encoder:
+        h = block(h, bins)
+    return h
+
+
+def decode_features(generator: nn.Module, h: torch.Tensor, bins: torch.Tensor | int) -> torch.Tensor:
+    """Decoder blocks and head (BN -> ReLU -> conv) of a conditional generator, before its output activation."""
+    bins = as_bin_tensor(bins, h.shape[0], generator.num_bins, h.device)
+    for block in generator.decoder:
+        h = block(h, bins)
+    return generator.head(F.relu(generator.head_norm(h)))
+
+
 class _UnconditionalBatchNorm2d(nn.Module):
     """A plain batch norm with the conditional norm's call signature (the bins are ignored). It wraps the
     ``BatchNorm2d`` (as the conditional norm does), so the series' grouped statistics apply to it alike."""
@@ -196,27 +218,13 @@ class ExaggerationGenerator(nn.Module):
         _check_size(int(width), self.scale_factor, "image width")
         return self.encoder_channels[-1], int(height) // self.scale_factor, int(width) // self.scale_factor
 
-    def _prepare(self, x: torch.Tensor, bins: torch.Tensor | int) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"expected images of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
-        _check_size(x.shape[-2], self.scale_factor, "image height")
-        _check_size(x.shape[-1], self.scale_factor, "image width")
-        return as_bin_tensor(bins, x.shape[0], self.num_bins, x.device)
-
     def encode(self, x: torch.Tensor, bins: torch.Tensor | int) -> torch.Tensor:
         """Bottleneck features (B, C_K, H / 2**K, W / 2**K) of ``x`` under target ``bins``."""
-        bins = self._prepare(x, bins)
-        h = self.stem(x)
-        for block in self.encoder:
-            h = block(h, bins)
-        return h
+        return encode_images(self, x, bins)
 
     def decode(self, h: torch.Tensor, bins: torch.Tensor | int) -> torch.Tensor:
         """Decoder and head up to the pre-tanh output (B, in_channels, H, W)."""
-        bins = as_bin_tensor(bins, h.shape[0], self.num_bins, h.device)
-        for block in self.decoder:
-            h = block(h, bins)
-        return self.head(F.relu(self.head_norm(h)))
+        return decode_features(self, h, bins)
 
     def forward(self, x: torch.Tensor, target_bins: torch.Tensor | int) -> torch.Tensor:
         """Exaggerated image in [-1, 1], same shape as ``x``; ``target_bins``: (B,) int or one int."""
