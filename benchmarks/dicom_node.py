@@ -38,15 +38,13 @@ from pathlib import Path
 
 import pydicom
 import yaml
+from repo_helpers import LocalOrthanc, dcmtk_tool, free_port, orthanc_binary, shared_data_dir
 
 from monai_exaggeration.bundle import default_bundle_root
 from monai_exaggeration.data import default_input
 from monai_exaggeration.dicom.secondary_capture import derived_uid
-from repo_helpers import LocalOrthanc, dcmtk_tool, free_port, orthanc_binary, shared_data_dir
 
 SHARED = shared_data_dir() / "dicom"
-
-
 
 
 def make_sources(folder: Path, count: int) -> list[Path]:
@@ -71,9 +69,23 @@ def make_sources(folder: Path, count: int) -> list[Path]:
 def run_cli(sources: Path, out: Path, env: dict) -> tuple[float, float]:
     """(wall seconds of the command, seconds its summary reports)."""
     bundle = default_bundle_root("cxr")
-    command = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file",
-               f"{bundle}/configs/inference.json", "--bundle_root", bundle, "--input", str(sources),
-               "--output_dir", str(out), "--quicklook", "false"]
+    command = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "inference",
+        "--config_file",
+        f"{bundle}/configs/inference.json",
+        "--bundle_root",
+        bundle,
+        "--input",
+        str(sources),
+        "--output_dir",
+        str(out),
+        "--quicklook",
+        "false",
+    ]
     start = time.perf_counter()
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -98,24 +110,51 @@ def run_node(files: list[Path], workdir: Path, env: dict, threads: int, timeout:
             "node": {"ae_title": "EXAGNODE", "host": "127.0.0.1", "port": port, "allowed_calling_aes": ["STORESCU"]},
             "work_dir": str(workdir / "node"),
             "queue": {"poll_s": 0.1},
-            "destinations": {"orthanc": {"host": "127.0.0.1", "port": pacs.dicom_port, "called_ae": pacs.aet,
-                                         "calling_ae": pacs.allowed_ae}},
+            "destinations": {
+                "orthanc": {
+                    "host": "127.0.0.1",
+                    "port": pacs.dicom_port,
+                    "called_ae": pacs.aet,
+                    "calling_ae": pacs.allowed_ae,
+                }
+            },
             "threads": threads,
         }
         (workdir / "node.yaml").write_text(yaml.safe_dump(config))
         log = open(workdir / "node.log", "w")
-        node = subprocess.Popen([sys.executable, "-m", "monai_exaggeration", "serve-dicom", "--config",
-                                 str(workdir / "node.yaml")], env=env, stdout=log, stderr=subprocess.STDOUT)
+        node = subprocess.Popen(
+            [sys.executable, "-m", "monai_exaggeration", "serve-dicom", "--config", str(workdir / "node.yaml")],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
             deadline = time.monotonic() + 180
-            while subprocess.run([dcmtk_tool("echoscu"), "-aet", "STORESCU", "-aec", "EXAGNODE", "127.0.0.1", str(port)],
-                                 capture_output=True).returncode:
+            while subprocess.run(
+                [dcmtk_tool("echoscu"), "-aet", "STORESCU", "-aec", "EXAGNODE", "127.0.0.1", str(port)],
+                capture_output=True,
+            ).returncode:
                 if node.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit(f"the node did not start; see {workdir / 'node.log'}")
                 time.sleep(0.5)
             start = time.perf_counter()
-            sent = subprocess.run([dcmtk_tool("storescu"), "-R", "-xy", "-nh", "-aet", "STORESCU", "-aec", "EXAGNODE", "127.0.0.1",
-                                   str(port), *map(str, files)], capture_output=True, text=True)
+            sent = subprocess.run(
+                [
+                    dcmtk_tool("storescu"),
+                    "-R",
+                    "-xy",
+                    "-nh",
+                    "-aet",
+                    "STORESCU",
+                    "-aec",
+                    "EXAGNODE",
+                    "127.0.0.1",
+                    str(port),
+                    *map(str, files),
+                ],
+                capture_output=True,
+                text=True,
+            )
             if sent.returncode:
                 raise SystemExit(f"storescu failed:\n{sent.stdout}{sent.stderr}")
             queue = workdir / "node" / "queue.sqlite"
@@ -141,8 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sources", type=int, default=12, help="number of source images (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads of both (default: %(default)s)")
-    parser.add_argument("--rounds", type=int, default=2,
-                        help="rounds of both measurements, alternating which goes first (default: %(default)s)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="rounds of both measurements, alternating which goes first (default: %(default)s)",
+    )
     parser.add_argument("--timeout", type=float, default=900, help="seconds the node may take (default: %(default)s)")
     parser.add_argument("--keep", help="keep the working folder here instead of a temporary one")
     args = parser.parse_args(argv)
@@ -151,8 +194,12 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{tool} (dcmtk) is not installed")
     if orthanc_binary() is None:
         raise SystemExit("Orthanc is not installed (apt-get install orthanc)")
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
-           "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(args.threads),
+        "MKL_NUM_THREADS": str(args.threads),
+        "PYTHONUNBUFFERED": "1",
+    }
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="node_benchmark_"))
     files = make_sources(root / "sources", args.sources)
     n = len(files)
@@ -165,8 +212,10 @@ def main(argv: list[str] | None = None) -> int:
                 wall, inner = run_cli(root / "sources", root / f"cli_output_{round_}", env)
                 cli_walls.append(wall)
                 cli_inners.append(inner)
-                print(f"round {round_ + 1} command line: {wall:6.1f} s (its own summary without start-up: {inner:.1f} s)",
-                      flush=True)
+                print(
+                    f"round {round_ + 1} command line: {wall:6.1f} s (its own summary without start-up: {inner:.1f} s)",
+                    flush=True,
+                )
             else:
                 nodes.append(run_node(files, root / f"node_run_{round_}", env, args.threads, args.timeout))
                 print(f"round {round_ + 1} DICOM node  : {nodes[-1]:6.1f} s", flush=True)
@@ -174,10 +223,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nmedians over {args.rounds} round(s), {n} sources, {args.threads} thread(s):")
     print(f"  command line, process start to exit     : {cli_wall:6.1f} s  {n / cli_wall:.3f} sources/s")
     print(f"  command line, its summary (no start-up) : {cli_inner:6.1f} s  {n / cli_inner:.3f} sources/s")
-    print(f"  DICOM node, first C-STORE to last done  : {node:6.1f} s  {n / node:.3f} sources/s "
-          "(receive -> explain -> SC + GSPS + SR stored in Orthanc)")
-    print(f"ratio node / command line: {cli_wall / node:.2f}x (against the command line without its start-up: "
-          f"{cli_inner / node:.2f}x; goal >= 0.8x)")
+    print(
+        f"  DICOM node, first C-STORE to last done  : {node:6.1f} s  {n / node:.3f} sources/s "
+        "(receive -> explain -> SC + GSPS + SR stored in Orthanc)"
+    )
+    print(
+        f"ratio node / command line: {cli_wall / node:.2f}x (against the command line without its start-up: "
+        f"{cli_inner / node:.2f}x; goal >= 0.8x)"
+    )
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
     return 0

@@ -27,13 +27,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from repo_helpers import LocalOrthanc, orthanc_binary
 from skimage.transform import resize
 
 from monai_exaggeration.data import default_input
 from monai_exaggeration.dicom import SeriesInfo, write_series
 from monai_exaggeration.export import SendLedger, collect_dicom_files, export_files
 from monai_exaggeration.transforms import read_cxr
-from repo_helpers import LocalOrthanc, orthanc_binary
 
 
 def write_instances(folder: Path, count: int, size: int) -> list[Path]:
@@ -76,7 +76,18 @@ def dcmtk_storescu() -> str | None:
 
 def time_storescu(folder: Path, count: int, workdir: Path) -> float:
     with LocalOrthanc(workdir / "orthanc") as pacs:
-        command = [dcmtk_storescu(), "-aet", pacs.allowed_ae, "-aec", pacs.aet, "+sd", "+r", "127.0.0.1", str(pacs.dicom_port), str(folder)]
+        command = [
+            dcmtk_storescu(),
+            "-aet",
+            pacs.allowed_ae,
+            "-aec",
+            pacs.aet,
+            "+sd",
+            "+r",
+            "127.0.0.1",
+            str(pacs.dicom_port),
+            str(folder),
+        ]
         start = time.perf_counter()
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         seconds = time.perf_counter() - start
@@ -100,12 +111,16 @@ def main() -> None:
         files = write_instances(root / "series", args.instances, args.size)
         files = collect_dicom_files([root / "series"])
         megabytes = sum(f.stat().st_size for f in files) / 1e6
-        print(f"{len(files)} SC instances, {args.size} x {args.size} px, {megabytes:.1f} MB; Orthanc {orthanc_binary()}")
+        print(
+            f"{len(files)} SC instances, {args.size} x {args.size} px, {megabytes:.1f} MB; Orthanc {orthanc_binary()}"
+        )
         ours, theirs = [], []
         for round_ in range(args.repeats):
             ours.append(time_ours(files, root / f"ours{round_}"))
             theirs.append(time_storescu(root / "series", len(files), root / f"storescu{round_}"))
-            print(f"  round {round_ + 1}: ours {len(files) / ours[-1]:.1f} instances/s, storescu {len(files) / theirs[-1]:.1f} instances/s")
+            print(
+                f"  round {round_ + 1}: ours {len(files) / ours[-1]:.1f} instances/s, storescu {len(files) / theirs[-1]:.1f} instances/s"
+            )
     ours_rate = len(files) / statistics.median(ours)
     theirs_rate = len(files) / statistics.median(theirs)
     print(f"monai_exaggeration export: {ours_rate:.1f} instances/s (median of {args.repeats})")

@@ -55,7 +55,9 @@ def build_explainer(device: str, resolution: str, quicklook: bool) -> Exaggerati
     return runner.prepare()
 
 
-def time_explainer(runner: ExaggerationInference, path: str, output_dir: Path, repeats: int) -> tuple[dict, float, float]:
+def time_explainer(
+    runner: ExaggerationInference, path: str, output_dir: Path, repeats: int
+) -> tuple[dict, float, float]:
     """Mean seconds per stage over ``repeats`` sources (after one warm-up), the generator frames' MAE and
     the mean |change| of the last written frame against the first (display units)."""
     runner.explain(path)  # warm-up: lazy imports, allocator, first-call overheads
@@ -155,7 +157,9 @@ def main() -> None:
     parser.add_argument("--input", default=None, help="chest X-ray file (default: RG1_UNCR.dcm from pydicom-data)")
     parser.add_argument("--repeats", type=int, default=3, help="explainer sources timed after one warm-up")
     parser.add_argument("--baseline-repeats", type=int, default=1, help="baseline series timed after a warm-up")
-    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all", help="default: cpu, and cuda if present")
+    parser.add_argument(
+        "--device", choices=["cpu", "cuda", "all"], default="all", help="default: cpu, and cuda if present"
+    )
     parser.add_argument("--resolution", choices=["source", "model"], default="source")
     parser.add_argument("--no-quicklook", action="store_true", help="time the workflow without GIF/montage/plot")
     parser.add_argument("--baseline-steps", type=int, default=200, help="maximum Adam steps per frame")

@@ -69,9 +69,20 @@ def _explain(path: Path, output_dir: Path) -> tuple[float, float]:
         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)"
     )
     command = [
-        sys.executable, "-c", probe, sys.executable, "-m", "monai.bundle", "run", "inference",
-        "--config_file", str(REPO_ROOT / "bundles" / "cxr" / "configs" / "inference.json"),
-        "--input", str(path), "--output_dir", str(output_dir),
+        sys.executable,
+        "-c",
+        probe,
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "inference",
+        "--config_file",
+        str(REPO_ROOT / "bundles" / "cxr" / "configs" / "inference.json"),
+        "--input",
+        str(path),
+        "--output_dir",
+        str(output_dir),
     ]
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -29,12 +29,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from repo_helpers import shared_data_dir
 
 from monai_exaggeration.bundle import default_bundle_root, load_bundle_classifier
 from monai_exaggeration.data import collect_inputs, default_input, load_split, stratified_head
 from monai_exaggeration.inference import ExaggerationInference
 from monai_exaggeration.methods import METHOD_NAMES
-from repo_helpers import shared_data_dir
 
 SHARED = shared_data_dir() / "nih-cardiomegaly-128"
 
@@ -51,8 +51,14 @@ def sources(args: argparse.Namespace) -> list[str]:
 
 def runner(method: str, args: argparse.Namespace, calibrate: bool) -> ExaggerationInference:
     return ExaggerationInference(
-        None, load_bundle_classifier(device=args.device), explainer_weights=args.explainer_weights,
-        method=method, autoencoder_weights=args.autoencoder, quicklook=False, device=args.device, calibrate=calibrate,
+        None,
+        load_bundle_classifier(device=args.device),
+        explainer_weights=args.explainer_weights,
+        method=method,
+        autoencoder_weights=args.autoencoder,
+        quicklook=False,
+        device=args.device,
+        calibrate=calibrate,
     ).prepare()
 
 
@@ -77,8 +83,14 @@ def measure(method: str, paths: list[str], args: argparse.Namespace, calibrate: 
         change.append(float(np.mean([np.abs(frames[k] - source).mean() for k in moved])))
         error.append(float(np.mean(np.abs(np.asarray(result.scores) - np.asarray(result.centres)))))
     q1, median, q3 = np.quantile(seconds, [0.25, 0.5, 0.75])
-    return {"median": float(median), "iqr": (float(q1), float(q3)), "change": statistics.fmean(change),
-            "mae": statistics.fmean(error), "n": len(seconds), "version": run.model_version}
+    return {
+        "median": float(median),
+        "iqr": (float(q1), float(q3)),
+        "change": statistics.fmean(change),
+        "mae": statistics.fmean(error),
+        "n": len(seconds),
+        "version": run.model_version,
+    }
 
 
 def main() -> None:
@@ -89,18 +101,22 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument(
-        "--autoencoder", default=str(Path(default_bundle_root("cxr_autoencoder")) / "models" / "autoencoder.pt"),
+        "--autoencoder",
+        default=str(Path(default_bundle_root("cxr_autoencoder")) / "models" / "autoencoder.pt"),
         help="Latent Shift's autoencoder file",
     )
     parser.add_argument(
-        "--explainer_weights", default=str(Path(default_bundle_root("cxr")) / "models" / "explainer.pt"),
+        "--explainer_weights",
+        default=str(Path(default_bundle_root("cxr")) / "models" / "explainer.pt"),
         help="the explainer file (default: the shipped one)",
     )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     paths = sources(args)
-    print(f"{len(paths) - 1} sources timed per method (+1 warm-up), device {args.device}, torch threads {torch.get_num_threads()}")
+    print(
+        f"{len(paths) - 1} sources timed per method (+1 warm-up), device {args.device}, torch threads {torch.get_num_threads()}"
+    )
     results = {}
     for method in args.methods:
         if method == "progressive_exaggeration":
@@ -109,7 +125,9 @@ def main() -> None:
         else:
             results[method] = measure(method, paths, args)
     reference = results.get("latent_shift", {}).get("median")
-    print(f"\n{'method':<38}{'median s':>10}{'IQR s':>18}{'x Latent Shift':>16}{'|change|/frame':>16}{'|f - centre|':>14}")
+    print(
+        f"\n{'method':<38}{'median s':>10}{'IQR s':>18}{'x Latent Shift':>16}{'|change|/frame':>16}{'|f - centre|':>14}"
+    )
     for method, r in results.items():
         ratio = f"{r['median'] / reference:.2f}x" if reference else "n/a"
         iqr = f"{r['iqr'][0]:.3f}-{r['iqr'][1]:.3f}"

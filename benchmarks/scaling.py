@@ -93,9 +93,11 @@ def train_worker(rank: int, world: int, port: int, args: argparse.Namespace, syn
 
     torch.manual_seed(rank)
     classifier = load_bundle_classifier(device="cpu")
-    generator = wrap(ExaggerationGenerator(
-        num_bins=10, stem_channels=32, encoder_channels=(64, 128, 256, 256), image_size=args.image_size
-    ))
+    generator = wrap(
+        ExaggerationGenerator(
+            num_bins=10, stem_channels=32, encoder_channels=(64, 128, 256, 256), image_size=args.image_size
+        )
+    )
     discriminator = wrap(ExaggerationDiscriminator(num_bins=10, channels=(32, 64, 128, 256, 256)))
     steps = args.warmup + args.iterations
     count = world * args.batch_size * steps
@@ -110,11 +112,17 @@ def train_worker(rank: int, world: int, port: int, args: argparse.Namespace, syn
         records = records[rank::world]  # independent processes: each takes its own share
     loader = DataLoader(records, batch_size=args.batch_size, sampler=sampler, shuffle=sampler is None, drop_last=True)
     trainer = ExaggerationTrainer(
-        device="cpu", max_epochs=1, max_iterations=steps, train_data_loader=loader,
-        generator=generator, discriminator=discriminator, classifier=classifier,
+        device="cpu",
+        max_epochs=1,
+        max_iterations=steps,
+        train_data_loader=loader,
+        generator=generator,
+        discriminator=discriminator,
+        classifier=classifier,
         g_optimizer=torch.optim.Adam(generator.parameters(), 2e-4, betas=(0.0, 0.9)),
         d_optimizer=torch.optim.Adam(discriminator.parameters(), 2e-4, betas=(0.0, 0.9)),
-        loss_function=ExaggerationLoss(num_bins=10, lambda_rec=10.0), n_critic=1,
+        loss_function=ExaggerationLoss(num_bins=10, lambda_rec=10.0),
+        n_critic=1,
     )
     clock: dict[str, float] = {}
 
@@ -208,17 +216,22 @@ def main() -> None:
     parser.add_argument("--sources", type=int, default=16, help="images explained per inference run")
     parser.add_argument("--skip-training", action="store_true")
     parser.add_argument("--skip-inference", action="store_true")
-    parser.add_argument("--no-ceiling", action="store_true",
-                        help="skip the reference run of independent training processes without DDP")
+    parser.add_argument(
+        "--no-ceiling", action="store_true", help="skip the reference run of independent training processes without DDP"
+    )
     args = parser.parse_args()
     worlds = [int(w) for w in args.processes.split(",")]
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPU cores (load average before: {load}), "
-          f"{args.threads} thread(s) per process, Gloo backend")
+    print(
+        f"torch {torch.__version__}, {os.cpu_count()} CPU cores (load average before: {load}), "
+        f"{args.threads} thread(s) per process, Gloo backend"
+    )
     results: dict[str, dict[int, dict]] = {}
     if not args.skip_training:
-        print(f"training: {args.image_size} px, CPU-profile widths, batch {args.batch_size} per process, "
-              f"{args.iterations} timed steps after {args.warmup}")
+        print(
+            f"training: {args.image_size} px, CPU-profile widths, batch {args.batch_size} per process, "
+            f"{args.iterations} timed steps after {args.warmup}"
+        )
         results["training"] = {}
         for world in worlds:
             results["training"][world] = launch(train_worker, world, args, True)
@@ -227,8 +240,11 @@ def main() -> None:
         if not args.no_ceiling:
             for world in worlds[1:]:
                 r = launch(train_worker, world, args, False)
-                print(f"  {world} independent processes, no DDP (this machine's ceiling): "
-                      f"{r['throughput']:7.2f} images/s", flush=True)
+                print(
+                    f"  {world} independent processes, no DDP (this machine's ceiling): "
+                    f"{r['throughput']:7.2f} images/s",
+                    flush=True,
+                )
     if not args.skip_inference:
         with tempfile.TemporaryDirectory() as scratch:
             what = prepare_sources(Path(scratch) / "inbox", args.sources)

@@ -92,16 +92,35 @@ CLASSIFIER_BUNDLE: list[str] = []  # ["--bundle_root", DIR] when --classifier-bu
 
 def _classify(folder: Path, out: Path, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "monai_exaggeration", "classify", "--input", str(folder), "--output_dir", str(out),
-        *CLASSIFIER_BUNDLE, *extra,
+        sys.executable,
+        "-m",
+        "monai_exaggeration",
+        "classify",
+        "--input",
+        str(folder),
+        "--output_dir",
+        str(out),
+        *CLASSIFIER_BUNDLE,
+        *extra,
     ]
 
 
 def _inference(folder: Path, out: Path, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "monai.bundle", "run", "inference",
-        "--config_file", str(REPO_ROOT / "bundles" / "cxr" / "configs" / "inference.json"),
-        "--input", str(folder), "--output_dir", str(out), "--quicklook", "false", *extra,
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "inference",
+        "--config_file",
+        str(REPO_ROOT / "bundles" / "cxr" / "configs" / "inference.json"),
+        "--input",
+        str(folder),
+        "--output_dir",
+        str(out),
+        "--quicklook",
+        "false",
+        *extra,
     ]
 
 
@@ -159,8 +178,10 @@ def _measure(name, command, unit: str, folders: dict, counts: list[int], baselin
     startup = min(_timed(command(folders[1], work / f"{name}_startup_{n}"))[0] for n in range(2))
     seconds, _ = _timed(command(folders[baseline], work / f"{name}_base", "--batch_size", "1", "--num_workers", "0"))
     base_rate = baseline / seconds
-    print(f"\n{name}: start-up (the same command on one input) {startup:.1f} s; one at a time (batch 1, no reader "
-          f"process), {baseline} inputs: {base_rate:.2f} {unit}/s with start-up")
+    print(
+        f"\n{name}: start-up (the same command on one input) {startup:.1f} s; one at a time (batch 1, no reader "
+        f"process), {baseline} inputs: {base_rate:.2f} {unit}/s with start-up"
+    )
     previous = None
     for count in counts:
         limit_now = limit() if callable(limit) else limit
@@ -171,8 +192,10 @@ def _measure(name, command, unit: str, folders: dict, counts: list[int], baselin
             without = f"without start-up {steady:6.2f} {unit}/s ({steady / limit_now:.2f}x the limit)"
         else:
             without = "without start-up: too few inputs to tell"
-        print(f"{name} {count:5d} inputs: {seconds:7.1f} s, {rate:6.2f} {unit}/s ({rate / limit_now:.2f}x the limit, "
-              f"{rate / base_rate:.1f}x one at a time; limit just before {limit_now:.1f}); {without}; peak {peak:.2f} GB{_marginal(previous, count, seconds)}")
+        print(
+            f"{name} {count:5d} inputs: {seconds:7.1f} s, {rate:6.2f} {unit}/s ({rate / limit_now:.2f}x the limit, "
+            f"{rate / base_rate:.1f}x one at a time; limit just before {limit_now:.1f}); {without}; peak {peak:.2f} GB{_marginal(previous, count, seconds)}"
+        )
         previous = (count, seconds)
 
 
@@ -180,14 +203,30 @@ def _evaluation(dataset: Path, images: int, work: Path) -> None:
     """The bundle's evaluation on the first ``images`` validation images, occlusion off (docs/evaluation.md)."""
     configs = [str(REPO_ROOT / "bundles" / "cxr" / "configs" / name) for name in ("inference.json", "evaluate.json")]
     command = [
-        sys.executable, "-m", "monai.bundle", "run", "evaluating", "--config_file", str(configs),
-        "--bundle_root", str(REPO_ROOT / "bundles" / "cxr"), "--dataset_dir", str(dataset), "--occlusion", "false",
-        "--num_images", str(images), "--output_dir", str(work / f"evaluation_{images}"),
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "evaluating",
+        "--config_file",
+        str(configs),
+        "--bundle_root",
+        str(REPO_ROOT / "bundles" / "cxr"),
+        "--dataset_dir",
+        str(dataset),
+        "--occlusion",
+        "false",
+        "--num_images",
+        str(images),
+        "--output_dir",
+        str(work / f"evaluation_{images}"),
     ]
     seconds, peak = _timed(command)
-    print(f"\nevaluation of {images} validation images (occlusion off): {seconds:.0f} s "
-          f"({seconds / 60:.1f} min, {images / seconds:.2f} images/s, {seconds / images:.2f} s per image), "
-          f"peak {peak:.2f} GB (start-up included)")
+    print(
+        f"\nevaluation of {images} validation images (occlusion off): {seconds:.0f} s "
+        f"({seconds / 60:.1f} min, {images / seconds:.2f} images/s, {seconds / images:.2f} s per image), "
+        f"peak {peak:.2f} GB (start-up included)"
+    )
 
 
 def main() -> int:
@@ -196,9 +235,15 @@ def main() -> int:
     parser.add_argument("--counts", default="100,500,2000", help="input counts for classify")
     parser.add_argument("--inference-counts", default="100,500", help="input counts for inference")
     parser.add_argument("--baseline-count", type=int, default=100, help="inputs for the one-by-one baselines")
-    parser.add_argument("--evaluation-images", type=int, default=0, help="time the evaluation on N images (needs --dataset)")
-    parser.add_argument("--classifier-bundle", type=Path, help="classifier bundle for classify (default: classify's own)")
-    parser.add_argument("--threads", type=int, default=CPUS, help="OMP_NUM_THREADS of every process (default: the CPUs)")
+    parser.add_argument(
+        "--evaluation-images", type=int, default=0, help="time the evaluation on N images (needs --dataset)"
+    )
+    parser.add_argument(
+        "--classifier-bundle", type=Path, help="classifier bundle for classify (default: classify's own)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=CPUS, help="OMP_NUM_THREADS of every process (default: the CPUs)"
+    )
     args = parser.parse_args()
     THREADS[0] = max(1, args.threads)
     if args.classifier_bundle:
@@ -217,15 +262,29 @@ def main() -> int:
             (folder / path.name).symlink_to(path.resolve())
         folders[count] = folder
     classify_limit, inference_limit = _limits()
-    print(f"{CPUS} CPUs, OMP_NUM_THREADS={THREADS[0]} per process; inputs: {args.dataset or 'RG1 crops, 256 x 256 PNG'}")
-    print(f"limit (batched forward, tensors in memory): classify {classify_limit:.1f} images/s, "
-          f"inference {inference_limit:.2f} sources/s")
+    print(
+        f"{CPUS} CPUs, OMP_NUM_THREADS={THREADS[0]} per process; inputs: {args.dataset or 'RG1 crops, 256 x 256 PNG'}"
+    )
+    print(
+        f"limit (batched forward, tensors in memory): classify {classify_limit:.1f} images/s, "
+        f"inference {inference_limit:.2f} sources/s"
+    )
 
     if counts:
-        _measure("classify", _classify, "images", folders, counts, args.baseline_count,
-                 lambda: _limits(repeats=5, inference=False)[0], work)  # the limit again before each count
+        _measure(
+            "classify",
+            _classify,
+            "images",
+            folders,
+            counts,
+            args.baseline_count,
+            lambda: _limits(repeats=5, inference=False)[0],
+            work,
+        )  # the limit again before each count
     if inference_counts:
-        _measure("inference", _inference, "sources", folders, inference_counts, args.baseline_count, inference_limit, work)
+        _measure(
+            "inference", _inference, "sources", folders, inference_counts, args.baseline_count, inference_limit, work
+        )
     if args.evaluation_images:
         _evaluation(args.dataset, args.evaluation_images, work)
     print(f"\n(work folder: {work})")

@@ -32,7 +32,9 @@ def build(args: argparse.Namespace) -> dict:
     from monai.networks.nets import DenseNet
 
     classifier = BlackBoxClassifier(
-        DenseNet(spatial_dims=2, in_channels=1, out_channels=1, init_features=32, growth_rate=16, block_config=(4, 8, 12, 8))
+        DenseNet(
+            spatial_dims=2, in_channels=1, out_channels=1, init_features=32, growth_rate=16, block_config=(4, 8, 12, 8)
+        )
     )
     generator = ExaggerationGenerator(num_bins=10, stem_channels=32, encoder_channels=(64, 128, 256, 256))
     discriminator = ExaggerationDiscriminator(num_bins=10, channels=(32, 64, 128, 256, 256))
@@ -76,8 +78,13 @@ def bare_loop(parts: dict, iterations: int, n_critic: int) -> float:
                 d.requires_grad_(False)
                 generated = g(x, target_bins)
                 g_terms = loss.generator_terms(
-                    x=x, generated=generated, target_bins=target_bins, fake_scores=d(generated, target_bins),
-                    classifier=f, identity=g(x, source_bins), cycled=g(generated, source_bins),
+                    x=x,
+                    generated=generated,
+                    target_bins=target_bins,
+                    fake_scores=d(generated, target_bins),
+                    classifier=f,
+                    identity=g(x, source_bins),
+                    cycled=g(generated, source_bins),
                     source_posterior=batch["source_posterior"].float(),
                 )
                 parts["g_optimizer"].zero_grad(set_to_none=True)
@@ -91,9 +98,16 @@ def bare_loop(parts: dict, iterations: int, n_critic: int) -> float:
 
 def trainer_loop(parts: dict, iterations: int, n_critic: int) -> float:
     trainer = ExaggerationTrainer(
-        device="cpu", train_data_loader=parts["loader"], generator=parts["generator"],
-        discriminator=parts["discriminator"], classifier=parts["classifier"], g_optimizer=parts["g_optimizer"],
-        d_optimizer=parts["d_optimizer"], loss_function=parts["loss"], n_critic=n_critic, max_iterations=iterations,
+        device="cpu",
+        train_data_loader=parts["loader"],
+        generator=parts["generator"],
+        discriminator=parts["discriminator"],
+        classifier=parts["classifier"],
+        g_optimizer=parts["g_optimizer"],
+        d_optimizer=parts["d_optimizer"],
+        loss_function=parts["loss"],
+        n_critic=n_critic,
+        max_iterations=iterations,
     )
     start = time.perf_counter()
     trainer.run()
@@ -114,11 +128,15 @@ def main() -> None:
     for repeat in range(args.repeats):
         bare_times.append(bare_loop(parts, args.iterations, args.n_critic))
         trainer_times.append(trainer_loop(parts, args.iterations, args.n_critic))
-        print(f"repeat {repeat + 1}: bare {args.iterations / bare_times[-1]:.3f} it/s, "
-              f"trainer {args.iterations / trainer_times[-1]:.3f} it/s")
+        print(
+            f"repeat {repeat + 1}: bare {args.iterations / bare_times[-1]:.3f} it/s, "
+            f"trainer {args.iterations / trainer_times[-1]:.3f} it/s"
+        )
     bare, trainer = statistics.median(bare_times), statistics.median(trainer_times)
-    print(f"\n{args.iterations} iterations x {args.repeats} repeats, {args.image_size} px, batch {args.batch_size}, "
-          f"n_critic {args.n_critic}, {torch.get_num_threads()} threads")
+    print(
+        f"\n{args.iterations} iterations x {args.repeats} repeats, {args.image_size} px, batch {args.batch_size}, "
+        f"n_critic {args.n_critic}, {torch.get_num_threads()} threads"
+    )
     print(f"bare PyTorch loop : {args.iterations / bare:.3f} it/s (median)")
     print(f"ExaggerationTrainer: {args.iterations / trainer:.3f} it/s (median)")
     print(f"overhead ratio (trainer time / bare time): {trainer / bare:.3f}  (target <= 1.05)")

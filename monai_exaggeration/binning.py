@@ -12,7 +12,15 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-__all__ = ["DECISION_THRESHOLD", "DEFAULT_NUM_BINS", "bin_centre", "bin_centres", "centre_values", "check_num_bins", "posterior_to_bin"]
+__all__ = [
+    "DECISION_THRESHOLD",
+    "DEFAULT_NUM_BINS",
+    "bin_centre",
+    "bin_centres",
+    "centre_values",
+    "check_num_bins",
+    "posterior_to_bin",
+]
 
 
 #: The papers' number of bins (N = 10): the default wherever an explainer file does not say.

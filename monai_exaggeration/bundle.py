@@ -112,7 +112,17 @@ def _read_bundle_configs(bundle_root: str | os.PathLike, config_files: tuple[str
 
 #: ``python -m monai.bundle run``'s own arguments (not config keys).
 _RUN_ARGUMENTS = frozenset(
-    {"run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file", "workflow_name"}
+    {
+        "run_id",
+        "init_id",
+        "final_id",
+        "meta_file",
+        "config_file",
+        "logging_file",
+        "tracking",
+        "args_file",
+        "workflow_name",
+    }
 )
 #: The override that names genuinely new config keys: ``--new_keys "['my_key','network_def#dropout']"``.
 NEW_KEYS = "new_keys"
@@ -223,7 +233,8 @@ def check_overrides(argv: list[str] | None = None) -> None:
 
         allowed |= set(DEFAULT_MLFLOW_SETTINGS.get("configs", {}))
     unknown = [
-        key for key in overrides
+        key
+        for key in overrides
         if key.replace("::", "#") not in allowed and not key.startswith("_meta_") and key not in parser
     ]
     if not unknown:
@@ -235,7 +246,7 @@ def check_overrides(argv: list[str] | None = None) -> None:
     hint = f"did you mean {', '.join(f'--{guess}' for guess in guesses)}?" if guesses else "check the spelling"
     raise UserError(
         f"unknown setting{plural} {keys}: not {'keys' if plural else 'a key'} of {names} -- {hint} "
-        f"(to add a new key, list it in --{NEW_KEYS}; see docs/install.md, \"Settings\")"
+        f'(to add a new key, list it in --{NEW_KEYS}; see docs/install.md, "Settings")'
     )
 
 
@@ -270,7 +281,10 @@ def load_bundle_classifier(
     network = parser.get_parsed_content("network_def")
     finding = parser.get_parsed_content("finding")
     classifier = BlackBoxClassifier.from_state_dict(
-        network, _weights_path(parser, weights), labels=[finding], output=finding,
+        network,
+        _weights_path(parser, weights),
+        labels=[finding],
+        output=finding,
         input_size=parser.get_parsed_content("image_size"),
     )
     return classifier.to(select_device(device))
@@ -318,7 +332,9 @@ def load_bundle_encoder(
     return network.to(select_device(device)).eval()
 
 
-if __name__ == "__main__":  # python -m monai_exaggeration.bundle [NAME]: a bundle's folder, for --config_file / --bundle_root
+if (
+    __name__ == "__main__"
+):  # python -m monai_exaggeration.bundle [NAME]: a bundle's folder, for --config_file / --bundle_root
     import argparse
 
     _parser = argparse.ArgumentParser(
@@ -327,5 +343,7 @@ if __name__ == "__main__":  # python -m monai_exaggeration.bundle [NAME]: a bund
         'e.g. cxr="$(python -m monai_exaggeration.bundle)"; '
         'python -m monai.bundle run inference --config_file "$cxr/configs/inference.json" --bundle_root "$cxr"',
     )
-    _parser.add_argument("name", nargs="?", default="cxr", choices=list(BUNDLES), help="the bundle (default: cxr, the explainer)")
+    _parser.add_argument(
+        "name", nargs="?", default="cxr", choices=list(BUNDLES), help="the bundle (default: cxr, the explainer)"
+    )
     print(default_bundle_root(_parser.parse_args().name))

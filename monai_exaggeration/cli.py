@@ -79,7 +79,14 @@ def classify(
 
     from monai_exaggeration.binning import DECISION_THRESHOLD
     from monai_exaggeration.bundle import load_bundle_classifier
-    from monai_exaggeration.data.streaming import ERROR_COLUMNS, LoadFailure, batches, compute_threads, failure_row, stream_inputs
+    from monai_exaggeration.data.streaming import (
+        ERROR_COLUMNS,
+        LoadFailure,
+        batches,
+        compute_threads,
+        failure_row,
+        stream_inputs,
+    )
     from monai_exaggeration.handlers import Progress
     from monai_exaggeration.utils import for_inference, write_csv_atomic
 
@@ -105,13 +112,20 @@ def classify(
                     batch = torch.stack([tensor for _, (tensor, _) in loaded]).to(device_)
                     values = classifier(batch).reshape(-1).float().cpu().tolist()
                 for (record, (_, tags)), score in zip(loaded, values):
-                    row = {"image": record["image"], "finding": finding, "score": score, "predicted": int(score >= DECISION_THRESHOLD)}
+                    row = {
+                        "image": record["image"],
+                        "finding": finding,
+                        "score": score,
+                        "predicted": int(score >= DECISION_THRESHOLD),
+                    }
                     row.update(
                         patient_id=tags["PatientID"],
                         study_instance_uid=tags["StudyInstanceUID"],
                         sop_instance_uid=tags["SOPInstanceUID"],
                     )
-                    row.update({key: value for key, value in record.items() if key != "image"})  # the manifest's values win
+                    row.update(
+                        {key: value for key, value in record.items() if key != "image"}
+                    )  # the manifest's values win
                     scores.append(row)
             progress.update(len(group))
     progress.close()
@@ -136,8 +150,15 @@ def _classify_command(args: argparse.Namespace) -> int:
     output_dir = Path(args.output_dir)
     try:
         scores, errors = classify(
-            inputs, output_dir, args.bundle_root, args.weights, args.image_size, args.aspect, args.device,
-            batch_size=args.batch_size, num_workers=args.num_workers,
+            inputs,
+            output_dir,
+            args.bundle_root,
+            args.weights,
+            args.image_size,
+            args.aspect,
+            args.device,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
         )
     except FileNotFoundError as error:
         return fail(error)
@@ -157,12 +178,15 @@ def _export_destination(args: argparse.Namespace):
 
     if args.config:
         if args.host or args.url:
-            raise DestinationError("both --config and --host/--url given -- give either --config FILE "
-                                   "[--destination NAME] or --host/--url, not both")
+            raise DestinationError(
+                "both --config and --host/--url given -- give either --config FILE "
+                "[--destination NAME] or --host/--url, not both"
+            )
         return select_destination(args.config, args.destination)
     if args.destination:
-        raise DestinationError(f"--destination {args.destination} needs --config -- add --config FILE, the "
-                               "destinations file that names it")
+        raise DestinationError(
+            f"--destination {args.destination} needs --config -- add --config FILE, the destinations file that names it"
+        )
     import os
 
     secrets = {}
@@ -171,17 +195,30 @@ def _export_destination(args: argparse.Namespace):
         if variable:
             if variable not in os.environ:
                 flag = "--" + option.replace("_", "-")
-                raise DestinationError(f"environment variable {variable} ({flag}) is not set -- set it, or leave out {flag}")
+                raise DestinationError(
+                    f"environment variable {variable} ({flag}) is not set -- set it, or leave out {flag}"
+                )
             secrets[field] = os.environ[variable]
     settings = dict(
-        url=args.url or "", host=args.host or "", port=args.port, called_ae=args.called_ae, calling_ae=args.calling_ae,
-        username=args.username or "", tls_ca=args.tls_ca or "", tls_cert=args.tls_cert or "", tls_key=args.tls_key or "",
-        connect_timeout=args.timeout, acse_timeout=args.timeout, dimse_timeout=args.timeout, network_timeout=args.timeout,
+        url=args.url or "",
+        host=args.host or "",
+        port=args.port,
+        called_ae=args.called_ae,
+        calling_ae=args.calling_ae,
+        username=args.username or "",
+        tls_ca=args.tls_ca or "",
+        tls_cert=args.tls_cert or "",
+        tls_key=args.tls_key or "",
+        connect_timeout=args.timeout,
+        acse_timeout=args.timeout,
+        dimse_timeout=args.timeout,
+        network_timeout=args.timeout,
         **secrets,
     )
     if not settings["url"] and not settings["host"]:
-        raise DestinationError("no destination given -- give --host/--port/--called-ae, --url, or "
-                               "--config FILE [--destination NAME]")
+        raise DestinationError(
+            "no destination given -- give --host/--port/--called-ae, --url, or --config FILE [--destination NAME]"
+        )
     return Destination(**settings)
 
 
@@ -202,11 +239,14 @@ def _export_command(args: argparse.Namespace) -> int:
         logging.getLogger("pynetdicom").setLevel(logging.INFO)
     try:
         if args.retries < 0 or args.backoff < 0 or args.timeout <= 0:
-            raise ValueError("--retries, --backoff or --timeout out of range -- give --retries and --backoff >= 0, "
-                             "--timeout > 0")
+            raise ValueError(
+                "--retries, --backoff or --timeout out of range -- give --retries and --backoff >= 0, --timeout > 0"
+            )
         if args.echo and args.verify:
-            raise ValueError("--verify with --echo -- --verify checks the instances of an export: give the files "
-                             "to export instead of --echo")
+            raise ValueError(
+                "--verify with --echo -- --verify checks the instances of an export: give the files "
+                "to export instead of --echo"
+            )
         destination = _export_destination(args)
         files = [] if args.echo else collect_dicom_files(args.sources)
     except (DestinationError, FileNotFoundError, ValueError) as error:
@@ -216,16 +256,21 @@ def _export_command(args: argparse.Namespace) -> int:
         try:
             status = sender.echo()
         except (TransientSendError, PermanentSendError) as error:
-            return fail(f"C-ECHO to {destination.label} failed: {error} -- check the host, port and AE titles, "
-                        "and that the PACS accepts our calling AE", status=1)
+            return fail(
+                f"C-ECHO to {destination.label} failed: {error} -- check the host, port and AE titles, "
+                "and that the PACS accepts our calling AE",
+                status=1,
+            )
         finally:
             sender.close()
         what = "C-ECHO" if destination.kind == "dimse" else "DICOMweb query"
         print(f"{what} to {destination.label}: status 0x{status:04X}" + (" (success)" if status == 0 else ""))
         return 0 if status == 0 else 1
     if not files:
-        return fail(f"nothing to send: no files found in {', '.join(args.sources) or 'the command line'} -- "
-                     "give the inference's output folder, DICOM files or a frames.csv")
+        return fail(
+            f"nothing to send: no files found in {', '.join(args.sources) or 'the command line'} -- "
+            "give the inference's output folder, DICOM files or a frames.csv"
+        )
     first = Path(args.sources[0]).expanduser()
     home = first if first.is_dir() else first.parent
     ledger_path = Path(args.ledger) if args.ledger else home / "export_ledger.sqlite"
@@ -238,22 +283,32 @@ def _export_command(args: argparse.Namespace) -> int:
             if not args.verify:
                 raise
             aside = move_aside(ledger_path)  # --verify rebuilds it from what the PACS holds
-            logger.warning("send ledger %s was unusable (%s): moved it to %s; rebuilding it from what %s holds",
-                           ledger_path, error.problem, aside, destination.label)
+            logger.warning(
+                "send ledger %s was unusable (%s): moved it to %s; rebuilding it from what %s holds",
+                ledger_path,
+                error.problem,
+                aside,
+                destination.label,
+            )
             ledger = SendLedger(ledger_path)
         with ledger:
-            report = export_files(files, destination, ledger, retries=args.retries, backoff=args.backoff,
-                                  verify=args.verify)
+            report = export_files(
+                files, destination, ledger, retries=args.retries, backoff=args.backoff, verify=args.verify
+            )
     except (ValueError, OSError) as error:
         return fail(error)
     if not report.rows:
-        return fail(f"nothing to send: no DICOM files in {', '.join(args.sources)} -- "
-                     "give the inference's output folder, DICOM files or a frames.csv")
+        return fail(
+            f"nothing to send: no DICOM files in {', '.join(args.sources)} -- "
+            "give the inference's output folder, DICOM files or a frames.csv"
+        )
     report.write_csv(report_path)
     print(report.describe())
     if not args.verify and report.count("already_sent"):
-        print(f"({report.count('already_sent')} already present according to the send ledger, not checked with the "
-              "PACS: --verify asks it and resends what it lacks)")
+        print(
+            f"({report.count('already_sent')} already present according to the send ledger, not checked with the "
+            "PACS: --verify asks it and resends what it lacks)"
+        )
     print(f"report: {report_path}; ledger: {ledger_path}")
     return report.exit_code
 
@@ -265,8 +320,10 @@ class CommandParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
         guesses = _closest_words(self, message)
-        hint = f"did you mean {', '.join(guesses)}? ({self.prog} --help lists the options)" if guesses else (
-            f"{self.prog} --help lists the options"
+        hint = (
+            f"did you mean {', '.join(guesses)}? ({self.prog} --help lists the options)"
+            if guesses
+            else (f"{self.prog} --help lists the options")
         )
         print_error(f"{message} -- {hint}")
         sys.exit(2)
@@ -318,22 +375,30 @@ def _add_classify_parser(commands: Any) -> None:
         description="Score chest X-rays (DICOM/PNG/JPEG/NIfTI file, folder searched recursively, or CSV manifest) "
         "with the bundle's black-box classifier. Writes scores.csv (and errors.csv for unreadable files).",
     )
-    classify_parser.add_argument("--input", help="file, folder or CSV manifest (default: RG1_UNCR.dcm from pydicom-data)")
+    classify_parser.add_argument(
+        "--input", help="file, folder or CSV manifest (default: RG1_UNCR.dcm from pydicom-data)"
+    )
     classify_parser.add_argument("--output_dir", default="classify_output", help="where to write scores.csv")
     classify_parser.add_argument(
-        "--bundle_root", default=default_bundle_root("cxr_classifier"),
+        "--bundle_root",
+        default=default_bundle_root("cxr_classifier"),
         help="the classifier's bundle folder (default: %(default)s)",
     )
     classify_parser.add_argument("--weights", help="classifier weights (default: <bundle_root>/models/classifier.pt)")
-    classify_parser.add_argument("--image_size", type=int, default=None,
-                                 help="model input size (default: the classifier's own, from its bundle)")
+    classify_parser.add_argument(
+        "--image_size", type=int, default=None, help="model input size (default: the classifier's own, from its bundle)"
+    )
     classify_parser.add_argument(
         "--aspect", default="pad", help="aspect policy: pad, crop or stretch (default: pad; see docs/input.md)"
     )
     classify_parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    classify_parser.add_argument("--batch_size", type=int, default=64, help="images per classifier forward (default: %(default)s)")
     classify_parser.add_argument(
-        "--num_workers", type=int, default=None,
+        "--batch_size", type=int, default=64, help="images per classifier forward (default: %(default)s)"
+    )
+    classify_parser.add_argument(
+        "--num_workers",
+        type=int,
+        default=None,
         help="reader processes (default: one per CPU beyond two, at most 4; 0 reads in the main process)",
     )
     add_debug_option(classify_parser)
@@ -381,15 +446,22 @@ def _add_export_parser(commands: Any) -> None:
     named.add_argument("--destination", help="name of the destination in --config")
     export_parser.add_argument("--echo", action="store_true", help="only check the peer with C-ECHO")
     export_parser.add_argument(
-        "--verify", action="store_true",
+        "--verify",
+        action="store_true",
         help="ask the PACS which instances it holds (C-FIND at IMAGE level; QIDO-RS for --url) instead of trusting the "
         "send ledger alone: resend what it lacks, rebuild a damaged ledger, report 'confirmed in PACS: N of M'",
     )
     export_parser.add_argument("--ledger", help="send ledger (default: <first source folder>/export_ledger.sqlite)")
     export_parser.add_argument("--report", help="CSV report (default: <first source folder>/export_report.csv)")
-    export_parser.add_argument("--retries", type=int, default=RETRIES, help="retries of transient failures (default: %(default)s)")
-    export_parser.add_argument("--backoff", type=float, default=BACKOFF_S, help="first retry delay in s, doubling (default: %(default)s)")
-    export_parser.add_argument("--timeout", type=float, default=30.0, help="network timeouts in s (default: %(default)s)")
+    export_parser.add_argument(
+        "--retries", type=int, default=RETRIES, help="retries of transient failures (default: %(default)s)"
+    )
+    export_parser.add_argument(
+        "--backoff", type=float, default=BACKOFF_S, help="first retry delay in s, doubling (default: %(default)s)"
+    )
+    export_parser.add_argument(
+        "--timeout", type=float, default=30.0, help="network timeouts in s (default: %(default)s)"
+    )
     export_parser.add_argument("--debug", action="store_true", help="log pynetdicom's association and DIMSE messages")
     export_parser.set_defaults(handler=_export_command)
 

@@ -151,7 +151,11 @@ def init_distributed(backend: str | None = None, timeout_minutes: float = 30.0) 
     _sync_ignite()
     logger.info(
         "process group ready: rank %d of %d (local rank %d), backend %s, device %s",
-        dist.get_rank(), dist.get_world_size(), get_local_rank(), backend, local_device(),
+        dist.get_rank(),
+        dist.get_world_size(),
+        get_local_rank(),
+        backend,
+        local_device(),
     )
     return True
 

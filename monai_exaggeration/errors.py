@@ -146,14 +146,19 @@ def report_user_error(error: BaseException, stream=None) -> bool:
 
 def add_debug_option(parser) -> None:
     """``--debug`` on an ``argparse`` parser: show the traceback of an error instead of its one line."""
-    parser.add_argument("--debug", action="store_true", help=f"show the traceback of an error (or set {DEBUG_VARIABLE}=1)")
+    parser.add_argument(
+        "--debug", action="store_true", help=f"show the traceback of an error (or set {DEBUG_VARIABLE}=1)"
+    )
 
 
 def _is_console(handler: logging.Handler) -> bool:
     """A handler that writes to the terminal (standard output or error), where the ``error:`` line goes instead."""
     stream = getattr(handler, "stream", None)
     return isinstance(handler, logging.StreamHandler) and stream in {
-        sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__,
+        sys.stdout,
+        sys.stderr,
+        sys.__stdout__,
+        sys.__stderr__,
     }
 
 

@@ -50,8 +50,9 @@ def register_finding(profile: FindingProfile) -> FindingProfile:
 def finding_profile(name: str | None) -> FindingProfile:
     """The registered profile of ``name``, or a generic one (no code, no region, no measure)."""
     key = (name or DEFAULT_FINDING).strip()
-    return FINDINGS.get(key.lower()) or FindingProfile(name=key, display=key.replace("_", " ").capitalize(),
-                                                       reader_change=key.replace("_", " "))
+    return FINDINGS.get(key.lower()) or FindingProfile(
+        name=key, display=key.replace("_", " ").capitalize(), reader_change=key.replace("_", " ")
+    )
 
 
 CARDIOMEGALY = register_finding(

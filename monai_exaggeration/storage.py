@@ -47,8 +47,9 @@ def connect(
     if mode not in ("rwc", "rw", "ro"):
         raise ValueError(f"mode must be 'rwc', 'rw' or 'ro', got {mode!r}")
     uri = "file:" + urllib.parse.quote(str(Path(path).resolve())) + f"?mode={mode}"
-    return sqlite3.connect(uri, uri=True, timeout=timeout, check_same_thread=not threads,
-                           isolation_level=None if autocommit else "")
+    return sqlite3.connect(
+        uri, uri=True, timeout=timeout, check_same_thread=not threads, isolation_level=None if autocommit else ""
+    )
 
 
 def _busy(error: sqlite3.OperationalError) -> bool:
@@ -87,9 +88,7 @@ def set_schema_version(connection: sqlite3.Connection, version: int) -> None:
     connection.execute(f"PRAGMA user_version = {int(version)}")
 
 
-def create_schema(
-    connection: sqlite3.Connection, script: str, version: int, newer: Callable[[int], Exception]
-) -> None:
+def create_schema(connection: sqlite3.Connection, script: str, version: int, newer: Callable[[int], Exception]) -> None:
     """Create the tables of ``script`` (``CREATE ... IF NOT EXISTS``) and mark the file ``version``.
 
     A file of a later version was written by a newer release: raises ``newer(found_version)``.

@@ -33,7 +33,11 @@ COLUMNS = [
     ("border shift px", lambda m: m["anatomy"]["median_border_shift_px"], "{:+.1f}"),
     ("folding", lambda m: m["anatomy"]["mean_folding_fraction"], "{:.3%}"),
     ("frames reached", lambda m: m["anatomy"]["frames_reached"], "{:.1%}"),
-    ("FID all / real", lambda m: m["realism"]["encoder"]["fid_real_vs_all_frames"] / m["realism"]["encoder"]["fid_real_vs_real"], "{:.2f}"),
+    (
+        "FID all / real",
+        lambda m: m["realism"]["encoder"]["fid_real_vs_all_frames"] / m["realism"]["encoder"]["fid_real_vs_real"],
+        "{:.2f}",
+    ),
     ("KID all", lambda m: m["realism"]["encoder"]["kid_real_vs_all_frames"], "{:.3f}"),
 ]
 
@@ -56,8 +60,10 @@ def row(label: str, folder: Path) -> str:
 def main(argv: list[str]) -> str:
     if not argv:
         raise SystemExit(__doc__)
-    lines = ["| variant | images | " + " | ".join(name for name, _, _ in COLUMNS) + " |",
-             "|---|---|" + "---|" * len(COLUMNS)]
+    lines = [
+        "| variant | images | " + " | ".join(name for name, _, _ in COLUMNS) + " |",
+        "|---|---|" + "---|" * len(COLUMNS),
+    ]
     for argument in argv:
         label, _, folder = argument.partition("=")
         lines.append(row(label, Path(folder)))

@@ -33,12 +33,20 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--images", type=int, default=6)
     parser.add_argument("--bins", default="0,2,4,6,8,9", help="target bins shown (comma-separated)")
     parser.add_argument("--finding", default="cardiomegaly")
-    parser.add_argument("--calibrate", default="true", help="calibrated series (true, the inference's default) or raw (false)")
+    parser.add_argument(
+        "--calibrate", default="true", help="calibrated series (true, the inference's default) or raw (false)"
+    )
     args = parser.parse_args(argv)
 
     records = stratified_head(load_split(args.dataset_dir, "val", label=args.finding), args.images, args.finding)
-    runner = ExaggerationInference(None, load_bundle_classifier(), explainer_weights=args.explainer_weights,
-                                   finding=args.finding, quicklook=False, calibrate=args.calibrate).prepare()
+    runner = ExaggerationInference(
+        None,
+        load_bundle_classifier(),
+        explainer_weights=args.explainer_weights,
+        finding=args.finding,
+        quicklook=False,
+        calibrate=args.calibrate,
+    ).prepare()
     shown = [int(b) for b in args.bins.split(",")]
     columns = len(shown) + 1
     figure, axes = plt.subplots(len(records), columns, figsize=(1.45 * columns, 1.6 * len(records)), squeeze=False)

@@ -48,7 +48,11 @@ def _add_common(parser: argparse.ArgumentParser, finding: bool = True) -> None:
     if finding:
         parser.add_argument("--finding", default="Cardiomegaly", help="finding to label (default: %(default)s)")
     parser.add_argument(
-        "--fractions", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST"),
+        "--fractions",
+        type=float,
+        nargs=3,
+        default=(0.8, 0.1, 0.1),
+        metavar=("TRAIN", "VAL", "TEST"),
         help="split fractions, must sum to 1 (default: 0.8 0.1 0.1)",
     )
     parser.add_argument("--seed", type=int, default=0, help="split seed (default: %(default)s)")
@@ -56,7 +60,9 @@ def _add_common(parser: argparse.ArgumentParser, finding: bool = True) -> None:
 
 def _add_uncertainty(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--uncertainty", choices=UNCERTAINTY_POLICIES, default="zeros",
+        "--uncertainty",
+        choices=UNCERTAINTY_POLICIES,
+        default="zeros",
         help="uncertain (-1) labels: map to 0 (zeros), to 1 (ones) or drop the image (ignore); default: zeros",
     )
 
@@ -68,11 +74,14 @@ def _add_nih(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--images_subdir", default="images", help="image folder under --image_root (default: %(default)s)")
     p.add_argument(
-        "--search_images", action="store_true",
+        "--search_images",
+        action="store_true",
         help="find each image anywhere under --image_root (layout images_001/images/...); missing ones are dropped",
     )
     p.add_argument(
-        "--negatives", choices=NIH_NEGATIVE_POLICIES, default="no_finding",
+        "--negatives",
+        choices=NIH_NEGATIVE_POLICIES,
+        default="no_finding",
         help="negatives: 'No Finding' images only, or all images without the finding (default: %(default)s)",
     )
     p.add_argument("--views", nargs="+", default=["PA", "AP"], help="View Position values to keep (default: PA AP)")
@@ -88,7 +97,8 @@ def _add_chexpert(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--image_root", required=True, help="folder that holds CheXpert-v1.0-small/ (or CheXpert-v1.0/)")
     p.add_argument(
-        "--strip_prefix", action="store_true",
+        "--strip_prefix",
+        action="store_true",
         help="drop the first Path component (when --image_root is the CheXpert-v1.0* folder itself)",
     )
     p.add_argument("--include_lateral", action="store_true", help="keep lateral images too (default: frontal only)")
@@ -115,7 +125,8 @@ def _add_folder(p: argparse.ArgumentParser) -> None:
     p.add_argument("--negative", default="false", help="negative class folder (default: %(default)s)")
     p.add_argument("--label", default="finding", help="label column name (default: %(default)s)")
     p.add_argument(
-        "--with_split", action="store_true",
+        "--with_split",
+        action="store_true",
         help="add a random stratified split column (no patient ids: images are split independently)",
     )
     _add_common(p, finding=False)
@@ -137,9 +148,15 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _make_nih(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
     df = nih_manifest(
-        args.data_entry, args.image_root, finding=args.finding, negatives=args.negatives, views=args.views,
-        images_subdir=args.images_subdir, search_images=args.search_images,
-        fractions=args.fractions, seed=args.seed,
+        args.data_entry,
+        args.image_root,
+        finding=args.finding,
+        negatives=args.negatives,
+        views=args.views,
+        images_subdir=args.images_subdir,
+        search_images=args.search_images,
+        fractions=args.fractions,
+        seed=args.seed,
     )
     return df, args.image_root
 
@@ -147,8 +164,13 @@ def _make_nih(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
 def _make_chexpert(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
     fractions = args.fractions
     options = dict(
-        image_root=args.image_root, finding=args.finding, uncertainty=args.uncertainty,
-        frontal_only=not args.include_lateral, views=args.views, strip_prefix=args.strip_prefix, seed=args.seed,
+        image_root=args.image_root,
+        finding=args.finding,
+        uncertainty=args.uncertainty,
+        frontal_only=not args.include_lateral,
+        views=args.views,
+        strip_prefix=args.strip_prefix,
+        seed=args.seed,
     )
     if args.valid_csv is None:
         return chexpert_manifest(args.train_csv, fractions=fractions, **options), args.image_root
@@ -164,8 +186,15 @@ def _make_chexpert(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
 
 def _make_mimic(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
     df = mimic_manifest(
-        args.metadata, args.chexpert, args.image_root, finding=args.finding, uncertainty=args.uncertainty,
-        views=args.views, split_csv=args.split_csv, fractions=args.fractions, seed=args.seed,
+        args.metadata,
+        args.chexpert,
+        args.image_root,
+        finding=args.finding,
+        uncertainty=args.uncertainty,
+        views=args.views,
+        split_csv=args.split_csv,
+        fractions=args.fractions,
+        seed=args.seed,
     )
     return df, args.image_root
 

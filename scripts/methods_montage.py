@@ -32,16 +32,26 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--input", default=None, help="chest X-ray file (default: RG1_UNCR.dcm)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--methods", nargs="*", default=list(METHOD_NAMES), choices=list(METHOD_NAMES))
-    parser.add_argument("--explainer", action="append", default=[], metavar="NAME=PATH",
-                        help="a further row: the explainer file PATH, labelled NAME (repeatable)")
+    parser.add_argument(
+        "--explainer",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="a further row: the explainer file PATH, labelled NAME (repeatable)",
+    )
     parser.add_argument("--calibrate", default="true", help="calibrated explainer series (true) or raw (false)")
     parser.add_argument("--dpi", type=int, default=None, help="figure resolution (default: the plotting default)")
-    parser.add_argument("--crop", default=None, metavar="R0,R1,C0,C1",
-                        help="show only this part of every frame, as fractions of rows and columns (e.g. the heart: "
-                             "0.35,0.9,0.2,0.85), at full resolution")
+    parser.add_argument(
+        "--crop",
+        default=None,
+        metavar="R0,R1,C0,C1",
+        help="show only this part of every frame, as fractions of rows and columns (e.g. the heart: "
+        "0.35,0.9,0.2,0.85), at full resolution",
+    )
     parser.add_argument("--bins", default="0,2,4,6,8,9", help="target bins shown (comma-separated)")
     parser.add_argument(
-        "--autoencoder", default=str(Path(default_bundle_root("cxr_autoencoder")) / "models" / "autoencoder.pt"),
+        "--autoencoder",
+        default=str(Path(default_bundle_root("cxr_autoencoder")) / "models" / "autoencoder.pt"),
         help="Latent Shift's autoencoder file (default: the shipped one)",
     )
     args = parser.parse_args(argv)
@@ -56,11 +66,18 @@ def main(argv: list[str] | None = None) -> Path:
     rows = []
     for name, method, explainer in runs:
         runner = ExaggerationInference(
-            None, classifier, explainer_weights=explainer, method=method, autoencoder_weights=args.autoencoder,
-            quicklook=False, calibrate=args.calibrate,
+            None,
+            classifier,
+            explainer_weights=explainer,
+            method=method,
+            autoencoder_weights=args.autoencoder,
+            quicklook=False,
+            calibrate=args.calibrate,
         ).prepare()
         rows.append((name, runner.explain(source)))
-    figure, axes = plt.subplots(len(rows), len(bins) + 1, figsize=(1.9 * (len(bins) + 1), 2.1 * len(rows)), squeeze=False)
+    figure, axes = plt.subplots(
+        len(rows), len(bins) + 1, figsize=(1.9 * (len(bins) + 1), 2.1 * len(rows)), squeeze=False
+    )
     for row, (method, result) in zip(axes, rows):
         frames = result.unit_frames
         if args.crop:

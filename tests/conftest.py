@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from dev_data import missing_reason, shared_data_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -104,11 +103,18 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory, rg1_uncr: Path) -> Pa
     return folder
 
 
-def run_bundle(args: list[str], cwd: Path = REPO_ROOT, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_bundle(
+    args: list[str], cwd: Path = REPO_ROOT, timeout: int = 300, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """``python -m monai.bundle ARGS`` in a subprocess, as a user types it."""
     environment = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "monai.bundle", *args], cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "monai.bundle", *args],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -123,7 +129,21 @@ EVALUATE_CONFIGS = ["bundles/cxr/configs/inference.json", "bundles/cxr/configs/e
 def evaluation_args(dataset: Path, output_dir: Path, *extra: str) -> list[str]:
     """``run evaluating`` of the explainer bundle on 4 images (2 examples) of ``dataset``'s train split."""
     return [
-        "run", "evaluating", "--config_file", config_arg(EVALUATE_CONFIGS), "--bundle_root", "bundles/cxr",
-        "--dataset_dir", str(dataset), "--split", "train", "--num_images", "4", "--num_examples", "2",
-        "--output_dir", str(output_dir), *extra,
+        "run",
+        "evaluating",
+        "--config_file",
+        config_arg(EVALUATE_CONFIGS),
+        "--bundle_root",
+        "bundles/cxr",
+        "--dataset_dir",
+        str(dataset),
+        "--split",
+        "train",
+        "--num_images",
+        "4",
+        "--num_examples",
+        "2",
+        "--output_dir",
+        str(output_dir),
+        *extra,
     ]

@@ -18,7 +18,9 @@ def dciodvfy_report(path: str | os.PathLike, timeout: float = 120.0) -> tuple[li
     binary = shutil.which("dciodvfy")
     if binary is None:
         return None
-    result = subprocess.run([binary, str(path)], check=False, capture_output=True, text=True, errors="replace", timeout=timeout)
+    result = subprocess.run(
+        [binary, str(path)], check=False, capture_output=True, text=True, errors="replace", timeout=timeout
+    )
     lines = [line.strip() for line in (result.stdout + "\n" + result.stderr).splitlines() if line.strip()]
     errors = [line for line in lines if re.match(r"^Error\b", line)]
     warnings = [line for line in lines if re.match(r"^Warning\b", line)]

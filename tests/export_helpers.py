@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from orthanc_harness import LocalOrthanc, OrthancTls, orthanc_binary
 
 from monai_exaggeration.dicom import SeriesInfo, write_series
 from monai_exaggeration.transforms import read_cxr
-from orthanc_harness import LocalOrthanc, OrthancTls, orthanc_binary
 
 __all__ = ["make_series", "make_tls_files", "needs_orthanc", "tls_orthanc", "uids_of"]
 
@@ -26,7 +26,9 @@ needs_orthanc = pytest.mark.skipif(
 )
 
 
-def make_series(source: Path, out: Path, models: tuple[str, ...] = ("model A",), size: tuple[int, int] = (64, 64)) -> list[Path]:
+def make_series(
+    source: Path, out: Path, models: tuple[str, ...] = ("model A",), size: tuple[int, int] = (64, 64)
+) -> list[Path]:
     """One SC series of 10 small synthetic frames per model name, as the inference writes them."""
     image = read_cxr(source)
     rng = np.random.default_rng(0)
@@ -55,12 +57,39 @@ def make_tls_files(folder: Path) -> dict[str, Path]:
     (folder / "ca.ext").write_text("basicConstraints=critical,CA:TRUE\nkeyUsage=keyCertSign,cRLSign\n")
     (folder / "leaf.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
     for name in ("ca", "server", "client"):
-        openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", f"{name}.key",
-                "-out", f"{name}.csr", "-subj", f"/CN=test {name}")
+        openssl(
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN=test {name}",
+        )
     openssl("x509", "-req", "-in", "ca.csr", "-signkey", "ca.key", "-out", "ca.pem", "-days", "2", "-extfile", "ca.ext")
     for name in ("server", "client"):
-        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-                "-out", f"{name}.pem", "-days", "2", "-extfile", "leaf.ext")
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "leaf.ext",
+        )
     return {name: folder / name for name in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from export_helpers import make_series
 from orthanc_harness import LocalOrthanc
 

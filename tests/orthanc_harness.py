@@ -80,7 +80,9 @@ class LocalOrthanc:
     ) -> None:
         binary = orthanc_binary()
         if binary is None:
-            raise FileNotFoundError("Orthanc is not installed (Debian/Ubuntu: apt-get install orthanc orthanc-dicomweb)")
+            raise FileNotFoundError(
+                "Orthanc is not installed (Debian/Ubuntu: apt-get install orthanc orthanc-dicomweb)"
+            )
         self.binary = binary
         self.workdir = Path(workdir)
         self.aet = aet
@@ -105,8 +107,16 @@ class LocalOrthanc:
             "DicomCheckModalityHost": False,
             "DicomAlwaysAllowFind": False,
             "DicomModalities": {  # port unused: Orthanc never calls back
-                "exaggeration": {"AET": allowed_ae, "Host": "127.0.0.1", "Port": 104, "AllowEcho": True,
-                                 "AllowStore": True, "AllowFind": allow_find, "AllowMove": False, "AllowGet": False},
+                "exaggeration": {
+                    "AET": allowed_ae,
+                    "Host": "127.0.0.1",
+                    "Port": 104,
+                    "AllowEcho": True,
+                    "AllowStore": True,
+                    "AllowFind": allow_find,
+                    "AllowMove": False,
+                    "AllowGet": False,
+                },
             },
             "Plugins": [plugin] if plugin else [],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
@@ -134,7 +144,10 @@ class LocalOrthanc:
         """Start Orthanc and wait until its REST API answers (``/system``)."""
         with open(self.workdir / "orthanc.log", "ab") as log:
             self.process = subprocess.Popen(
-                [self.binary, str(self.workdir / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir
+                [self.binary, str(self.workdir / "orthanc.json")],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -198,8 +211,11 @@ class LocalOrthanc:
 
     def delete_series(self, series_instance_uid: str) -> None:
         """Delete one series (``DELETE /series/{id}``), as a PACS losing data would."""
-        matches = [m for m in self.rest("/tools/lookup", method="POST", data=series_instance_uid.encode())
-                   if m.get("Type") == "Series"]
+        matches = [
+            m
+            for m in self.rest("/tools/lookup", method="POST", data=series_instance_uid.encode())
+            if m.get("Type") == "Series"
+        ]
         if not matches:
             raise KeyError(f"Orthanc has no series {series_instance_uid}")
         self.rest(f"/series/{matches[0]['ID']}", method="DELETE")
@@ -213,8 +229,11 @@ class LocalOrthanc:
 
     def destination(self, called_ae: str | None = None, calling_ae: str | None = None, **settings) -> Destination:
         return Destination(
-            host="127.0.0.1", port=self.dicom_port, called_ae=called_ae or self.aet,
-            calling_ae=calling_ae or self.allowed_ae, **settings,
+            host="127.0.0.1",
+            port=self.dicom_port,
+            called_ae=called_ae or self.aet,
+            calling_ae=calling_ae or self.allowed_ae,
+            **settings,
         )
 
     def dicomweb_destination(self, **settings) -> Destination:

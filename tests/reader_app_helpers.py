@@ -19,14 +19,39 @@ ADMIN = "token-admin-0123456789abcdef-admin"
 NUM_FRAMES = 5
 
 QUESTIONS = [
-    {"id": "confidence_before", "type": "likert", "prompt": "Cardiomegaly: how confident are you?", "phase": "before",
-     "min": 1, "max": 5, "labels": ["absent", "", "unsure", "", "present"]},
-    {"id": "real_or_generated", "type": "forced_choice", "prompt": "Is the right image real or generated?", "phase": "before"},
-    {"id": "understandability", "type": "likert", "prompt": "How understandable is the explanation?", "phase": "after",
-     "min": 1, "max": 5, "arms": ["saliency", "series"]},
+    {
+        "id": "confidence_before",
+        "type": "likert",
+        "prompt": "Cardiomegaly: how confident are you?",
+        "phase": "before",
+        "min": 1,
+        "max": 5,
+        "labels": ["absent", "", "unsure", "", "present"],
+    },
+    {
+        "id": "real_or_generated",
+        "type": "forced_choice",
+        "prompt": "Is the right image real or generated?",
+        "phase": "before",
+    },
+    {
+        "id": "understandability",
+        "type": "likert",
+        "prompt": "How understandable is the explanation?",
+        "phase": "after",
+        "min": 1,
+        "max": 5,
+        "arms": ["saliency", "series"],
+    },
     {"id": "helpful", "type": "yes_no", "prompt": "Did the explanation help?", "phase": "after"},
-    {"id": "what_changed", "type": "choice", "prompt": "What changed?", "phase": "after", "multiple": True,
-     "options": ["heart size", "pleural effusion", "devices", "other"]},
+    {
+        "id": "what_changed",
+        "type": "choice",
+        "prompt": "What changed?",
+        "phase": "after",
+        "multiple": True,
+        "options": ["heart size", "pleural effusion", "devices", "other"],
+    },
     {"id": "comment", "type": "text", "prompt": "Comments", "phase": "after"},
 ]
 ARMS = [
@@ -56,7 +81,10 @@ def make_study(folder: Path) -> Path:
         assets = Path("assets") / case_id
         image = _png(folder / assets / "image.png", base)
         frames = [
-            _png(folder / assets / f"frame_{step:03d}.png", base + 25 * step * np.exp(-((xx - 48) ** 2 + (yy - 52) ** 2) / 200))
+            _png(
+                folder / assets / f"frame_{step:03d}.png",
+                base + 25 * step * np.exp(-((xx - 48) ** 2 + (yy - 52) ** 2) / 200),
+            )
             for step in range(NUM_FRAMES)
         ]
         saliency = _png(folder / assets / "saliency.png", 255 * np.exp(-((xx - 40) ** 2 + (yy - 50) ** 2) / 150))

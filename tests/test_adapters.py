@@ -95,7 +95,11 @@ def _nih_entry(tmp_path: Path) -> Path:
         "00000003_000.png,Hernia,0,3,81,F,PA",
     ]
     path = tmp_path / "Data_Entry_2017.csv"
-    path.write_text("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position\n" + "\n".join(rows) + "\n")
+    path.write_text(
+        "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position\n"
+        + "\n".join(rows)
+        + "\n"
+    )
     return path
 
 
@@ -105,7 +109,12 @@ def test_nih_missing_columns_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError) as err:
         nih_manifest(path, ".")
     message = str(err.value)
-    assert str(path) in message and "'Finding Labels'" in message and "'Patient ID'" in message and "Data_Entry_2017" in message
+    assert (
+        str(path) in message
+        and "'Finding Labels'" in message
+        and "'Patient ID'" in message
+        and "Data_Entry_2017" in message
+    )
 
 
 def test_nih_search_images_in_official_layout(tmp_path: Path) -> None:
@@ -118,7 +127,10 @@ def test_nih_search_images_in_official_layout(tmp_path: Path) -> None:
         df = nih_manifest(entry, root, search_images=True, fractions=None)
     assert df["image"].tolist() == ["images_001/images/00000001_000.png", "images_002/images/00000002_000.png"]
     absolute = nih_manifest(entry, root, search_images=True, fractions=None, absolute_paths=True, views=["PA"])
-    assert absolute["image"].tolist() == [str(root / "images_001/images/00000001_000.png"), str(root / "images_002/images/00000002_000.png")]
+    assert absolute["image"].tolist() == [
+        str(root / "images_001/images/00000001_000.png"),
+        str(root / "images_002/images/00000002_000.png"),
+    ]
     with pytest.raises(FileNotFoundError, match="None of the"):
         nih_manifest(entry, tmp_path / "nih" / "images_001" / "images" / "..", search_images=True, views=["AP"])
 
@@ -136,7 +148,9 @@ def _chexpert_row(patient: int, study: int, view: int, lateral: bool, ap_pa: str
     kind = "lateral" if lateral else "frontal"
     path = f"CheXpert-v1.0-small/train/patient{patient:05d}/study{study}/view{view}_{kind}.jpg"
     observations = ["", "", cardio, "", "", edema] + [""] * 8
-    return ",".join([path, "Female", "68", "Lateral" if lateral else "Frontal", "" if lateral else ap_pa] + observations)
+    return ",".join(
+        [path, "Female", "68", "Lateral" if lateral else "Frontal", "" if lateral else ap_pa] + observations
+    )
 
 
 def _chexpert_csv(tmp_path: Path, name: str = "train.csv", first_patient: int = 1) -> Path:
@@ -176,7 +190,13 @@ def test_chexpert_format_patients_views(tmp_path: Path) -> None:
 
 
 def test_chexpert_strip_prefix_split_and_absolute(tmp_path: Path) -> None:
-    df = chexpert_manifest(_chexpert_csv(tmp_path, "valid.csv"), tmp_path / "CheXpert-v1.0-small", strip_prefix=True, split="test", absolute_paths=True)
+    df = chexpert_manifest(
+        _chexpert_csv(tmp_path, "valid.csv"),
+        tmp_path / "CheXpert-v1.0-small",
+        strip_prefix=True,
+        split="test",
+        absolute_paths=True,
+    )
     assert df["image"].iloc[0] == str(tmp_path / "CheXpert-v1.0-small" / "train/patient00001/study1/view1_frontal.jpg")
     assert set(df["split"]) == {"test"}
 
@@ -287,7 +307,15 @@ def test_folder_reproduces_shared_labels_csv(nih_dir: Path) -> None:
 
 
 def test_folder_layout_extensions_and_errors(tmp_path: Path) -> None:
-    files = ["yes/a/2.png", "yes/a/10.PNG", "yes/scan.nii.gz", "no/1.dcm", "no/deep/er/x.jpeg", "no/notes.txt", "no/.hidden.png"]
+    files = [
+        "yes/a/2.png",
+        "yes/a/10.PNG",
+        "yes/scan.nii.gz",
+        "no/1.dcm",
+        "no/deep/er/x.jpeg",
+        "no/notes.txt",
+        "no/.hidden.png",
+    ]
     for name in files:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"")
@@ -310,7 +338,25 @@ def test_script_folder_round_trip(tmp_path: Path) -> None:
         (tmp_path / "data" / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "data" / name).write_bytes(b"")
     out = tmp_path / "data" / "labels.csv"
-    assert _load_script().main(["folder", "--root", str(tmp_path / "data"), "--label", "cardiomegaly", "-o", str(out), "--with_split", "--fractions", "0.5", "0.5", "0"]) == 0
+    assert (
+        _load_script().main(
+            [
+                "folder",
+                "--root",
+                str(tmp_path / "data"),
+                "--label",
+                "cardiomegaly",
+                "-o",
+                str(out),
+                "--with_split",
+                "--fractions",
+                "0.5",
+                "0.5",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert pd.read_csv(out)["image"].tolist() == ["true/1.png", "true/2.png", "false/1.png", "false/2.png"]
     records = load_split(tmp_path / "data", "val")
     assert len(records) == 2 and sum(r["cardiomegaly"] for r in records) == 1
@@ -319,7 +365,22 @@ def test_script_folder_round_trip(tmp_path: Path) -> None:
 
 def test_script_nih_real(nih_data_entry: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "nih" / "labels.csv"
-    assert _load_script().main(["nih", "--data_entry", str(nih_data_entry), "--image_root", str(tmp_path / "nih"), "--views", "PA", "-o", str(out)]) == 0
+    assert (
+        _load_script().main(
+            [
+                "nih",
+                "--data_entry",
+                str(nih_data_entry),
+                "--image_root",
+                str(tmp_path / "nih"),
+                "--views",
+                "PA",
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     df = read_manifest(out, label_columns=["cardiomegaly"])
     assert df["image"].iloc[0] == str(tmp_path / "nih" / "images" / "00000001_000.png")
     assert set(df["view"]) == {"PA"} and _one_split_per_patient(df)
@@ -329,7 +390,22 @@ def test_script_nih_real(nih_data_entry: Path, tmp_path: Path, capsys: pytest.Ca
 def test_script_chexpert_valid_as_test(tmp_path: Path) -> None:
     train, valid = _chexpert_csv(tmp_path), _chexpert_csv(tmp_path, "valid.csv", first_patient=64541)
     out = tmp_path / "chexpert.csv"
-    assert _load_script().main(["chexpert", "--train_csv", str(train), "--valid_csv", str(valid), "--image_root", str(tmp_path), "-o", str(out)]) == 0
+    assert (
+        _load_script().main(
+            [
+                "chexpert",
+                "--train_csv",
+                str(train),
+                "--valid_csv",
+                str(valid),
+                "--image_root",
+                str(tmp_path),
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     df = read_manifest(out, label_columns=["cardiomegaly"])
     assert (df["split"] == "test").sum() == 4 and set(df["split"]) <= set(SPLITS)
     assert set(df.loc[df["split"] == "test", "patient_id"]) == {"patient64541", "patient64542", "patient64543"}
@@ -340,7 +416,9 @@ def test_script_chexpert_valid_as_test(tmp_path: Path) -> None:
 def test_script_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     script = _load_script()
     with pytest.raises(SystemExit) as exit_info:
-        script.main(["folder", "--root", str(tmp_path), "-o", str(tmp_path / "x.csv"), "--fractions", "0.5", "0.5", "0.5"])
+        script.main(
+            ["folder", "--root", str(tmp_path), "-o", str(tmp_path / "x.csv"), "--fractions", "0.5", "0.5", "0.5"]
+        )
     assert exit_info.value.code == 2 and "sum to 1" in capsys.readouterr().err
     assert script.main(["folder", "--root", str(tmp_path / "absent"), "-o", str(tmp_path / "x.csv")]) == 2
     assert "not found" in capsys.readouterr().err

@@ -9,18 +9,32 @@ PACKAGE = Path(__file__).resolve().parents[1] / "monai_exaggeration"
 
 #: Each room (sub-package or top-level module) and its layer; a room may import rooms of its own layer or below.
 LAYERS = {
-    "errors": 0, "utils": 0, "binning": 0, "plotting": 0, "retry": 0, "storage": 0, "__init__": 0,
+    "errors": 0,
+    "utils": 0,
+    "binning": 0,
+    "plotting": 0,
+    "retry": 0,
+    "storage": 0,
+    "__init__": 0,
     "config_models": 1,
-    "transforms": 1, "data": 1,
-    "metrics": 2, "dicom": 2, "export": 2,
-    "networks": 3, "losses": 3,
+    "transforms": 1,
+    "data": 1,
+    "metrics": 2,
+    "dicom": 2,
+    "export": 2,
+    "networks": 3,
+    "losses": 3,
     "methods": 4,
-    "bundle": 5, "handlers": 5, "distributed": 5,
+    "bundle": 5,
+    "handlers": 5,
+    "distributed": 5,
     "engines": 6,
     "inference": 7,
     "evaluation": 8,
-    "node": 9, "reader_study": 9,
-    "cli": 10, "__main__": 10,
+    "node": 9,
+    "reader_study": 9,
+    "cli": 10,
+    "__main__": 10,
 }
 
 
@@ -53,5 +67,7 @@ def test_no_import_runs_back_up() -> None:
         room = _room(path)
         for target in _imported_rooms(path) - {room}:
             if LAYERS[target] > LAYERS[room]:
-                upward.append(f"{path.relative_to(PACKAGE)} ({room}, layer {LAYERS[room]}) imports {target} (layer {LAYERS[target]})")
+                upward.append(
+                    f"{path.relative_to(PACKAGE)} ({room}, layer {LAYERS[room]}) imports {target} (layer {LAYERS[target]})"
+                )
     assert not upward, "\n".join(upward)

@@ -23,10 +23,17 @@ EXPLAINER_CONFIGS = BUNDLES_DIR / "cxr" / "configs"
 
 #: Each bundle: its training configs (merged in this order), quick overrides for a property check, its shipped weights.
 TRAINING = {
-    "cxr": (["train.json", "train_cpu.json"], {
-        "image_size": 32, "batch_size": 4, "num_val_images": 4,
-        "network_def#encoder_channels": [8, 16], "discriminator_def#channels": [8, 16, 16],
-    }, "explainer.pt"),
+    "cxr": (
+        ["train.json", "train_cpu.json"],
+        {
+            "image_size": 32,
+            "batch_size": 4,
+            "num_val_images": 4,
+            "network_def#encoder_channels": [8, 16],
+            "discriminator_def#channels": [8, 16, 16],
+        },
+        "explainer.pt",
+    ),
     "cxr_classifier": (["train.json", "classifier_cpu.json"], {}, "classifier.pt"),
     "cxr_segmentation": (["train.json"], {}, "segmentation.pt"),
     "cxr_encoder": (["train.json"], {}, "encoder.pt"),
@@ -141,8 +148,11 @@ def test_explainer_configs_load_the_other_models_from_their_own_bundles(tmp_path
     evaluation = ConfigParser()
     evaluation.read_config([str(EXPLAINER_CONFIGS / name) for name in ("inference.json", "evaluate.json")])
     evaluation["bundle_root"] = str(tmp_path)
-    for key, bundle in {"classifier_bundle": "cxr_classifier", "segmentation_bundle": "cxr_segmentation",
-                        "encoder_bundle": "cxr_encoder"}.items():
+    for key, bundle in {
+        "classifier_bundle": "cxr_classifier",
+        "segmentation_bundle": "cxr_segmentation",
+        "encoder_bundle": "cxr_encoder",
+    }.items():
         assert Path(evaluation.get_parsed_content(key)) == BUNDLES_DIR / bundle
     assert isinstance(evaluation.get_parsed_content("classifier")(), BlackBoxClassifier)
     assert isinstance(evaluation.get_parsed_content("segmenter")(), HeartLungSegmenter)
@@ -169,8 +179,17 @@ def test_train_then_evaluate_through_monai_bundle(tiny_dataset: Path, tmp_path: 
     bundle_root = tmp_path / "bundle"
     common = ["--bundle_root", str(bundle_root), "--dataset_dir", str(tiny_dataset), "--image_size", "64"]
     result = run_bundle(
-        ["run", "training", "--config_file", config_arg(CLASSIFIER_CONFIGS), *common,
-         "--train#trainer#max_epochs", "2", "--batch_size", "4"]
+        [
+            "run",
+            "training",
+            "--config_file",
+            config_arg(CLASSIFIER_CONFIGS),
+            *common,
+            "--train#trainer#max_epochs",
+            "2",
+            "--batch_size",
+            "4",
+        ]
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (bundle_root / "models" / "classifier.pt").is_file()
@@ -191,8 +210,16 @@ def test_train_then_evaluate_through_monai_bundle(tiny_dataset: Path, tmp_path: 
 
 def test_missing_dataset_gives_clear_message(tmp_path: Path) -> None:
     result = run_bundle(
-        ["run", "training", "--config_file", config_arg(CLASSIFIER_CONFIGS), "--bundle_root", str(tmp_path),
-         "--dataset_dir", str(tmp_path / "nowhere")],
+        [
+            "run",
+            "training",
+            "--config_file",
+            config_arg(CLASSIFIER_CONFIGS),
+            "--bundle_root",
+            str(tmp_path),
+            "--dataset_dir",
+            str(tmp_path / "nowhere"),
+        ],
         timeout=120,
     )
     assert result.returncode != 0

@@ -46,7 +46,9 @@ def run_classify(weights: Path, output_dir: Path, *extra: str) -> int:
 
 
 def read_scores(output_dir: Path) -> pd.DataFrame:
-    return pd.read_csv(output_dir / "scores.csv", dtype={"sop_instance_uid": str, "patient_id": str}, keep_default_na=False)
+    return pd.read_csv(
+        output_dir / "scores.csv", dtype={"sop_instance_uid": str, "patient_id": str}, keep_default_na=False
+    )
 
 
 def _nih_png(nih_dir: Path, folder: str) -> Path:
@@ -138,7 +140,9 @@ def test_all_inputs_fail_still_writes_scores_header(weights: Path, tmp_path: Pat
     folder.mkdir()
     shutil.copy(get_testdata_file("CT_small.dcm"), folder / "ct.dcm")
     output_dir = tmp_path / "out"
-    assert run_classify(weights, output_dir, "--input", str(folder)) == 2  # every input failed: exit 2 (documented exit-code table)
+    assert (
+        run_classify(weights, output_dir, "--input", str(folder)) == 2
+    )  # every input failed: exit 2 (documented exit-code table)
     assert len(pd.read_csv(output_dir / "errors.csv")) == 1
     header = (output_dir / "scores.csv").read_text().splitlines()[0].split(",")
     assert {"image", "finding", "score", "predicted", "sop_instance_uid"} <= set(header)

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import REPO_ROOT, config_arg, run_bundle
 from PIL import Image
 
-from conftest import REPO_ROOT, config_arg, run_bundle
 from monai_exaggeration.data import STRUCTURES, load_segmentation_split, segmentation_preprocessing
 from monai_exaggeration.metrics import cardiothoracic_ratio, horizontal_extent, largest_component
 
@@ -95,8 +95,20 @@ def tiny_wingspan(wingspan: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 def test_segmentation_bundle_trains_and_reports_ctr(tiny_wingspan: Path, tmp_path: Path) -> None:
     common = ["--bundle_root", str(tmp_path), "--dataset_dir", str(tiny_wingspan), "--image_size", "64"]
     env = {"OMP_NUM_THREADS": "1"}
-    trained = run_bundle(["run", "training", "--config_file", str(CONFIGS / "train.json"), *common,
-                          "--max_epochs", "2", "--val_interval", "1"], env=env)
+    trained = run_bundle(
+        [
+            "run",
+            "training",
+            "--config_file",
+            str(CONFIGS / "train.json"),
+            *common,
+            "--max_epochs",
+            "2",
+            "--val_interval",
+            "1",
+        ],
+        env=env,
+    )
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert (tmp_path / "models" / "segmentation.pt").is_file()
     files = [str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")]
@@ -115,7 +127,9 @@ def test_ctr_faithfulness_known_answers() -> None:
     from monai_exaggeration.metrics import ctr_faithfulness
 
     scores = np.array([[0.1, 0.4, 0.6, 0.9], [0.1, 0.4, 0.6, 0.9], [0.9, 0.6, 0.4, 0.1], [0.2, 0.3, 0.3, 0.4]])
-    ctr = np.array([[0.45, 0.48, 0.52, 0.55], [0.50, 0.49, 0.48, 0.47], [0.55, 0.53, 0.50, 0.45], [0.4, 0.4, np.nan, 0.4]])
+    ctr = np.array(
+        [[0.45, 0.48, 0.52, 0.55], [0.50, 0.49, 0.48, 0.47], [0.55, 0.53, 0.50, 0.45], [0.4, 0.4, np.nan, 0.4]]
+    )
     result = ctr_faithfulness(ctr, scores)
     assert result["n_series"] == 3 and result["n_missing"] == 1
     assert result["median_spearman_ctr_step"] == pytest.approx(-1.0)  # +1, -1, -1

@@ -13,10 +13,10 @@ from torch import nn
 
 from monai_exaggeration.binning import bin_centre
 from monai_exaggeration.engines import ExaggerationTrainer
-from monai_exaggeration.methods.series import compose_series, deformation_series, generate_series
 from monai_exaggeration.losses import ExaggerationLoss
 from monai_exaggeration.methods import ProgressiveExaggeration
 from monai_exaggeration.methods.calibration import calibrate_strengths
+from monai_exaggeration.methods.series import compose_series, deformation_series, generate_series
 from monai_exaggeration.metrics.geometry import border_shift, geometric_share
 from monai_exaggeration.networks import (
     BlackBoxClassifier,
@@ -131,7 +131,9 @@ def toy_records(classifier: BlackBoxClassifier, count: int = 32) -> list[dict]:
     records = []
     for image in images(count, seed=1):
         posterior = float(classifier(image[None]))
-        records.append({"image": image, "source_posterior": posterior, "source_bin": min(int(posterior * NUM_BINS), NUM_BINS - 1)})
+        records.append(
+            {"image": image, "source_posterior": posterior, "source_bin": min(int(posterior * NUM_BINS), NUM_BINS - 1)}
+        )
     return records
 
 
@@ -293,19 +295,27 @@ def test_inference_warps_the_full_resolution_source_and_logs_calibration(tmp_pat
     and the DICOM ImageComments carry the strength and the reached flag."""
     import pandas as pd
     import pydicom
-
     from inference.helpers import png_chest
+
     from monai_exaggeration.bundle import load_bundle_classifier
     from monai_exaggeration.inference import ExaggerationInference
     from monai_exaggeration.transforms import LoadCXR
 
     torch.manual_seed(3)
-    generator = DeformationGenerator(num_bins=10, stem_channels=8, encoder_channels=(8, 16, 16), grid_factor=4,
-                                     image_size=64, intensity=0.05, max_velocity=0.15)
+    generator = DeformationGenerator(
+        num_bins=10,
+        stem_channels=8,
+        encoder_channels=(8, 16, 16),
+        grid_factor=4,
+        image_size=64,
+        intensity=0.05,
+        max_velocity=0.15,
+    )
     weights = save_explainer(tmp_path / "deform.pt", generator, ExplainerRecord(generator, composition="transfer"))
     source_path = png_chest(tmp_path / "chest.png", shape=(150, 110))
-    runner = ExaggerationInference(None, load_bundle_classifier(), explainer_weights=weights, quicklook=False,
-                                   device="cpu").prepare()
+    runner = ExaggerationInference(
+        None, load_bundle_classifier(), explainer_weights=weights, quicklook=False, device="cpu"
+    ).prepare()
     assert runner.output == "deformation" and runner.calibrate
     result = runner.explain(source_path)
     source = np.rint(LoadCXR()(source_path)[0].numpy() * 255).astype(np.uint8)

@@ -25,30 +25,31 @@ import pandas as pd
 import pydicom
 import pytest
 import yaml
-from pydicom.data import get_testdata_file
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-
 from conftest import REPO_ROOT
 from dev_data import shared_data_dir
 from dicom_validation import dciodvfy_report
+from orthanc_harness import LocalOrthanc, dcmtk_tool, free_port, orthanc_binary
+from pydicom.data import get_testdata_file
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
 from monai_exaggeration.cli import main as cli_main
 from monai_exaggeration.dicom.report import read_report
 from monai_exaggeration.dicom.secondary_capture import derived_uid
 from monai_exaggeration.node.config import NodeConfigError, load_node_config
 from monai_exaggeration.node.queue import JobQueue
 from monai_exaggeration.node.scp import StorageSCP
-from orthanc_harness import LocalOrthanc, dcmtk_tool, free_port, orthanc_binary
 
 GSPS_STORAGE = "1.2.840.10008.5.1.4.1.1.11.1"
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 
 
-
-
 STORESCU, ECHOSCU = dcmtk_tool("storescu"), dcmtk_tool("echoscu")
-needs_dcmtk = pytest.mark.skipif(STORESCU is None or ECHOSCU is None,
-                                 reason="dcmtk's storescu/echoscu are not installed (apt-get install dcmtk)")
-needs_orthanc = pytest.mark.skipif(orthanc_binary() is None, reason="Orthanc is not installed (apt-get install orthanc)")
+needs_dcmtk = pytest.mark.skipif(
+    STORESCU is None or ECHOSCU is None, reason="dcmtk's storescu/echoscu are not installed (apt-get install dcmtk)"
+)
+needs_orthanc = pytest.mark.skipif(
+    orthanc_binary() is None, reason="Orthanc is not installed (apt-get install orthanc)"
+)
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -57,7 +58,9 @@ needs_orthanc = pytest.mark.skipif(orthanc_binary() is None, reason="Orthanc is 
 def _merge(base: dict, extra: dict) -> dict:
     out = dict(base)
     for key, value in extra.items():
-        out[key] = _merge(out.get(key, {}), value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = (
+            _merge(out.get(key, {}), value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
     return out
 
 
@@ -67,8 +70,9 @@ def write_config(folder: Path, pacs_port: int = 4242, **settings) -> Path:
         "node": {"ae_title": "EXAGNODE", "host": "127.0.0.1", "port": free_port(), "allowed_calling_aes": ["STORESCU"]},
         "work_dir": "node",
         "queue": {"poll_s": 0.1, "backoff_s": 1},
-        "destinations": {"pacs": {"host": "127.0.0.1", "port": pacs_port, "called_ae": "ORTHANC",
-                                  "calling_ae": "EXAGGERATION"}},
+        "destinations": {
+            "pacs": {"host": "127.0.0.1", "port": pacs_port, "called_ae": "ORTHANC", "calling_ae": "EXAGGERATION"}
+        },
         "inference": {"device": "cpu"},
         "outputs": {"keep_results": True},
         "threads": 1,
@@ -83,13 +87,15 @@ def copy_with_uid(source: Path, path: Path, index: int) -> Path:
     """``source`` written again with a new (deterministic) SOP Instance UID: another instance of the same image."""
     dataset = pydicom.dcmread(source)
     dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = derived_uid(
-        str(dataset.SOPInstanceUID), "test copy", index)
+        str(dataset.SOPInstanceUID), "test copy", index
+    )
     dataset.save_as(path, enforce_file_format=True)
     return path
 
 
-def c_store(port: int, datasets: list[pydicom.Dataset], calling: str = "STORESCU", called: str = "EXAGNODE",
-            tls=None) -> list[tuple[int, str]]:
+def c_store(
+    port: int, datasets: list[pydicom.Dataset], calling: str = "STORESCU", called: str = "EXAGNODE", tls=None
+) -> list[tuple[int, str]]:
     """(status, ErrorComment) of each C-STORE, over one association (pynetdicom)."""
     from pynetdicom import AE
 
@@ -210,10 +216,16 @@ def test_scp_rejects_unknown_calling_and_called_ae_titles(scp_factory):
     assoc, status = echo(scp.port, called="SOMEONE")
     assert status is None and assoc.is_rejected and assoc.acceptor.primitive.diagnostic == 0x07  # called AE unknown
     if ECHOSCU is not None:
-        answer = subprocess.run([ECHOSCU, "-aet", "INTRUDER", "-aec", "EXAGNODE", "127.0.0.1", str(scp.port)],
-                                capture_output=True, text=True)
+        answer = subprocess.run(
+            [ECHOSCU, "-aet", "INTRUDER", "-aec", "EXAGNODE", "127.0.0.1", str(scp.port)],
+            capture_output=True,
+            text=True,
+        )
         assert answer.returncode != 0 and "Rejected" in answer.stdout + answer.stderr
-        assert subprocess.run([ECHOSCU, "-aet", "STORESCU", "-aec", "EXAGNODE", "127.0.0.1", str(scp.port)]).returncode == 0
+        assert (
+            subprocess.run([ECHOSCU, "-aet", "STORESCU", "-aec", "EXAGNODE", "127.0.0.1", str(scp.port)]).returncode
+            == 0
+        )
 
 
 def test_scp_over_tls(scp_factory, tmp_path: Path):
@@ -222,8 +234,9 @@ def test_scp_over_tls(scp_factory, tmp_path: Path):
     from export_helpers import make_tls_files
 
     files = make_tls_files(tmp_path / "tls")
-    scp, _ = scp_factory(node={"tls": {"cert": str(files["server.pem"]), "key": str(files["server.key"]),
-                                       "ca": str(files["ca.pem"])}})
+    scp, _ = scp_factory(
+        node={"tls": {"cert": str(files["server.pem"]), "key": str(files["server.key"]), "ca": str(files["ca.pem"])}}
+    )
     client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(files["ca.pem"]))
     client.load_cert_chain(str(files["client.pem"]), keyfile=str(files["client.key"]))
     assert echo(scp.port, tls=(client, "127.0.0.1"))[1] == 0x0000
@@ -320,8 +333,9 @@ def _spooled_job(queue: JobQueue, config, source: Path):
     spool.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(source, spool)
     header = pydicom.dcmread(spool, stop_before_pixels=True)
-    queue.enqueue(str(header.SOPInstanceUID), "test model", str(header.SOPClassUID), "PACS", str(spool),
-                  spool.stat().st_size)
+    queue.enqueue(
+        str(header.SOPInstanceUID), "test model", str(header.SOPClassUID), "PACS", str(spool), spool.stat().st_size
+    )
     return queue.claim()
 
 
@@ -331,8 +345,9 @@ def test_reporter_retries_while_the_pacs_is_down_parks_then_sends_after_requeue(
     from monai_exaggeration.node.reporter import Reporter
     from monai_exaggeration.node.worker import Worker
 
-    config = load_node_config(write_config(tmp_path, pacs_port=free_port(), queue={"max_attempts": 2},
-                                           outputs={"export_retries": 0}))
+    config = load_node_config(
+        write_config(tmp_path, pacs_port=free_port(), queue={"max_attempts": 2}, outputs={"export_retries": 0})
+    )
     queue = JobQueue(config.work_dir / "queue.sqlite")
     job = _spooled_job(queue, config, rg1_uncr)
     worker = Worker(config, queue)
@@ -343,7 +358,11 @@ def test_reporter_retries_while_the_pacs_is_down_parks_then_sends_after_requeue(
         down = Reporter(config, config.destination(), queue, ledger)  # nothing listens on that port
         assert down.run(job, "cardiomegaly", None, seconds, time.time(), rows) == "failed"
         failed = queue.get(job.id)
-        assert "did not reach pacs" in failed.reason and "cannot connect" in failed.reason and failed.next_try > time.time()
+        assert (
+            "did not reach pacs" in failed.reason
+            and "cannot connect" in failed.reason
+            and failed.next_try > time.time()
+        )
         assert down.run(queue.claim(now=time.time() + 60), "cardiomegaly", None, seconds, time.time(), rows) == "parked"
         assert queue.get(job.id).state == "parked" and Path(job.spool_file).exists()  # kept for a requeue
         pacs = LocalOrthanc(tmp_path / "orthanc").start()  # the PACS is back
@@ -361,6 +380,7 @@ def test_reporter_retries_while_the_pacs_is_down_parks_then_sends_after_requeue(
 
 def test_an_input_the_inference_cannot_use_is_parked_at_once(tmp_path, rg1_uncr, runner):
     from export_helpers import make_series
+
     from monai_exaggeration.node.worker import JobFailure, Worker
 
     tiny = make_series(rg1_uncr, tmp_path / "tiny", size=(40, 40))[0]  # a 40 x 40 SC: below min_size 64
@@ -455,9 +475,13 @@ class NodeProcess:
         self.logs.append(log)
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
         with open(log, "w") as handle:
-            self.process = subprocess.Popen([sys.executable, "-m", "monai_exaggeration", "serve-dicom", "--config",
-                                             str(self.config)], cwd=REPO_ROOT, env=env, stdout=handle,
-                                            stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "monai_exaggeration", "serve-dicom", "--config", str(self.config)],
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + timeout
         while echo(self.settings.scp.port)[1] != 0:
             assert self.process.poll() is None, f"the node exited with {self.process.returncode}:\n{self.log()[-3000:]}"
@@ -516,8 +540,25 @@ def pacs(tmp_path: Path):
 
 def storescu(port: int, files: list[Path], calling: str = "STORESCU") -> subprocess.CompletedProcess:
     """dcmtk's storescu: one presentation context per file's SOP class and transfer syntax (JPEG files as they are)."""
-    return subprocess.run([STORESCU, "-v", "-R", "-xy", "-nh", "-aet", calling, "-aec", "EXAGNODE", "127.0.0.1",
-                           str(port), *map(str, files)], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [
+            STORESCU,
+            "-v",
+            "-R",
+            "-xy",
+            "-nh",
+            "-aet",
+            calling,
+            "-aec",
+            "EXAGNODE",
+            "127.0.0.1",
+            str(port),
+            *map(str, files),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def orthanc_series(pacs: LocalOrthanc) -> dict[str, dict]:
@@ -527,9 +568,14 @@ def orthanc_series(pacs: LocalOrthanc) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for instance in pacs.rest("/instances?expand"):
         parent = series[instance["ParentSeries"]]
-        entry = out.setdefault(parent["MainDicomTags"]["SeriesInstanceUID"], {
-            "modality": parent["MainDicomTags"].get("Modality"), "study": studies[parent["ParentStudy"]],
-            "instances": {}})
+        entry = out.setdefault(
+            parent["MainDicomTags"]["SeriesInstanceUID"],
+            {
+                "modality": parent["MainDicomTags"].get("Modality"),
+                "study": studies[parent["ParentStudy"]],
+                "instances": {},
+            },
+        )
         entry["instances"][instance["MainDicomTags"]["SOPInstanceUID"]] = instance["ID"]
     return out
 
@@ -545,7 +591,9 @@ def _download(pacs: LocalOrthanc, orthanc_id: str, path: Path) -> Path:
 def test_node_receives_explains_and_sends_sc_gsps_and_sr_to_orthanc(tmp_path, pacs, node_factory, rg1_uncr, capsys):
     shared = shared_data_dir() / "dicom"
     sources = [rg1_uncr] + (sorted(shared.glob("*.dcm")) if shared.is_dir() else [])
-    expected = {str(pydicom.dcmread(path, stop_before_pixels=True, force=True).SOPInstanceUID): path for path in sources}
+    expected = {
+        str(pydicom.dcmread(path, stop_before_pixels=True, force=True).SOPInstanceUID): path for path in sources
+    }
     config = write_config(tmp_path, pacs.dicom_port)
     node = node_factory(config).start()
     ct = Path(get_testdata_file("CT_small.dcm"))
@@ -559,8 +607,11 @@ def test_node_receives_explains_and_sends_sc_gsps_and_sr_to_orthanc(tmp_path, pa
 
     stored = orthanc_series(pacs)
     assert sum(len(entry["instances"]) for entry in stored.values()) == 12 * len(expected)
-    where = {uid: (series_uid, entry, orthanc_id) for series_uid, entry in stored.items()
-             for uid, orthanc_id in entry["instances"].items()}
+    where = {
+        uid: (series_uid, entry, orthanc_id)
+        for series_uid, entry in stored.items()
+        for uid, orthanc_id in entry["instances"].items()
+    }
     for job in jobs:
         result = json.loads(job["result"])
         out = node.settings.work_dir / "jobs" / f"{job['id']:08d}"
@@ -579,8 +630,9 @@ def test_node_receives_explains_and_sends_sc_gsps_and_sr_to_orthanc(tmp_path, pa
         assert set(derived) == {"PR", "SR"}
         gsps, report = pydicom.dcmread(derived["PR"]), pydicom.dcmread(derived["SR"])
         assert gsps.SOPClassUID == GSPS_STORAGE and report.SOPClassUID == COMPREHENSIVE_SR
-        assert [item.ReferencedSOPInstanceUID for item in gsps.ReferencedSeriesSequence[0].ReferencedImageSequence] \
-            == list(frames["sop_instance_uid"])
+        assert [
+            item.ReferencedSOPInstanceUID for item in gsps.ReferencedSeriesSequence[0].ReferencedImageSequence
+        ] == list(frames["sop_instance_uid"])
         groups = read_report(derived["SR"])
         assert [group["score"] for group in groups] == list(frames["score"])  # the scores of frames.csv, exactly
         assert [group["ctr"] for group in groups] == result["ctr"] and all(value is not None for value in result["ctr"])

@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
-
 from conftest import REPO_ROOT
 from dicom_validation import dciodvfy_report
+
 from monai_exaggeration.bundle import load_bundle_classifier, load_bundle_segmenter
 from monai_exaggeration.dicom.presentation import (
     CAPTION_NOTE,
@@ -37,8 +37,9 @@ from monai_exaggeration.node.reporter import frame_ctr
 EXPLAINER = REPO_ROOT / "bundles" / "cxr" / "models" / "explainer.pt"
 GSPS_STORAGE = "1.2.840.10008.5.1.4.1.1.11.1"
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
-needs_dciodvfy = pytest.mark.skipif(shutil.which("dciodvfy") is None,
-                                    reason="dciodvfy (dicom3tools) is not installed: apt-get install dicom3tools")
+needs_dciodvfy = pytest.mark.skipif(
+    shutil.which("dciodvfy") is None, reason="dciodvfy (dicom3tools) is not installed: apt-get install dicom3tools"
+)
 
 
 def _sha256(path: str | Path) -> str:
@@ -46,8 +47,9 @@ def _sha256(path: str | Path) -> str:
 
 
 def _run(rg1: Path, out: Path, **settings) -> tuple[pd.DataFrame, object]:
-    runner = ExaggerationInference(None, load_bundle_classifier(), explainer_weights=EXPLAINER, quicklook=False,
-                                   device="cpu", **settings)
+    runner = ExaggerationInference(
+        None, load_bundle_classifier(), explainer_weights=EXPLAINER, quicklook=False, device="cpu", **settings
+    )
     summary = runner.run(rg1, out)
     assert summary.exit_code == 0, summary.failures
     frames = pd.read_csv(out / "frames.csv", dtype={"series_instance_uid": str, "sop_instance_uid": str})
@@ -69,8 +71,10 @@ def series16(tmp_path_factory: pytest.TempPathFactory, rg1_uncr: Path) -> pd.Dat
 
 
 def _captions(rows: pd.DataFrame) -> list[str]:
-    return [f"Frame {int(r.step) + 1}/{len(rows)} | target {r.target_centre:.2f} | cardiomegaly score {r.score:.2f}"
-            for r in rows.itertuples()]
+    return [
+        f"Frame {int(r.step) + 1}/{len(rows)} | target {r.target_centre:.2f} | cardiomegaly score {r.score:.2f}"
+        for r in rows.itertuples()
+    ]
 
 
 def test_presentation_state_captions_every_frame_with_its_score(series: pd.DataFrame, tmp_path: Path) -> None:
@@ -104,8 +108,9 @@ def test_caption_wording() -> None:
     assert caption.lines == ("Frame 3/10 | target 0.25 | cardiomegaly score 0.31", "Research use, not for diagnosis")
 
 
-def test_report_follows_tid1500_and_its_scores_equal_frames_csv(series: pd.DataFrame, rg1_uncr: Path,
-                                                               tmp_path: Path) -> None:
+def test_report_follows_tid1500_and_its_scores_equal_frames_csv(
+    series: pd.DataFrame, rg1_uncr: Path, tmp_path: Path
+) -> None:
     frames = np.stack([image.pixel_array for image in read_series(series, pixels=True)])
     ctr = frame_ctr(load_bundle_segmenter(device="cpu"), frames)
     assert all(0.2 < value < 0.8 for value in ctr)
@@ -116,8 +121,12 @@ def test_report_follows_tid1500_and_its_scores_equal_frames_csv(series: pd.DataF
     assert report.StudyInstanceUID == source.StudyInstanceUID and report.PatientID == source.PatientID
     assert report.ContentTemplateSequence[0].TemplateIdentifier == "1500"
     assert report.CompletionFlag == "COMPLETE" and report.VerificationFlag == "UNVERIFIED"
-    evidence = {item.ReferencedSOPInstanceUID for study in report.CurrentRequestedProcedureEvidenceSequence
-                for series_item in study.ReferencedSeriesSequence for item in series_item.ReferencedSOPSequence}
+    evidence = {
+        item.ReferencedSOPInstanceUID
+        for study in report.CurrentRequestedProcedureEvidenceSequence
+        for series_item in study.ReferencedSeriesSequence
+        for item in series_item.ReferencedSOPSequence
+    }
     assert evidence == set(series["sop_instance_uid"]) | {source.SOPInstanceUID}
     groups = read_report(path)
     assert len(groups) == len(series)
@@ -135,7 +144,10 @@ def test_report_follows_tid1500_and_its_scores_equal_frames_csv(series: pd.DataF
     group = document.content.get_image_measurement_groups()[0]
     assert group.finding_type.value == "287272002"  # SNOMED CT Cardiomegaly
     assert [m.name.meaning for m in group.get_measurements()] == [
-        "Classifier score", "Target bin centre", "Cardiothoracic ratio"]
+        "Classifier score",
+        "Target bin centre",
+        "Cardiothoracic ratio",
+    ]
     again = pydicom.dcmread(write_report(series, tmp_path / "again", "cardiomegaly", rg1_uncr, ctr))
     assert again.SOPInstanceUID == report.SOPInstanceUID
 
@@ -171,8 +183,10 @@ def test_burned_in_copy_has_new_uids_and_says_yes(series16: pd.DataFrame, tmp_pa
         assert copy.WindowCenter == image.WindowCenter
         assert caption in copy.ImageComments
         changed = copy.pixel_array != image.pixel_array
-        assert changed.any() and (copy.pixel_array[changed] == 0).sum() + (copy.pixel_array[changed] == 65535).sum() \
-            == changed.sum()  # only caption pixels (white text, black outline) changed
+        assert (
+            changed.any()
+            and (copy.pixel_array[changed] == 0).sum() + (copy.pixel_array[changed] == 65535).sum() == changed.sum()
+        )  # only caption pixels (white text, black outline) changed
         rows_changed = np.flatnonzero(changed.any(axis=1))
         assert rows_changed.min() < 20 and rows_changed.max() > 108 and not changed[40:90].any()
     assert {path: _sha256(path) for path in series16["output_file"]} == before
@@ -189,16 +203,35 @@ def test_captions_and_report_keep_source_values_highdicom_does_not_take(tmp_path
 
     from monai_exaggeration.dicom import SeriesInfo, write_series
 
-    tags = {"SOPInstanceUID": "1.2.3.4", "SOPClassUID": "1.2.840.10008.5.1.4.1.1.1", "StudyInstanceUID": "1.2.3",
-            "Modality": "DX", "PatientName": "ward", "PatientSex": "U", "PatientBirthDate": "1980",
-            "StudyTime": "12:00:00", "PatientOrientation": "AL\\F", "Laterality": "L", "PatientID": "P1"}
+    tags = {
+        "SOPInstanceUID": "1.2.3.4",
+        "SOPClassUID": "1.2.840.10008.5.1.4.1.1.1",
+        "StudyInstanceUID": "1.2.3",
+        "Modality": "DX",
+        "PatientName": "ward",
+        "PatientSex": "U",
+        "PatientBirthDate": "1980",
+        "StudyTime": "12:00:00",
+        "PatientOrientation": "AL\\F",
+        "Laterality": "L",
+        "PatientID": "P1",
+    }
     frame = np.linspace(0, 1, 96 * 80, dtype=np.float32).reshape(96, 80)
     info = SeriesInfo.from_scores("cardiomegaly", "test-model", [0.2, 0.7], num_bins=10)
-    written = write_series([frame, frame[::-1].copy()], None, {"dicom": tags, "source_shape": (96, 80)}, info,
-                           tmp_path / "sc")
-    rows = pd.DataFrame({"step": [0, 1], "target_centre": [0.05, 0.15], "score": [0.2, 0.7],
-                         "output_file": [str(p) for p in written], "series_instance_uid": written.series_instance_uid,
-                         "sop_instance_uid": list(written.sop_instance_uids), "model_version": "test-model"})
+    written = write_series(
+        [frame, frame[::-1].copy()], None, {"dicom": tags, "source_shape": (96, 80)}, info, tmp_path / "sc"
+    )
+    rows = pd.DataFrame(
+        {
+            "step": [0, 1],
+            "target_centre": [0.05, 0.15],
+            "score": [0.2, 0.7],
+            "output_file": [str(p) for p in written],
+            "series_instance_uid": written.series_instance_uid,
+            "sop_instance_uid": list(written.sop_instance_uids),
+            "model_version": "test-model",
+        }
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         paths = write_burned_in_series(rows, tmp_path, "cardiomegaly")
@@ -211,12 +244,16 @@ def test_captions_and_report_keep_source_values_highdicom_does_not_take(tmp_path
         for keyword in keywords:
             assert str(copy[keyword].value) == str(image[keyword].value) == str(tags[keyword]), keyword
         assert list(copy.PatientOrientation) == ["AL", "F"] and copy.Laterality == "L"
-        assert copy.BurnedInAnnotation == "YES" and copy.SourceImageSequence[0].ReferencedSOPInstanceUID == image.SOPInstanceUID
+        assert (
+            copy.BurnedInAnnotation == "YES"
+            and copy.SourceImageSequence[0].ReferencedSOPInstanceUID == image.SOPInstanceUID
+        )
     for instance in (state, report):
         for keyword in keywords:
             assert str(instance[keyword].value) == str(tags[keyword]), (instance.Modality, keyword)
-    assert [item["frame_sop_instance_uid"] for item in read_report(next(tmp_path.glob("*/report.dcm")))] == \
-        list(written.sop_instance_uids)
+    assert [item["frame_sop_instance_uid"] for item in read_report(next(tmp_path.glob("*/report.dcm")))] == list(
+        written.sop_instance_uids
+    )
 
 
 def test_burn_in_8_bit_marks_text_white_on_black() -> None:
@@ -238,8 +275,9 @@ def test_series_rows_needs_a_series_when_there_are_several(series: pd.DataFrame)
 
 
 @needs_dciodvfy
-def test_gsps_report_and_burned_in_copy_pass_dciodvfy(series: pd.DataFrame, series16: pd.DataFrame, rg1_uncr: Path,
-                                                      tmp_path: Path) -> None:
+def test_gsps_report_and_burned_in_copy_pass_dciodvfy(
+    series: pd.DataFrame, series16: pd.DataFrame, rg1_uncr: Path, tmp_path: Path
+) -> None:
     files = {
         "GSPS": write_presentation_state(series, tmp_path, "cardiomegaly"),
         "SR": write_report(series, tmp_path, "cardiomegaly", rg1_uncr, [0.5] * len(series)),

@@ -21,9 +21,9 @@ import pandas as pd
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import REPO_ROOT, config_arg, run_bundle
 from torch import nn
 
-from conftest import REPO_ROOT, config_arg, run_bundle
 from monai_exaggeration import distributed
 from monai_exaggeration.inference import ERROR_COLUMNS, FRAME_COLUMNS, SOURCE_COLUMNS
 
@@ -33,10 +33,24 @@ CLASSIFIER_CONFIGS = REPO_ROOT / "bundles" / "cxr_classifier" / "configs"
 CLASSIFIER = str(REPO_ROOT / "bundles" / "cxr_classifier" / "models" / "classifier.pt")
 TRAIN = [str(CONFIGS / "train.json"), str(CONFIGS / "train_cpu.json"), str(CONFIGS / "multi_gpu_train.json")]
 TINY = [
-    "--image_size", "32", "--batch_size", "2", "--num_val_images", "4",
-    "--network_def#stem_channels", "8", "--network_def#encoder_channels", "[8,16]",
-    "--discriminator_def#channels", "[8,16,16]", "--classifier_weights", CLASSIFIER, "--log_interval", "1",
-    "--warmup_iterations", "0",  # the CPU recipe's warm start would fill these few iterations
+    "--image_size",
+    "32",
+    "--batch_size",
+    "2",
+    "--num_val_images",
+    "4",
+    "--network_def#stem_channels",
+    "8",
+    "--network_def#encoder_channels",
+    "[8,16]",
+    "--discriminator_def#channels",
+    "[8,16,16]",
+    "--classifier_weights",
+    CLASSIFIER,
+    "--log_interval",
+    "1",
+    "--warmup_iterations",
+    "0",  # the CPU recipe's warm start would fill these few iterations
 ]
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
@@ -61,8 +75,18 @@ def _no_launcher_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def torchrun(args: list[str], log_dir: Path, timeout: int = 240) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc_per_node=2 ARGS``; each rank's output goes to ``log_dir``."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "--log-dir", str(log_dir), "--redirects", "3", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "--log-dir",
+        str(log_dir),
+        "--redirects",
+        "3",
+        *args,
+    ]
     env = {**os.environ, **ONE_THREAD, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""}  # CPU processes, Gloo
     for name in (*distributed.LAUNCH_VARIABLES, "LOCAL_RANK"):
         env.pop(name, None)
@@ -156,15 +180,19 @@ def test_summary_writer_only_on_rank_0(tmp_path: Path, monkeypatch: pytest.Monke
 
 def test_merge_of_partial_logs_keeps_input_order(tmp_path: Path) -> None:
     """Rank 0's merge: partial logs concatenated in input order, text kept as written, partials removed."""
-    from monai_exaggeration.inference.sharding import log_paths as _log_paths, merge_logs as _merge_logs
+    from monai_exaggeration.inference.sharding import log_paths as _log_paths
+    from monai_exaggeration.inference.sharding import merge_logs as _merge_logs
 
     sources = [f"/in/s{i}.png" for i in range(5)]
     order = {source: index for index, source in enumerate(sources)}
     for rank in range(2):
         paths = _log_paths(tmp_path, rank, 2)
         mine = sources[rank::2]
-        frames = [dict.fromkeys(FRAME_COLUMNS, "") | {"source": s, "step": step, "score": "0.1234567890123"}
-                  for s in mine for step in range(3)]
+        frames = [
+            dict.fromkeys(FRAME_COLUMNS, "") | {"source": s, "step": step, "score": "0.1234567890123"}
+            for s in mine
+            for step in range(3)
+        ]
         pd.DataFrame(frames, columns=FRAME_COLUMNS).to_csv(paths["frames"], index=False)
         rows = [dict.fromkeys(SOURCE_COLUMNS, "") | {"source": s, "monotone": True} for s in mine]
         pd.DataFrame(rows, columns=SOURCE_COLUMNS).to_csv(paths["sources"], index=False)
@@ -301,9 +329,25 @@ def ddp_training(
     root, logs = work / "bundle", work / "logs"
     config = TRAIN + [write_dump_config(work)]
     result = torchrun(
-        ["-m", "monai.bundle", "run", "training", "--config_file", config_arg(config), "--bundle_root", str(root),
-         "--dataset_dir", str(tiny_dataset), *TINY, "--max_iterations", "4", "--val_interval", "4",
-         "--checkpoint_interval", "4"],
+        [
+            "-m",
+            "monai.bundle",
+            "run",
+            "training",
+            "--config_file",
+            config_arg(config),
+            "--bundle_root",
+            str(root),
+            "--dataset_dir",
+            str(tiny_dataset),
+            *TINY,
+            "--max_iterations",
+            "4",
+            "--val_interval",
+            "4",
+            "--checkpoint_interval",
+            "4",
+        ],
         logs,
     )
     assert result.returncode == 0, failure_report(result, logs)
@@ -342,9 +386,25 @@ def test_ddp_training_resumes_from_its_checkpoint(ddp_training, tiny_dataset: Pa
     shutil.copytree(first, root)
     config = TRAIN + [write_dump_config(tmp_path)]
     result = torchrun(
-        ["-m", "monai.bundle", "run", "training", "--config_file", config_arg(config), "--bundle_root", str(root),
-         "--dataset_dir", str(tiny_dataset), *TINY, "--max_iterations", "6", "--val_interval", "100",
-         "--checkpoint_interval", "100"],
+        [
+            "-m",
+            "monai.bundle",
+            "run",
+            "training",
+            "--config_file",
+            config_arg(config),
+            "--bundle_root",
+            str(root),
+            "--dataset_dir",
+            str(tiny_dataset),
+            *TINY,
+            "--max_iterations",
+            "6",
+            "--val_interval",
+            "100",
+            "--checkpoint_interval",
+            "100",
+        ],
         logs,
     )
     assert result.returncode == 0, failure_report(result, logs)
@@ -360,12 +420,30 @@ def test_ddp_training_resumes_from_its_checkpoint(ddp_training, tiny_dataset: Pa
 def test_ddp_classifier_training(tiny_dataset: Path, tmp_path: Path) -> None:
     """The classifier bundle's multi_gpu_train.json: sharded training and validation, one checkpoint, logs on rank 0."""
     root, logs = tmp_path / "bundle", tmp_path / "logs"
-    config = [str(CLASSIFIER_CONFIGS / "train.json"), str(CLASSIFIER_CONFIGS / "classifier_cpu.json"),
-              str(CLASSIFIER_CONFIGS / "multi_gpu_train.json")]
+    config = [
+        str(CLASSIFIER_CONFIGS / "train.json"),
+        str(CLASSIFIER_CONFIGS / "classifier_cpu.json"),
+        str(CLASSIFIER_CONFIGS / "multi_gpu_train.json"),
+    ]
     result = torchrun(
-        ["-m", "monai.bundle", "run", "training", "--config_file", config_arg(config), "--bundle_root", str(root),
-         "--dataset_dir", str(tiny_dataset), "--image_size", "32", "--batch_size", "4",
-         "--train#trainer#max_epochs", "2"],
+        [
+            "-m",
+            "monai.bundle",
+            "run",
+            "training",
+            "--config_file",
+            config_arg(config),
+            "--bundle_root",
+            str(root),
+            "--dataset_dir",
+            str(tiny_dataset),
+            "--image_size",
+            "32",
+            "--batch_size",
+            "4",
+            "--train#trainer#max_epochs",
+            "2",
+        ],
         logs,
     )
     assert result.returncode == 0, failure_report(result, logs)
@@ -390,8 +468,16 @@ def test_sharded_inference_writes_each_source_once_and_merges_the_logs(tiny_data
         shutil.copy(tiny_dataset / "images" / f"chest_{index:02d}.png", inbox / f"chest_{index:02d}.png")
     (inbox / "chest_02b.dcm").write_text("not an image\n")  # fails on one of the ranks
     sources = sorted(str(p.resolve()) for p in inbox.iterdir())
-    common = ["--config_file", str(CONFIGS / "inference.json"), "--bundle_root", str(BUNDLE), "--input", str(inbox),
-              "--quicklook", "false"]
+    common = [
+        "--config_file",
+        str(CONFIGS / "inference.json"),
+        "--bundle_root",
+        str(BUNDLE),
+        "--input",
+        str(inbox),
+        "--quicklook",
+        "false",
+    ]
     out, logs = tmp_path / "out", tmp_path / "logs"
     result = torchrun(["-m", "monai.bundle", "run", "inference", *common, "--output_dir", str(out)], logs)
     log0, log1 = rank_log(logs, 0), rank_log(logs, 1)

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO_ROOT, config_arg, run_bundle
+
 from monai_exaggeration.losses import PairedViewContrastiveLoss, paired_views_batch
 from monai_exaggeration.metrics import encoder_features, identity_rate, view_retrieval_accuracy
 from monai_exaggeration.networks import CXREncoder
@@ -73,9 +73,22 @@ def test_view_retrieval_finds_distinct_images(tmp_path: Path) -> None:
 
 def test_train_encoder_bundle_runs_and_reports_retrieval(tiny_dataset: Path, tmp_path: Path) -> None:
     result = run_bundle(
-        ["run", "training", "--config_file", config_arg(TRAIN_ENCODER), "--bundle_root", str(tmp_path),
-         "--dataset_dir", str(tiny_dataset), "--max_epochs", "1", "--batch_size", "4",
-         "--network_def#widths", "[8,8,16,16]"],
+        [
+            "run",
+            "training",
+            "--config_file",
+            config_arg(TRAIN_ENCODER),
+            "--bundle_root",
+            str(tmp_path),
+            "--dataset_dir",
+            str(tiny_dataset),
+            "--max_epochs",
+            "1",
+            "--batch_size",
+            "4",
+            "--network_def#widths",
+            "[8,8,16,16]",
+        ],
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import REPO_ROOT, config_arg, evaluation_args, run_bundle
+
 from monai_exaggeration.evaluation import SourceMeasures, counterfactual_step, summarise, write_report
 from monai_exaggeration.evaluation.summary import identity_summary, json_safe, realism_summary
 from monai_exaggeration.metrics import series_validity
@@ -52,8 +52,13 @@ def _measures(count: int, seed: int = 0, identity_noise: float = 0.01) -> list[S
             "seconds": 1.0,
         }
         frame_rows = [
-            {"source": row["source"], "step": step, "score": float(scores[step]),
-             "generator_frame_score": float(centres[step]), "ctr": float(ctr[step])}
+            {
+                "source": row["source"],
+                "step": step,
+                "score": float(scores[step]),
+                "generator_frame_score": float(centres[step]),
+                "ctr": float(ctr[step]),
+            }
             for step in range(NUM_BINS)
         ]
         measures.append(SourceMeasures(row, frame_rows, source, frames))
@@ -112,14 +117,19 @@ def test_realism_baseline_and_generated_sets_have_equal_size() -> None:
 
 def test_identity_per_step_decays_as_frames_drift() -> None:
     source = torch.eye(10, dtype=torch.float64) * 5
-    drift = torch.stack([source + weight * torch.roll(source, 1, dims=0) for weight in (0.0, 0.4, 1.5)], dim=1)  # last: nearer the neighbour
+    drift = torch.stack(
+        [source + weight * torch.roll(source, 1, dims=0) for weight in (0.0, 0.4, 1.5)], dim=1
+    )  # last: nearer the neighbour
     summary = identity_summary(source, drift, np.full(10, 2))
     assert summary["per_step"] == [1.0, 1.0, 0.0] and summary["counterfactual"] == 0.0
 
 
 def test_json_safe_turns_nan_into_null() -> None:
     assert json_safe({"a": float("nan"), "b": [np.float32(1.5), np.inf], "c": np.int64(3), "d": np.bool_(True)}) == {
-        "a": None, "b": [1.5, None], "c": 3, "d": True
+        "a": None,
+        "b": [1.5, None],
+        "c": 3,
+        "d": True,
     }
 
 
@@ -171,8 +181,18 @@ def test_evaluating_through_monai_bundle(tiny_dataset: Path, tmp_path: Path) -> 
 def test_evaluating_without_dataset_says_what_to_do(tmp_path: Path) -> None:
     out = tmp_path / "evaluation"
     result = run_bundle(
-        ["run", "evaluating", "--config_file", config_arg(EVALUATE), "--bundle_root", "bundles/cxr",
-         "--dataset_dir", str(tmp_path / "nowhere"), "--output_dir", str(out)],
+        [
+            "run",
+            "evaluating",
+            "--config_file",
+            config_arg(EVALUATE),
+            "--bundle_root",
+            "bundles/cxr",
+            "--dataset_dir",
+            str(tmp_path / "nowhere"),
+            "--output_dir",
+            str(out),
+        ],
         timeout=300,
     )
     output = result.stdout + result.stderr
@@ -190,7 +210,6 @@ def test_evaluation_needs_every_bin(tiny_dataset: Path) -> None:
     parser["last_bin"] = 4
     with pytest.raises(ValueError, match="every bin"):
         parser.get_parsed_content("evaluation")()
-
 
 
 def test_one_segmentation_forward_equals_separate_calls(rg1_uncr: Path) -> None:

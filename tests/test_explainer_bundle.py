@@ -18,10 +18,22 @@ CONFIGS = REPO_ROOT / "bundles" / "cxr" / "configs"
 TRAIN = [str(CONFIGS / "train.json"), str(CONFIGS / "train_cpu.json")]
 CLASSIFIER = str(REPO_ROOT / "bundles" / "cxr_classifier" / "models" / "classifier.pt")
 TINY = [
-    "--image_size", "32", "--batch_size", "4", "--num_val_images", "4",
-    "--network_def#stem_channels", "8", "--network_def#encoder_channels", "[8,16]",
-    "--discriminator_def#channels", "[8,16,16]", "--classifier_weights", CLASSIFIER,
-    "--warmup_iterations", "0",  # the CPU recipe's warm start would fill these few iterations
+    "--image_size",
+    "32",
+    "--batch_size",
+    "4",
+    "--num_val_images",
+    "4",
+    "--network_def#stem_channels",
+    "8",
+    "--network_def#encoder_channels",
+    "[8,16]",
+    "--discriminator_def#channels",
+    "[8,16,16]",
+    "--classifier_weights",
+    CLASSIFIER,
+    "--warmup_iterations",
+    "0",  # the CPU recipe's warm start would fill these few iterations
 ]
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
@@ -55,7 +67,12 @@ def test_paper_defaults() -> None:
 
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "train.json"))
-    assert (parser["image_size"], parser["batch_size"], parser["learning_rate"], parser["betas"]) == (256, 8, 2e-4, [0.0, 0.9])
+    assert (parser["image_size"], parser["batch_size"], parser["learning_rate"], parser["betas"]) == (
+        256,
+        8,
+        2e-4,
+        [0.0, 0.9],
+    )
     assert (parser["n_critic"], parser["num_bins"], parser["max_iterations"]) == (5, 10, 100000)
     assert (parser["lambda_gan"], parser["lambda_cls"], parser["lambda_rec"]) == (1.0, 1.0, 100.0)
     assert parser["network_def"]["encoder_channels"] == [128, 256, 512, 1024, 1024]
@@ -67,8 +84,20 @@ def test_training_smoke_run_and_outputs(tiny_dataset: Path, tmp_path: Path) -> N
     root = tmp_path / "bundle"
     common = ["--bundle_root", str(root), "--dataset_dir", str(tiny_dataset), *TINY]
     result = run_bundle(
-        ["run", "--config_file", config_arg(TRAIN), *common, "--max_iterations", "4", "--val_interval", "2",
-         "--checkpoint_interval", "2", "--log_interval", "2"],
+        [
+            "run",
+            "--config_file",
+            config_arg(TRAIN),
+            *common,
+            "--max_iterations",
+            "4",
+            "--val_interval",
+            "2",
+            "--checkpoint_interval",
+            "2",
+            "--log_interval",
+            "2",
+        ],
         env=ONE_THREAD,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -76,10 +105,20 @@ def test_training_smoke_run_and_outputs(tiny_dataset: Path, tmp_path: Path) -> N
     for term in ("d_loss", "g_cls", "g_identity", "g_cycle", "val_validity", "val_median_spearman", "val_flip_rate"):
         assert term in log, term
     models = root / "models"
-    assert {"explainer_best.pt", "explainer_final.pt", "explainer_checkpoint_iteration=4.pt"} <= {p.name for p in models.iterdir()}
+    assert {"explainer_best.pt", "explainer_final.pt", "explainer_checkpoint_iteration=4.pt"} <= {
+        p.name for p in models.iterdir()
+    }
     assert not (models / ".training.lock").exists()  # the run's lock is removed when it ends
     final = torch.load(models / "explainer_final.pt", map_location="cpu", weights_only=True)
-    assert set(final) == {"generator", "explainer", "training_state", "discriminator", "g_optimizer", "d_optimizer", "trainer"}
+    assert set(final) == {
+        "generator",
+        "explainer",
+        "training_state",
+        "discriminator",
+        "g_optimizer",
+        "d_optimizer",
+        "trainer",
+    }
     assert final["explainer"]["image_size"] == 32 and final["explainer"]["args"]["encoder_channels"] == [8, 16]
     assert final["trainer"]["iteration"] == 4
     out = root / "eval" / "explainer"
@@ -96,13 +135,42 @@ def test_train_json_weights_explain_with_no_architecture_flags(tiny_dataset: Pat
     import pandas as pd
 
     root = tmp_path / "bundle"
-    tiny = ["--image_size", "32", "--batch_size", "4", "--num_val_images", "4", "--classifier_weights", CLASSIFIER,
-            "--network_def#stem_channels", "8", "--network_def#encoder_channels", "[8,16,16]",
-            "--discriminator_def#channels", "[8,16,16]"]
+    tiny = [
+        "--image_size",
+        "32",
+        "--batch_size",
+        "4",
+        "--num_val_images",
+        "4",
+        "--classifier_weights",
+        CLASSIFIER,
+        "--network_def#stem_channels",
+        "8",
+        "--network_def#encoder_channels",
+        "[8,16,16]",
+        "--discriminator_def#channels",
+        "[8,16,16]",
+    ]
     result = run_bundle(
-        ["run", "training", "--config_file", str(CONFIGS / "train.json"), "--bundle_root", str(root),
-         "--dataset_dir", str(tiny_dataset), *tiny, "--max_iterations", "2", "--n_critic", "1", "--val_interval", "2",
-         "--composition", "transfer"],
+        [
+            "run",
+            "training",
+            "--config_file",
+            str(CONFIGS / "train.json"),
+            "--bundle_root",
+            str(root),
+            "--dataset_dir",
+            str(tiny_dataset),
+            *tiny,
+            "--max_iterations",
+            "2",
+            "--n_critic",
+            "1",
+            "--val_interval",
+            "2",
+            "--composition",
+            "transfer",
+        ],
         env=ONE_THREAD,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -110,9 +178,24 @@ def test_train_json_weights_explain_with_no_architecture_flags(tiny_dataset: Pat
     out = tmp_path / "out"
     source = next((tiny_dataset / "images").glob("*.png"))
     result = run_bundle(
-        ["run", "inference", "--config_file", str(CONFIGS / "inference.json"), "--bundle_root", str(REPO_ROOT / "bundles" / "cxr"),
-         "--explainer_weights", str(weights), "--input", str(source), "--output_dir", str(out), "--quicklook", "false",
-         "--resolution", "model"],
+        [
+            "run",
+            "inference",
+            "--config_file",
+            str(CONFIGS / "inference.json"),
+            "--bundle_root",
+            str(REPO_ROOT / "bundles" / "cxr"),
+            "--explainer_weights",
+            str(weights),
+            "--input",
+            str(source),
+            "--output_dir",
+            str(out),
+            "--quicklook",
+            "false",
+            "--resolution",
+            "model",
+        ],
         env=ONE_THREAD,
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
@@ -136,10 +219,25 @@ def test_old_explainer_file_gets_a_message_naming_the_override(tmp_path: Path) -
     from monai_exaggeration.networks import ExaggerationGenerator
 
     old = tmp_path / "old_explainer.pt"
-    torch.save(ExaggerationGenerator(num_bins=10, stem_channels=32, encoder_channels=[64, 128, 256, 256], image_size=64).state_dict(), old)
+    torch.save(
+        ExaggerationGenerator(
+            num_bins=10, stem_channels=32, encoder_channels=[64, 128, 256, 256], image_size=64
+        ).state_dict(),
+        old,
+    )
     result = run_bundle(
-        ["run", "inference", "--config_file", str(CONFIGS / "inference.json"), "--bundle_root", str(REPO_ROOT / "bundles" / "cxr"),
-         "--explainer_weights", str(old), "--output_dir", str(tmp_path / "out")],
+        [
+            "run",
+            "inference",
+            "--config_file",
+            str(CONFIGS / "inference.json"),
+            "--bundle_root",
+            str(REPO_ROOT / "bundles" / "cxr"),
+            "--explainer_weights",
+            str(old),
+            "--output_dir",
+            str(tmp_path / "out"),
+        ],
         env=ONE_THREAD,
     )
     assert result.returncode != 0
@@ -147,8 +245,22 @@ def test_old_explainer_file_gets_a_message_naming_the_override(tmp_path: Path) -
     assert "legacy_explainer_v0.json" in message and "Traceback" not in message
     legacy = config_arg([str(CONFIGS / "inference.json"), str(CONFIGS / "legacy_explainer_v0.json")])
     result = run_bundle(
-        ["run", "inference", "--config_file", legacy, "--bundle_root", str(REPO_ROOT / "bundles" / "cxr"),
-         "--explainer_weights", str(old), "--output_dir", str(tmp_path / "out2"), "--quicklook", "false", "--num_frames", "2"],
+        [
+            "run",
+            "inference",
+            "--config_file",
+            legacy,
+            "--bundle_root",
+            str(REPO_ROOT / "bundles" / "cxr"),
+            "--explainer_weights",
+            str(old),
+            "--output_dir",
+            str(tmp_path / "out2"),
+            "--quicklook",
+            "false",
+            "--num_frames",
+            "2",
+        ],
         env=ONE_THREAD,
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
@@ -160,8 +272,9 @@ def _latest_iteration(models: Path) -> int:
 
 
 def _latest_readable_iteration(models: Path) -> int:
-    for path in sorted(models.glob("explainer_checkpoint_iteration=*.pt"),
-                       key=lambda p: int(p.stem.split("=")[-1]), reverse=True):
+    for path in sorted(
+        models.glob("explainer_checkpoint_iteration=*.pt"), key=lambda p: int(p.stem.split("=")[-1]), reverse=True
+    ):
         try:
             torch.load(path, map_location="cpu", weights_only=True)
         except Exception:  # noqa: BLE001 - a checkpoint cut short by the kill
@@ -174,12 +287,34 @@ def _latest_readable_iteration(models: Path) -> int:
 def test_resume_after_kill_9(tiny_dataset: Path, tmp_path: Path) -> None:
     root = tmp_path / "bundle"
     models = root / "models"
-    args = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", config_arg(TRAIN),
-            "--bundle_root", str(root), "--dataset_dir", str(tiny_dataset), *TINY,
-            "--val_interval", "100000", "--checkpoint_interval", "2", "--log_interval", "1"]
+    args = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        config_arg(TRAIN),
+        "--bundle_root",
+        str(root),
+        "--dataset_dir",
+        str(tiny_dataset),
+        *TINY,
+        "--val_interval",
+        "100000",
+        "--checkpoint_interval",
+        "2",
+        "--log_interval",
+        "1",
+    ]
     env = dict(os.environ, PYTHONUNBUFFERED="1", **ONE_THREAD)
-    process = subprocess.Popen([*args, "--max_iterations", "100000"], cwd=REPO_ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [*args, "--max_iterations", "100000"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 240
         while _latest_iteration(models) < 6 and time.monotonic() < deadline and process.poll() is None:
@@ -194,8 +329,14 @@ def test_resume_after_kill_9(tiny_dataset: Path, tmp_path: Path) -> None:
     killed_at = _latest_readable_iteration(models)
     assert killed_at >= 4
 
-    result = subprocess.run([*args, "--max_iterations", str(killed_at + 3)], cwd=REPO_ROOT, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [*args, "--max_iterations", str(killed_at + 3)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert "resuming training from" in log and f"(iteration {killed_at})" in log

@@ -11,8 +11,8 @@ from ignite.engine import Events
 from test_explainer_training import NUM_BINS, SIZE, disc_classifier, make_trainer, tiny_networks, toy_batches
 
 from monai_exaggeration.engines import TrainingState
-from monai_exaggeration.methods.series import compose_series, generate_series
 from monai_exaggeration.losses import DilatedRegion, ExaggerationLoss, target_classifier_loss
+from monai_exaggeration.methods.series import compose_series, generate_series
 from monai_exaggeration.networks import ExplainerRecord, load_explainer, save_explainer
 
 
@@ -73,7 +73,9 @@ def test_transfer_training_moves_the_scores_and_keeps_the_source() -> None:
     classifier = disc_classifier()
     records = toy_batches(classifier)
     generator, discriminator = tiny_networks()
-    trainer = make_trainer(records, generator, discriminator, classifier, n_critic=1, max_iterations=150, composition="transfer")
+    trainer = make_trainer(
+        records, generator, discriminator, classifier, n_critic=1, max_iterations=150, composition="transfer"
+    )
     trainer.run()
     x = torch.stack([r["image"] for r in records[:16]])
     source = torch.tensor([r["source_bin"] for r in records[:16]])
@@ -86,8 +88,15 @@ def test_transfer_training_moves_the_scores_and_keeps_the_source() -> None:
 def test_warm_start_trains_only_the_generator_as_an_autoencoder() -> None:
     classifier = disc_classifier()
     generator, discriminator = tiny_networks()
-    trainer = make_trainer(toy_batches(classifier, 32), generator, discriminator, classifier, n_critic=1,
-                           max_iterations=5, warmup_iterations=3)
+    trainer = make_trainer(
+        toy_batches(classifier, 32),
+        generator,
+        discriminator,
+        classifier,
+        n_critic=1,
+        max_iterations=5,
+        warmup_iterations=3,
+    )
     g_steps, d_steps = [], []
     trainer.g_optimizer.register_step_post_hook(lambda *args: g_steps.append(trainer.state.iteration))
     trainer.d_optimizer.register_step_post_hook(lambda *args: d_steps.append(trainer.state.iteration))
@@ -106,15 +115,35 @@ def test_change_term_penalises_only_outside_the_region() -> None:
     change[:, :, 10:20, 10:20] = 0.5  # inside: free
     classifier = disc_classifier()
     x = torch.zeros(2, 1, SIZE, SIZE)
-    terms = loss.generator_terms(x=x, generated=x, target_bins=torch.tensor([0, 1]), fake_scores=torch.zeros(2),
-                                 classifier=classifier, change=change, change_region=region)
+    terms = loss.generator_terms(
+        x=x,
+        generated=x,
+        target_bins=torch.tensor([0, 1]),
+        fake_scores=torch.zeros(2),
+        classifier=classifier,
+        change=change,
+        change_region=region,
+    )
     assert float(terms["change"]) == 0.0
     change[:, :, 0:4, 0:4] = 1.0  # outside: 16 pixels of 1024 per image
-    terms = loss.generator_terms(x=x, generated=x, target_bins=torch.tensor([0, 1]), fake_scores=torch.zeros(2),
-                                 classifier=classifier, change=change, change_region=region)
+    terms = loss.generator_terms(
+        x=x,
+        generated=x,
+        target_bins=torch.tensor([0, 1]),
+        fake_scores=torch.zeros(2),
+        classifier=classifier,
+        change=change,
+        change_region=region,
+    )
     assert float(terms["change"]) == pytest.approx(16 / 1024)
     without = ExaggerationLoss(num_bins=NUM_BINS).generator_terms(
-        x=x, generated=x, target_bins=torch.tensor([0, 1]), fake_scores=torch.zeros(2), classifier=classifier, change=change)
+        x=x,
+        generated=x,
+        target_bins=torch.tensor([0, 1]),
+        fake_scores=torch.zeros(2),
+        classifier=classifier,
+        change=change,
+    )
     assert float(terms["total"]) - float(without["total"]) == pytest.approx(2.0 * 16 / 1024, rel=1e-4)
 
 
@@ -148,8 +177,9 @@ def test_time_budget_stops_training_and_counts_every_sitting() -> None:
 def test_amp_uses_one_scaler_per_optimiser_and_checkpoints_both() -> None:
     classifier = disc_classifier()
     generator, discriminator = tiny_networks()
-    trainer = make_trainer(toy_batches(classifier, 32), generator, discriminator, classifier, n_critic=2,
-                           max_iterations=4, amp=True)
+    trainer = make_trainer(
+        toy_batches(classifier, 32), generator, discriminator, classifier, n_critic=2, max_iterations=4, amp=True
+    )
     trainer.run()
     state = trainer.training_state.state_dict()
     assert state["g_scaler"] and state["d_scaler"]
@@ -176,28 +206,44 @@ def test_scalers_survive_the_bundles_checkpoint_round_trip(tmp_path: Path) -> No
     assert parser["checkpoint_dict"]["training_state"] == "$@train#trainer.training_state"
 
     def checkpoint_dict(trainer) -> dict:  # the bundle's checkpoint_dict, less the explainer record
-        objects = {"generator": trainer.generator, "discriminator": trainer.discriminator,
-                   "g_optimizer": trainer.g_optimizer, "d_optimizer": trainer.d_optimizer,
-                   "training_state": trainer.training_state, "trainer": trainer}
+        objects = {
+            "generator": trainer.generator,
+            "discriminator": trainer.discriminator,
+            "g_optimizer": trainer.g_optimizer,
+            "d_optimizer": trainer.d_optimizer,
+            "training_state": trainer.training_state,
+            "trainer": trainer,
+        }
         assert set(objects) == bundle_keys - {"explainer"}
         return objects
 
     classifier = disc_classifier()
-    first = make_trainer(toy_batches(classifier, 32), *tiny_networks(), classifier, n_critic=2, max_iterations=4,
-                           amp=True)
-    CheckpointSaver(str(tmp_path), checkpoint_dict(first), file_prefix="explainer", save_final=True,
-                    final_filename="explainer_final.pt").attach(first)
+    first = make_trainer(
+        toy_batches(classifier, 32), *tiny_networks(), classifier, n_critic=2, max_iterations=4, amp=True
+    )
+    CheckpointSaver(
+        str(tmp_path),
+        checkpoint_dict(first),
+        file_prefix="explainer",
+        save_final=True,
+        final_filename="explainer_final.pt",
+    ).attach(first)
     first.run()
     saved = torch.load(tmp_path / "explainer_final.pt", map_location="cpu", weights_only=True)["training_state"]
     assert (saved["d_scaler"]["_growth_tracker"], saved["g_scaler"]["_growth_tracker"]) == (4, 2)
 
-    again = make_trainer(toy_batches(classifier, 32), *tiny_networks(), classifier, n_critic=2, max_iterations=6,
-                           amp=True)
+    again = make_trainer(
+        toy_batches(classifier, 32), *tiny_networks(), classifier, n_critic=2, max_iterations=6, amp=True
+    )
     assert again.g_scaler.state_dict() != saved["g_scaler"]  # a fresh scaler
     assert attach_resume(again, tmp_path, checkpoint_dict(again)).name == "explainer_final.pt"
     restored = {}
-    again.add_event_handler(Events.STARTED, lambda engine: restored.update(
-        g=engine.g_scaler.state_dict(), d=engine.d_scaler.state_dict(), iteration=engine.state.iteration))
+    again.add_event_handler(
+        Events.STARTED,
+        lambda engine: restored.update(
+            g=engine.g_scaler.state_dict(), d=engine.d_scaler.state_dict(), iteration=engine.state.iteration
+        ),
+    )
     again.run()
     assert restored == {"g": saved["g_scaler"], "d": saved["d_scaler"], "iteration": 4}
     assert again.training_state.g_scaler is again.g_scaler and again.training_state.d_scaler is again.d_scaler
@@ -257,8 +303,15 @@ def test_export_script_ships_generator_and_record_only(tmp_path: Path) -> None:
     randomised(generator)
     record = ExplainerRecord(generator, composition="transfer", finding="cardiomegaly")
     checkpoint = tmp_path / "explainer_final.pt"
-    torch.save({"generator": generator.state_dict(), "explainer": record.state_dict(),
-                "discriminator": discriminator.state_dict(), "trainer": {"iteration": 7}}, checkpoint)
+    torch.save(
+        {
+            "generator": generator.state_dict(),
+            "explainer": record.state_dict(),
+            "discriminator": discriminator.state_dict(),
+            "trainer": {"iteration": 7},
+        },
+        checkpoint,
+    )
     out = _script("export_explainer").main([str(checkpoint), str(tmp_path / "shipped.pt")])
     content = torch.load(out, weights_only=True)
     assert set(content) == {"generator", "explainer"}
@@ -272,10 +325,16 @@ def test_ablation_table_reads_evaluation_metrics(tmp_path: Path) -> None:
     metrics = {
         "n_images": 200,
         "validity": {"written_frames": {"mae": 0.1234, "flip_rate": 0.9, "monotone_rate": 0.8, "median_spearman": 1.0}},
-        "preservation": {"identity": {"encoder": {"per_step": [1.0, 0.8]}}, "ssim_outside_heart": 0.95,
-                         "l1_outside_heart": 0.01, "median_inside_outside_ratio": 2.0},
+        "preservation": {
+            "identity": {"encoder": {"per_step": [1.0, 0.8]}},
+            "ssim_outside_heart": 0.95,
+            "l1_outside_heart": 0.01,
+            "median_inside_outside_ratio": 2.0,
+        },
         "clinical_faithfulness": {"median_delta_ctr": 0.06, "median_spearman_ctr_step": 0.9},
-        "realism": {"encoder": {"fid_real_vs_all_frames": 3.0, "fid_real_vs_real": 2.0, "kid_real_vs_all_frames": 0.01}},
+        "realism": {
+            "encoder": {"fid_real_vs_all_frames": 3.0, "fid_real_vs_real": 2.0, "kid_real_vs_all_frames": 0.01}
+        },
     }
     (tmp_path / "metrics.json").write_text(json.dumps(metrics))
     text = _script("ablation_table").main([f"(x)={tmp_path}"])

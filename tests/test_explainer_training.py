@@ -14,8 +14,8 @@ from monai_exaggeration.engines import (
     SeriesValidityMetric,
     sample_target_bins,
 )
-from monai_exaggeration.methods.series import generate_series
 from monai_exaggeration.losses import ExaggerationLoss
+from monai_exaggeration.methods.series import generate_series
 from monai_exaggeration.metrics import series_validity
 from monai_exaggeration.networks import (
     BlackBoxClassifier,
@@ -112,7 +112,9 @@ def test_short_training_moves_scores_toward_bin_centres() -> None:
 def test_generator_updates_every_n_critic_iterations() -> None:
     classifier = disc_classifier()
     generator, discriminator = tiny_networks()
-    trainer = make_trainer(toy_batches(classifier, 32), generator, discriminator, classifier, n_critic=3, max_iterations=5)
+    trainer = make_trainer(
+        toy_batches(classifier, 32), generator, discriminator, classifier, n_critic=3, max_iterations=5
+    )
     g_steps, d_steps = [], []
     trainer.g_optimizer.register_step_post_hook(lambda *args: g_steps.append(trainer.state.iteration))
     trainer.d_optimizer.register_step_post_hook(lambda *args: d_steps.append(trainer.state.iteration))
@@ -242,22 +244,32 @@ def test_resume_prefers_a_newer_final_file_prunes_to_n_saved_and_stops_when_done
     generator, _ = tiny_networks()
 
     def checkpoint(iteration: int) -> dict:
-        return {"generator": generator.state_dict(), "trainer": {"iteration": iteration, "epoch_length": 2, "max_epochs": 100}}
+        return {
+            "generator": generator.state_dict(),
+            "trainer": {"iteration": iteration, "epoch_length": 2, "max_epochs": 100},
+        }
 
     for iteration in (2, 4, 6, 8):  # e.g. two killed sittings: n_saved=2 each, never pruned across them
         torch.save(checkpoint(iteration), tmp_path / f"explainer_checkpoint_iteration={iteration}.pt")
     torch.save(checkpoint(9), tmp_path / "explainer_final.pt")  # the finished run's final file holds the same dict
 
     def saver_on(engine: Engine) -> CheckpointSaver:
-        saver = CheckpointSaver(str(tmp_path), {"generator": generator, "trainer": engine}, file_prefix="explainer",
-                                save_interval=2, epoch_level=False, n_saved=2)
+        saver = CheckpointSaver(
+            str(tmp_path),
+            {"generator": generator, "trainer": engine},
+            file_prefix="explainer",
+            save_interval=2,
+            epoch_level=False,
+            n_saved=2,
+        )
         saver.attach(engine)
         return saver
 
     finished = Engine(lambda engine, batch: None)
     before = sorted(p.name for p in tmp_path.iterdir())
-    used = attach_resume(finished, tmp_path, {"generator": generator, "trainer": finished}, saver=saver_on(finished),
-                         max_iterations=9)
+    used = attach_resume(
+        finished, tmp_path, {"generator": generator, "trainer": finished}, saver=saver_on(finished), max_iterations=9
+    )
     assert used.name == "explainer_final.pt"
     finished.run(range(2), max_epochs=10)  # already trained to 9: returns at once, nothing written or removed
     assert finished.state.iteration == 0 and sorted(p.name for p in tmp_path.iterdir()) == before
@@ -267,11 +279,15 @@ def test_resume_prefers_a_newer_final_file_prunes_to_n_saved_and_stops_when_done
     used = attach_resume(engine, tmp_path, {"generator": generator, "trainer": engine}, saver=saver, max_iterations=12)
     assert used.name == "explainer_final.pt"
     assert sorted(p.name for p in tmp_path.glob("explainer_checkpoint_*.pt")) == [
-        "explainer_checkpoint_iteration=6.pt", "explainer_checkpoint_iteration=8.pt"]  # pruned to n_saved now
+        "explainer_checkpoint_iteration=6.pt",
+        "explainer_checkpoint_iteration=8.pt",
+    ]  # pruned to n_saved now
     engine.run(range(2), max_epochs=6)
     assert engine.state.iteration == 12  # continued from the final file's 9
     assert sorted(p.name for p in tmp_path.glob("explainer_checkpoint_*.pt")) == [
-        "explainer_checkpoint_iteration=10.pt", "explainer_checkpoint_iteration=12.pt"]
+        "explainer_checkpoint_iteration=10.pt",
+        "explainer_checkpoint_iteration=12.pt",
+    ]
 
 
 def test_series_validity_scores_selected_bins_against_their_own_centres() -> None:
@@ -299,14 +315,17 @@ def test_iteration_events_fire_in_order_for_each_update() -> None:
     from monai_exaggeration.engines.trainer import ExaggerationIterationEvents as E
 
     classifier = disc_classifier()
-    trainer = make_trainer(toy_batches(classifier, 32), *tiny_networks(), classifier, n_critic=2,
-                           warmup_iterations=1, max_iterations=5)
+    trainer = make_trainer(
+        toy_batches(classifier, 32), *tiny_networks(), classifier, n_critic=2, warmup_iterations=1, max_iterations=5
+    )
     fired: list[tuple[int, str]] = []
     seen: dict[str, set[str]] = {}
     for event in [*E, IterationEvents.MODEL_COMPLETED]:
+
         def record(engine, name=event.name) -> None:
             fired.append((engine.state.iteration, name))
             seen.setdefault(name, set()).update(engine.state.output)
+
         trainer.add_event_handler(event, record)
     trainer.run()
     g_update = ["G_FORWARD_COMPLETED", "G_LOSS_COMPLETED", "G_BACKWARD_COMPLETED", "G_MODEL_COMPLETED"]
@@ -336,8 +355,15 @@ def test_generator_and_discriminator_run_through_the_trainers_inferers() -> None
 
     classifier = disc_classifier()
     g_inferer, d_inferer = Counting(), Counting()
-    trainer = make_trainer(toy_batches(classifier, 32), *tiny_networks(), classifier, n_critic=2, max_iterations=2,
-                           g_inferer=g_inferer, d_inferer=d_inferer)
+    trainer = make_trainer(
+        toy_batches(classifier, 32),
+        *tiny_networks(),
+        classifier,
+        n_critic=2,
+        max_iterations=2,
+        g_inferer=g_inferer,
+        d_inferer=d_inferer,
+    )
     trainer.run()
     # D updates: G(x, b_t) under no_grad, then D on reals and fakes; the G update (iteration 2): G(x, b_t),
     # G(x, b_src), G(G(x, b_t), b_src) and D on G's frames

@@ -10,13 +10,13 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
-
 from conftest import REPO_ROOT
 from export_helpers import needs_orthanc, uids_of
+from orthanc_harness import LocalOrthanc, free_port
+
 from monai_exaggeration.cli import main as cli_main
 from monai_exaggeration.export import Destination, SendLedger, collect_dicom_files, export_files
 from monai_exaggeration.transforms import read_cxr
-from orthanc_harness import LocalOrthanc, free_port
 
 pytest_plugins = ["orthanc_fixture"]  # the pacs and series fixtures
 pytestmark = needs_orthanc
@@ -38,10 +38,19 @@ def test_echo_and_store_a_series_verified_through_rest(pacs: LocalOrthanc, serie
     assert {row.status for row in report.rows} == {"0x0000"}
     for orthanc_id in pacs.rest("/instances")[:3]:
         stored = pydicom.dcmread(__import__("io").BytesIO(pacs.rest(f"/instances/{orthanc_id}/file")))
-        local = next(f for f in series if pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID == stored.SOPInstanceUID)
+        local = next(
+            f for f in series if pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID == stored.SOPInstanceUID
+        )
         local_ds = pydicom.dcmread(local)
         assert np.array_equal(stored.pixel_array, local_ds.pixel_array)
-        for keyword in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "ImageComments", "SeriesDescription"):
+        for keyword in (
+            "PatientID",
+            "StudyInstanceUID",
+            "SeriesInstanceUID",
+            "SOPClassUID",
+            "ImageComments",
+            "SeriesDescription",
+        ):
             assert stored[keyword].value == local_ds[keyword].value
 
 
@@ -70,7 +79,9 @@ def test_export_resumes_after_the_pacs_crashes(pacs: LocalOrthanc, series: list[
 
     destination = pacs.destination(connect_timeout=2.0)
     with SendLedger(ledger_path) as ledger:
-        broken = export_files(series, destination, ledger, retries=1, backoff=0.05, progress=False, after_each=crash_after_six)
+        broken = export_files(
+            series, destination, ledger, retries=1, backoff=0.05, progress=False, after_each=crash_after_six
+        )
     assert broken.count("sent") == 6 and broken.count("failed") == 14 and broken.exit_code == 1
     assert all("cannot connect" in row.message for row in broken.rows if row.result == "failed")
 
@@ -85,10 +96,16 @@ def test_export_resumes_after_the_pacs_crashes(pacs: LocalOrthanc, series: list[
 def test_wrong_called_ae_and_closed_port_fail_clearly(pacs: LocalOrthanc, series: list[Path], tmp_path: Path) -> None:
     with SendLedger(tmp_path / "ledger.sqlite") as ledger:
         start = time.monotonic()
-        wrong_ae = export_files(series[:3], pacs.destination(called_ae="NOT-ORTHANC"), ledger, retries=0, progress=False)
+        wrong_ae = export_files(
+            series[:3], pacs.destination(called_ae="NOT-ORTHANC"), ledger, retries=0, progress=False
+        )
         closed = export_files(
-            series[:3], Destination(host="127.0.0.1", port=free_port(), called_ae="X", connect_timeout=2.0), ledger,
-            retries=1, backoff=0.05, progress=False,
+            series[:3],
+            Destination(host="127.0.0.1", port=free_port(), called_ae="X", connect_timeout=2.0),
+            ledger,
+            retries=1,
+            backoff=0.05,
+            progress=False,
         )
         assert time.monotonic() - start < 15
         assert ledger.count() == 0
@@ -108,7 +125,16 @@ def test_unknown_calling_ae_is_refused_and_reported(pacs: LocalOrthanc, series: 
 
 def test_cli_export_echo_report_and_exit_codes(pacs: LocalOrthanc, series: list[Path], tmp_path: Path, capsys) -> None:
     folder = series[0].parent
-    common = ["--host", "127.0.0.1", "--port", str(pacs.dicom_port), "--called-ae", pacs.aet, "--calling-ae", pacs.allowed_ae]
+    common = [
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(pacs.dicom_port),
+        "--called-ae",
+        pacs.aet,
+        "--calling-ae",
+        pacs.allowed_ae,
+    ]
     assert cli_main(["export", "--echo", *common]) == 0
     assert "status 0x0000" in capsys.readouterr().out
     report = tmp_path / "report.csv"
@@ -124,12 +150,43 @@ def test_cli_export_echo_report_and_exit_codes(pacs: LocalOrthanc, series: list[
         f"destinations:\n  test:\n    host: 127.0.0.1\n    port: {pacs.dicom_port}\n    called_ae: {pacs.aet}\n"
         f"    calling_ae: {pacs.allowed_ae}\n"
     )
-    assert cli_main(["export", str(folder), "--config", str(config), "--destination", "test", "--ledger", str(ledger),
-                     "--report", str(report)]) == 0
+    assert (
+        cli_main(
+            [
+                "export",
+                str(folder),
+                "--config",
+                str(config),
+                "--destination",
+                "test",
+                "--ledger",
+                str(ledger),
+                "--report",
+                str(report),
+            ]
+        )
+        == 0
+    )
     assert len(pacs.instances()) == 10
     # exit 1 when something failed, 2 for bad arguments
-    assert cli_main(["export", str(folder), *common[:-2], "--calling-ae", "STRANGER", "--retries", "0",
-                     "--ledger", str(tmp_path / "other.sqlite"), "--report", str(report)]) == 1
+    assert (
+        cli_main(
+            [
+                "export",
+                str(folder),
+                *common[:-2],
+                "--calling-ae",
+                "STRANGER",
+                "--retries",
+                "0",
+                "--ledger",
+                str(tmp_path / "other.sqlite"),
+                "--report",
+                str(report),
+            ]
+        )
+        == 1
+    )
     assert cli_main(["export", str(folder)]) == 2
     assert cli_main(["export", str(tmp_path / "missing"), *common]) == 2
     assert cli_main(["export", str(folder), "--config", str(config), "--destination", "nope"]) == 2
@@ -147,7 +204,9 @@ def test_collect_files_from_folder_and_frames_csv(series: list[Path], tmp_path: 
         collect_dicom_files([tmp_path / "missing"])
 
 
-def test_inference_export_step_sends_the_written_series(pacs: LocalOrthanc, rg1_uncr: Path, tmp_path: Path, capsys) -> None:
+def test_inference_export_step_sends_the_written_series(
+    pacs: LocalOrthanc, rg1_uncr: Path, tmp_path: Path, capsys
+) -> None:
     """inference.json's optional export step (run_and_exit with a destination) ends with the series in the PACS."""
     from PIL import Image
 
@@ -157,8 +216,11 @@ def test_inference_export_step_sends_the_written_series(pacs: LocalOrthanc, rg1_
     png = tmp_path / "chest.png"
     Image.fromarray((read_cxr(rg1_uncr).pixels[::12, ::12] * 255).astype(np.uint8)).save(png)
     runner = ExaggerationInference(
-        None, load_bundle_classifier(), explainer_weights=REPO_ROOT / "bundles" / "cxr" / "models" / "explainer.pt",
-        num_frames=4, quicklook=False,
+        None,
+        load_bundle_classifier(),
+        explainer_weights=REPO_ROOT / "bundles" / "cxr" / "models" / "explainer.pt",
+        num_frames=4,
+        quicklook=False,
     )
     out = tmp_path / "out"
     summary = run_and_exit(runner, png, out, export_destination=lambda: pacs.destination())

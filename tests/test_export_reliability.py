@@ -13,12 +13,12 @@ from pathlib import Path
 import pandas as pd
 import pydicom
 import pytest
-
 from conftest import REPO_ROOT
 from export_helpers import make_tls_files, needs_orthanc, tls_orthanc, uids_of
+from orthanc_harness import LocalOrthanc
+
 from monai_exaggeration.cli import main as cli_main
 from monai_exaggeration.export import SendLedger, export_files, export_series, make_sender
-from orthanc_harness import LocalOrthanc
 
 pytest_plugins = ["orthanc_fixture"]  # the pacs and series fixtures
 pytestmark = needs_orthanc
@@ -35,7 +35,9 @@ def test_association_is_reopened_when_the_pacs_restarts(pacs: LocalOrthanc, seri
             pacs.start()
 
     with SendLedger(tmp_path / "ledger.sqlite") as ledger:
-        report = export_files(series, pacs.destination(), ledger, backoff=0.05, progress=False, after_each=restart_after_five)
+        report = export_files(
+            series, pacs.destination(), ledger, backoff=0.05, progress=False, after_each=restart_after_five
+        )
         assert report.count("sent") == 20 and report.exit_code == 0 and ledger.count() == 20
     assert sorted(pacs.instances()) == sorted(uids_of(series))
 
@@ -56,7 +58,9 @@ def test_dicom_tls_with_client_certificate(series: list[Path], tmp_path: Path) -
     tls = make_tls_files(tmp_path / "tls")
     with tls_orthanc(tmp_path / "orthanc", tls) as server:
         try:
-            secure = server.destination(tls_ca=str(tls["ca.pem"]), tls_cert=str(tls["client.pem"]), tls_key=str(tls["client.key"]))
+            secure = server.destination(
+                tls_ca=str(tls["ca.pem"]), tls_cert=str(tls["client.pem"]), tls_key=str(tls["client.key"])
+            )
             sender = make_sender(secure)
             try:
                 assert sender.echo() == 0x0000
@@ -66,10 +70,20 @@ def test_dicom_tls_with_client_certificate(series: list[Path], tmp_path: Path) -
                 report = export_files(series[:3], secure, ledger, progress=False)
                 assert report.count("sent") == 3
                 start = time.monotonic()
-                plain = export_files(series[3:5], server.destination(name="plain", connect_timeout=2.0), ledger,
-                                     retries=0, progress=False)
-                no_cert = export_files(series[3:5], server.destination(name="nocert", tls_ca=str(tls["ca.pem"])), ledger,
-                                       retries=0, progress=False)
+                plain = export_files(
+                    series[3:5],
+                    server.destination(name="plain", connect_timeout=2.0),
+                    ledger,
+                    retries=0,
+                    progress=False,
+                )
+                no_cert = export_files(
+                    series[3:5],
+                    server.destination(name="nocert", tls_ca=str(tls["ca.pem"])),
+                    ledger,
+                    retries=0,
+                    progress=False,
+                )
                 assert time.monotonic() - start < 10
             assert plain.count("failed") == 2 and "does the port need TLS" in plain.rows[0].message
             assert no_cert.count("failed") == 2 and "--tls-cert" in no_cert.rows[0].message
@@ -84,19 +98,32 @@ def test_stow_rs_with_basic_authentication(series: list[Path], tmp_path: Path) -
         if not server.has_dicomweb:
             pytest.skip("orthanc-dicomweb plugin not installed")
         with SendLedger(tmp_path / "ledger.sqlite") as ledger:
-            wrong = export_files(series[:2], server.dicomweb_destination(username="research", password="nope"), ledger,
-                                 progress=False)
-            right = export_files(series[:2], server.dicomweb_destination(username="research", password="s3cret"), ledger,
-                                 progress=False)
-        assert wrong.count("failed") == 2 and "HTTP 401" in wrong.rows[0].message and "credentials" in wrong.rows[0].message
+            wrong = export_files(
+                series[:2], server.dicomweb_destination(username="research", password="nope"), ledger, progress=False
+            )
+            right = export_files(
+                series[:2], server.dicomweb_destination(username="research", password="s3cret"), ledger, progress=False
+            )
+        assert (
+            wrong.count("failed") == 2
+            and "HTTP 401" in wrong.rows[0].message
+            and "credentials" in wrong.rows[0].message
+        )
         assert right.count("sent") == 2 and sorted(server.instances()) == sorted(uids_of(series[:2]))
     finally:
         server.stop(kill=True)
 
 
 def test_cli_help_runs_as_a_module() -> None:
-    result = subprocess.run([sys.executable, "-m", "monai_exaggeration", "export", "--help"], capture_output=True, text=True,
-                            cwd=REPO_ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=60, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "monai_exaggeration", "export", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     for words in ("--called-ae", "--url", "--config", "--ledger", "--verify", "C-FIND", "STOW-RS", "Exit status"):
         assert words in result.stdout
@@ -126,13 +153,15 @@ def test_cli_stow_rs_frames_csv_and_bad_arguments(
     (empty / "README").write_text("no DICOM here either")  # read, found not DICOM, skipped
     assert cli_main(["export", str(empty), "--url", url]) == 2
     config = tmp_path / "destinations.json"
-    config.write_text('{"destinations": {"web": {"url": "%s"}}}' % url)
+    config.write_text(f'{{"destinations": {{"web": {{"url": "{url}"}}}}}}')
     assert cli_main(["export", str(log), "--config", str(config), "--url", url]) == 2
     assert cli_main(["export", str(log), "--destination", "web"]) == 2
     config.write_text("{not json")
     assert cli_main(["export", str(log), "--config", str(config)]) == 2
     errors = caplog.text
-    assert "nothing to send" in errors and "not both" in errors and "needs --config" in errors and "cannot parse" in errors
+    assert (
+        "nothing to send" in errors and "not both" in errors and "needs --config" in errors and "cannot parse" in errors
+    )
     assert "Traceback" not in errors + capsys.readouterr().err
 
 

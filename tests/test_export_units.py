@@ -7,8 +7,8 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from export_helpers import make_series
+
 from monai_exaggeration.export import (
     DestinationError,
     PermanentSendError,
@@ -79,11 +79,17 @@ def test_destinations_file_and_status_codes(tmp_path: Path, monkeypatch: pytest.
     )
     monkeypatch.setenv("PACS_TOKEN", "secret")
     destinations = load_destinations(config)
-    assert destinations["pacs"].kind == "dimse" and destinations["pacs"].uses_tls and destinations["pacs"].label == "pacs"
+    assert (
+        destinations["pacs"].kind == "dimse" and destinations["pacs"].uses_tls and destinations["pacs"].label == "pacs"
+    )
     assert destinations["web"].kind == "dicomweb" and destinations["web"].bearer_token == "secret"
     assert "secret" not in repr(destinations["web"])
-    for bad in ["destinations: {x: {port: 4242}}", "destinations: {x: {host: h, colour: red}}",
-                "destinations: {x: {host: h, called_ae: WAY-TOO-LONG-AE-TITLE}}", "nothing: here"]:
+    for bad in [
+        "destinations: {x: {port: 4242}}",
+        "destinations: {x: {host: h, colour: red}}",
+        "destinations: {x: {host: h, called_ae: WAY-TOO-LONG-AE-TITLE}}",
+        "nothing: here",
+    ]:
         config.write_text(bad)
         with pytest.raises(DestinationError):
             load_destinations(config)
@@ -114,7 +120,9 @@ def test_concurrent_ledger_writers_keep_every_row(tmp_path: Path) -> None:
         thread.join()
     assert problems == []
     with SendLedger(path) as ledger:
-        assert ledger.count("dest") == 200 and ledger.is_sent("1.2.3.199", "dest") and not ledger.is_sent("1.2.3.199", "x")
+        assert (
+            ledger.count("dest") == 200 and ledger.is_sent("1.2.3.199", "dest") and not ledger.is_sent("1.2.3.199", "x")
+        )
 
 
 def test_warning_statuses_are_stored_and_failures_are_not(files, scripted, tmp_path: Path) -> None:
@@ -133,7 +141,9 @@ def test_warning_statuses_are_stored_and_failures_are_not(files, scripted, tmp_p
 def test_transient_failures_are_retried_with_backoff(files, scripted, tmp_path: Path, monkeypatch) -> None:
     delays: list[float] = []
     monkeypatch.setattr(exporter_module.time, "sleep", delays.append)
-    sender = scripted([TransientSendError("connection reset"), TransientSendError("association aborted"), 0x0000, 0x0000])
+    sender = scripted(
+        [TransientSendError("connection reset"), TransientSendError("association aborted"), 0x0000, 0x0000]
+    )
     with SendLedger(tmp_path / "ledger.sqlite") as ledger:
         report = export_files(files[:2], destination(), ledger, retries=3, backoff=0.5, progress=False)
     assert report.count("sent") == 2 and sender.calls == 4 and sender.closed
@@ -147,8 +157,9 @@ def test_unreachable_peer_stops_the_export(files, scripted, tmp_path: Path, monk
         report = export_files(files, destination(), ledger, retries=2, progress=False)
     assert sender.calls == 1 + 3  # one success, then one instance tried 3 times; the rest untried
     assert report.count("sent") == 1 and report.count("failed") == 9
-    assert all("Connection refused" in row.message and "run the export again later" in row.message
-               for row in report.rows[1:])
+    assert all(
+        "Connection refused" in row.message and "run the export again later" in row.message for row in report.rows[1:]
+    )
 
 
 def test_no_answer_in_a_row_stops_the_export(files, scripted, tmp_path: Path, monkeypatch) -> None:

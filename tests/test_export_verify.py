@@ -18,8 +18,9 @@ from pathlib import Path
 import pandas as pd
 import pydicom
 import pytest
-
 from export_helpers import make_series, needs_orthanc, uids_of
+from orthanc_harness import LocalOrthanc, free_port
+
 from monai_exaggeration.cli import main as cli_main
 from monai_exaggeration.export import (
     Destination,
@@ -35,7 +36,6 @@ from monai_exaggeration.export import exporter as exporter_module
 from monai_exaggeration.export.dicomweb import DicomwebSender
 from monai_exaggeration.export.dimse import STUDY_ROOT_FIND, dimse_querier
 from monai_exaggeration.export.ledger import SCHEMA_VERSION
-from orthanc_harness import LocalOrthanc, free_port
 
 pytest_plugins = ["orthanc_fixture"]  # the pacs and series fixtures
 
@@ -45,8 +45,22 @@ def series_uid(path: Path) -> str:
 
 
 def cli_destination(pacs: LocalOrthanc, ledger: Path, report: Path) -> list[str]:
-    return ["--host", "127.0.0.1", "--port", str(pacs.dicom_port), "--called-ae", pacs.aet, "--calling-ae", pacs.allowed_ae,
-            "--ledger", str(ledger), "--report", str(report), "--backoff", "0.05"]
+    return [
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(pacs.dicom_port),
+        "--called-ae",
+        pacs.aet,
+        "--calling-ae",
+        pacs.allowed_ae,
+        "--ledger",
+        str(ledger),
+        "--report",
+        str(report),
+        "--backoff",
+        "0.05",
+    ]
 
 
 # --------------------------------------------------------------------------------------- against Orthanc
@@ -209,8 +223,20 @@ def test_cli_reports_a_damaged_ledger_with_exit_status_2(
     kind: str, series: list[Path], tmp_path: Path, capsys, caplog: pytest.LogCaptureFixture
 ) -> None:
     ledger = broken_ledger(tmp_path / "ledger.sqlite", kind)
-    code = cli_main(["export", str(series[0].parent), "--host", "127.0.0.1", "--port", str(free_port()),
-                     "--ledger", str(ledger), "--report", str(tmp_path / "report.csv")])
+    code = cli_main(
+        [
+            "export",
+            str(series[0].parent),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(free_port()),
+            "--ledger",
+            str(ledger),
+            "--report",
+            str(tmp_path / "report.csv"),
+        ]
+    )
     assert code == 2
     errors = [record for record in caplog.records if record.levelname == "ERROR"]
     assert len(errors) == 1 and f"send ledger {ledger} is unusable" in errors[0].getMessage()
@@ -224,11 +250,15 @@ def test_unversioned_ledger_of_the_previous_release_is_migrated(tmp_path: Path) 
     path = tmp_path / "ledger.sqlite"
     db = sqlite3.connect(path)  # exactly what the code before schema versions wrote
     db.execute("PRAGMA journal_mode=WAL")
-    db.execute("CREATE TABLE IF NOT EXISTS sent (sop_instance_uid TEXT NOT NULL, destination TEXT NOT NULL, "
-               "status INTEGER NOT NULL, file TEXT NOT NULL, sent_at TEXT NOT NULL, "
-               "PRIMARY KEY (sop_instance_uid, destination))")
-    db.executemany("INSERT INTO sent VALUES (?, ?, 0, ?, '2024-01-01T00:00:00+00:00')",
-                   [(f"1.2.3.{i}", "pacs", f"f{i}.dcm") for i in range(5)])
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS sent (sop_instance_uid TEXT NOT NULL, destination TEXT NOT NULL, "
+        "status INTEGER NOT NULL, file TEXT NOT NULL, sent_at TEXT NOT NULL, "
+        "PRIMARY KEY (sop_instance_uid, destination))"
+    )
+    db.executemany(
+        "INSERT INTO sent VALUES (?, ?, 0, ?, '2024-01-01T00:00:00+00:00')",
+        [(f"1.2.3.{i}", "pacs", f"f{i}.dcm") for i in range(5)],
+    )
     db.commit()
     db.close()
     with SendLedger(path) as ledger:
@@ -348,10 +378,19 @@ def test_verify_resends_what_the_pacs_lost_and_marks_the_ledger(files, fake_pacs
         assert sorted(fake_pacs.sent) == sorted(uids[:3]) and checked.lost == 3
         assert checked.count("sent") == 2 and checked.count("failed") == 1 and checked.count("already_sent") == 7
         assert checked.confirmed == 9 and checked.expected == 10 and checked.exit_code == 1
-        assert "confirmed in PACS: 9 of 10 (3 in the send ledger but missing from the PACS were resent)" in checked.describe()
-        assert all(row.message.startswith("resent: in the send ledger but missing") for row in checked.rows if row.result == "sent")
+        assert (
+            "confirmed in PACS: 9 of 10 (3 in the send ledger but missing from the PACS were resent)"
+            in checked.describe()
+        )
+        assert all(
+            row.message.startswith("resent: in the send ledger but missing")
+            for row in checked.rows
+            if row.result == "sent"
+        )
         # the ledger no longer claims the instance that is still missing: a plain run sends it
-        assert not ledger.is_sent(uids[0], "fake") and ledger.is_sent(uids[1], "fake") and ledger.count_lost("fake") == 1
+        assert (
+            not ledger.is_sent(uids[0], "fake") and ledger.is_sent(uids[1], "fake") and ledger.count_lost("fake") == 1
+        )
         fake_pacs.fail.clear()
         fake_pacs.sent.clear()
         plain = export_files(files, fake_destination(), ledger, progress=False)
@@ -467,8 +506,12 @@ def test_qido_rs_reads_every_page_and_stops_when_offset_is_ignored(monkeypatch: 
     monkeypatch.setattr(sender.client, "search_for_instances", paged)
     assert sender.find_instances("1.9", "1.9.9") == {f"1.9.{i}" for i in range(5)} and calls == [None, 3, 5]
     calls.clear()
-    monkeypatch.setattr(sender.client, "search_for_instances",
-                        lambda study_instance_uid, series_instance_uid, fields, offset=None: calls.append(offset)
-                        or [{"00080018": {"vr": "UI", "Value": ["1.9.0"]}}])
+    monkeypatch.setattr(
+        sender.client,
+        "search_for_instances",
+        lambda study_instance_uid, series_instance_uid, fields, offset=None: (
+            calls.append(offset) or [{"00080018": {"vr": "UI", "Value": ["1.9.0"]}}]
+        ),
+    )
     assert sender.find_instances("1.9", "1.9.9") == {"1.9.0"} and calls == [None, 1]  # a server ignoring offset
     sender.close()

@@ -9,17 +9,30 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
-
 from conftest import run_bundle
 from inference.helpers import BUNDLE, EVALUATE, INFERENCE, ONE_THREAD
+from PIL import Image
+
 from monai_exaggeration.findings import CARDIOMEGALY, DEFAULT_FINDING, finding_profile
 
 CONFIGS = Path(BUNDLE) / "configs"
 CLASSIFIER = str(Path(BUNDLE).parent / "cxr_classifier" / "models" / "classifier.pt")
-TINY = ["--image_size", "32", "--batch_size", "4", "--num_val_images", "4", "--classifier_weights", CLASSIFIER,
-        "--network_def#stem_channels", "8", "--network_def#encoder_channels", "[8,16]",
-        "--discriminator_def#channels", "[8,16,16]"]
+TINY = [
+    "--image_size",
+    "32",
+    "--batch_size",
+    "4",
+    "--num_val_images",
+    "4",
+    "--classifier_weights",
+    CLASSIFIER,
+    "--network_def#stem_channels",
+    "8",
+    "--network_def#encoder_channels",
+    "[8,16]",
+    "--discriminator_def#channels",
+    "[8,16,16]",
+]
 
 
 def test_profiles() -> None:
@@ -48,25 +61,86 @@ def _labelled_folder(folder: Path, column: str, count: int = 30) -> Path:
 def test_a_second_finding_runs_through_training_inference_evaluation_and_the_report(tmp_path: Path) -> None:
     data = _labelled_folder(tmp_path / "data", "pleural_effusion")
     root = tmp_path / "bundle"
-    result = run_bundle(["run", "training", "--config_file", str(CONFIGS / "train.json"), "--bundle_root", str(root),
-                         "--dataset_dir", str(data), "--finding", "pleural_effusion", *TINY, "--max_iterations", "2",
-                         "--val_interval", "2", "--n_critic", "1"], cwd=tmp_path, env=ONE_THREAD)
+    result = run_bundle(
+        [
+            "run",
+            "training",
+            "--config_file",
+            str(CONFIGS / "train.json"),
+            "--bundle_root",
+            str(root),
+            "--dataset_dir",
+            str(data),
+            "--finding",
+            "pleural_effusion",
+            *TINY,
+            "--max_iterations",
+            "2",
+            "--val_interval",
+            "2",
+            "--n_critic",
+            "1",
+        ],
+        cwd=tmp_path,
+        env=ONE_THREAD,
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     weights = root / "models" / "explainer_final.pt"
 
     out = tmp_path / "out"
-    result = run_bundle(["run", "inference", "--config_file", INFERENCE, "--bundle_root", BUNDLE, "--input",
-                         str(data / "xray_0.png"), "--output_dir", str(out), "--explainer_weights", str(weights),
-                         "--classifier_weights", CLASSIFIER, "--quicklook", "false"], cwd=tmp_path, env=ONE_THREAD)
+    result = run_bundle(
+        [
+            "run",
+            "inference",
+            "--config_file",
+            INFERENCE,
+            "--bundle_root",
+            BUNDLE,
+            "--input",
+            str(data / "xray_0.png"),
+            "--output_dir",
+            str(out),
+            "--explainer_weights",
+            str(weights),
+            "--classifier_weights",
+            CLASSIFIER,
+            "--quicklook",
+            "false",
+        ],
+        cwd=tmp_path,
+        env=ONE_THREAD,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     sources = pd.read_csv(out / "sources.csv")
     assert sources["finding"].tolist() == ["pleural_effusion"]  # from the explainer file's record
 
     evaluation = tmp_path / "evaluation"
-    result = run_bundle(["run", "evaluating", "--config_file", f"['{INFERENCE}','{EVALUATE}']", "--bundle_root", BUNDLE,
-                         "--dataset_dir", str(data), "--split_fractions", "[0.0, 1.0, 0.0]", "--explainer_weights",
-                         str(weights), "--classifier_weights", CLASSIFIER, "--output_dir", str(evaluation),
-                         "--occlusion", "false", "--num_examples", "1"], cwd=tmp_path, env=ONE_THREAD)
+    result = run_bundle(
+        [
+            "run",
+            "evaluating",
+            "--config_file",
+            f"['{INFERENCE}','{EVALUATE}']",
+            "--bundle_root",
+            BUNDLE,
+            "--dataset_dir",
+            str(data),
+            "--split_fractions",
+            "[0.0, 1.0, 0.0]",
+            "--explainer_weights",
+            str(weights),
+            "--classifier_weights",
+            CLASSIFIER,
+            "--output_dir",
+            str(evaluation),
+            "--occlusion",
+            "false",
+            "--num_examples",
+            "1",
+        ],
+        cwd=tmp_path,
+        env=ONE_THREAD,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((evaluation / "metrics.json").read_text())
     assert metrics["n_images"] == 30 and metrics["n_images_by_label"] == {"0": 15, "1": 15}  # the label column

@@ -17,15 +17,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REPO_ROOT, run_bundle
+from inference.helpers import chest_png, make_runner
 from PIL import Image
 
-from conftest import REPO_ROOT, run_bundle
 from monai_exaggeration.cli import main as cli_main
-from monai_exaggeration.errors import DatasetNotFoundError, user_message
+from monai_exaggeration.errors import CXRInputError, DatasetNotFoundError, user_message
 from monai_exaggeration.transforms import InputLimits, LoadCXR, read_cxr
-from monai_exaggeration.errors import CXRInputError
 from monai_exaggeration.utils import json_text
-from inference.helpers import chest_png, make_runner
 
 CONFIGS = REPO_ROOT / "bundles" / "cxr" / "configs"
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
@@ -109,7 +108,11 @@ def test_quickstart_paths_are_relative_to_the_user(tmp_path: Path, rg1_uncr: Pat
     env = {**os.environ, **ONE_THREAD, "VENV": sys.prefix}
     result = subprocess.run(
         ["bash", str(REPO_ROOT / "scripts" / "quickstart.sh"), "--input", "one.png", "--quicklook", "false"],
-        cwd=work, env=env, capture_output=True, text=True, timeout=600,
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     out = work / "exaggeration_output"
@@ -147,7 +150,11 @@ def _png(path: Path, rows: int, columns: int) -> Path:
 
 @pytest.mark.parametrize(
     ("rows", "columns", "problem"),
-    [(1, 1, "smaller than the minimum 64 x 64"), (63, 200, "smaller than the minimum"), (100, 400, "aspect ratio beyond 3:1")],
+    [
+        (1, 1, "smaller than the minimum 64 x 64"),
+        (63, 200, "smaller than the minimum"),
+        (100, 400, "aspect ratio beyond 3:1"),
+    ],
 )
 def test_tiny_or_strip_images_are_refused(tmp_path: Path, rows: int, columns: int, problem: str) -> None:
     path = _png(tmp_path / "image.png", rows, columns)
@@ -224,8 +231,16 @@ def test_exit_codes_follow_the_table(tmp_path: Path, rg1_uncr: Path) -> None:
 def test_bundle_all_inputs_failed_exits_2(tmp_path: Path) -> None:
     _png(tmp_path / "tiny.png", 1, 1)
     result = run_bundle(
-        ["run", "inference", "--config_file", str(CONFIGS / "inference.json"), "--input", str(tmp_path / "tiny.png"),
-         "--output_dir", str(tmp_path / "out")],
+        [
+            "run",
+            "inference",
+            "--config_file",
+            str(CONFIGS / "inference.json"),
+            "--input",
+            str(tmp_path / "tiny.png"),
+            "--output_dir",
+            str(tmp_path / "out"),
+        ],
         env=ONE_THREAD,
     )
     assert result.returncode == 2, result.stderr[-2000:]
@@ -234,7 +249,9 @@ def test_bundle_all_inputs_failed_exits_2(tmp_path: Path) -> None:
 
 
 def test_json_outputs_never_contain_nan() -> None:
-    text = json_text({"a": float("nan"), "b": [1.0, float("inf")], "c": np.float32("nan"), "d": np.array([0.5, np.nan])})
+    text = json_text(
+        {"a": float("nan"), "b": [1.0, float("inf")], "c": np.float32("nan"), "d": np.array([0.5, np.nan])}
+    )
     assert json.loads(text) == {"a": None, "b": [1.0, None], "c": None, "d": [0.5, None]}
     assert "NaN" not in text and "Infinity" not in text
     assert math.isclose(json.loads(json_text({"x": np.float64(0.25)}))["x"], 0.25)
@@ -249,7 +266,11 @@ def test_series_ctr_script_writes_null_not_nan() -> None:
 
 
 def test_user_docs_do_not_point_at_the_development_folder() -> None:
-    files = [REPO_ROOT / "README.md", REPO_ROOT / "bundles" / "cxr" / "docs" / "README.md", *(REPO_ROOT / "docs").glob("*.md")]
+    files = [
+        REPO_ROOT / "README.md",
+        REPO_ROOT / "bundles" / "cxr" / "docs" / "README.md",
+        *(REPO_ROOT / "docs").glob("*.md"),
+    ]
     files += list((REPO_ROOT / "monai_exaggeration").rglob("*.py")) + list((REPO_ROOT / "scripts").glob("*"))
     offenders = []
     for path in files:

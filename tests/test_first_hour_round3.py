@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REPO_ROOT, config_arg, run_bundle
 from PIL import Image
 
-from conftest import REPO_ROOT, config_arg, run_bundle
 from monai_exaggeration.bundle import check_overrides, command_line_overrides
 from monai_exaggeration.cli import main as cli_main
 from monai_exaggeration.errors import UserError, restore_error_logging, show_errors_as_lines
@@ -27,9 +27,20 @@ BUNDLES = REPO_ROOT / "bundles"
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 CLASSIFIER = str(BUNDLES / "cxr_classifier" / "models" / "classifier.pt")
 TINY_EXPLAINER = [  # a 32 px explainer with tiny widths: a training of 2 iterations takes seconds
-    "--image_size", "32", "--batch_size", "4", "--num_val_images", "4", "--classifier_weights", CLASSIFIER,
-    "--network_def#stem_channels", "8", "--network_def#encoder_channels", "[8,16]",
-    "--discriminator_def#channels", "[8,16,16]",
+    "--image_size",
+    "32",
+    "--batch_size",
+    "4",
+    "--num_val_images",
+    "4",
+    "--classifier_weights",
+    CLASSIFIER,
+    "--network_def#stem_channels",
+    "8",
+    "--network_def#encoder_channels",
+    "[8,16]",
+    "--discriminator_def#channels",
+    "[8,16,16]",
 ]
 
 #: Every bundle workflow: the config files a documented command merges (the checked keys are theirs).
@@ -81,14 +92,33 @@ def test_a_mistyped_setting_is_refused_with_the_closest_key() -> None:
 
 
 def test_existing_keys_paths_and_new_keys_are_accepted() -> None:
-    check_overrides(_argv(WORKFLOWS["cxr training, CPU"], "--max_iterations", "20", "--network_def#stem_channels", "32",
-                          "--discriminator_def#channels=[8,16]", "--train#dataloader#num_workers", "0", "--debug"))
+    check_overrides(
+        _argv(
+            WORKFLOWS["cxr training, CPU"],
+            "--max_iterations",
+            "20",
+            "--network_def#stem_channels",
+            "32",
+            "--discriminator_def#channels=[8,16]",
+            "--train#dataloader#num_workers",
+            "0",
+            "--debug",
+        )
+    )
     check_overrides(_argv(["cxr/configs/inference.json"], "--input-limits#min_size", "32", "--quicklook"))
-    check_overrides(_argv(["cxr/configs/train.json"], "--new_keys", "['train#dataloader#pin_memory']",
-                          "--train#dataloader#pin_memory", "True"))
+    check_overrides(
+        _argv(
+            ["cxr/configs/train.json"],
+            "--new_keys",
+            "['train#dataloader#pin_memory']",
+            "--train#dataloader#pin_memory",
+            "True",
+        )
+    )
     check_overrides(_argv(["cxr/configs/train.json"], "--new_keys", "my_key,other", "--my_key", "1", "--other", "2"))
-    check_overrides(["run", "--config_file", str(CONFIGS / "inference.json"), "--tracking", "mlflow",
-                     "--experiment_name", "x"])  # MONAI's tracking settings
+    check_overrides(
+        ["run", "--config_file", str(CONFIGS / "inference.json"), "--tracking", "mlflow", "--experiment_name", "x"]
+    )  # MONAI's tracking settings
     check_overrides(_argv(["cxr/configs/inference.json"], "--", "--num_frame", "5"))  # after "--": not fire's flags
 
 
@@ -100,10 +130,32 @@ def test_args_file_pairs_are_checked_too(tmp_path: Path) -> None:
 
 
 def test_command_line_overrides_are_read_as_fire_reads_them() -> None:
-    pairs = command_line_overrides(["run", "inference", "--config_file", "c.json", "--num-frames", "5", "--bits=16",
-                                    "--quicklook", "--nodebug", "--first_bin", "-1", "-k", "v"])
-    assert pairs == {"config_file": "c.json", "num_frames": "5", "bits": "16", "quicklook": "True", "debug": "False",
-                     "first_bin": "-1", "k": "v"}
+    pairs = command_line_overrides(
+        [
+            "run",
+            "inference",
+            "--config_file",
+            "c.json",
+            "--num-frames",
+            "5",
+            "--bits=16",
+            "--quicklook",
+            "--nodebug",
+            "--first_bin",
+            "-1",
+            "-k",
+            "v",
+        ]
+    )
+    assert pairs == {
+        "config_file": "c.json",
+        "num_frames": "5",
+        "bits": "16",
+        "quicklook": "True",
+        "debug": "False",
+        "first_bin": "-1",
+        "k": "v",
+    }
 
 
 @pytest.mark.parametrize("workflow", sorted(WORKFLOWS))
@@ -130,12 +182,22 @@ def test_typo_in_a_bundle_command_is_one_line_exit_2_and_nothing_runs(tmp_path: 
     """`--num_frame 5` would have written 10 frames; now: one line, exit 2, no output folder. MONAI's security
     notice is quieted by the documented warning filter."""
     out = tmp_path / "out"
-    args = ["run", "inference", "--config_file", str(CONFIGS / "inference.json"), "--output_dir", str(out),
-            "--num_frame", "5"]
+    args = [
+        "run",
+        "inference",
+        "--config_file",
+        str(CONFIGS / "inference.json"),
+        "--output_dir",
+        str(out),
+        "--num_frame",
+        "5",
+    ]
     result = run_bundle(args, cwd=tmp_path, env={**ONE_THREAD, "PYTHONWARNINGS": "ignore:parsing config_file"})
     assert result.returncode == 2, result.stderr[-2000:]
     line = _last_error(result.stderr)
-    assert line.startswith("error: unknown setting --num_frame: not a key of inference.json -- did you mean --num_frames?")
+    assert line.startswith(
+        "error: unknown setting --num_frame: not a key of inference.json -- did you mean --num_frames?"
+    )
     assert "Traceback" not in result.stdout + result.stderr and not out.exists()
     assert "parsing config_file" not in result.stderr  # PYTHONWARNINGS="ignore:parsing config_file" (docs/install.md)
     install = (REPO_ROOT / "docs" / "install.md").read_text()
@@ -143,9 +205,17 @@ def test_typo_in_a_bundle_command_is_one_line_exit_2_and_nothing_runs(tmp_path: 
 
 
 def test_docs_no_longer_invite_any_key() -> None:
-    for name in ("docs/inference.md", "docs/training.md", "docs/evaluation.md", "README.md", "bundles/cxr/docs/README.md"):
+    for name in (
+        "docs/inference.md",
+        "docs/training.md",
+        "docs/evaluation.md",
+        "README.md",
+        "bundles/cxr/docs/README.md",
+    ):
         text = (REPO_ROOT / name).read_text().lower()
-        assert "any config key works" not in text and "every key of `inference.json` can be overridden" not in text, name
+        assert "any config key works" not in text and "every key of `inference.json` can be overridden" not in text, (
+            name
+        )
     assert "--new_keys" in (REPO_ROOT / "docs" / "install.md").read_text()
 
 
@@ -154,8 +224,20 @@ def test_docs_no_longer_invite_any_key() -> None:
 
 def test_missing_input_reads_the_same_from_the_bundle_and_from_classify(tmp_path: Path, capsys) -> None:
     missing = tmp_path / "nowhere.dcm"
-    result = run_bundle(["run", "inference", "--config_file", str(CONFIGS / "inference.json"), "--input", str(missing),
-                         "--output_dir", str(tmp_path / "out")], cwd=tmp_path, env=ONE_THREAD)
+    result = run_bundle(
+        [
+            "run",
+            "inference",
+            "--config_file",
+            str(CONFIGS / "inference.json"),
+            "--input",
+            str(missing),
+            "--output_dir",
+            str(tmp_path / "out"),
+        ],
+        cwd=tmp_path,
+        env=ONE_THREAD,
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     from_bundle = _last_error(result.stderr)
     assert "parsing config_file" in result.stderr  # MONAI's notice shows unless filtered
@@ -177,8 +259,9 @@ def test_missing_input_reads_the_same_from_the_bundle_and_from_classify(tmp_path
         (["classify", "--input", "{tmp}", "--aspect", "squash"], "--aspect squash"),
     ],
 )
-def test_every_command_ends_a_user_error_with_one_error_line(args: list[str], words: str, tmp_path: Path, capsys,
-                                                             caplog) -> None:
+def test_every_command_ends_a_user_error_with_one_error_line(
+    args: list[str], words: str, tmp_path: Path, capsys, caplog
+) -> None:
     (tmp_path / "empty").mkdir()
     assert cli_main([arg.format(tmp=tmp_path) for arg in args]) == 2
     captured = capsys.readouterr()
@@ -286,9 +369,11 @@ def test_one_evaluation_recipe_everywhere() -> None:
     assert [str(path) for path in docs if "validate_explainer" in path.read_text()] == []
     # the card's commands are the documented ones, word for word
     assert _one_command(_bash_block(CARD, "## MONAI bundle commands", "run evaluating")) == _one_command(
-        _bash_block(*EVALUATION_DOC))
+        _bash_block(*EVALUATION_DOC)
+    )
     assert _one_command(_bash_block(CARD, "## MONAI bundle commands", "run inference")) == _one_command(
-        _bash_block(*INFERENCE_DOC))
+        _bash_block(*INFERENCE_DOC)
+    )
 
 
 def _run_doc_command(block: str, cwd: Path, extra: list[str], **placeholders: str) -> subprocess.CompletedProcess:
@@ -306,13 +391,17 @@ def test_documented_commands_run_from_another_folder(tmp_path: Path, tiny_datase
     with cwd elsewhere: only the placeholders are filled and a few options added to keep them short."""
     image = tmp_path / "chest.png"
     Image.open(next((tiny_dataset / "images").glob("*.png"))).resize((128, 128)).save(image)
-    inference = _run_doc_command(_bash_block(*INFERENCE_DOC), tmp_path, ["--quicklook", "false"],
-                                 PATH="chest.png", DIR="explained")
+    inference = _run_doc_command(
+        _bash_block(*INFERENCE_DOC), tmp_path, ["--quicklook", "false"], PATH="chest.png", DIR="explained"
+    )
     assert inference.returncode == 0, (inference.stdout + inference.stderr)[-3000:]
     assert len(pd.read_csv(tmp_path / "explained" / "frames.csv")) == 10
-    evaluation = _run_doc_command(_bash_block(*EVALUATION_DOC), tmp_path,
-                                  ["--split", "train", "--num_images", "2", "--num_examples", "1", "--occlusion", "false"],
-                                  DIR=str(tiny_dataset))
+    evaluation = _run_doc_command(
+        _bash_block(*EVALUATION_DOC),
+        tmp_path,
+        ["--split", "train", "--num_images", "2", "--num_examples", "1", "--occlusion", "false"],
+        DIR=str(tiny_dataset),
+    )
     assert evaluation.returncode == 0, (evaluation.stdout + evaluation.stderr)[-3000:]
     out = tmp_path / "exaggeration_evaluation"  # the documented output folder, in the folder the user is in
     assert (out / "report.html").is_file() and json.loads((out / "metrics.json").read_text())
@@ -347,7 +436,9 @@ def test_an_image_folder_without_labels_loads_for_the_explainer(tmp_path: Path) 
     with pytest.raises(UserError, match="--target_sampling calibrated .* -- .*--target_sampling uniform"):
         load_explainer_split(folder, "train", target_sampling="calibrated")
     # a manifest without the label column is unlabelled too; with it, the labels come along
-    pd.DataFrame({"image": [Path(p).relative_to(folder).as_posix() for p in images]}).to_csv(folder / "labels.csv", index=False)
+    pd.DataFrame({"image": [Path(p).relative_to(folder).as_posix() for p in images]}).to_csv(
+        folder / "labels.csv", index=False
+    )
     assert "cardiomegaly" not in load_explainer_split(folder, "train")[0]
     with pytest.raises(FileNotFoundError, match="labels are optional"):
         load_explainer_split(tmp_path / "nothing", "train")
@@ -358,10 +449,25 @@ def test_training_on_an_unlabelled_folder(tmp_path: Path) -> None:
     folder = _unlabelled_folder(tmp_path / "xrays", count=12)
     root = tmp_path / "bundle"
     result = run_bundle(
-        ["run", "training", "--config_file", str(CONFIGS / "train.json"), "--bundle_root", str(root),
-         "--dataset_dir", str(folder), *TINY_EXPLAINER, "--max_iterations", "2", "--val_interval", "2",
-         "--n_critic", "1"],
-        cwd=tmp_path, env=ONE_THREAD,
+        [
+            "run",
+            "training",
+            "--config_file",
+            str(CONFIGS / "train.json"),
+            "--bundle_root",
+            str(root),
+            "--dataset_dir",
+            str(folder),
+            *TINY_EXPLAINER,
+            "--max_iterations",
+            "2",
+            "--val_interval",
+            "2",
+            "--n_critic",
+            "1",
+        ],
+        cwd=tmp_path,
+        env=ONE_THREAD,
     )
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-3000:]

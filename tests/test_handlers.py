@@ -42,8 +42,9 @@ def _run(handler, batches: list, output=lambda batch: batch) -> Engine:
 
 
 def test_score_table_reads_the_output_through_output_transform(tmp_path: Path) -> None:
-    writer = ScoreTableWriter(str(tmp_path), finding="cardiomegaly", name="test",
-                              output_transform=lambda output: output["items"])
+    writer = ScoreTableWriter(
+        str(tmp_path), finding="cardiomegaly", name="test", output_transform=lambda output: output["items"]
+    )
     _run(writer, _score_batches())
     table = pd.read_csv(tmp_path / "scores.csv")
     assert list(table["image"]) == [f"chest_{i}.png" for i in range(4)]
@@ -64,8 +65,9 @@ def test_score_table_writes_nothing_on_other_ranks(tmp_path: Path, monkeypatch: 
     assert not (tmp_path / "out").exists()  # ...but no file written
 
 
-def test_rank_0_of_several_says_its_files_hold_its_share(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                         caplog: pytest.LogCaptureFixture) -> None:
+def test_rank_0_of_several_says_its_files_hold_its_share(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setattr(distributed, "get_world_size", lambda: 2)
     with caplog.at_level(logging.WARNING):
         _run(ScoreTableWriter(str(tmp_path), output_transform=lambda output: output["items"]), _score_batches())
@@ -77,7 +79,7 @@ def _masks(heart_width: int) -> torch.Tensor:
     """(3, S, S): a heart of ``heart_width`` columns between two lungs spanning columns 4..27 (thorax 24)."""
     masks = torch.zeros(3, SIZE, SIZE)
     left = (SIZE - heart_width) // 2
-    masks[0, 12:20, left:left + heart_width] = 1
+    masks[0, 12:20, left : left + heart_width] = 1
     masks[1, 6:26, 4:14] = 1
     masks[2, 6:26, 18:28] = 1
     return masks
@@ -85,14 +87,17 @@ def _masks(heart_width: int) -> torch.Tensor:
 
 def _ctr_batches() -> list[dict]:
     return [
-        {"out": [{"pred": _masks(12), "label": _masks(12)}, {"pred": _masks(18), "label": _masks(16)}],
-         "meta": [{"id": "a", "ctr": 0.5}, {"id": "b", "ctr": float("nan")}]},
+        {
+            "out": [{"pred": _masks(12), "label": _masks(12)}, {"pred": _masks(18), "label": _masks(16)}],
+            "meta": [{"id": "a", "ctr": 0.5}, {"id": "b", "ctr": float("nan")}],
+        },
     ]
 
 
 def test_ctr_report_reads_output_and_batch_through_their_transforms(tmp_path: Path) -> None:
-    report = CTRReport(str(tmp_path), output_transform=lambda output: output["out"],
-                       batch_transform=lambda batch: batch["meta"])
+    report = CTRReport(
+        str(tmp_path), output_transform=lambda output: output["out"], batch_transform=lambda batch: batch["meta"]
+    )
     _run(report, _ctr_batches())
     table = pd.read_csv(tmp_path / "ctr.csv")
     assert list(table["id"]) == ["a", "b"]
@@ -105,8 +110,11 @@ def test_ctr_report_reads_output_and_batch_through_their_transforms(tmp_path: Pa
 
 def test_ctr_report_writes_nothing_on_other_ranks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(distributed, "get_rank", lambda: 3)
-    report = CTRReport(str(tmp_path / "out"), output_transform=lambda output: output["out"],
-                       batch_transform=lambda batch: batch["meta"])
+    report = CTRReport(
+        str(tmp_path / "out"),
+        output_transform=lambda output: output["out"],
+        batch_transform=lambda batch: batch["meta"],
+    )
     _run(report, _ctr_batches())
     assert len(report.rows) == 2 and not (tmp_path / "out").exists()
 
@@ -114,8 +122,9 @@ def test_ctr_report_writes_nothing_on_other_ranks(tmp_path: Path, monkeypatch: p
 def test_training_progress_reads_losses_through_output_transform_and_the_engines_stop(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    progress = TrainingProgress(seconds=0.0, stream=io.StringIO(), terminal=False,
-                                output_transform=lambda output: output["losses"])
+    progress = TrainingProgress(
+        seconds=0.0, stream=io.StringIO(), terminal=False, output_transform=lambda output: output["losses"]
+    )
     engine = Engine(lambda engine, batch: {"losses": {"d_loss": 1.5, "g_loss": 2.5}})
     engine.max_iterations = 6  # what the explainer's trainer defines
     progress.attach(engine)

@@ -18,10 +18,10 @@ from pathlib import Path
 import pandas as pd
 import pydicom
 import pytest
-
 from conftest import REPO_ROOT
-from monai_exaggeration.utils import remove_stale_temporaries
 from inference.helpers import chest_png, make_runner
+
+from monai_exaggeration.utils import remove_stale_temporaries
 
 SC_FILES = "dicom/*/step_*.dcm"
 
@@ -84,8 +84,11 @@ def test_twins_sharing_a_sop_instance_uid_get_their_own_series(shared_dicom: Pat
         assert (ds.SeriesInstanceUID, ds.SOPInstanceUID) == (row.series_instance_uid, row.sop_instance_uid)
     by_source = frames.groupby("source")["series_instance_uid"].first()
     assert by_source.nunique() == 2
-    again = runner.run(inbox, tmp_path / "again")  # re-runs stay deterministic
-    assert pd.read_csv(tmp_path / "again" / "frames.csv")["sop_instance_uid"].tolist() == frames["sop_instance_uid"].tolist()
+    runner.run(inbox, tmp_path / "again")  # re-runs stay deterministic
+    assert (
+        pd.read_csv(tmp_path / "again" / "frames.csv")["sop_instance_uid"].tolist()
+        == frames["sop_instance_uid"].tolist()
+    )
 
 
 def test_a_duplicate_input_is_reported_not_written_twice(tmp_path: Path, rg1_uncr: Path, runner) -> None:
@@ -153,7 +156,7 @@ def test_kill_during_a_write_then_rerun_leaves_no_temporaries(tmp_path: Path, rg
     script = textwrap.dedent(
         f"""
         import os, sys, time
-        sys.path.insert(0, {str(REPO_ROOT / 'tests')!r})
+        sys.path.insert(0, {str(REPO_ROOT / "tests")!r})
         import monai_exaggeration.dicom.secondary_capture as sc
         from inference.helpers import make_runner
         original = sc.atomic_write
@@ -171,8 +174,9 @@ def test_kill_during_a_write_then_rerun_leaves_no_temporaries(tmp_path: Path, rg
         make_runner(quicklook=False, num_frames=3).run({str(rg1_uncr)!r}, {str(out)!r})
         """
     )
-    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
-                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    process = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     try:
         line = process.stdout.readline()
         assert "WRITING" in line

@@ -32,11 +32,11 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
-
 from conftest import REPO_ROOT
+from test_dicom_node import c_store, echo, scp_factory  # noqa: F401 (scp_factory: the node's Storage SCP, no models)
+
 from monai_exaggeration.errors import CXRInputError
 from monai_exaggeration.transforms.readers import read_cxr
-from test_dicom_node import c_store, echo, scp_factory  # noqa: F401 (scp_factory: the node's Storage SCP, no models)
 
 # ----------------------------------------------------------------------------------- 1. decompression bombs
 
@@ -70,8 +70,15 @@ def tiff_bomb(path: Path, pages: int = 300, size: int = 2048) -> Path:
     every page's header points at the same compressed strip."""
     strip = zlib.compress(bytes(size * size), 9)
     entries = [  # (tag, type, value): 3 = SHORT, 4 = LONG; in ascending tag order
-        (256, 4, size), (257, 4, size), (258, 3, 8), (259, 3, 8), (262, 3, 1), (273, 4, 8), (277, 3, 1),
-        (278, 4, size), (279, 4, len(strip)),
+        (256, 4, size),
+        (257, 4, size),
+        (258, 3, 8),
+        (259, 3, 8),
+        (262, 3, 1),
+        (273, 4, 8),
+        (277, 3, 1),
+        (278, 4, size),
+        (279, 4, len(strip)),
     ]
     ifd_size = 2 + 12 * len(entries) + 4
     first_ifd = 8 + len(strip) + (len(strip) % 2)
@@ -80,7 +87,9 @@ def tiff_bomb(path: Path, pages: int = 300, size: int = 2048) -> Path:
         following = first_ifd + (page + 1) * ifd_size if page + 1 < pages else 0
         data += struct.pack("<H", len(entries))
         for tag, kind, value in entries:
-            data += struct.pack("<HHI", tag, kind, 1) + (struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value))
+            data += struct.pack("<HHI", tag, kind, 1) + (
+                struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value)
+            )
         data += struct.pack("<I", following)
     path.write_bytes(bytes(data))
     return path
@@ -111,8 +120,9 @@ def read_in_child(path: Path) -> tuple[str, float]:
     """(what reading ``path`` printed, the reading process's peak resident memory in GB)."""
     folder = os.environ.get("EXAG_READERS_DIR", str(REPO_ROOT / "monai_exaggeration" / "transforms"))
     env = dict(os.environ, EXAG_READERS_DIR=folder, PYTHONPATH=str(REPO_ROOT))
-    done = subprocess.run([sys.executable, "-c", _READ_IN_CHILD, str(path)], capture_output=True, text=True, env=env,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", _READ_IN_CHILD, str(path)], capture_output=True, text=True, env=env, timeout=300
+    )
     assert done.returncode == 0, done.stderr
     message, peak_kb = done.stdout.strip().rsplit("\n", 1)
     return message, int(peak_kb) / 1024**2
@@ -151,7 +161,7 @@ def test_bombs_under_other_names_and_small_volumes_are_refused_the_same_way(tmp_
 
 
 def _chest(size: tuple[int, int] = (96, 80)) -> np.ndarray:
-    yy, xx = np.mgrid[0:size[0], 0:size[1]]
+    yy, xx = np.mgrid[0 : size[0], 0 : size[1]]
     return (60 + 120 * np.exp(-((xx - size[1] / 2) ** 2 + (yy - size[0] / 2) ** 2) / 400)).astype(np.uint8)
 
 
@@ -162,8 +172,12 @@ def test_the_content_decides_the_format_not_the_name(tmp_path: Path, rg1_uncr: P
     Image.fromarray(grey).save(tmp_path / "chest.png")
     expected = read_cxr(tmp_path / "chest.png").pixels
     deep = Image.fromarray(grey.astype(np.uint16) * 200)  # 16 bits: decoded by imageio, not Pillow
-    for name, image, fmt in (("chest.dcm", Image.fromarray(grey), "PNG"), ("jpeg.dcm", Image.fromarray(grey), "JPEG"),
-                             ("deep.dcm", deep, "PNG"), ("noname", Image.fromarray(grey), "PNG")):
+    for name, image, fmt in (
+        ("chest.dcm", Image.fromarray(grey), "PNG"),
+        ("jpeg.dcm", Image.fromarray(grey), "JPEG"),
+        ("deep.dcm", deep, "PNG"),
+        ("noname", Image.fromarray(grey), "PNG"),
+    ):
         image.save(tmp_path / name, format=fmt)
         image.save(tmp_path / f"{name}.{fmt.lower()}", format=fmt)
         read = read_cxr(tmp_path / name)
@@ -219,10 +233,10 @@ def test_a_colour_image_read_as_grey_is_said_at_info_level(tmp_path: Path, caplo
 def test_a_line_break_in_a_free_text_answer_does_not_split_its_row(tmp_path: Path) -> None:
     pytest.importorskip("fastapi", reason="the reading app needs fastapi (pip install -e .[test])")
     from fastapi.testclient import TestClient
+    from reader_app_helpers import make_study, put
 
     from monai_exaggeration.reader_study.analysis import analyze_study
     from monai_exaggeration.reader_study.server import create_app
-    from reader_app_helpers import make_study, put
 
     study = make_study(tmp_path / "study")
     client = TestClient(create_app(study))
@@ -255,10 +269,10 @@ def test_a_line_break_in_a_free_text_answer_does_not_split_its_row(tmp_path: Pat
 def test_the_reading_app_refuses_cross_site_and_non_json_changes(tmp_path: Path) -> None:
     pytest.importorskip("fastapi", reason="the reading app needs fastapi (pip install -e .[test])")
     from fastapi.testclient import TestClient
+    from reader_app_helpers import TOKENS, make_study, put
 
     from monai_exaggeration.reader_study.server import create_app
     from monai_exaggeration.reader_study.store import ResponseStore
-    from reader_app_helpers import TOKENS, make_study, put
 
     study = make_study(tmp_path / "study")
     client = TestClient(create_app(study))
@@ -266,15 +280,21 @@ def test_the_reading_app_refuses_cross_site_and_non_json_changes(tmp_path: Path)
     put(client, "R1", "C00001", "real_or_generated", "real")
     url = "/api/cases/C00001/explanation"
     # what a page elsewhere can make the browser send without asking: a simple POST (form or text/plain)
-    for headers in ({"Content-Type": "text/plain", "Origin": "http://evil.example"},
-                    {"Content-Type": "application/x-www-form-urlencoded", "Origin": "http://evil.example"},
-                    {"Content-Type": "text/plain", "Origin": "null"},
-                    {"Content-Type": "text/plain", "Sec-Fetch-Site": "cross-site"}):
+    for headers in (
+        {"Content-Type": "text/plain", "Origin": "http://evil.example"},
+        {"Content-Type": "application/x-www-form-urlencoded", "Origin": "http://evil.example"},
+        {"Content-Type": "text/plain", "Origin": "null"},
+        {"Content-Type": "text/plain", "Sec-Fetch-Site": "cross-site"},
+    ):
         answer = client.post(url, content="{}", headers=headers)
         assert answer.status_code == 403 and "cross-" in answer.json()["detail"], headers
     assert client.post(url, json={}, headers={"Origin": "http://evil.example"}).status_code == 403
-    assert client.put("/api/answers/C00001/comment", json={"value": "x"},
-                      headers={"Origin": "https://evil.example"}).status_code == 403
+    assert (
+        client.put(
+            "/api/answers/C00001/comment", json={"value": "x"}, headers={"Origin": "https://evil.example"}
+        ).status_code
+        == 403
+    )
     assert client.delete("/api/session", headers={"Origin": "http://evil.example"}).status_code == 403
     # not JSON from anywhere: 415
     plain = client.post(url, content="{}", headers={"Content-Type": "text/plain"})
@@ -289,7 +309,9 @@ def test_the_reading_app_refuses_cross_site_and_non_json_changes(tmp_path: Path)
     reader = {"Authorization": f"Bearer {TOKENS['R1']}"}
     assert proxied.post(url, json={}, headers={**reader, "Origin": "https://study.example.org"}).status_code == 200
     assert proxied.post(url, json={}, headers={**reader, "Origin": "https://other.example.org"}).status_code == 403
-    assert client.get("/api/cases/C00001", headers={"Origin": "http://evil.example"}).status_code == 200  # reading is not changing
+    assert (
+        client.get("/api/cases/C00001", headers={"Origin": "http://evil.example"}).status_code == 200
+    )  # reading is not changing
 
 
 # ----------------------------------------------------------------------------------- 6. encoded tokens in the log
@@ -305,10 +327,21 @@ def test_percent_encoded_tokens_are_redacted_from_the_access_log() -> None:
     encoded = "".join(f"%{ord(char):02X}" for char in token[:5]) + token[5:]  # %74%6F%6B%65%6Ereader-two-...
     twice = encoded.replace("%", "%25")
     formatter = AccessFormatter('%(client_addr)s - "%(request_line)s" %(status_code)s', use_colors=False)
-    for path in (f"/api/readers/{encoded}/answers", f"/api/readers/{twice}/answers", f"/api/me?token={encoded}",
-                 f"/api/readers/{token.replace('-', '%2d')}/answers"):
-        record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
-                                   ("127.0.0.1:5000", "GET", path, "1.1", 403), None)
+    for path in (
+        f"/api/readers/{encoded}/answers",
+        f"/api/readers/{twice}/answers",
+        f"/api/me?token={encoded}",
+        f"/api/readers/{token.replace('-', '%2d')}/answers",
+    ):
+        record = logging.LogRecord(
+            "uvicorn.access",
+            logging.INFO,
+            __file__,
+            1,
+            '%s - "%s %s HTTP/%s" %d',
+            ("127.0.0.1:5000", "GET", path, "1.1", 403),
+            None,
+        )
         assert TokenRedactingFilter([token]).filter(record)
         line = formatter.format(record)
         assert "[redacted]" in line and "reader-two" not in line, line
@@ -324,9 +357,8 @@ class CountingPacs:
     """A pynetdicom Storage SCP in this process that counts every C-STORE (slowly, so that exports overlap)."""
 
     def __init__(self, delay: float = 0.03) -> None:
-        from pynetdicom import AE, AllStoragePresentationContexts, evt
-
         from orthanc_harness import free_port
+        from pynetdicom import AE, AllStoragePresentationContexts, evt
 
         self.stored: list[str] = []
         self.delay = delay
@@ -334,8 +366,9 @@ class CountingPacs:
         for context in AllStoragePresentationContexts:
             self.ae.add_supported_context(context.abstract_syntax, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
         self.port = free_port()
-        self.server = self.ae.start_server(("127.0.0.1", self.port), block=False,
-                                           evt_handlers=[(evt.EVT_C_STORE, self._store)])
+        self.server = self.ae.start_server(
+            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)]
+        )
 
     def _store(self, event) -> int:
         time.sleep(self.delay)
@@ -369,8 +402,10 @@ def test_two_exports_on_one_ledger_send_each_instance_once(tmp_path: Path, rg1_u
     command = [sys.executable, "-c", _EXPORT_IN_CHILD, str(pacs.port), str(ledger), str(go), *map(str, files)]
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     try:
-        exporters = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-                     for _ in range(2)]
+        exporters = [
+            subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            for _ in range(2)
+        ]
         for exporter in exporters:  # both have opened the ledger before either starts
             assert exporter.stdout.readline().strip() == "ready", exporter.stderr.read()
         go.touch()
@@ -421,9 +456,16 @@ def test_two_runs_into_one_output_folder_list_every_series(tmp_path: Path) -> No
                 files.append(folder / f"step_{step:03d}.dcm")
                 files[-1].write_bytes(b"frame")
             time.sleep(0.005)
-            frames = [{"source": f"{run}/{uid}.dcm", "series_instance_uid": uid, "step": step, "output_file": str(path)}
-                      for step, path in enumerate(files)]
-            return frames, {"source": f"{run}/{uid}.dcm", "series_instance_uid": uid, "num_frames": 2, "series_dir": str(folder)}
+            frames = [
+                {"source": f"{run}/{uid}.dcm", "series_instance_uid": uid, "step": step, "output_file": str(path)}
+                for step, path in enumerate(files)
+            ]
+            return frames, {
+                "source": f"{run}/{uid}.dcm",
+                "series_instance_uid": uid,
+                "num_frames": 2,
+                "series_dir": str(folder),
+            }
 
         return SeriesWriter(write=write, series_uid=lambda uid: uid, logs=logs, earlier=earlier_logs(out))
 
@@ -498,16 +540,21 @@ def test_the_node_refuses_from_the_header_with_a_failure_status(scp_factory, rg1
 def test_a_rejected_association_leaves_a_line_in_the_node_log(scp_factory, caplog) -> None:
     caplog.set_level(logging.INFO, logger="monai_exaggeration.node")
     scp, _ = scp_factory()
-    for calling, called, reason in (("INTRUDER", "EXAGNODE", "calling AE title not allowed"),
-                                    ("STORESCU", "SOMEONE", "called AE title is not ours")):
+    for calling, called, reason in (
+        ("INTRUDER", "EXAGNODE", "calling AE title not allowed"),
+        ("STORESCU", "SOMEONE", "called AE title is not ours"),
+    ):
         assoc, status = echo(scp.port, calling=calling, called=called)
         assert status is None and assoc.is_rejected
         expected = f"rejected an association from {calling} at 127.0.0.1:"
         deadline = time.monotonic() + 5  # the SCP logs it in its own thread, right after sending the rejection
         while expected not in caplog.text and time.monotonic() < deadline:
             time.sleep(0.05)
-        lines = [record for record in caplog.records if record.getMessage().startswith(expected)
-                 and f"to {called}:" in record.getMessage()]
+        lines = [
+            record
+            for record in caplog.records
+            if record.getMessage().startswith(expected) and f"to {called}:" in record.getMessage()
+        ]
         assert lines, f"no log line for the rejected association from {calling} to {called}:\n{caplog.text}"
         assert lines[0].levelno == logging.WARNING and reason in lines[0].getMessage()
     assert echo(scp.port)[1] == 0x0000  # an allowed caller: no such line

@@ -9,14 +9,17 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO_ROOT
 
 
 def _holder(code: str) -> subprocess.Popen:
     """A child process that runs ``code`` (taking a lock), prints ``held`` and sleeps."""
-    child = subprocess.Popen([sys.executable, "-c", f"{code}\nprint('held', flush=True)\nimport time; time.sleep(120)"],
-                             stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+    child = subprocess.Popen(
+        [sys.executable, "-c", f"{code}\nprint('held', flush=True)\nimport time; time.sleep(120)"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO_ROOT,
+    )
     assert child.stdout.readline().strip() == "held"
     return child
 
@@ -24,8 +27,9 @@ def _holder(code: str) -> subprocess.Popen:
 def test_training_lock_refuses_a_live_run_and_takes_over_after_a_kill(tmp_path: Path, caplog) -> None:
     from monai_exaggeration.engines import TrainingLock, TrainingLockedError
 
-    child = _holder("from monai_exaggeration.engines import TrainingLock\n"
-                    f"lock = TrainingLock({str(tmp_path)!r}).acquire()")
+    child = _holder(
+        f"from monai_exaggeration.engines import TrainingLock\nlock = TrainingLock({str(tmp_path)!r}).acquire()"
+    )
     try:
         with pytest.raises(TrainingLockedError, match=f"PID {child.pid} on host"):
             TrainingLock(tmp_path).acquire()
@@ -44,8 +48,10 @@ def test_one_node_per_work_dir(tmp_path: Path) -> None:
     from monai_exaggeration.node.service import _lock, node_running
 
     assert node_running(tmp_path) is None
-    child = _holder("from pathlib import Path\nfrom monai_exaggeration.node.service import _lock\n"
-                    f"lock = _lock(Path({str(tmp_path)!r}))")
+    child = _holder(
+        "from pathlib import Path\nfrom monai_exaggeration.node.service import _lock\n"
+        f"lock = _lock(Path({str(tmp_path)!r}))"
+    )
     try:
         assert node_running(tmp_path) == child.pid
         with pytest.raises(NodeConfigError, match=f"another node \\(pid {child.pid}\\) is running with work_dir"):

@@ -52,7 +52,9 @@ def test_occlusion_finds_the_region_the_classifier_uses() -> None:
 
 def test_gradcam_of_a_monai_densenet() -> None:
     torch.manual_seed(0)
-    network = DenseNet(spatial_dims=2, in_channels=1, out_channels=1, init_features=8, growth_rate=4, block_config=(2, 2))
+    network = DenseNet(
+        spatial_dims=2, in_channels=1, out_channels=1, init_features=8, growth_rate=4, block_config=(2, 2)
+    )
     classifier = BlackBoxClassifier(network)
     maps = saliency_maps(classifier, torch.rand(2, 1, 32, 32) * 2 - 1, "gradcam")
     assert maps.shape == (2, 32, 32) and float(maps.min()) >= 0.0 and float(maps.max()) <= 1.0 + 1e-6

@@ -21,7 +21,9 @@ from monai_exaggeration.data import (
 def _synthetic(n: int = 1000, positive_rate: float = 0.2, patients: int | None = None, seed: int = 1) -> pd.DataFrame:
     """A manifest-like table with n images, optional patient ids, given positive rate."""
     rng = np.random.default_rng(seed)
-    df = pd.DataFrame({"image": [f"img/{i:05d}.png" for i in range(n)], "finding": (rng.random(n) < positive_rate).astype(int)})
+    df = pd.DataFrame(
+        {"image": [f"img/{i:05d}.png" for i in range(n)], "finding": (rng.random(n) < positive_rate).astype(int)}
+    )
     if patients is not None:
         df["patient_id"] = rng.integers(0, patients, n).astype(str)
     return df
@@ -99,7 +101,11 @@ def test_write_manifest_round_trip_relative_and_absolute(tmp_path: Path) -> None
     raw = pd.read_csv(path)
     assert raw["image"].tolist() == ["a/1.png", outside, "b/2.png"]
     back = read_manifest(path)
-    assert back["image"].tolist() == [str(tmp_path / "out" / "a" / "1.png"), outside, str(tmp_path / "out" / "b" / "2.png")]
+    assert back["image"].tolist() == [
+        str(tmp_path / "out" / "a" / "1.png"),
+        outside,
+        str(tmp_path / "out" / "b" / "2.png"),
+    ]
     assert sorted(os.listdir(tmp_path / "out")) == ["labels.csv"]  # no temporary file left
 
 
@@ -108,7 +114,9 @@ def test_write_manifest_image_root(tmp_path: Path) -> None:
     write_manifest(df, tmp_path / "labels.csv", image_root=tmp_path / "nih")
     assert pd.read_csv(tmp_path / "labels.csv")["image"].tolist() == ["nih/images/1.png"]
     write_manifest(df, tmp_path / "sub" / "labels.csv", image_root=tmp_path / "nih")
-    assert pd.read_csv(tmp_path / "sub" / "labels.csv")["image"].tolist() == [str(tmp_path / "nih" / "images" / "1.png")]
+    assert pd.read_csv(tmp_path / "sub" / "labels.csv")["image"].tolist() == [
+        str(tmp_path / "nih" / "images" / "1.png")
+    ]
 
 
 def test_write_manifest_is_atomic_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -171,7 +179,9 @@ def test_assign_split_keeps_groups_together_and_stratifies_groups() -> None:
     assert abs(shares["train"] - 0.8) < 0.03 and abs(shares["val"] - 0.1) < 0.03
 
 
-@pytest.mark.parametrize("fractions", [(0.8, 0.1), (0.8, 0.1, 0.2), (0.9, 0.2, -0.1), ("a", 0.5, 0.5), (float("nan"), 0.5, 0.5)])
+@pytest.mark.parametrize(
+    "fractions", [(0.8, 0.1), (0.8, 0.1, 0.2), (0.9, 0.2, -0.1), ("a", 0.5, 0.5), (float("nan"), 0.5, 0.5)]
+)
 def test_assign_split_rejects_bad_fractions(fractions: tuple) -> None:
     with pytest.raises(ValueError, match="fractions must be 3 non-negative numbers"):
         assign_split(_synthetic(10), fractions=fractions)
@@ -225,7 +235,11 @@ def test_load_split_uses_split_column(tmp_path: Path) -> None:
     df = _synthetic(10)
     df["split"] = ["test"] * 3 + ["train"] * 7
     folder = _dataset(tmp_path, df)
-    assert [Path(r["image"]).name for r in load_split(folder, "test", label="finding")] == ["00000.png", "00001.png", "00002.png"]
+    assert [Path(r["image"]).name for r in load_split(folder, "test", label="finding")] == [
+        "00000.png",
+        "00001.png",
+        "00002.png",
+    ]
     with pytest.raises(ValueError, match="split 'val' is empty"):
         load_split(folder, "val", label="finding")
 

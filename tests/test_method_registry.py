@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import run_bundle
 from inference.helpers import BUNDLE, EVALUATE, INFERENCE, ONE_THREAD, png_chest
+
 from monai_exaggeration.methods import check_method, method_names
 
 PLUGINS = Path(__file__).resolve().parent / "plugins"
@@ -38,9 +38,27 @@ def test_a_method_registered_outside_the_package_runs_through_inference_and_eval
     env = dict(ONE_THREAD, PYTHONPATH=str(PLUGINS))
     source = png_chest(tmp_path / "in" / "chest.png")
     configs = f"['{INFERENCE}','{_with_toy_import(INFERENCE, tmp_path)}']"
-    result = run_bundle(["run", "inference", "--config_file", configs, "--bundle_root", BUNDLE, "--input", str(source),
-                         "--output_dir", str(tmp_path / "out"), "--method", "toy_brightness",
-                         "--method_options", "{'step': 0.1}", "--quicklook", "false"], env=env)
+    result = run_bundle(
+        [
+            "run",
+            "inference",
+            "--config_file",
+            configs,
+            "--bundle_root",
+            BUNDLE,
+            "--input",
+            str(source),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--method",
+            "toy_brightness",
+            "--method_options",
+            "{'step': 0.1}",
+            "--quicklook",
+            "false",
+        ],
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     frames = pd.read_csv(tmp_path / "out" / "frames.csv")
     assert set(frames["method"]) == {"toy_brightness"} and len(frames) == 10
@@ -54,9 +72,29 @@ def test_a_method_registered_outside_the_package_runs_through_inference_and_eval
         rows.append({"image": f"{index}.png", "cardiomegaly": index % 2})
     pd.DataFrame(rows).to_csv(data / "labels.csv", index=False)
     configs = f"['{INFERENCE}','{EVALUATE}','{_with_toy_import(EVALUATE, tmp_path)}']"
-    result = run_bundle(["run", "evaluating", "--config_file", configs, "--bundle_root", BUNDLE, "--dataset_dir", str(data),
-                         "--split_fractions", "[0.0, 1.0, 0.0]", "--output_dir", str(tmp_path / "evaluation"),
-                         "--method", "toy_brightness", "--occlusion", "false", "--num_examples", "1"], env=env)
+    result = run_bundle(
+        [
+            "run",
+            "evaluating",
+            "--config_file",
+            configs,
+            "--bundle_root",
+            BUNDLE,
+            "--dataset_dir",
+            str(data),
+            "--split_fractions",
+            "[0.0, 1.0, 0.0]",
+            "--output_dir",
+            str(tmp_path / "evaluation"),
+            "--method",
+            "toy_brightness",
+            "--occlusion",
+            "false",
+            "--num_examples",
+            "1",
+        ],
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())
     assert metrics["method"] == "toy_brightness" and metrics["n_images"] == 4

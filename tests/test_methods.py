@@ -11,9 +11,9 @@ import pandas as pd
 import pydicom
 import pytest
 import torch
+from conftest import REPO_ROOT, config_arg, evaluation_args, run_bundle
 from torch import nn
 
-from conftest import REPO_ROOT, config_arg, evaluation_args, run_bundle
 from monai_exaggeration.binning import bin_centre
 from monai_exaggeration.methods import LatentShift, PixelGradientAscent, check_method
 from monai_exaggeration.networks import AutoEncoderRecord, CXRAutoEncoder, load_autoencoder
@@ -49,7 +49,7 @@ class PoolingAutoEncoder(nn.Module):
 
 def _source(seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
-    return (torch.rand(1, 1, 32, 32, generator=generator) * 0.6 - 0.5)  # darker than mid-grey: score < 0.5
+    return torch.rand(1, 1, 32, 32, generator=generator) * 0.6 - 0.5  # darker than mid-grey: score < 0.5
 
 
 def _score(classifier: nn.Module, x: torch.Tensor) -> float:
@@ -65,11 +65,15 @@ def test_baselines_reach_every_bin_centre_and_keep_the_source_frame(method: str)
     source_bin = min(int(score * NUM_BINS), NUM_BINS - 1)
     bins = list(range(NUM_BINS))
     if method == "latent_shift":
-        made = LatentShift(PoolingAutoEncoder(), classifier, max_shift=4.0, search_steps=10)(x, [score], [source_bin], bins, NUM_BINS)
+        made = LatentShift(PoolingAutoEncoder(), classifier, max_shift=4.0, search_steps=10)(
+            x, [score], [source_bin], bins, NUM_BINS
+        )
         assert all(made.details[0]["reached"]) and made.details[0]["shifts"][source_bin] == 0.0
         tolerance = 0.02
     else:
-        made = PixelGradientAscent(classifier, steps=300, lr=0.05, tolerance=0.02)(x, [score], [source_bin], bins, NUM_BINS)
+        made = PixelGradientAscent(classifier, steps=300, lr=0.05, tolerance=0.02)(
+            x, [score], [source_bin], bins, NUM_BINS
+        )
         assert made.details[0]["steps"][source_bin] == 0 and max(made.details[0]["steps"]) > 0
         tolerance = 0.025
     assert made.frames.shape == made.generated.shape == (1, NUM_BINS, 32, 32)
@@ -111,7 +115,9 @@ def test_latent_shift_direction_survives_a_saturated_classifier() -> None:
     classifier = SaturatedClassifier()
     x = _source(3)
     latent = x.clone().requires_grad_(True)
-    assert float(torch.autograd.grad(classifier(latent).sum(), latent)[0].abs().max()) == 0.0  # f's own gradient vanishes
+    assert (
+        float(torch.autograd.grad(classifier(latent).sum(), latent)[0].abs().max()) == 0.0
+    )  # f's own gradient vanishes
     score = _score(classifier, x)
     made = LatentShift(PoolingAutoEncoder(), classifier, search_steps=12)(x, [score], [0], [0, 5, 9], NUM_BINS)
     assert made.details[0]["reached"] == [True, True, True]
@@ -123,7 +129,9 @@ def test_unreachable_target_is_flagged_at_the_limit() -> None:
     classifier = MeanIntensityClassifier()
     x = _source(2)
     score = _score(classifier, x)
-    made = LatentShift(PoolingAutoEncoder(), classifier, max_shift=0.01)(x, [score], [int(score * NUM_BINS)], [9], NUM_BINS)
+    made = LatentShift(PoolingAutoEncoder(), classifier, max_shift=0.01)(
+        x, [score], [int(score * NUM_BINS)], [9], NUM_BINS
+    )
     assert made.details[0]["reached"] == [False]
     assert abs(made.details[0]["shifts"][0]) <= 0.01 + 1e-9
 
@@ -169,7 +177,9 @@ def test_shipped_autoencoder_is_small_and_reconstructs(tiny_dataset: Path) -> No
 
     assert SHIPPED_AUTOENCODER.stat().st_size <= 25 * 2**20
     autoencoder = load_autoencoder(SHIPPED_AUTOENCODER)
-    image = load_cxr(next((tiny_dataset / "images").glob("*.png")), spatial_size=autoencoder.image_size)[None].as_tensor()
+    image = load_cxr(next((tiny_dataset / "images").glob("*.png")), spatial_size=autoencoder.image_size)[
+        None
+    ].as_tensor()
     with torch.no_grad():
         reconstruction = autoencoder(image)
     assert float((reconstruction - image).abs().mean()) < 0.15  # model range [-1, 1]
@@ -179,10 +189,30 @@ def test_shipped_autoencoder_is_small_and_reconstructs(tiny_dataset: Path) -> No
 
 def test_training_config_writes_a_loadable_autoencoder(tiny_dataset: Path, tmp_path: Path) -> None:
     result = run_bundle(
-        ["run", "training", "--config_file", "bundles/cxr_autoencoder/configs/train.json",
-         "--bundle_root", str(tmp_path), "--dataset_dir", str(tiny_dataset), "--ckpt_dir", str(tmp_path / "models"),
-         "--max_epochs", "1", "--val_interval", "1", "--batch_size", "4", "--image_size", "64",
-         "--network_def#channels", "[8,8,4]", "--network_def#strides", "[2,2,2]"],
+        [
+            "run",
+            "training",
+            "--config_file",
+            "bundles/cxr_autoencoder/configs/train.json",
+            "--bundle_root",
+            str(tmp_path),
+            "--dataset_dir",
+            str(tiny_dataset),
+            "--ckpt_dir",
+            str(tmp_path / "models"),
+            "--max_epochs",
+            "1",
+            "--val_interval",
+            "1",
+            "--batch_size",
+            "4",
+            "--image_size",
+            "64",
+            "--network_def#channels",
+            "[8,8,4]",
+            "--network_def#strides",
+            "[2,2,2]",
+        ],
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -192,7 +222,9 @@ def test_training_config_writes_a_loadable_autoencoder(tiny_dataset: Path, tmp_p
 
 
 @pytest.mark.parametrize("method", ["latent_shift", "gradient_ascent"])
-def test_each_baseline_writes_the_same_outputs_as_the_explainer(method: str, tiny_dataset: Path, tmp_path: Path) -> None:
+def test_each_baseline_writes_the_same_outputs_as_the_explainer(
+    method: str, tiny_dataset: Path, tmp_path: Path
+) -> None:
     """Smoke test on two images through the bundle: DICOM series, CSV logs and quick-looks, the method named."""
     inputs = tmp_path / "inputs"
     inputs.mkdir()
@@ -200,8 +232,20 @@ def test_each_baseline_writes_the_same_outputs_as_the_explainer(method: str, tin
         (inputs / path.name).write_bytes(path.read_bytes())
     out = tmp_path / "out"
     result = run_bundle(
-        ["run", "inference", "--config_file", config_arg(INFERENCE), "--input", str(inputs), "--output_dir", str(out),
-         "--method", method, "--method_options", "{'steps': 20}" if method == "gradient_ascent" else "{'search_steps': 3}"],
+        [
+            "run",
+            "inference",
+            "--config_file",
+            config_arg(INFERENCE),
+            "--input",
+            str(inputs),
+            "--output_dir",
+            str(out),
+            "--method",
+            method,
+            "--method_options",
+            "{'steps': 20}" if method == "gradient_ascent" else "{'search_steps': 3}",
+        ],
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -227,8 +271,20 @@ def test_each_baseline_writes_the_same_outputs_as_the_explainer(method: str, tin
 
 def test_missing_autoencoder_is_one_line(tiny_dataset: Path, tmp_path: Path) -> None:
     result = run_bundle(
-        ["run", "inference", "--config_file", config_arg(INFERENCE), "--input", str(tiny_dataset / "images"),
-         "--output_dir", str(tmp_path / "out"), "--method", "latent_shift", "--autoencoder_weights", str(tmp_path / "no.pt")],
+        [
+            "run",
+            "inference",
+            "--config_file",
+            config_arg(INFERENCE),
+            "--input",
+            str(tiny_dataset / "images"),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--method",
+            "latent_shift",
+            "--autoencoder_weights",
+            str(tmp_path / "no.pt"),
+        ],
         timeout=300,
     )
     output = result.stdout + result.stderr
@@ -239,8 +295,14 @@ def test_missing_autoencoder_is_one_line(tiny_dataset: Path, tmp_path: Path) -> 
 def test_evaluation_compares_methods_on_the_same_images(tiny_dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "comparison"
     result = run_bundle(
-        evaluation_args(tiny_dataset, out, "--occlusion", "false",
-                        "--methods", "['progressive_exaggeration','latent_shift','gradient_ascent']"),
+        evaluation_args(
+            tiny_dataset,
+            out,
+            "--occlusion",
+            "false",
+            "--methods",
+            "['progressive_exaggeration','latent_shift','gradient_ascent']",
+        ),
         timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -267,10 +329,15 @@ def test_autoencoder_bundle_metadata_and_properties(tiny_dataset: Path, tmp_path
     from monai.bundle import ConfigWorkflow, verify_metadata
 
     configs = REPO_ROOT / "bundles" / "cxr_autoencoder" / "configs"
-    verify_metadata(meta_file=str(configs / "metadata.json"), filepath=str(REPO_ROOT / "bundles/cxr/configs/metadata_schema.json"))
+    verify_metadata(
+        meta_file=str(configs / "metadata.json"), filepath=str(REPO_ROOT / "bundles/cxr/configs/metadata_schema.json")
+    )
     workflow = ConfigWorkflow(
-        config_file=str(configs / "train.json"), workflow_type="train", bundle_root=str(tmp_path),
-        meta_file=str(configs / "metadata.json"), dataset_dir=str(tiny_dataset),
+        config_file=str(configs / "train.json"),
+        workflow_type="train",
+        bundle_root=str(tmp_path),
+        meta_file=str(configs / "metadata.json"),
+        dataset_dir=str(tiny_dataset),
     )
     workflow.initialize()
     assert workflow.check_properties() == []

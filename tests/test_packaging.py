@@ -25,7 +25,9 @@ _NOT_COPIED = shutil.ignore_patterns("__pycache__", "*.egg-info", "runs", "eval"
 
 def _run(command: list[str], cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, (
+        f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
     return result
 
 
@@ -49,8 +51,23 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
         else:
             shutil.copy2(path, source / name)
     out = tmp_path_factory.mktemp("wheel")
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-          "--disable-pip-version-check", "-q", "-w", str(out), str(source)], cwd=out)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--disable-pip-version-check",
+            "-q",
+            "-w",
+            str(out),
+            str(source),
+        ],
+        cwd=out,
+    )
     (built,) = out.glob("monai_exaggeration-*.whl")
     return built
 
@@ -62,20 +79,41 @@ def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     venv = tmp_path_factory.mktemp("venv")
     _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=venv)
     python = venv / "bin" / "python"
-    own = Path(_run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], cwd=venv).stdout.strip())
+    own = Path(
+        _run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], cwd=venv).stdout.strip()
+    )
     ours = dict.fromkeys([sysconfig.get_path("purelib"), sysconfig.get_path("platlib")])
     (own / "_test_dependencies.pth").write_text("".join(f"{path}\n" for path in ours))
     # --ignore-installed: our environment's editable install is visible, and must be neither reused nor touched
-    _run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "--ignore-installed",
-          "--disable-pip-version-check", "-q", str(wheel)], cwd=venv)
+    _run(
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-index",
+            "--ignore-installed",
+            "--disable-pip-version-check",
+            "-q",
+            str(wheel),
+        ],
+        cwd=venv,
+    )
     return venv
 
 
 def _user_environment(venv: Path) -> dict[str, str]:
     """The environment of a user of ``venv``: nothing pointing at the repository or at other bundles."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("PYTHON") and key != BUNDLES_ENV}
-    return {**env, "PATH": f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}", "VIRTUAL_ENV": str(venv),
-            "PYTHONNOUSERSITE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return {
+        **env,
+        "PATH": f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}",
+        "VIRTUAL_ENV": str(venv),
+        "PYTHONNOUSERSITE": "1",
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1",
+    }
 
 
 def test_bundle_folder_setting_comes_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -92,14 +130,18 @@ def test_wheel_ships_every_bundle_file(wheel: Path) -> None:
     """Configs, model cards, licences and the shipped weights: what git tracks under bundles/, nothing else."""
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
-    shipped = {name.removeprefix("monai_exaggeration/") for name in names if name.startswith("monai_exaggeration/bundles/")}
+    shipped = {
+        name.removeprefix("monai_exaggeration/") for name in names if name.startswith("monai_exaggeration/bundles/")
+    }
     assert shipped == _tracked_bundle_files()
     assert "monai_exaggeration/export/orthanc.py" not in names  # the test harness stays in tests/
 
 
 def _documented_quick_start() -> str:
     """The ```bash block of docs/install.md's "Installed as a package" that runs the installed quick start."""
-    section = (REPO_ROOT / "docs" / "install.md").read_text().split("## Installed as a package", 1)[1].split("\n## ", 1)[0]
+    section = (
+        (REPO_ROOT / "docs" / "install.md").read_text().split("## Installed as a package", 1)[1].split("\n## ", 1)[0]
+    )
     blocks = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
     return next(block for block in blocks if "python -m monai_exaggeration.bundle)" in block)
 
@@ -112,7 +154,9 @@ def test_installed_wheel_runs_the_quick_start_from_another_folder(installed: Pat
     work.mkdir()
     cxr = Path(_run([python, "-m", "monai_exaggeration.bundle"], cwd=work, env=env).stdout.strip())
     assert cxr.is_relative_to(installed) and cxr.name == "cxr"
-    assert (cxr / "models" / "explainer.pt").read_bytes() == (REPO_ROOT / "bundles" / "cxr" / "models" / "explainer.pt").read_bytes()
+    assert (cxr / "models" / "explainer.pt").read_bytes() == (
+        REPO_ROOT / "bundles" / "cxr" / "models" / "explainer.pt"
+    ).read_bytes()
 
     result = _run(["bash", "-e", "-c", _documented_quick_start()], cwd=work, env=env, timeout=600)
     output = result.stdout + result.stderr

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
-
 from conftest import REPO_ROOT
+from PIL import Image
 
 
 def _pngs(folder: Path) -> list[str]:

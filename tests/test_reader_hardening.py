@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from reader_app_helpers import ADMIN, NUM_FRAMES, TOKENS, bearer, client, free_port, make_study, put, study  # noqa: F401 (fixtures)
 
 pytest.importorskip("fastapi", reason="the reading app needs fastapi (pip install -e .[test])")
@@ -34,8 +33,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 STATIC = REPO_ROOT / "monai_exaggeration" / "reader_study" / "static"
 
 
-
-
 # ------------------------------------------------------------------------------------ A: tokens in logs
 
 
@@ -49,14 +46,21 @@ def test_tokens_never_reach_the_server_output(study: Path, tmp_path: Path) -> No
     with log.open("w") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "monai_exaggeration", "reader-study", "serve", str(study), "--port", str(port)],
-            cwd=REPO_ROOT, stdout=output, stderr=subprocess.STDOUT, text=True)
+            cwd=REPO_ROOT,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     try:
         deadline = time.monotonic() + 90
         while "Uvicorn running" not in log.read_text():
             assert process.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
-        listed = dict(line.split("\t") for line in (study / "private" / "links.txt").read_text().splitlines()
-                      if not line.startswith("#"))
+        listed = dict(
+            line.split("\t")
+            for line in (study / "private" / "links.txt").read_text().splitlines()
+            if not line.startswith("#")
+        )
         base = f"http://127.0.0.1:{port}"
         for who, token, home in (("R1", TOKENS["R1"], "/read"), ("admin", ADMIN, "/admin")):
             link = listed[who].replace(f"http://localhost:{port}", base)
@@ -87,8 +91,15 @@ def test_log_filter_keeps_uvicorn_access_records_intact() -> None:
 
     from uvicorn.logging import AccessFormatter
 
-    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
-                               ("127.0.0.1:5000", "GET", "/r/secret-token-123?x=1", "1.1", 200), None)
+    record = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5000", "GET", "/r/secret-token-123?x=1", "1.1", 200),
+        None,
+    )
     assert TokenRedactingFilter(["other-token"]).filter(record)
     line = AccessFormatter('%(client_addr)s - "%(request_line)s" %(status_code)s', use_colors=False).format(record)
     assert line == '127.0.0.1:5000 - "GET /r/[redacted]?x=1 HTTP/1.1" 200 OK'
@@ -106,8 +117,11 @@ def test_deeply_nested_json_is_refused_with_422(client: TestClient) -> None:
     assert response.status_code == 422 and f"more than {MAX_JSON_DEPTH} levels" in response.json()["detail"]
     just_too_deep = '{"value": ' + "[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH + "}"
     assert client.put("/api/answers/C00001/what_changed", content=just_too_deep, headers=headers).status_code == 422
-    session = client.post("/api/session", content='{"token": ' + "{" * 3000 + "}" * 3000 + "}",
-                          headers={"Content-Type": "application/json"})
+    session = client.post(
+        "/api/session",
+        content='{"token": ' + "{" * 3000 + "}" * 3000 + "}",
+        headers={"Content-Type": "application/json"},
+    )
     assert session.status_code == 422 and "levels" in session.json()["detail"]
     # brackets inside text do not count, and ordinary answers pass
     assert put(client, "R1", "C00001", "comment", "[[[[{{{{" * 50).status_code == 200
@@ -126,8 +140,14 @@ def test_oversized_body_is_refused(client: TestClient) -> None:
         response = client.request(method, path, content=big, headers={**headers, "Content-Type": "application/json"})
         assert response.status_code == 413 and f"larger than {MAX_BODY_BYTES} bytes" in response.json()["detail"]
         assert response.headers["content-security-policy"].startswith("default-src 'self'")
-    assert client.put("/api/answers/C00001/comment", content=b'{"value": "\xff"}',
-                      headers={**bearer("R1"), "Content-Type": "application/json"}).status_code == 422
+    assert (
+        client.put(
+            "/api/answers/C00001/comment",
+            content=b'{"value": "\xff"}',
+            headers={**bearer("R1"), "Content-Type": "application/json"},
+        ).status_code
+        == 422
+    )
 
 
 # ------------------------------------------------------------------------------------ C: phases on the server
@@ -163,15 +183,20 @@ def test_before_answers_are_final_once_the_explanation_was_served(study: Path) -
     assert rows == {("R1", "C00001"), ("R1", "C00003")}
     restarted = TestClient(create_app(study))
     assert put(restarted, "R1", "C00001", "confidence_before", 1).status_code == 409
-    stored = {r["question_id"]: r["value"] for r in restarted.get("/api/readers/R1/answers", headers=bearer("R1")).json()
-              if r["case_id"] == "C00001"}
+    stored = {
+        r["question_id"]: r["value"]
+        for r in restarted.get("/api/readers/R1/answers", headers=bearer("R1")).json()
+        if r["case_id"] == "C00001"
+    }
     assert stored["confidence_before"] == 4
 
 
 def test_explanation_step_records_and_returns_the_explanation(client: TestClient) -> None:
     case = client.get("/api/cases/C00003", headers=bearer("R2")).json()  # R2 reads C00003 with the series
     assert case["explained"] is False and "scores" not in case
-    assert client.post("/api/cases/C00003/explanation", json={}, headers=bearer("R2")).status_code == 403  # choice first
+    assert (
+        client.post("/api/cases/C00003/explanation", json={}, headers=bearer("R2")).status_code == 403
+    )  # choice first
     _judge(client, "R2", "C00003")
     assert put(client, "R2", "C00003", "confidence_before", 3).status_code == 200
     shown = client.post("/api/cases/C00003/explanation", json={}, headers=bearer("R2"))
@@ -180,7 +205,9 @@ def test_explanation_step_records_and_returns_the_explanation(client: TestClient
     assert again["shown_at"] == shown.json()["shown_at"]  # the first time is kept
     assert put(client, "R2", "C00003", "confidence_before", 4).status_code == 409
     assert client.post("/api/cases/C00003/explanation", json={}, headers=bearer(ADMIN)).status_code == 403
-    assert client.post("/api/cases/C00001/explanation", json={}, headers=bearer("R2")).status_code == 403  # choice first
+    assert (
+        client.post("/api/cases/C00001/explanation", json={}, headers=bearer("R2")).status_code == 403
+    )  # choice first
     assert client.post("/api/cases/C99999/explanation", json={}, headers=bearer("R2")).status_code == 404
 
 
@@ -196,12 +223,18 @@ def test_store_freezes_answers_after_the_explanation(tmp_path: Path) -> None:
     with pytest.raises(AnswerFrozenError):
         store.save("R1", "C1", "other_before", "series", "before", 1, final_once_explained=True)
     kept = store.answers("R1", "C1")[0]
-    assert store.save("R1", "C1", "confidence_before", "series", "before", 3, final_once_explained=True) == kept["answered_at"]
+    assert (
+        store.save("R1", "C1", "confidence_before", "series", "before", 3, final_once_explained=True)
+        == kept["answered_at"]
+    )
     store.save("R1", "C2", "confidence_before", "series", "before", 5, final_once_explained=True)  # other case: open
     store.save("R1", "C1", "helpful", "series", "after", "yes")  # not frozen
     reopened = ResponseStore(tmp_path / "responses.sqlite")
     assert reopened.explained("R1") == {"C1": first} and reopened.explained("R1", "C2") == {}
-    assert {(r["question_id"], r["value"]) for r in reopened.answers("R1", "C1")} == {("confidence_before", 3), ("helpful", "yes")}
+    assert {(r["question_id"], r["value"]) for r in reopened.answers("R1", "C1")} == {
+        ("confidence_before", 3),
+        ("helpful", "yes"),
+    }
 
 
 # ------------------------------------------------------------------------------------ D: headers and cookies
@@ -210,8 +243,12 @@ def test_store_freezes_answers_after_the_explanation(tmp_path: Path) -> None:
 def test_security_headers_everywhere(client: TestClient, study: Path) -> None:
     _judge(client, "R1", "C00001")
     responses = {
-        "/": client.get("/"), "/r": client.get("/r"), "/read": client.get("/read"), "/admin": client.get("/admin"),
-        "/static/reader.js": client.get("/static/reader.js"), "/api/me (401)": client.get("/api/me"),
+        "/": client.get("/"),
+        "/r": client.get("/r"),
+        "/read": client.get("/read"),
+        "/admin": client.get("/admin"),
+        "/static/reader.js": client.get("/static/reader.js"),
+        "/api/me (401)": client.get("/api/me"),
         "/api/study": client.get("/api/study", headers=bearer("R1")),
         "/api/cases": client.get("/api/cases/C00001", headers=bearer("R1")),
         "/assets": client.get("/assets/C00001/image.png", headers=bearer("R1")),
@@ -265,13 +302,16 @@ def test_serve_command_passes_secure_cookies(study: Path, monkeypatch: pytest.Mo
 
 
 def test_analysis_csv_cells_cannot_start_a_formula(study: Path, tmp_path: Path) -> None:
-    from monai_exaggeration.reader_study.analysis import analyze_study, csv_safe
-
     import pandas as pd
 
+    from monai_exaggeration.reader_study.analysis import analyze_study, csv_safe
+
     store = ResponseStore(study / "responses.sqlite")
-    comments = {"C00001": '=HYPERLINK("http://evil.example","click")', "C00002": "+1+cmd|' /C calc'!A0",
-                "C00003": "@SUM(1,2)"}
+    comments = {
+        "C00001": '=HYPERLINK("http://evil.example","click")',
+        "C00002": "+1+cmd|' /C calc'!A0",
+        "C00003": "@SUM(1,2)",
+    }
     for case, comment in comments.items():
         store.save("R1", case, "comment", "series", "after", comment)
         store.save("R1", case, "confidence_before", "series", "before", 3)

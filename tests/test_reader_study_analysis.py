@@ -30,12 +30,39 @@ from monai_exaggeration.reader_study.store import ResponseStore
 
 ARMS = ["image", "saliency", "series"]
 QUESTIONS = {
-    "confidence_before": {"id": "confidence_before", "type": "likert", "prompt": "Before?", "phase": "before", "min": 1, "max": 5},
+    "confidence_before": {
+        "id": "confidence_before",
+        "type": "likert",
+        "prompt": "Before?",
+        "phase": "before",
+        "min": 1,
+        "max": 5,
+    },
     "real_or_generated": {"id": "real_or_generated", "type": "forced_choice", "prompt": "Real?", "phase": "before"},
-    "confidence_after": {"id": "confidence_after", "type": "likert", "prompt": "After?", "phase": "after", "min": 1, "max": 5},
-    "helpful": {"id": "helpful", "type": "yes_no", "prompt": "Helpful?", "phase": "after", "arms": ["saliency", "series"]},
-    "what_changed": {"id": "what_changed", "type": "choice", "prompt": "What?", "phase": "after", "multiple": True,
-                     "options": ["heart size", "devices"], "arms": ["series"]},
+    "confidence_after": {
+        "id": "confidence_after",
+        "type": "likert",
+        "prompt": "After?",
+        "phase": "after",
+        "min": 1,
+        "max": 5,
+    },
+    "helpful": {
+        "id": "helpful",
+        "type": "yes_no",
+        "prompt": "Helpful?",
+        "phase": "after",
+        "arms": ["saliency", "series"],
+    },
+    "what_changed": {
+        "id": "what_changed",
+        "type": "choice",
+        "prompt": "What?",
+        "phase": "after",
+        "multiple": True,
+        "options": ["heart size", "devices"],
+        "arms": ["series"],
+    },
     "comment": {"id": "comment", "type": "text", "prompt": "Comments", "phase": "after"},
 }
 
@@ -57,12 +84,42 @@ def synthetic(shift: float = 0.0, readers: int = 6, cases: int = 60, seed: int =
             base = 3 + case_effect[case] + reader_effect[reader] + 0.8 * (int(truth[case]) - 0.5)
             before = int(np.clip(np.rint(base + rng.normal(0, 0.8)), 1, 5))
             after = int(np.clip(np.rint(base + (shift if arm == "series" else 0) + rng.normal(0, 0.8)), 1, 5))
-            common = {"reader_id": reader, "case_id": case, "arm": arm, "answered_at": "2025-01-01T00:00:00+00:00",
-                      "ground_truth": truth[case], "forced_choice_truth": choice[case]}
-            rows.append({**common, "question_id": "confidence_before", "question_type": "likert", "phase": "before", "value": before})
-            rows.append({**common, "question_id": "confidence_after", "question_type": "likert", "phase": "after", "value": after})
-    study = {"format": 1, "title": "Synthetic", "instructions": "", "arms": [{"id": a, "label": a, "shows": ["image"]} for a in ARMS],
-             "questions": list(QUESTIONS.values()), "cases": {c: {} for c in case_ids}, "readers": reader_ids, "assignments": plan}
+            common = {
+                "reader_id": reader,
+                "case_id": case,
+                "arm": arm,
+                "answered_at": "2025-01-01T00:00:00+00:00",
+                "ground_truth": truth[case],
+                "forced_choice_truth": choice[case],
+            }
+            rows.append(
+                {
+                    **common,
+                    "question_id": "confidence_before",
+                    "question_type": "likert",
+                    "phase": "before",
+                    "value": before,
+                }
+            )
+            rows.append(
+                {
+                    **common,
+                    "question_id": "confidence_after",
+                    "question_type": "likert",
+                    "phase": "after",
+                    "value": after,
+                }
+            )
+    study = {
+        "format": 1,
+        "title": "Synthetic",
+        "instructions": "",
+        "arms": [{"id": a, "label": a, "shows": ["image"]} for a in ARMS],
+        "questions": list(QUESTIONS.values()),
+        "cases": {c: {} for c in case_ids},
+        "readers": reader_ids,
+        "assignments": plan,
+    }
     return study, pd.DataFrame(rows, columns=LONG_COLUMNS)
 
 
@@ -75,7 +132,9 @@ def test_shifted_arm_is_detected() -> None:
     assert pairs.loc[("image", "series"), "significant"] and pairs.loc[("saliency", "series"), "significant"]
     assert pairs.loc[("image", "series"), "mean_difference"] < -0.5  # arm_a - arm_b
     assert not pairs.loc[("image", "saliency"), "significant"]
-    assert anova.set_index("question_id").loc["confidence_before", "p_value"] > 0.05  # before the explanation: no effect
+    assert (
+        anova.set_index("question_id").loc["confidence_before", "p_value"] > 0.05
+    )  # before the explanation: no effect
     # the same F as scipy on the raw groups
     groups = [responses[(responses.question_id == "confidence_after") & (responses.arm == a)]["value"] for a in ARMS]
     assert after["F"] == pytest.approx(stats.f_oneway(*groups).statistic)
@@ -105,16 +164,24 @@ def test_mixed_model_is_skipped_without_statsmodels(monkeypatch: pytest.MonkeyPa
     monkeypatch.setitem(sys.modules, "statsmodels.formula.api", None)
     _, responses = synthetic()
     table, notes = mixed_models(responses, QUESTIONS, ARMS)
-    assert table is None and notes == ['mixed-effects model skipped: statsmodels is not installed (pip install "monai_exaggeration[reader-study]")']
+    assert table is None and notes == [
+        'mixed-effects model skipped: statsmodels is not installed (pip install "monai_exaggeration[reader-study]")'
+    ]
 
 
 def test_confidence_change_paired_tests() -> None:
     _, responses = synthetic(shift=1.0)
     change = confidence_change(responses, QUESTIONS, ARMS).set_index("arm")
     assert list(change.index) == ARMS and (change["n"] == 120).all()
-    assert change.loc["series", "mean_change"] > 0.5 and change.loc["series", "wilcoxon_p"] < 0.001 and change.loc["series", "t_p"] < 0.001
+    assert (
+        change.loc["series", "mean_change"] > 0.5
+        and change.loc["series", "wilcoxon_p"] < 0.001
+        and change.loc["series", "t_p"] < 0.001
+    )
     assert change.loc["image", "wilcoxon_p"] > 0.01
-    pairs = responses.pivot_table(index=["reader_id", "case_id", "arm"], columns="question_id", values="value").reset_index()
+    pairs = responses.pivot_table(
+        index=["reader_id", "case_id", "arm"], columns="question_id", values="value"
+    ).reset_index()
     series = pairs[pairs["arm"] == "series"]
     expected = stats.ttest_rel(series["confidence_after"], series["confidence_before"])
     assert change.loc["series", "t_statistic"] == pytest.approx(expected.statistic)
@@ -133,8 +200,20 @@ def test_kappa() -> None:
 
     assert cohen_kappa(a, b) == pytest.approx(cohen_kappa_score([str(v) for v in a], [str(v) for v in b]))
     # Fleiss (1971) example as in the literature: 10 subjects, 14 raters, 5 categories -> 0.210
-    table = np.array([[0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1],
-                      [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2], [6, 5, 2, 1, 0], [0, 2, 2, 3, 7]])
+    table = np.array(
+        [
+            [0, 0, 0, 0, 14],
+            [0, 2, 6, 4, 2],
+            [0, 0, 3, 5, 6],
+            [0, 3, 9, 2, 0],
+            [2, 2, 8, 1, 1],
+            [7, 7, 0, 0, 0],
+            [3, 2, 6, 3, 0],
+            [2, 5, 3, 2, 2],
+            [6, 5, 2, 1, 0],
+            [0, 2, 2, 3, 7],
+        ]
+    )
     assert fleiss_kappa(table) == pytest.approx(0.2099, abs=1e-4)
     with pytest.raises(ValueError):
         fleiss_kappa(np.array([[2, 0], [1, 0]]))
@@ -144,14 +223,41 @@ def _agreeing(readers: int) -> pd.DataFrame:
     rows = []
     for index in range(12):
         for reader in range(readers):
-            common = {"reader_id": f"R{reader}", "case_id": f"C{index:02d}", "arm": "series", "answered_at": "",
-                      "ground_truth": "", "forced_choice_truth": ""}
-            rows.append({**common, "question_id": "helpful", "question_type": "yes_no", "phase": "after",
-                         "value": ("yes", "no")[index % 2]})
-            rows.append({**common, "question_id": "confidence_before", "question_type": "likert", "phase": "before",
-                         "value": 1 + index % 5})
-            rows.append({**common, "question_id": "what_changed", "question_type": "choice", "phase": "after",
-                         "value": [["heart size"], ["devices"], ["heart size", "devices"]][index % 3]})
+            common = {
+                "reader_id": f"R{reader}",
+                "case_id": f"C{index:02d}",
+                "arm": "series",
+                "answered_at": "",
+                "ground_truth": "",
+                "forced_choice_truth": "",
+            }
+            rows.append(
+                {
+                    **common,
+                    "question_id": "helpful",
+                    "question_type": "yes_no",
+                    "phase": "after",
+                    "value": ("yes", "no")[index % 2],
+                }
+            )
+            rows.append(
+                {
+                    **common,
+                    "question_id": "confidence_before",
+                    "question_type": "likert",
+                    "phase": "before",
+                    "value": 1 + index % 5,
+                }
+            )
+            rows.append(
+                {
+                    **common,
+                    "question_id": "what_changed",
+                    "question_type": "choice",
+                    "phase": "after",
+                    "value": [["heart size"], ["devices"], ["heart size", "devices"]][index % 3],
+                }
+            )
     return pd.DataFrame(rows, columns=LONG_COLUMNS)
 
 
@@ -170,13 +276,31 @@ def test_forced_choice_accuracy() -> None:
         truth = "real" if index < 15 else "generated"
         wrong = index in (0,) or index in range(15, 20)
         answer = ({"real": "generated", "generated": "real"}[truth]) if wrong else truth
-        rows.append({"reader_id": f"R{index % 3}", "case_id": f"C{index:02d}", "arm": ARMS[index % 3], "question_id": "real_or_generated",
-                     "question_type": "forced_choice", "phase": "before", "value": answer, "answered_at": "",
-                     "ground_truth": "", "forced_choice_truth": truth})
+        rows.append(
+            {
+                "reader_id": f"R{index % 3}",
+                "case_id": f"C{index:02d}",
+                "arm": ARMS[index % 3],
+                "question_id": "real_or_generated",
+                "question_type": "forced_choice",
+                "phase": "before",
+                "value": answer,
+                "answered_at": "",
+                "ground_truth": "",
+                "forced_choice_truth": truth,
+            }
+        )
     rows.append({**rows[0], "case_id": "C99", "forced_choice_truth": ""})  # no known truth: not counted
     table = forced_choice_accuracy(pd.DataFrame(rows, columns=LONG_COLUMNS), QUESTIONS, ARMS).set_index("group")
-    assert table.loc["all", "n"] == 30 and table.loc["all", "correct"] == 24 and table.loc["all", "accuracy"] == pytest.approx(0.8)
-    assert table.loc["all", "p_value"] == pytest.approx(stats.binomtest(24, 30, 0.5).pvalue) and table.loc["all", "p_value"] < 0.01
+    assert (
+        table.loc["all", "n"] == 30
+        and table.loc["all", "correct"] == 24
+        and table.loc["all", "accuracy"] == pytest.approx(0.8)
+    )
+    assert (
+        table.loc["all", "p_value"] == pytest.approx(stats.binomtest(24, 30, 0.5).pvalue)
+        and table.loc["all", "p_value"] < 0.01
+    )
     assert table.loc["all", "ci_low"] < 0.8 < table.loc["all", "ci_high"]
     assert table.loc["truth=real", "correct"] == 14 and table.loc["truth=generated", "correct"] == 10
     assert table.loc[["arm=image", "arm=saliency", "arm=series"], "n"].sum() == 30
@@ -197,7 +321,8 @@ def test_imrmc_export_format() -> None:
     assert len(readings) == 27 and all(len(row) == 4 and row[2] in ARMS and 1 <= int(row[3]) <= 5 for row in readings)
     expected = responses[responses["question_id"] == "confidence_after"]
     assert {(r[0], r[1], r[2], int(r[3])) for r in readings} == set(
-        zip(expected["reader_id"], expected["case_id"], expected["arm"], expected["value"]))
+        zip(expected["reader_id"], expected["case_id"], expected["arm"], expected["value"])
+    )
     assert imrmc_text(responses.assign(ground_truth=""), "confidence_after") is None
 
 
@@ -223,15 +348,29 @@ def test_analyze_command_writes_every_output(tmp_path: Path, capsys: pytest.Capt
     assert main(["reader-study", "analyze", str(folder)]) == 0
     out = folder / "analysis"
     names = {p.name for p in out.iterdir()}
-    assert {"responses.csv", "likert_summary.csv", "anova.csv", "tukey.csv", "confidence_change.csv", "agreement.csv",
-            "forced_choice.csv", "auc.csv", "imrmc_confidence_before.imrmc", "imrmc_confidence_after.imrmc",
-            "report.html", "summary.json"} <= names
+    assert {
+        "responses.csv",
+        "likert_summary.csv",
+        "anova.csv",
+        "tukey.csv",
+        "confidence_change.csv",
+        "agreement.csv",
+        "forced_choice.csv",
+        "auc.csv",
+        "imrmc_confidence_before.imrmc",
+        "imrmc_confidence_after.imrmc",
+        "report.html",
+        "summary.json",
+    } <= names
     assert "report.html" in capsys.readouterr().out
     exported = pd.read_csv(out / "responses.csv", dtype=str, keep_default_na=False)
     assert len(exported) == 12 * 3 * 2 + 3
     assert set(exported["ground_truth"]) == {"0", "1"} and set(exported["arm"]) == set(ARMS)
     choice = exported[exported["question_id"] == "real_or_generated"]
-    assert choice["correct"].tolist() == ["1"] and exported.loc[exported["question_id"] == "what_changed", "value"].item() == '["heart size"]'
+    assert (
+        choice["correct"].tolist() == ["1"]
+        and exported.loc[exported["question_id"] == "what_changed", "value"].item() == '["heart size"]'
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["responses"] == len(exported) and summary["progress"] == {"R0": 12, "R1": 12, "R2": 12}
     summary_csv = pd.read_csv(out / "likert_summary.csv")

@@ -9,15 +9,23 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
-from reader_app_helpers import ADMIN, ASSIGNMENTS, NUM_FRAMES, TOKENS, bearer, client, live_server, make_study, put, study  # noqa: F401 (fixtures)
+from reader_app_helpers import (  # noqa: F401 (fixtures)
+    ADMIN,
+    ASSIGNMENTS,
+    NUM_FRAMES,
+    TOKENS,
+    bearer,
+    client,
+    live_server,
+    make_study,
+    put,
+    study,
+)
 
 fastapi = pytest.importorskip("fastapi", reason="the reading app needs fastapi (pip install -e .[test])")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from monai_exaggeration.reader_study.server import MAX_BODY_BYTES, create_app, personal_links  # noqa: E402
-
-
 
 
 def test_tokens_are_required_and_checked(client: TestClient) -> None:
@@ -82,24 +90,43 @@ def test_every_question_type_is_stored_and_validated(client: TestClient, study: 
     for (case, question), value in valid.items():
         response = put(client, "R1", case, question, value)
         assert response.status_code == 200, response.text
-    stored = {row["question_id"]: row["value"] for row in client.get("/api/readers/R1/answers", headers=bearer("R1")).json()}
+    stored = {
+        row["question_id"]: row["value"] for row in client.get("/api/readers/R1/answers", headers=bearer("R1")).json()
+    }
     assert stored["helpful"] == "yes" and stored["what_changed"] == ["heart size", "devices"]  # canonical forms
     assert stored["confidence_before"] == 4 and stored["comment"] == "the heart grows"
     invalid = [
-        ("confidence_before", 6), ("confidence_before", "4"), ("confidence_before", True),
-        ("real_or_generated", "maybe"), ("helpful", "perhaps"), ("what_changed", ["heart size", "lungs"]),
-        ("what_changed", []), ("comment", "x" * 5000),
+        ("confidence_before", 6),
+        ("confidence_before", "4"),
+        ("confidence_before", True),
+        ("real_or_generated", "maybe"),
+        ("helpful", "perhaps"),
+        ("what_changed", ["heart size", "lungs"]),
+        ("what_changed", []),
+        ("comment", "x" * 5000),
     ]
     for question, value in invalid:
         response = put(client, "R1", "C00001", question, value)
         assert response.status_code == 422, (question, value, response.text)
-    assert client.put("/api/answers/C00001/helpful", content=b"not json", headers={**bearer("R1"), "Content-Type": "application/json"}).status_code == 422
+    assert (
+        client.put(
+            "/api/answers/C00001/helpful",
+            content=b"not json",
+            headers={**bearer("R1"), "Content-Type": "application/json"},
+        ).status_code
+        == 422
+    )
     assert client.put("/api/answers/C00001/helpful", json={"answer": "yes"}, headers=bearer("R1")).status_code == 422
     assert put(client, "R1", "C99999", "helpful", "yes").status_code == 404
     assert put(client, "R1", "C00002", "understandability", 3).status_code == 404  # not asked in the image-only arm
     assert put(client, "R1", "C00001", "no_such_question", 3).status_code == 404
     big = json.dumps({"value": "x" * (MAX_BODY_BYTES + 10)})
-    assert client.put("/api/answers/C00001/comment", content=big, headers={**bearer("R1"), "Content-Type": "application/json"}).status_code == 413
+    assert (
+        client.put(
+            "/api/answers/C00001/comment", content=big, headers={**bearer("R1"), "Content-Type": "application/json"}
+        ).status_code
+        == 413
+    )
     assert put(client, ADMIN, "C00001", "helpful", "yes").status_code == 403  # the administrator does not answer
 
 
@@ -110,10 +137,14 @@ def test_forced_choice_image_comes_first_and_its_answer_is_final(client: TestCli
     for name in ("image.png", "frame_000.png"):
         refused = client.get(f"/assets/C00001/{name}", headers=bearer("R1"))
         assert refused.status_code == 403 and "real-or-generated" in refused.json()["detail"]
-    assert client.get("/assets/C00001/image.png", headers=bearer(ADMIN)).status_code == 200  # the administrator is not blinded
+    assert (
+        client.get("/assets/C00001/image.png", headers=bearer(ADMIN)).status_code == 200
+    )  # the administrator is not blinded
     assert put(client, "R1", "C00001", "real_or_generated", "generated").status_code == 200
     assert client.get("/assets/C00001/image.png", headers=bearer("R1")).status_code == 200
-    assert put(client, "R1", "C00001", "real_or_generated", "generated").status_code == 200  # the same answer again: fine
+    assert (
+        put(client, "R1", "C00001", "real_or_generated", "generated").status_code == 200
+    )  # the same answer again: fine
     changed = put(client, "R1", "C00001", "real_or_generated", "real")
     assert changed.status_code == 409 and "final" in changed.json()["detail"]
     assert client.get("/assets/C00003/image.png", headers=bearer("R1")).status_code == 403  # per case
@@ -160,17 +191,24 @@ def test_concurrent_readers_lose_no_answer(study: Path) -> None:
         for question, value in (("confidence_before", 3), ("helpful", "yes"), ("comment", f"{reader} on {case}"))
     ] * 2
     with live_server(study) as url, ThreadPoolExecutor(max_workers=12) as pool:
+
         def send(job):
             reader, case, question, value = job
-            return httpx.put(f"{url}/api/answers/{case}/{question}", json={"value": value}, headers=bearer(reader), timeout=30).status_code
+            return httpx.put(
+                f"{url}/api/answers/{case}/{question}", json={"value": value}, headers=bearer(reader), timeout=30
+            ).status_code
 
         statuses = list(pool.map(send, jobs))
         assert statuses == [200] * len(jobs)
-        rows = {reader: httpx.get(f"{url}/api/readers/{reader}/answers", headers=bearer(ADMIN)).json() for reader in TOKENS}
+        rows = {
+            reader: httpx.get(f"{url}/api/readers/{reader}/answers", headers=bearer(ADMIN)).json() for reader in TOKENS
+        }
     for reader, answers in rows.items():
         keys = [(r["case_id"], r["question_id"]) for r in answers]
         assert len(keys) == len(set(keys)) == 9, reader
-        assert {r["value"] for r in answers if r["question_id"] == "comment"} == {f"{reader} on {c}" for c, _ in ASSIGNMENTS[reader]}
+        assert {r["value"] for r in answers if r["question_id"] == "comment"} == {
+            f"{reader} on {c}" for c, _ in ASSIGNMENTS[reader]
+        }
 
 
 def _chromium() -> str:
@@ -213,8 +251,12 @@ def test_reader_session_in_a_real_browser(study: Path, tmp_path: Path) -> None:
         expect(page.locator("#saved")).to_have_text("saved")
         assert page.locator("#series-controls").is_hidden()
         page.locator("#reveal").click()
-        expect(page.locator("fieldset[data-question=confidence_before] input[value='3']")).to_be_disabled()  # final once explained
-        frozen = httpx.put(f"{url}/api/answers/C00001/confidence_before", json={"value": 3}, headers=bearer("R1"), timeout=30)
+        expect(
+            page.locator("fieldset[data-question=confidence_before] input[value='3']")
+        ).to_be_disabled()  # final once explained
+        frozen = httpx.put(
+            f"{url}/api/answers/C00001/confidence_before", json={"value": 3}, headers=bearer("R1"), timeout=30
+        )
         assert frozen.status_code == 409  # the server keeps it final too: the page fetched the explanation
         # the series: keyboard stepping and playing
         expect(page.locator("#series-controls")).to_be_visible()
@@ -268,8 +310,10 @@ def test_reader_session_in_a_real_browser(study: Path, tmp_path: Path) -> None:
         assert admin.url == f"{url}/admin"
         browser.close()
     assert not [text for text in console if "Content Security Policy" in text], console  # nothing inline was blocked
-    stored = {(r["case_id"], r["question_id"]): r["value"] for r in TestClient(create_app(study)).get(
-        "/api/readers/R1/answers", headers=bearer(ADMIN)).json()}
+    stored = {
+        (r["case_id"], r["question_id"]): r["value"]
+        for r in TestClient(create_app(study)).get("/api/readers/R1/answers", headers=bearer(ADMIN)).json()
+    }
     assert stored[("C00001", "comment")] == "bigger heart" and stored[("C00001", "what_changed")] == ["heart size"]
     assert stored[("C00002", "confidence_before")] == 5 and stored[("C00002", "real_or_generated")] == "generated"
     assert len(stored) == 8
@@ -280,7 +324,10 @@ def test_personal_links_and_bad_folders(study: Path, tmp_path: Path) -> None:
     from monai_exaggeration.reader_study.server import StudyError, personal_links
 
     links = personal_links(study, "http://localhost:8765/")
-    assert links["R1"] == f"http://localhost:8765/r#{TOKENS['R1']}" and links["admin"] == f"http://localhost:8765/r#{ADMIN}"
+    assert (
+        links["R1"] == f"http://localhost:8765/r#{TOKENS['R1']}"
+        and links["admin"] == f"http://localhost:8765/r#{ADMIN}"
+    )
     with pytest.raises(StudyError, match="not a study folder"):
         create_app(tmp_path / "empty")
 
@@ -294,16 +341,25 @@ def test_serve_command_prints_links_and_serves(study: Path, tmp_path: Path, caps
     import time
 
     import httpx
-
     from conftest import REPO_ROOT
     from reader_app_helpers import free_port
 
-    bad = subprocess.run([sys.executable, "-m", "monai_exaggeration", "reader-study", "serve", str(tmp_path / "nothing")],
-                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "monai_exaggeration", "reader-study", "serve", str(tmp_path / "nothing")],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "not a study folder" in bad.stderr and "Traceback" not in bad.stderr
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "monai_exaggeration", "reader-study", "serve", str(study), "--port", str(port)],
-                               cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "monai_exaggeration", "reader-study", "serve", str(study), "--port", str(port)],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         lines = []
         deadline = time.monotonic() + 60
@@ -316,7 +372,9 @@ def test_serve_command_prints_links_and_serves(study: Path, tmp_path: Path, caps
         links_file = study / "private" / "links.txt"
         assert str(links_file.resolve()) in printed and TOKENS["R1"] not in printed and ADMIN not in printed, printed
         listed = dict(line.split("\t") for line in links_file.read_text().splitlines() if not line.startswith("#"))
-        assert listed == personal_links(study, f"http://localhost:{port}") and listed["R1"].endswith(f"/r#{TOKENS['R1']}")
+        assert listed == personal_links(study, f"http://localhost:{port}") and listed["R1"].endswith(
+            f"/r#{TOKENS['R1']}"
+        )
         assert links_file.stat().st_mode & 0o077 == 0  # the owner's only
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as browser:
             assert browser.post("/api/session", json={"token": TOKENS["R2"]}).status_code == 200
@@ -330,5 +388,8 @@ def test_serve_command_prints_links_and_serves(study: Path, tmp_path: Path, caps
 
     assert main(["reader-study", "links", str(study), "--base-url", "https://study.example.org/"]) == 0
     shown = capsys.readouterr().out.splitlines()
-    assert f"R1\thttps://study.example.org/r#{TOKENS['R1']}" in shown and f"admin\thttps://study.example.org/r#{ADMIN}" in shown
+    assert (
+        f"R1\thttps://study.example.org/r#{TOKENS['R1']}" in shown
+        and f"admin\thttps://study.example.org/r#{ADMIN}" in shown
+    )
     assert main(["reader-study", "links", str(tmp_path / "nothing")]) == 2

@@ -56,8 +56,22 @@ PHI = {
     "OtherPatientIDs": "OTHR314159",
 }
 #: Substrings searched for (case-insensitively) in every byte of the study.
-PHI_TOKENS = ["Zyxwvut", "Quintessa", "19230405", "ACC55501234", "Phantasmagoria", "Obscurity", "Ozymandias",
-              "Hieronymus", "CLANDESTINE", "STX271828", "Xanthippe", "Operatrix", "OTHR314159", "PHIID9876"]
+PHI_TOKENS = [
+    "Zyxwvut",
+    "Quintessa",
+    "19230405",
+    "ACC55501234",
+    "Phantasmagoria",
+    "Obscurity",
+    "Ozymandias",
+    "Hieronymus",
+    "CLANDESTINE",
+    "STX271828",
+    "Xanthippe",
+    "Operatrix",
+    "OTHR314159",
+    "PHIID9876",
+]
 
 
 def _write_source(path: Path, chest: np.ndarray, index: int, burned_in: bool) -> dict[str, str]:
@@ -92,11 +106,28 @@ def inference(tmp_path_factory: pytest.TempPathFactory, rg1_uncr: Path) -> dict:
     root = tmp_path_factory.mktemp("reader_study_inference")
     chest = read_cxr(rg1_uncr).pixels
     (root / "sources").mkdir()
-    sources = [_write_source(root / "sources" / f"PHIID9876{i}_chest.dcm", chest, i, burned_in=i == 3) for i in range(4)]
+    sources = [
+        _write_source(root / "sources" / f"PHIID9876{i}_chest.dcm", chest, i, burned_in=i == 3) for i in range(4)
+    ]
     out = root / "inference"
-    result = run_bundle(["run", "inference", "--config_file", "bundles/cxr/configs/inference.json", "--bundle_root", "bundles/cxr",
-                         "--input", str(root / "sources"), "--output_dir", str(out), "--quicklook", "false",
-                         "--num_frames", str(NUM_FRAMES)])
+    result = run_bundle(
+        [
+            "run",
+            "inference",
+            "--config_file",
+            "bundles/cxr/configs/inference.json",
+            "--bundle_root",
+            "bundles/cxr",
+            "--input",
+            str(root / "sources"),
+            "--output_dir",
+            str(out),
+            "--quicklook",
+            "false",
+            "--num_frames",
+            str(NUM_FRAMES),
+        ]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return {"root": root, "out": out, "sources": sources}
 
@@ -111,8 +142,14 @@ def _cases_csv(folder: Path, sources: list[dict], truths: list[str], saliency: l
 
 
 def _config(folder: Path, inference_dir: Path, **extra) -> Path:
-    data = {"title": "Cardiomegaly explanations", "seed": 7, "inference_dir": str(inference_dir), "cases": "cases.csv",
-            "readers": ["alice", "bob", "carol"], **extra}
+    data = {
+        "title": "Cardiomegaly explanations",
+        "seed": 7,
+        "inference_dir": str(inference_dir),
+        "cases": "cases.csv",
+        "readers": ["alice", "bob", "carol"],
+        **extra,
+    }
     path = folder / "study.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -143,8 +180,11 @@ def built(tmp_path_factory: pytest.TempPathFactory, study_inputs: Path) -> Path:
 
 
 def _tree_digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and "private" not in p.parts}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and "private" not in p.parts
+    }
 
 
 # ----------------------------------------------------------------------------------------- layout
@@ -158,8 +198,15 @@ def test_layout_follows_the_contract(built: Path, inference: dict) -> None:
     assert [a["id"] for a in study["arms"]] == ["image", "saliency", "series"]  # every case has a saliency map
     assert study["arms"][2]["shows"] == ["image", "series", "scores"]
     questions = {q["id"]: q for q in study["questions"]}
-    assert list(questions) == ["confidence_before", "real_or_generated", "confidence_after", "understandability",
-                               "helpful", "what_changed", "comment"]
+    assert list(questions) == [
+        "confidence_before",
+        "real_or_generated",
+        "confidence_after",
+        "understandability",
+        "helpful",
+        "what_changed",
+        "comment",
+    ]
     assert questions["confidence_before"]["phase"] == "before" and questions["confidence_before"]["max"] == 5
     assert "cardiomegaly" in questions["confidence_before"]["prompt"]  # the finding of sources.csv
     assert questions["what_changed"]["multiple"] is True and questions["what_changed"]["arms"] == ["series"]
@@ -205,7 +252,9 @@ def test_layout_follows_the_contract(built: Path, inference: dict) -> None:
     for png in built.glob("assets/*/*.png"):
         assert set(png_chunks(png)) <= ALLOWED_PNG_CHUNKS, png
     npy_case = study["cases"][key.loc[key["source"] == inference["sources"][0]["path"], "case_id"].item()]
-    assert iio_read(built / npy_case["saliency"]).shape == image_shape(built / npy_case["image"]) + (3,)  # heat map overlay
+    assert iio_read(built / npy_case["saliency"]).shape == image_shape(built / npy_case["image"]) + (
+        3,
+    )  # heat map overlay
 
 
 def iio_read(path: Path) -> np.ndarray:
@@ -302,7 +351,9 @@ def test_latin_square_assignment() -> None:
         assert sorted(i["case_id"] for i in items) == sorted(cases)  # every case exactly once
         assert Counter(i["arm"] for i in items) == {arm: 4 for arm in arms}  # balanced within a reader
     for case_id in cases:  # 6 readers, 3 arms: each case twice in each arm
-        assert Counter(i["arm"] for items in plan.values() for i in items if i["case_id"] == case_id) == {a: 2 for a in arms}
+        assert Counter(i["arm"] for items in plan.values() for i in items if i["case_id"] == case_id) == {
+            a: 2 for a in arms
+        }
     orders = {tuple(i["case_id"] for i in items) for items in plan.values()}
     assert len(orders) == 6  # reading order shuffled per reader
     uneven = assign_arms(cases[:5], readers[:4], arms, seed=3)
@@ -316,9 +367,13 @@ def test_default_design_follows_the_arms() -> None:
     assert questions["understandability"].arms == ("series",) and "effusion" in questions["confidence_after"].prompt
     only_image = default_questions(default_arms(False)[:1])
     assert {q.id for q in only_image} == {"confidence_before", "real_or_generated", "confidence_after", "comment"}
-    config = {"inference_dir": "x", "cases": "c.csv", "readers": 2,
-              "arms": [{"id": "plain", "label": "Plain", "shows": ["image"]}],
-              "questions": [{"id": "q", "type": "likert", "prompt": "How?", "arms": ["nope"]}]}
+    config = {
+        "inference_dir": "x",
+        "cases": "c.csv",
+        "readers": 2,
+        "arms": [{"id": "plain", "label": "Plain", "shows": ["image"]}],
+        "questions": [{"id": "q", "type": "likert", "prompt": "How?", "arms": ["nope"]}],
+    }
     with pytest.raises(ReaderStudyError, match="unknown arm.*'nope'"):
         parse_config(config, Path("."))
     config["questions"][0].update(arms=["plain"], labels=["a", "b"])
@@ -355,11 +410,15 @@ def _no_leftovers(out: Path) -> None:
         ({"arms": [{"id": "a", "label": "A", "shows": ["image", "hologram"]}]}, ["'hologram'", "subset of"]),
         ({"questions": [{"id": "q", "type": "essay", "prompt": "Why?"}]}, ["unknown type 'essay'", "likert"]),
         ({"readerz": 3}, ["unknown key(s) 'readerz'"]),
-        ({"arms": [{"id": "s", "label": "S", "shows": ["image", "saliency"]}]}, ["shows saliency maps but 1 case(s) have none"]),
+        (
+            {"arms": [{"id": "s", "label": "S", "shows": ["image", "saliency"]}]},
+            ["shows saliency maps but 1 case(s) have none"],
+        ),
     ],
 )
-def test_configuration_errors(change: dict, expected: list[str], inference: dict, tmp_path: Path,
-                              caplog: pytest.LogCaptureFixture) -> None:
+def test_configuration_errors(
+    change: dict, expected: list[str], inference: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     _cases_csv(tmp_path, inference["sources"][:1], ["1"])
     config = yaml.safe_load(_config(tmp_path, inference["out"]).read_text())
     config.update(change)
@@ -372,23 +431,44 @@ def test_configuration_errors(change: dict, expected: list[str], inference: dict
 def test_bad_yaml_and_unknown_sources(inference: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("title: [unclosed\nseed: 1\n")
-    _fails(["reader-study", "build", "--config", str(bad), "--out", str(tmp_path / "o")], caplog, "not valid YAML", "line")
-    _fails(["reader-study", "build", "--config", str(tmp_path / "none.yaml"), "--out", str(tmp_path / "o")], caplog, "not found")
+    _fails(
+        ["reader-study", "build", "--config", str(bad), "--out", str(tmp_path / "o")], caplog, "not valid YAML", "line"
+    )
+    _fails(
+        ["reader-study", "build", "--config", str(tmp_path / "none.yaml"), "--out", str(tmp_path / "o")],
+        caplog,
+        "not found",
+    )
     stranger = tmp_path / "stranger.dcm"
     stranger.write_bytes(b"")
-    pd.DataFrame({"source": [inference["sources"][0]["path"], str(stranger)]}).to_csv(tmp_path / "cases.csv", index=False)
+    pd.DataFrame({"source": [inference["sources"][0]["path"], str(stranger)]}).to_csv(
+        tmp_path / "cases.csv", index=False
+    )
     config = _config(tmp_path, inference["out"])
-    _fails(["reader-study", "build", "--config", str(config), "--out", str(tmp_path / "o")], caplog,
-           "1 source(s)", "stranger.dcm", "not in", "sources.csv")
+    _fails(
+        ["reader-study", "build", "--config", str(config), "--out", str(tmp_path / "o")],
+        caplog,
+        "1 source(s)",
+        "stranger.dcm",
+        "not in",
+        "sources.csv",
+    )
     _no_leftovers(tmp_path / "o")
 
 
-def test_burned_in_sources_are_refused_unless_allowed(inference: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_burned_in_sources_are_refused_unless_allowed(
+    inference: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     _cases_csv(tmp_path, [inference["sources"][0], inference["sources"][3]], ["1", "0"])
     config = _config(tmp_path, inference["out"], readers=2)
     out = tmp_path / "study"
-    _fails(["reader-study", "build", "--config", str(config), "--out", str(out)], caplog,
-           "BurnedInAnnotation YES", "PHIID98763_chest.dcm", "allow_burned_in: true")
+    _fails(
+        ["reader-study", "build", "--config", str(config), "--out", str(out)],
+        caplog,
+        "BurnedInAnnotation YES",
+        "PHIID98763_chest.dcm",
+        "allow_burned_in: true",
+    )
     _no_leftovers(out)
     config = _config(tmp_path, inference["out"], readers=2, allow_burned_in=True)
     assert main(["reader-study", "build", "--config", str(config), "--out", str(out)]) == 0
@@ -409,7 +489,11 @@ def test_output_folder_rules(inference: dict, tmp_path: Path, caplog: pytest.Log
     assert main(["reader-study", "build", "--config", str(config), "--out", str(out), "--force"]) == 0
     assert not (out / "stale.txt").exists() and (out / "study.json").read_bytes() == before
     (out / "responses.sqlite").write_bytes(b"answers")
-    _fails(["reader-study", "build", "--config", str(config), "--out", str(out), "--force"], caplog, "holds reader responses")
+    _fails(
+        ["reader-study", "build", "--config", str(config), "--out", str(out), "--force"],
+        caplog,
+        "holds reader responses",
+    )
     assert (out / "responses.sqlite").read_bytes() == b"answers"
 
 
@@ -420,21 +504,38 @@ def test_failed_build_leaves_nothing(inference: dict, tmp_path: Path, caplog: py
     _cases_csv(tmp_path, inference["sources"][:2], ["1", "0"], ["good.npy", "broken.npy"])
     config = _config(tmp_path, inference["out"], readers=1)
     out = tmp_path / "study"
-    _fails(["reader-study", "build", "--config", str(config), "--out", str(out)], caplog, "broken.npy", "not a readable .npy")
+    _fails(
+        ["reader-study", "build", "--config", str(config), "--out", str(out)],
+        caplog,
+        "broken.npy",
+        "not a readable .npy",
+    )
     _no_leftovers(out)
 
 
 def test_command_line_error_is_one_line_without_traceback(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "monai_exaggeration", "reader-study", "build", "--config", str(tmp_path / "nope.yaml"),
-         "--out", str(tmp_path / "out")],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            "-m",
+            "monai_exaggeration",
+            "reader-study",
+            "build",
+            "--config",
+            str(tmp_path / "nope.yaml"),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and result.stdout == ""
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "nope.yaml not found" in lines[0], result.stderr
-
 
 
 # ----------------------------------------------------------------------- build -> serve -> analyze
@@ -467,7 +568,7 @@ def test_built_study_is_served_and_analysed(built: Path, tmp_path: Path) -> None
     tokens = json.loads((study_dir / "private" / "readers.json").read_text())
     client = TestClient(create_app(study_dir))
     given = 0
-    for reader, token in tokens["readers"].items():
+    for token in tokens["readers"].values():
         headers = {"Authorization": f"Bearer {token}"}
         listing = client.get("/api/study", headers=headers).json()
         assert len(listing["cases"]) == 3
@@ -478,8 +579,11 @@ def test_built_study_is_served_and_analysed(built: Path, tmp_path: Path) -> None
             assert client.get(case["image"], headers=headers).status_code == 403  # not before the forced choice
             assert client.get(case["forced_choice"], headers=headers).status_code == 200
             for question in choice + [q for q in case["questions"] if q["type"] != "forced_choice"]:
-                response = client.put(f"/api/answers/{item['case_id']}/{question['id']}",
-                                      json={"value": _an_answer(question)}, headers=headers)
+                response = client.put(
+                    f"/api/answers/{item['case_id']}/{question['id']}",
+                    json={"value": _an_answer(question)},
+                    headers=headers,
+                )
                 assert response.status_code == 200, response.text
                 given += 1
             shown = [case["image"], *case.get("frames", []), *([case["saliency"]] if "saliency" in case else [])]

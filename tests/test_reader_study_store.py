@@ -39,8 +39,14 @@ for index in range({shared}):
 
 def test_save_replaces_and_reads_back(tmp_path: Path) -> None:
     store = ResponseStore(tmp_path / "study" / "responses.sqlite")
-    values = {"likert": 4, "yes_no": "yes", "choice": ["heart size", "devices"], "text": "größer <b>", "flag": True,
-              "nested": {"a": [1, 2.5]}}
+    values = {
+        "likert": 4,
+        "yes_no": "yes",
+        "choice": ["heart size", "devices"],
+        "text": "größer <b>",
+        "flag": True,
+        "nested": {"a": [1, 2.5]},
+    }
     for question, value in values.items():
         store.save("R1", "C000001", question, "series", "after", value)
     store.save("R1", "C000001", "likert", "series", "after", 2)  # the reader changes an answer
@@ -90,8 +96,13 @@ def test_concurrent_threads_and_processes_store_every_answer_once(tmp_path: Path
     go = tmp_path / "go"
     script = _WRITER.format(per_writer=PER_WRITER, shared=SHARED)
     processes = [
-        subprocess.Popen([sys.executable, "-c", script, str(database), f"P{i}", str(go)], cwd=REPO_ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(database), f"P{i}", str(go)],
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for i in range(3)
     ]
     start = threading.Event()
@@ -113,7 +124,9 @@ def test_concurrent_threads_and_processes_store_every_answer_once(tmp_path: Path
         thread.start()
     deadline = time.monotonic() + 60
     while len(list(tmp_path.glob("ready-*"))) < len(processes):  # every process has opened the store
-        assert time.monotonic() < deadline and all(p.poll() is None for p in processes), "a writer process failed to start"
+        assert time.monotonic() < deadline and all(p.poll() is None for p in processes), (
+            "a writer process failed to start"
+        )
         time.sleep(0.01)
     go.touch()
     start.set()
@@ -136,4 +149,6 @@ def test_concurrent_threads_and_processes_store_every_answer_once(tmp_path: Path
     first, last = frame["answered_at"].min(), frame["answered_at"].max()
     process_times = frame.loc[frame["reader_id"].str.startswith("P"), "answered_at"]
     thread_times = frame.loc[frame["reader_id"].str.startswith("T"), "answered_at"]
-    assert first < last and process_times.min() < thread_times.max() and thread_times.min() < process_times.max()  # overlapped
+    assert (
+        first < last and process_times.min() < thread_times.max() and thread_times.min() < process_times.max()
+    )  # overlapped

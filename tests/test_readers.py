@@ -255,7 +255,9 @@ def test_png_8bit_exact(nih_dir: Path) -> None:
     stored = iio.imread(path)
     image = read_cxr(path)
     assert image.pixels.shape == stored.shape[:2]
-    np.testing.assert_array_equal(np.round(image.pixels * 255).astype(np.uint8), stored if stored.ndim == 2 else stored[..., 0])
+    np.testing.assert_array_equal(
+        np.round(image.pixels * 255).astype(np.uint8), stored if stored.ndim == 2 else stored[..., 0]
+    )
     assert image.meta["source_format"] == "raster"
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from dicom_validation import dciodvfy_report
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
-from dicom_validation import dciodvfy_report
 from monai_exaggeration import dicom
 from monai_exaggeration.dicom import (
     FrameInfo,
@@ -66,7 +66,9 @@ def written(rg1, tmp_path_factory):
     path, image, _ = rg1
     frames = _frames(image.pixels)
     out = tmp_path_factory.mktemp("sc")
-    return {bits: (frames, write_series(frames, path, image.meta, _info(), out / f"b{bits}", bits=bits)) for bits in (8, 16)}
+    return {
+        bits: (frames, write_series(frames, path, image.meta, _info(), out / f"b{bits}", bits=bits)) for bits in (8, 16)
+    }
 
 
 # ------------------------------------------------------------------------------------------ UIDs
@@ -152,7 +154,9 @@ def test_write_series_returns_the_uids_it_wrote(written, bits):
     assert list(series.sop_instance_uids) == [str(ds.SOPInstanceUID) for ds in datasets]
     assert {str(ds.SeriesInstanceUID) for ds in datasets} == {series.series_instance_uid} == {series[0].parent.name}
     assert {str(ds.StudyInstanceUID) for ds in datasets} == {series.study_instance_uid}
-    assert all(type(uid) is str for uid in (series.series_instance_uid, series.study_instance_uid, *series.sop_instance_uids))
+    assert all(
+        type(uid) is str for uid in (series.series_instance_uid, series.study_instance_uid, *series.sop_instance_uids)
+    )
 
 
 def test_public_api_has_no_private_types_or_validators():
@@ -173,7 +177,9 @@ def test_rg1_pixels_round_trip_exact_and_not_transposed(written, bits):
         assert stored.dtype == (np.uint8 if bits == 8 else np.uint16)
         np.testing.assert_array_equal(stored, quantise_frame(frame, bits))
         # the full range: 0 -> 0, 1 -> 2**bits - 1
-        assert quantise_frame(np.array([[0.0, 0.5, 1.0]]), bits).tolist() == [[0, round((2**bits - 1) / 2), 2**bits - 1]]
+        assert quantise_frame(np.array([[0.0, 0.5, 1.0]]), bits).tolist() == [
+            [0, round((2**bits - 1) / 2), 2**bits - 1]
+        ]
         # highdicom reads it back as an image (0.28 has hd.imread; SCImage.from_dataset is not in this version)
         image = hd.imread(path)
         assert image.SOPInstanceUID == ds.SOPInstanceUID
@@ -188,14 +194,25 @@ def test_rerun_gives_identical_uids(written, rg1, tmp_path):
     path, image, _ = rg1
     frames, first = written[8]
     again = write_series(frames, path, image.meta, _info(), tmp_path, bits=8)
-    ids = lambda paths: [(pydicom.dcmread(p).SeriesInstanceUID, pydicom.dcmread(p).SOPInstanceUID) for p in paths]
+
+    def ids(paths):
+        return [(pydicom.dcmread(p).SeriesInstanceUID, pydicom.dcmread(p).SOPInstanceUID) for p in paths]
+
     assert ids(again) == ids(first)
     assert [p.relative_to(tmp_path) for p in again] == [p.relative_to(p.parents[1]) for p in first]
     # another model version: a new series with new instances
     other = _info()
     other.model_version = "cxr-test-model-2.0"
-    uids = {pydicom.dcmread(p).SOPInstanceUID for p in write_series(frames[:1], path, image.meta, SeriesInfo(
-        "cardiomegaly", "cxr-test-model-2.0", [FrameInfo(0, 0, 0.05, 0.1)]), tmp_path / "v2")}
+    uids = {
+        pydicom.dcmread(p).SOPInstanceUID
+        for p in write_series(
+            frames[:1],
+            path,
+            image.meta,
+            SeriesInfo("cardiomegaly", "cxr-test-model-2.0", [FrameInfo(0, 0, 0.05, 0.1)]),
+            tmp_path / "v2",
+        )
+    }
     assert uids.isdisjoint({uid for _, uid in ids(first)})
 
 
@@ -345,8 +362,12 @@ def test_long_finding_keeps_series_description_within_64_chars(tmp_path):
 
 
 def _flat_source(**tags) -> dict:
-    base = {"SOPInstanceUID": "1.2.3.4", "SOPClassUID": "1.2.840.10008.5.1.4.1.1.1", "StudyInstanceUID": "1.2.3",
-            "Modality": "DX"}
+    base = {
+        "SOPInstanceUID": "1.2.3.4",
+        "SOPClassUID": "1.2.840.10008.5.1.4.1.1.1",
+        "StudyInstanceUID": "1.2.3",
+        "Modality": "DX",
+    }
     return {"dicom": dict(base, **tags), "source_shape": (48, 40), "pixel_sha256": "ab" * 32}
 
 
@@ -369,22 +390,48 @@ def test_typed_patient_study_laterality_and_orientation(tmp_path, monkeypatch):
     """Values highdicom takes go through its constructor and come out as the source has them."""
     import warnings
 
-    tags = dict(PatientName="Doe^Jane", ReferringPhysicianName="Who^Doctor", PatientSex="F", PatientBirthDate="19800101",
-                StudyDate="20200102", StudyTime="120000.123", PatientID="P1", StudyID="S1", AccessionNumber="A1",
-                PatientOrientation="P\\F", Laterality="l", StudyDescription="chest")
+    tags = dict(
+        PatientName="Doe^Jane",
+        ReferringPhysicianName="Who^Doctor",
+        PatientSex="F",
+        PatientBirthDate="19800101",
+        StudyDate="20200102",
+        StudyTime="120000.123",
+        PatientID="P1",
+        StudyID="S1",
+        AccessionNumber="A1",
+        PatientOrientation="P\\F",
+        Laterality="l",
+        StudyDescription="chest",
+    )
     frame = np.linspace(0, 1, 48 * 40, dtype=np.float32).reshape(48, 40)
     arguments = _record_sc_arguments(monkeypatch)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # highdicom would warn about values it doubts
-        series = write_series([frame], None, _flat_source(**tags), SeriesInfo.from_scores("cardiomegaly", MODEL, [0.5]),
-                              tmp_path)
+        series = write_series(
+            [frame], None, _flat_source(**tags), SeriesInfo.from_scores("cardiomegaly", MODEL, [0.5]), tmp_path
+        )
     ds = pydicom.dcmread(series[0])
-    for keyword in ("PatientName", "ReferringPhysicianName", "PatientSex", "PatientBirthDate", "StudyDate", "StudyTime",
-                    "PatientID", "StudyID", "AccessionNumber", "StudyDescription"):
+    for keyword in (
+        "PatientName",
+        "ReferringPhysicianName",
+        "PatientSex",
+        "PatientBirthDate",
+        "StudyDate",
+        "StudyTime",
+        "PatientID",
+        "StudyID",
+        "AccessionNumber",
+        "StudyDescription",
+    ):
         assert str(ds[keyword].value) == tags[keyword], keyword
     assert list(ds.PatientOrientation) == ["P", "F"] and ds.Laterality == "L"
     assert series.study_instance_uid == ds.StudyInstanceUID == "1.2.3"
-    assert (arguments["patient_name"], arguments["patient_sex"], arguments["study_time"]) == ("Doe^Jane", "F", "120000.123")
+    assert (arguments["patient_name"], arguments["patient_sex"], arguments["study_time"]) == (
+        "Doe^Jane",
+        "F",
+        "120000.123",
+    )
     assert (arguments["patient_orientation"], arguments["laterality"]) == (("P", "F"), "L")
     assert arguments["study_instance_uid"] == "1.2.3" and arguments["accession_number"] == "A1"
 
@@ -394,14 +441,22 @@ def test_source_values_highdicom_does_not_take_are_copied_verbatim(tmp_path, mon
     """A one-part name, sex U, a year-only birth date, a colon time, a two-letter orientation: kept as they are."""
     import warnings
 
-    tags = dict(PatientName="ward", ReferringPhysicianName="smith", PatientSex="U", PatientBirthDate="1980",
-                StudyTime="12:00:00", PatientOrientation="AL\\F", Laterality="X")
+    tags = dict(
+        PatientName="ward",
+        ReferringPhysicianName="smith",
+        PatientSex="U",
+        PatientBirthDate="1980",
+        StudyTime="12:00:00",
+        PatientOrientation="AL\\F",
+        Laterality="X",
+    )
     frame = np.linspace(0, 1, 48 * 40, dtype=np.float32).reshape(48, 40)
     arguments = _record_sc_arguments(monkeypatch)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        series = write_series([frame], None, _flat_source(**tags), SeriesInfo.from_scores("cardiomegaly", MODEL, [0.5]),
-                              tmp_path)
+        series = write_series(
+            [frame], None, _flat_source(**tags), SeriesInfo.from_scores("cardiomegaly", MODEL, [0.5]), tmp_path
+        )
     assert not [w for w in caught if "person name" in str(w.message)], [str(w.message) for w in caught]
     ds = pydicom.dcmread(series[0])
     for keyword in ("PatientName", "ReferringPhysicianName", "PatientSex", "PatientBirthDate", "StudyTime"):

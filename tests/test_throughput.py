@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from inference.helpers import BUNDLE, chest_png
 from pydicom.data import get_testdata_file
 
 from monai_exaggeration.bundle import load_bundle_classifier
@@ -19,7 +20,6 @@ from monai_exaggeration.errors import CXRInputError
 from monai_exaggeration.transforms import InputLimits, load_cxr
 from monai_exaggeration.transforms.cxr import cxr_preprocessing, model_input
 from monai_exaggeration.transforms.readers import _pillow_pixels
-from inference.helpers import BUNDLE, chest_png
 
 CLASSIFIER_BUNDLE = str(Path(__file__).resolve().parents[1] / "bundles" / "cxr_classifier")
 
@@ -51,7 +51,9 @@ def _one_by_one(paths: list[Path]) -> dict[str, float | str]:
 
 
 @pytest.mark.parametrize(("batch_size", "workers"), [(4, 1), (64, 0)])
-def test_batched_streaming_classify_equals_one_by_one(tmp_path: Path, rg1_uncr: Path, batch_size: int, workers: int) -> None:
+def test_batched_streaming_classify_equals_one_by_one(
+    tmp_path: Path, rg1_uncr: Path, batch_size: int, workers: int
+) -> None:
     inbox = _inbox(tmp_path, rg1_uncr)
     paths = sorted(inbox.iterdir())
     records = [{"image": str(p)} for p in paths]
@@ -121,7 +123,9 @@ def _read_number(path: str) -> int:
     return int(Path(path).read_text())
 
 
-def test_progress_without_a_terminal_logs_rate_and_eta(tmp_path: Path, rg1_uncr: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_progress_without_a_terminal_logs_rate_and_eta(
+    tmp_path: Path, rg1_uncr: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     from monai_exaggeration.handlers import Progress
 
     with caplog.at_level(logging.INFO):

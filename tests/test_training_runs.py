@@ -55,7 +55,8 @@ def test_progress_without_a_terminal_logs_lines(caplog: pytest.LogCaptureFixture
         progress.close()
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("source posteriors:")]
     assert [line.split(",")[0] for line in lines] == [
-        "source posteriors: 40/100 images (40 %)", "source posteriors: 80/100 images (80 %)",
+        "source posteriors: 40/100 images (40 %)",
+        "source posteriors: 80/100 images (80 %)",
         "source posteriors: 100/100 images (100 %)",
     ]
 
@@ -84,10 +85,20 @@ def test_loss_is_logged_in_short_runs_and_at_the_last_iteration(
     classifier = disc_classifier()
     for max_iterations, max_seconds, expected in ((20, None, list(range(2, 21, 2))), (1000, 1e-6, [1])):
         # 20 batches of 16: one epoch, so StatsHandler's "Iter: i/20" is the run's iteration
-        trainer = make_trainer(toy_batches(classifier, 320), *tiny_networks(), classifier, n_critic=1,
-                               max_iterations=max_iterations, max_seconds=max_seconds)
-        StatsHandler(name="loss_log_test", iteration_log=log_filter(50), epoch_log=False,  # the trainer's stop
-                     output_transform=lambda output: output).attach(trainer)
+        trainer = make_trainer(
+            toy_batches(classifier, 320),
+            *tiny_networks(),
+            classifier,
+            n_critic=1,
+            max_iterations=max_iterations,
+            max_seconds=max_seconds,
+        )
+        StatsHandler(
+            name="loss_log_test",
+            iteration_log=log_filter(50),
+            epoch_log=False,  # the trainer's stop
+            output_transform=lambda output: output,
+        ).attach(trainer)
         caplog.clear()
         capsys.readouterr()
         with caplog.at_level(logging.INFO):
@@ -165,8 +176,9 @@ def _dead_pid() -> int:
     return process.pid
 
 
-def test_lock_refuses_a_second_run_and_takes_over_a_stale_one(tmp_path: Path, caplog: pytest.LogCaptureFixture,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lock_refuses_a_second_run_and_takes_over_a_stale_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     first = TrainingLock(tmp_path).acquire()
     holder = json.loads((tmp_path / ".training.lock").read_text())
     assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname() and holder["started"]
@@ -207,8 +219,13 @@ def test_shipped_weight_names_are_refused() -> None:
 
     shipped_models = REPO_ROOT / "bundles" / "cxr" / "models"
     assert {p.name for p in (REPO_ROOT / "bundles").glob("cxr*/models/*.pt")} >= set(SHIPPED_WEIGHTS)
-    for overlay in ([], ["train_cpu.json"], ["train_cpu.json", "train_gpu.json"], ["multi_gpu_train.json"],
-                    ["train_cpu.json", "ablation_a_paper.json"]):
+    for overlay in (
+        [],
+        ["train_cpu.json"],
+        ["train_cpu.json", "train_gpu.json"],
+        ["multi_gpu_train.json"],
+        ["train_cpu.json", "ablation_a_paper.json"],
+    ):
         parser = ConfigParser()
         parser.read_config([str(CONFIGS / "train.json"), *(str(CONFIGS / name) for name in overlay)])
         prefix = parser["checkpoint_saver"]["file_prefix"]
@@ -226,8 +243,14 @@ def test_shipped_weight_names_are_refused() -> None:
         check_weight_names(REPO_ROOT / "bundles" / "cxr_segmentation" / "models", ["segmentation.pt"], reserved=[])
 
 
-@pytest.mark.parametrize("bundle,configs", [("cxr_classifier", ["train.json", "classifier_cpu.json"]),
-                                            ("cxr_segmentation", ["train.json"]), ("cxr_encoder", ["train.json"])])
+@pytest.mark.parametrize(
+    "bundle,configs",
+    [
+        ("cxr_classifier", ["train.json", "classifier_cpu.json"]),
+        ("cxr_segmentation", ["train.json"]),
+        ("cxr_encoder", ["train.json"]),
+    ],
+)
 def test_instrument_training_refuses_the_shipped_folder(bundle: str, configs: list[str], tmp_path: Path) -> None:
     from monai.bundle import ConfigParser
 
@@ -254,10 +277,18 @@ def test_checkpoints_are_git_ignored_and_shipped_weights_are_not() -> None:
         pytest.skip("not a git checkout")
     models = "bundles/cxr/models"
     written = ["explainer_final.pt", "explainer_best.pt", "explainer_checkpoint_iteration=500.pt"]
-    shipped = [f"{models}/explainer.pt", "bundles/cxr_classifier/models/classifier.pt",
-               "bundles/cxr_segmentation/models/segmentation.pt", "bundles/cxr_encoder/models/encoder.pt"]
-    result = subprocess.run(["git", "check-ignore", *(f"{models}/{n}" for n in written), *shipped],
-                            cwd=REPO_ROOT, capture_output=True, text=True)
+    shipped = [
+        f"{models}/explainer.pt",
+        "bundles/cxr_classifier/models/classifier.pt",
+        "bundles/cxr_segmentation/models/segmentation.pt",
+        "bundles/cxr_encoder/models/encoder.pt",
+    ]
+    result = subprocess.run(
+        ["git", "check-ignore", *(f"{models}/{n}" for n in written), *shipped],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+    )
     ignored = {Path(line).name for line in result.stdout.split()}
     assert ignored == set(written)
 
@@ -266,8 +297,20 @@ def test_checkpoints_are_git_ignored_and_shipped_weights_are_not() -> None:
 
 
 def _train(root: Path, dataset: Path, *extra: str) -> subprocess.CompletedProcess:
-    args = ["run", "training", "--config_file", config_arg(TRAIN), "--bundle_root", str(root),
-            "--dataset_dir", str(dataset), *TINY, "--val_interval", "100000", *extra]
+    args = [
+        "run",
+        "training",
+        "--config_file",
+        config_arg(TRAIN),
+        "--bundle_root",
+        str(root),
+        "--dataset_dir",
+        str(dataset),
+        *TINY,
+        "--val_interval",
+        "100000",
+        *extra,
+    ]
     return run_bundle(args, env=ONE_THREAD)
 
 
@@ -297,7 +340,9 @@ def test_rerun_after_a_finished_run_continues_or_says_already_trained(tiny_datas
     final = torch.load(models / "explainer_final.pt", map_location="cpu", weights_only=True)
     assert final["trainer"]["iteration"] == 5
     assert sorted(p.name for p in models.glob("explainer_checkpoint_*.pt")) == [
-        "explainer_checkpoint_iteration=2.pt", "explainer_checkpoint_iteration=4.pt"]
+        "explainer_checkpoint_iteration=2.pt",
+        "explainer_checkpoint_iteration=4.pt",
+    ]
 
 
 def _checkpoint_iterations(models: Path) -> list[int]:
@@ -307,20 +352,46 @@ def _checkpoint_iterations(models: Path) -> list[int]:
 @pytest.mark.slow
 def test_one_run_per_folder_and_a_resumed_run_keeps_n_saved(tiny_dataset: Path, tmp_path: Path) -> None:
     root, models = tmp_path / "bundle", tmp_path / "bundle" / "models"
-    args = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", config_arg(TRAIN),
-            "--bundle_root", str(root), "--dataset_dir", str(tiny_dataset), *TINY,
-            "--val_interval", "100000", "--checkpoint_interval", "1", "--log_interval", "1"]
+    args = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        config_arg(TRAIN),
+        "--bundle_root",
+        str(root),
+        "--dataset_dir",
+        str(tiny_dataset),
+        *TINY,
+        "--val_interval",
+        "100000",
+        "--checkpoint_interval",
+        "1",
+        "--log_interval",
+        "1",
+    ]
     env = dict(os.environ, PYTHONUNBUFFERED="1", **ONE_THREAD)
-    first = subprocess.Popen([*args, "--max_iterations", "100000"], cwd=REPO_ROOT, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        [*args, "--max_iterations", "100000"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 240
         while not (models / ".training.lock").exists() and time.monotonic() < deadline and first.poll() is None:
             time.sleep(0.2)
-        second = subprocess.run([*args, "--max_iterations", "5"], cwd=REPO_ROOT, env=env, capture_output=True,
-                                text=True, timeout=300)
-        while (not _checkpoint_iterations(models) or _checkpoint_iterations(models)[-1] < 4) \
-                and time.monotonic() < deadline and first.poll() is None:
+        second = subprocess.run(
+            [*args, "--max_iterations", "5"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
+        )
+        while (
+            (not _checkpoint_iterations(models) or _checkpoint_iterations(models)[-1] < 4)
+            and time.monotonic() < deadline
+            and first.poll() is None
+        ):
             time.sleep(0.2)
     finally:
         first.send_signal(signal.SIGKILL)
@@ -334,8 +405,14 @@ def test_one_run_per_folder_and_a_resumed_run_keeps_n_saved(tiny_dataset: Path, 
     killed_at = _checkpoint_iterations(models)[-1]
     assert len(_checkpoint_iterations(models)) == 2  # n_saved within one run
 
-    resumed = subprocess.run([*args, "--max_iterations", str(killed_at + 3)], cwd=REPO_ROOT, env=env,
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [*args, "--max_iterations", str(killed_at + 3)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     log = resumed.stdout + resumed.stderr
     assert "taking over a stale training lock" in log and f"PID {first.pid}" in log  # ...and taken over
@@ -343,5 +420,9 @@ def test_one_run_per_folder_and_a_resumed_run_keeps_n_saved(tiny_dataset: Path, 
     # n_saved = 2 over both sittings (the killed run's checkpoints are pruned too), plus the final file
     assert _checkpoint_iterations(models) == [killed_at + 2, killed_at + 3]
     assert sorted(p.name for p in models.iterdir()) == sorted(
-        ["explainer_final.pt", f"explainer_checkpoint_iteration={killed_at + 2}.pt",
-         f"explainer_checkpoint_iteration={killed_at + 3}.pt"])
+        [
+            "explainer_final.pt",
+            f"explainer_checkpoint_iteration={killed_at + 2}.pt",
+            f"explainer_checkpoint_iteration={killed_at + 3}.pt",
+        ]
+    )

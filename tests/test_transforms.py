@@ -32,7 +32,7 @@ def _expected_content_width(size: int) -> int:
     return int(round(RG1_SHAPE[1] * size / RG1_SHAPE[0]))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _preprocess(path: str, aspect: str, size: int) -> tuple:
     """(compose, output dict) of ``cxr_preprocessing`` on ``{"image": path}``, computed once per module run.
 
@@ -42,7 +42,7 @@ def _preprocess(path: str, aspect: str, size: int) -> tuple:
     return compose, compose({"image": path})
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _source(path: str) -> torch.Tensor:
     """The source image in [0, 1] at its own size (no resizing)."""
     return LoadCXRd("image")({"image": path})["image"].as_tensor()
@@ -248,13 +248,19 @@ def test_invalid_aspect_raises_value_error(aspect: str) -> None:
 def test_tiny_spatial_size_raises_value_error(size: int) -> None:
     with pytest.raises(ValueError, match="spatial_size"):
         cxr_preprocessing("image", size)
-    assert tuple(cxr_preprocessing("image", 8, load=False)({"image": torch.rand(1, 20, 10)})["image"].shape) == (1, 8, 8)
+    assert tuple(cxr_preprocessing("image", 8, load=False)({"image": torch.rand(1, 20, 10)})["image"].shape) == (
+        1,
+        8,
+        8,
+    )
 
 
 # ----------------------------------------------------------------------------------- bounded-memory anti-aliasing
 
 
-@pytest.mark.parametrize("shape", [(1, 2140, 1760), (1, 300, 240), (1, 129, 500), (1, 96, 96), (1, 64, 700), (2, 1000, 999)])
+@pytest.mark.parametrize(
+    "shape", [(1, 2140, 1760), (1, 300, 240), (1, 129, 500), (1, 96, 96), (1, 64, 700), (2, 1000, 999)]
+)
 @pytest.mark.parametrize("size_mode", ["longest", "all"])
 def test_anti_aliased_resized_equals_monai(shape, size_mode) -> None:
     """AntiAliasedResized gives MONAI's Resized(anti_aliasing=True) values, and inverts the same way."""
@@ -265,8 +271,12 @@ def test_anti_aliased_resized_equals_monai(shape, size_mode) -> None:
 
     size = 128 if size_mode == "longest" else (128, 128)
     image = MetaTensor(torch.rand(shape, generator=torch.Generator().manual_seed(sum(shape))))
-    monai = Compose([Resized("image", size, size_mode=size_mode, mode="bilinear", anti_aliasing=True),
-                     SpatialPadd("image", (128, 128))])
+    monai = Compose(
+        [
+            Resized("image", size, size_mode=size_mode, mode="bilinear", anti_aliasing=True),
+            SpatialPadd("image", (128, 128)),
+        ]
+    )
     ours = Compose([AntiAliasedResized("image", size, size_mode=size_mode), SpatialPadd("image", (128, 128))])
     expected = monai({"image": image.clone()})["image"]
     got = ours({"image": image.clone()})["image"]

@@ -58,8 +58,7 @@ def _read_table(path: str | os.PathLike, required: Iterable[str], what: str) -> 
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise ValueError(
-            f"{path} lacks required column(s) {missing}; it should be {what} "
-            f"(columns found: {list(df.columns)[:12]})."
+            f"{path} lacks required column(s) {missing}; it should be {what} (columns found: {list(df.columns)[:12]})."
         )
     return df
 
@@ -165,7 +164,9 @@ def nih_manifest(
     out = _filter_views(out, "view", views)
     out["image"] = _nih_images(out["image"], image_root, images_subdir, search_images)
     if out["image"].isna().any():
-        warnings.warn(f"{int(out['image'].isna().sum())} NIH image(s) not found under {image_root}; dropped.")
+        warnings.warn(
+            f"{int(out['image'].isna().sum())} NIH image(s) not found under {image_root}; dropped.", stacklevel=2
+        )
         out = out.dropna(subset=["image"]).copy()
     return _finish(out, label, fractions, seed, image_root if absolute_paths else None)
 
@@ -227,14 +228,18 @@ def chexpert_manifest(
         raise ValueError(f"{csv_path}: no 'patientNNNNN' folder in Path, e.g. {paths[patients.isna()].iloc[0]!r}.")
     label = label_name(finding)
     view = df["AP/PA"].fillna(df["Frontal/Lateral"]).astype(str)
-    out = pd.DataFrame(
-        {
-            "image": paths.str.split("/", n=1).str[-1] if strip_prefix else paths,
-            label: _chexpert_labels(df[finding], uncertainty, str(csv_path)),
-            "patient_id": patients,
-            "view": view,
-        }
-    ).dropna(subset=[label]).copy()
+    out = (
+        pd.DataFrame(
+            {
+                "image": paths.str.split("/", n=1).str[-1] if strip_prefix else paths,
+                label: _chexpert_labels(df[finding], uncertainty, str(csv_path)),
+                "patient_id": patients,
+                "view": view,
+            }
+        )
+        .dropna(subset=[label])
+        .copy()
+    )
     out[label] = out[label].astype(np.int64)
     if split is not None:
         out["split"] = split

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from monai_exaggeration.findings import DEFAULT_FINDING
 from monai_exaggeration.errors import DatasetNotFoundError, UserError
+from monai_exaggeration.findings import DEFAULT_FINDING
 from monai_exaggeration.utils import write_csv_atomic
 
 __all__ = [
@@ -146,9 +146,7 @@ def read_manifest(
     labels = _infer_label_columns(df) if label_columns is None else list(label_columns)
     missing = [c for c in labels if c not in df.columns]
     if missing:
-        raise ValueError(
-            f"Manifest {csv_path} lacks label column(s) {missing}; it has {list(df.columns)}."
-        )
+        raise ValueError(f"Manifest {csv_path} lacks label column(s) {missing}; it has {list(df.columns)}.")
     for column in labels:
         df[column] = _validate_binary(df, column, csv_path)
     if "split" in df.columns:

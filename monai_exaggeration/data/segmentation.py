@@ -24,8 +24,8 @@ from monai.transforms import (
     Transform,
 )
 
-from monai_exaggeration.errors import DatasetNotFoundError
 from monai_exaggeration.data.manifest import SPLITS, check_fractions
+from monai_exaggeration.errors import DatasetNotFoundError
 from monai_exaggeration.transforms import LoadCXRd
 
 __all__ = ["STRUCTURES", "load_segmentation_split", "segmentation_preprocessing"]
@@ -49,7 +49,9 @@ def load_segmentation_split(
             f"Segmentation dataset not found: {root} has no png/ folder. Expected png/<id>.png and "
             f"mask/{{heart,left_lung,right_lung}}/<id>.png (see docs/datasets.md)"
         )
-    ids = sorted(p.name for p in (root / "png").glob("*.png") if all((root / "mask" / s / p.name).is_file() for s in STRUCTURES))
+    ids = sorted(
+        p.name for p in (root / "png").glob("*.png") if all((root / "mask" / s / p.name).is_file() for s in STRUCTURES)
+    )
     if not ids:
         raise DatasetNotFoundError(f"no image in {root / 'png'} has all three masks under {root / 'mask'}")
     truth = {}

@@ -20,7 +20,16 @@ from monai.data import DataLoader, Dataset
 
 from monai_exaggeration.errors import CXRInputError
 
-__all__ = ["ERROR_COLUMNS", "LoadFailure", "batches", "compute_threads", "default_workers", "failure_row", "reader_options", "stream_inputs"]
+__all__ = [
+    "ERROR_COLUMNS",
+    "LoadFailure",
+    "batches",
+    "compute_threads",
+    "default_workers",
+    "failure_row",
+    "reader_options",
+    "stream_inputs",
+]
 
 
 @dataclass
@@ -32,7 +41,7 @@ class LoadFailure:
     exception: str = ""
 
     @classmethod
-    def from_exception(cls, error: BaseException) -> "LoadFailure":
+    def from_exception(cls, error: BaseException) -> LoadFailure:
         if isinstance(error, CXRInputError):
             return cls(error.problem, error.hint, "CXRInputError")
         if isinstance(error, ValueError):

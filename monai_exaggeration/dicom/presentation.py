@@ -38,8 +38,8 @@ from pydicom.dataset import Dataset
 
 from monai_exaggeration import __version__
 from monai_exaggeration.dicom.secondary_capture import (
-    DEFAULT_SERIES_NUMBER,
     _PATIENT_STUDY_KEYWORDS,
+    DEFAULT_SERIES_NUMBER,
     SOFTWARE_NAME,
     _patient_orientation,
     _patient_study_arguments,
@@ -78,8 +78,10 @@ class FrameCaption:
 
     @property
     def text(self) -> str:
-        return (f"Frame {self.frame}/{self.num_frames} | target {self.target_centre:.2f} | "
-                f"{self.finding} score {self.score:.2f}")
+        return (
+            f"Frame {self.frame}/{self.num_frames} | target {self.target_centre:.2f} | "
+            f"{self.finding} score {self.score:.2f}"
+        )
 
     @property
     def lines(self) -> tuple[str, str]:
@@ -112,8 +114,10 @@ def read_series(rows: pd.DataFrame, pixels: bool = False) -> list[Dataset]:
 
 
 def _captions(rows: pd.DataFrame, finding: str) -> list[FrameCaption]:
-    return [FrameCaption(int(row.step) + 1, len(rows), float(row.target_centre), float(row.score), finding)
-            for row in rows.itertuples()]
+    return [
+        FrameCaption(int(row.step) + 1, len(rows), float(row.target_centre), float(row.score), finding)
+        for row in rows.itertuples()
+    ]
 
 
 def _model_version(rows: pd.DataFrame) -> str:
@@ -138,7 +142,9 @@ def _typed_references(images: Sequence[Dataset], pixels: bool = True) -> tuple[l
     :func:`_copy_verbatim`. Without such values ``images`` come back as they are.
     """
     first = images[0]
-    values = {keyword: "" if first.get(keyword) is None else str(first.get(keyword)) for keyword in _PATIENT_STUDY_KEYWORDS}
+    values = {
+        keyword: "" if first.get(keyword) is None else str(first.get(keyword)) for keyword in _PATIENT_STUDY_KEYWORDS
+    }
     verbatim = [keyword for keyword in _patient_study_arguments(values)[1] if keyword in first]
     if not verbatim:
         return list(images), []
@@ -237,8 +243,14 @@ def burn_in(pixels: np.ndarray, lines: Sequence[str]) -> np.ndarray:
         margin = max(2, size // 3)
         draw.text((margin, margin), lines[0], fill=255, font=font, stroke_width=stroke, stroke_fill=255)
         if len(lines) > 1:
-            draw.text((margin, rows - margin - size - stroke), lines[1], fill=255, font=font, stroke_width=stroke,
-                      stroke_fill=255)
+            draw.text(
+                (margin, rows - margin - size - stroke),
+                lines[1],
+                fill=255,
+                font=font,
+                stroke_width=stroke,
+                stroke_fill=255,
+            )
         masks[name] = np.asarray(canvas) > 127
     out = pixels.copy()
     out[masks["outline"]] = 0

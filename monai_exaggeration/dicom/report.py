@@ -33,12 +33,27 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from monai_exaggeration import __version__
-from monai_exaggeration.dicom.presentation import CAPTION_NOTE, MODEL_NAME, _copy_verbatim, _typed_references, read_series
+from monai_exaggeration.dicom.presentation import (
+    CAPTION_NOTE,
+    MODEL_NAME,
+    _copy_verbatim,
+    _typed_references,
+    read_series,
+)
 from monai_exaggeration.dicom.secondary_capture import DEFAULT_SERIES_NUMBER, SOFTWARE_NAME, derived_uid
 from monai_exaggeration.findings import finding_profile
 from monai_exaggeration.utils import atomic_write
 
-__all__ = ["ALGORITHM_NAME", "LOCAL_SCHEME", "SCORE", "TARGET_CENTRE", "CTR", "build_report", "read_report", "write_report"]
+__all__ = [
+    "ALGORITHM_NAME",
+    "LOCAL_SCHEME",
+    "SCORE",
+    "TARGET_CENTRE",
+    "CTR",
+    "build_report",
+    "read_report",
+    "write_report",
+]
 
 ALGORITHM_NAME = "monai_exaggeration progressive exaggeration"
 LOCAL_SCHEME = "99EXAG"
@@ -99,19 +114,23 @@ def build_report(
         sources = [hd.sr.SourceImageForMeasurementGroup(image.SOPClassUID, image.SOPInstanceUID)]
         if source is not None:
             sources.append(hd.sr.SourceImageForMeasurementGroup(source.SOPClassUID, source.SOPInstanceUID))
-        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=derived_uid(series_uid, model_version, "sr-group", int(row.step)),
-                identifier=f"Frame {int(row.step) + 1}/{len(rows)} (step {int(row.step)})",
-            ),
-            finding_type=_finding_code(finding),
-            algorithm_id=algorithm,
-            measurements=measurements,
-            source_images=sources,
-        ))
+        groups.append(
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=derived_uid(series_uid, model_version, "sr-group", int(row.step)),
+                    identifier=f"Frame {int(row.step) + 1}/{len(rows)} (step {int(row.step)})",
+                ),
+                finding_type=_finding_code(finding),
+                algorithm_id=algorithm,
+                measurements=measurements,
+                source_images=sources,
+            )
+        )
     device = hd.sr.DeviceObserverIdentifyingAttributes(
-        uid=derived_uid(SOFTWARE_NAME, model_version, "device"), name=SOFTWARE_NAME,
-        manufacturer_name=SOFTWARE_NAME, model_name=MODEL_NAME,
+        uid=derived_uid(SOFTWARE_NAME, model_version, "device"),
+        name=SOFTWARE_NAME,
+        manufacturer_name=SOFTWARE_NAME,
+        model_name=MODEL_NAME,
     )
     content = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(
@@ -132,10 +151,13 @@ def build_report(
         series_description=f"Exaggeration report - {CAPTION_NOTE.lower()}"[:64],
         manufacturer_model_name=MODEL_NAME,
         software_versions=[f"{SOFTWARE_NAME} {__version__}"[:64], model_version],
-        coding_schemes=[hd.coding_schemes.CodingSchemeIdentificationItem(
-            designator=LOCAL_SCHEME, name="monai_exaggeration local codes",
-            responsible_organization="monai_exaggeration",
-        )],
+        coding_schemes=[
+            hd.coding_schemes.CodingSchemeIdentificationItem(
+                designator=LOCAL_SCHEME,
+                name="monai_exaggeration local codes",
+                responsible_organization="monai_exaggeration",
+            )
+        ],
     )
     _copy_verbatim(report, first, verbatim)
     return report
@@ -179,16 +201,22 @@ def read_report(path: str | os.PathLike) -> list[dict]:
         for measurement in group.get_measurements():
             values[measurement.name.value] = measurement.value
         images = [item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for item in group.source_images]
-        texts = {item.ConceptNameCodeSequence[0].CodeValue: str(item.TextValue)
-                 for container in group for item in container.get("ContentSequence", []) if item.ValueType == "TEXT"}
-        groups.append({
-            "tracking_identifier": group.tracking_identifier,
-            "frame_sop_instance_uid": str(images[0]) if images else "",
-            "source_sop_instance_uid": str(images[1]) if len(images) > 1 else "",
-            "score": values.get(SCORE.value),
-            "target_centre": values.get(TARGET_CENTRE.value),
-            "ctr": values.get(CTR.value),
-            "algorithm_name": texts.get(codes.DCM.AlgorithmName.value, ""),
-            "algorithm_version": texts.get(codes.DCM.AlgorithmVersion.value, ""),
-        })
+        texts = {
+            item.ConceptNameCodeSequence[0].CodeValue: str(item.TextValue)
+            for container in group
+            for item in container.get("ContentSequence", [])
+            if item.ValueType == "TEXT"
+        }
+        groups.append(
+            {
+                "tracking_identifier": group.tracking_identifier,
+                "frame_sop_instance_uid": str(images[0]) if images else "",
+                "source_sop_instance_uid": str(images[1]) if len(images) > 1 else "",
+                "score": values.get(SCORE.value),
+                "target_centre": values.get(TARGET_CENTRE.value),
+                "ctr": values.get(CTR.value),
+                "algorithm_name": texts.get(codes.DCM.AlgorithmName.value, ""),
+                "algorithm_version": texts.get(codes.DCM.AlgorithmVersion.value, ""),
+            }
+        )
     return groups

@@ -259,13 +259,17 @@ def quantise_frame(frame: np.ndarray, bits: int) -> np.ndarray:
     dtype = np.uint8 if bits == 8 else np.uint16
     if np.asarray(frame).dtype.kind == "u":
         if np.asarray(frame).dtype != dtype:
-            raise ValueError(f"an integer frame written with {bits} bits must be {np.dtype(dtype).name}, got {frame.dtype}")
+            raise ValueError(
+                f"an integer frame written with {bits} bits must be {np.dtype(dtype).name}, got {frame.dtype}"
+            )
         return np.asarray(frame)
     values = np.clip(np.asarray(frame, dtype=np.float64), 0.0, 1.0) * (2**bits - 1)
     return np.rint(values).astype(dtype)
 
 
-def _check_frames(frames: Sequence[np.ndarray], info: SeriesInfo, source_shape: Sequence[int] | None) -> list[np.ndarray]:
+def _check_frames(
+    frames: Sequence[np.ndarray], info: SeriesInfo, source_shape: Sequence[int] | None
+) -> list[np.ndarray]:
     arrays = [np.asarray(frame) for frame in frames]
     if len(arrays) != len(info.frames):
         raise ValueError(f"{len(arrays)} frames but SeriesInfo describes {len(info.frames)}")
@@ -490,13 +494,13 @@ def _equipment(ctx: _Context) -> list[hd.ContributingEquipment]:
         hd.ContributingEquipment(
             manufacturer=info.software_name,
             purpose_of_reference=codes.DCM.ModifyingEquipment,  # (109103, DCM, "Modifying Equipment")
-            manufacturer_model_name="progressive exaggeration explainer" if info.method == "Exaggeration"
-        else f"{info.method} counterfactuals"[:64],
+            manufacturer_model_name="progressive exaggeration explainer"
+            if info.method == "Exaggeration"
+            else f"{info.method} counterfactuals"[:64],
             software_versions=[f"{info.software_name} {info.software_version}"[:64], info.model_version],
             contribution_datetime=ctx.now,
             contribution_description=(
-                f"Generated counterfactual images for {info.finding} (model {info.model_version}); "
-                + RESEARCH_NOTE
+                f"Generated counterfactual images for {info.finding} (model {info.model_version}); " + RESEARCH_NOTE
             )[:1024],
         )
     )
@@ -583,7 +587,8 @@ def _build_instance(ctx: _Context, frame: np.ndarray, frame_info: FrameInfo, bit
         transfer_syntax_uid=ExplicitVRLittleEndian,
         contributing_equipment=_equipment(ctx),
         series_description=_series_description(info.finding, info.method),
-        manufacturer_model_name="progressive exaggeration explainer" if info.method == "Exaggeration"
+        manufacturer_model_name="progressive exaggeration explainer"
+        if info.method == "Exaggeration"
         else f"{info.method} counterfactuals"[:64],
         software_versions=[f"{info.software_name} {info.software_version}"[:64], info.model_version],
         content_date=ctx.now.date(),
@@ -631,8 +636,7 @@ def _describe_frame(image: Dataset, ctx: _Context, frame_info: FrameInfo, step: 
         source_text = f"source: non-DICOM file {ctx.source_key[:23]}"
     image.DerivationDescription = (
         f"Progressive exaggeration counterfactual for {info.finding}, target bin {frame_info.target_bin}"
-        f"{n_text} (centre {centre}), model {info.model_version}; {source_text}; synthetic image, "
-        + RESEARCH_NOTE
+        f"{n_text} (centre {centre}), model {info.model_version}; {source_text}; synthetic image, " + RESEARCH_NOTE
     )[:1024]
     image.ImageComments = (
         f"Step {step} of {len(info.frames)}; target bin {frame_info.target_bin}{n_text}; target centre {centre}; "

@@ -125,14 +125,17 @@ def attach_resume(
         else:
             logger.warning("%s holds no trainer state (%s): not used to resume", final, key or "no trainer to load")
     content: dict | None = None
-    for iteration, _, path in sorted(candidates, reverse=True):
+    for iteration, _, path in sorted(candidates, reverse=True):  # noqa: B007 - the last one found is used below
         content = final_content if path == final else _read(path)
         if content is not None:
             break
     else:
         total = max_iterations if max_iterations is not None else getattr(trainer, "max_iterations", None)
-        logger.info("no usable checkpoint in %s: training starts from scratch%s", ckpt_dir,
-                    "" if total is None else f" (iteration 0; max_iterations {total})")
+        logger.info(
+            "no usable checkpoint in %s: training starts from scratch%s",
+            ckpt_dir,
+            "" if total is None else f" (iteration 0; max_iterations {total})",
+        )
         return None
 
     if max_iterations is None:
@@ -148,15 +151,21 @@ def attach_resume(
         logger.info(
             "already trained to %d iterations (%s; %s): nothing to do, nothing written. "
             "Pass a larger --max_iterations (or --max_seconds) to continue training from it.",
-            iteration, path, reached,
+            iteration,
+            path,
+            reached,
         )
         _skip_run(trainer, path)
         return path
 
     if saver is not None:
         _prune(saver, ckpt_dir, prefix, upto=iteration)
-    logger.info("resuming training from %s (iteration %d)%s", path, iteration,
-                "" if max_iterations is None else f" up to iteration {max_iterations}")
+    logger.info(
+        "resuming training from %s (iteration %d)%s",
+        path,
+        iteration,
+        "" if max_iterations is None else f" up to iteration {max_iterations}",
+    )
     CheckpointLoader(load_path=str(path), load_dict=load_dict, map_location=map_location).attach(trainer)
     return path
 
@@ -192,7 +201,9 @@ def _prune(saver: Any, ckpt_dir: Path, prefix: str, upto: int) -> None:
     if removed:
         logger.info(
             "removed %d old checkpoint(s) to keep n_saved=%s: %s",
-            len(removed), n_saved, ", ".join(p.name for p in removed),
+            len(removed),
+            n_saved,
+            ", ".join(p.name for p in removed),
         )
     interval.load_state_dict({"_saved": [(iteration, path.name) for iteration, path in keep]})
 
@@ -328,8 +339,11 @@ class TrainingLock:
             raise self._refused(holder)  # another machine's process cannot be checked from here
         if holder and holder.get("user") != _user() and _alive(int(holder.get("pid", -1))):
             raise self._refused(holder)  # another user's run holds another lock file
-        logger.warning("taking over a stale training lock %s (%s; that process is no longer running)",
-                       self.path, self.describe(holder))
+        logger.warning(
+            "taking over a stale training lock %s (%s; that process is no longer running)",
+            self.path,
+            self.describe(holder),
+        )
         self.path.unlink(missing_ok=True)
 
     def acquire(self) -> TrainingLock:

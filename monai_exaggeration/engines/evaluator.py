@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 from ignite.metrics import Metric
 from monai.engines import Evaluator
 from monai.inferers import Inferer, SimpleInferer
@@ -16,9 +15,7 @@ from torch import nn
 
 from monai_exaggeration.binning import posterior_to_bin
 from monai_exaggeration.methods.series import compose_series, generate_series
-from monai_exaggeration.handlers.writing import writes_files
 from monai_exaggeration.metrics import series_validity
-from monai_exaggeration.utils import atomic_write, json_text
 
 __all__ = ["SeriesEvaluator", "SeriesValidityMetric"]
 

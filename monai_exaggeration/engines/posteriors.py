@@ -15,9 +15,8 @@ from monai.data import DataLoader, Dataset
 from monai_exaggeration.binning import posterior_to_bin
 from monai_exaggeration.distributed import main_process_first
 from monai_exaggeration.handlers import Progress
-from monai_exaggeration.utils import write_csv_atomic
-
 from monai_exaggeration.networks.classifier import classifier_fingerprint
+from monai_exaggeration.utils import write_csv_atomic
 
 __all__ = ["compute_posteriors", "with_source_posteriors"]
 
@@ -110,7 +109,10 @@ def _with_source_posteriors(
     if missing:
         logger.info(
             "computing source posteriors of %d images (%d cached in %s); saved as they are scored, "
-            "so an interrupted run continues where it stopped", len(missing), len(records) - len(missing), cache_file,
+            "so an interrupted run continues where it stopped",
+            len(missing),
+            len(records) - len(missing),
+            cache_file,
         )
         progress = Progress(len(missing), "source posteriors", unit="images", every=save_every)
         names = [str(record["image"]) for record in missing]

@@ -8,8 +8,7 @@ import torch
 
 from monai_exaggeration.binning import bin_centres
 
-__all__ = [
-    "TargetSampling","TARGET_SAMPLING", "sample_target_bins"]
+__all__ = ["TargetSampling", "TARGET_SAMPLING", "sample_target_bins"]
 
 #: ``uniform``: b_t ~ U{0..N-1}. ``calibrated``: b_t drawn given the image's label so that, among the
 #: images asked for bin i, negatives have weight (1 - c_i) and positives c_i (c_i the bin centre):

@@ -22,8 +22,8 @@ from torch import nn
 
 from monai_exaggeration.distributed import unwrap
 from monai_exaggeration.engines.sampling import sample_target_bins
-from monai_exaggeration.methods.series import transfer_frame
 from monai_exaggeration.losses import ExaggerationLoss, MaskProvider, l1_reconstruction
+from monai_exaggeration.methods.series import transfer_frame
 from monai_exaggeration.networks.explainer_file import COMPOSITIONS
 
 __all__ = ["ExaggerationIterationEvents", "ExaggerationTrainer", "TrainingState"]
@@ -303,7 +303,9 @@ class ExaggerationTrainer(Trainer):
         if not self.final_iteration:
             return
         if self._budget_reached() == "seconds":
-            engine.logger.info("time budget of %.0f s reached at iteration %d", self.max_seconds, engine.state.iteration)
+            engine.logger.info(
+                "time budget of %.0f s reached at iteration %d", self.max_seconds, engine.state.iteration
+            )
         engine.terminate()
 
     def _autocast(self) -> torch.autocast:
@@ -384,7 +386,11 @@ class ExaggerationTrainer(Trainer):
         source_posterior = torch.as_tensor(batchdata["source_posterior"], device=device).float().reshape(-1)
         labels = batchdata.get("label")
         target_bins = sample_target_bins(
-            x.shape[0], self.num_bins, self.target_sampling, labels=None if labels is None else _plain(labels), device=device
+            x.shape[0],
+            self.num_bins,
+            self.target_sampling,
+            labels=None if labels is None else _plain(labels),
+            device=device,
         )
         self.generator.train()
         self.discriminator.train()
@@ -457,8 +463,13 @@ class ExaggerationTrainer(Trainer):
             self.discriminator.requires_grad_(True)
 
     def _deformation_terms(
-        self, batchdata: dict[str, Any], x: torch.Tensor, target_bins: torch.Tensor, source_bins: torch.Tensor,
-        source_posterior: torch.Tensor, critic: nn.Module,
+        self,
+        batchdata: dict[str, Any],
+        x: torch.Tensor,
+        target_bins: torch.Tensor,
+        source_bins: torch.Tensor,
+        source_posterior: torch.Tensor,
+        critic: nn.Module,
     ) -> dict[str, torch.Tensor]:
         """G's terms for a deformation explainer: the frame is the warped source; reconstruction at b_src
         is x under the source bin's own field; the cycle warps the frame back from b_t to b_src; the
@@ -468,13 +479,28 @@ class ExaggerationTrainer(Trainer):
         back_source, back_target = self.g_inferer(frame, self.generator, source_bins, target_bins).chunk(2)
         cycled, _ = generator.compose(frame, back_source, back_target)
         self.fire_event(ExaggerationIterationEvents.G_FORWARD_COMPLETED)
-        return self._terms(batchdata, x, frame, target_bins, source_posterior, critic,
-                           identity=generator.reconstruct(x, fields_source), cycled=cycled, change=frame - x,
-                           displacement=ddf)
+        return self._terms(
+            batchdata,
+            x,
+            frame,
+            target_bins,
+            source_posterior,
+            critic,
+            identity=generator.reconstruct(x, fields_source),
+            cycled=cycled,
+            change=frame - x,
+            displacement=ddf,
+        )
 
     def _terms(
-        self, batchdata: dict[str, Any], x: torch.Tensor, frame: torch.Tensor, target_bins: torch.Tensor,
-        source_posterior: torch.Tensor, critic: nn.Module, **images: torch.Tensor | None,
+        self,
+        batchdata: dict[str, Any],
+        x: torch.Tensor,
+        frame: torch.Tensor,
+        target_bins: torch.Tensor,
+        source_posterior: torch.Tensor,
+        critic: nn.Module,
+        **images: torch.Tensor | None,
     ) -> dict[str, torch.Tensor]:
         """The loss terms of G for ``frame`` (what D and f see) and ``images`` (identity, cycled, change,
         displacement), with the change region and the reconstruction masks of ``x``."""
@@ -491,8 +517,13 @@ class ExaggerationTrainer(Trainer):
         )
 
     def _image_terms(
-        self, batchdata: dict[str, Any], x: torch.Tensor, target_bins: torch.Tensor, source_bins: torch.Tensor,
-        source_posterior: torch.Tensor, critic: nn.Module,
+        self,
+        batchdata: dict[str, Any],
+        x: torch.Tensor,
+        target_bins: torch.Tensor,
+        source_bins: torch.Tensor,
+        source_posterior: torch.Tensor,
+        critic: nn.Module,
     ) -> dict[str, torch.Tensor]:
         """G's terms for an image generator (the papers' losses, see the class docstring)."""
         frame, generated, reconstruction = self.frames(x, target_bins, source_bins)
@@ -500,5 +531,14 @@ class ExaggerationTrainer(Trainer):
             reconstruction = self._generate(x, source_bins)
         cycled = self._generate(generated, source_bins)
         self.fire_event(ExaggerationIterationEvents.G_FORWARD_COMPLETED)
-        return self._terms(batchdata, x, frame, target_bins, source_posterior, critic,
-                           identity=reconstruction, cycled=cycled, change=generated - reconstruction)
+        return self._terms(
+            batchdata,
+            x,
+            frame,
+            target_bins,
+            source_posterior,
+            critic,
+            identity=reconstruction,
+            cycled=cycled,
+            change=generated - reconstruction,
+        )

@@ -36,24 +36,37 @@ COMPARISON_COLUMNS = (
     ("flip_rate", ("validity", "written_frames", "flip_rate"), "share of series reaching the other class"),
     ("monotone_rate", ("validity", "written_frames", "monotone_rate"), "share of series whose scores never fall"),
     ("median_spearman", ("validity", "written_frames", "median_spearman"), "median Spearman(step, score)"),
-    ("identity_encoder", ("preservation", "identity", "encoder", "counterfactual"),
-     "counterfactuals whose nearest source (encoder features) is their own"),
-    ("ssim_outside_heart", ("preservation", "ssim_outside_heart"), "SSIM of counterfactual and source outside the heart"),
+    (
+        "identity_encoder",
+        ("preservation", "identity", "encoder", "counterfactual"),
+        "counterfactuals whose nearest source (encoder features) is their own",
+    ),
+    (
+        "ssim_outside_heart",
+        ("preservation", "ssim_outside_heart"),
+        "SSIM of counterfactual and source outside the heart",
+    ),
     ("change_mass_inside_heart", ("preservation", "change_mass_inside_heart"), "share of the change inside the heart"),
     ("mean_delta_ctr", ("clinical_faithfulness", "mean_delta_ctr"), "CTR of the last frame minus the first"),
     ("median_delta_ctr", ("clinical_faithfulness", "median_delta_ctr"), "median CTR of the last frame minus the first"),
     ("share_ctr_increases", ("clinical_faithfulness", "share_ctr_increases"), "share of series whose CTR rises"),
     ("ctr_spearman", ("clinical_faithfulness", "median_spearman_ctr_step"), "median Spearman(step, CTR)"),
-    ("geometric_share", ("anatomy", "median_geometric_share"),
-     "median share of the first-to-last change that a smooth deformation explains (1: moved, 0: painted)"),
+    (
+        "geometric_share",
+        ("anatomy", "median_geometric_share"),
+        "median share of the first-to-last change that a smooth deformation explains (1: moved, 0: painted)",
+    ),
     ("border_shift_px", ("anatomy", "median_border_shift_px"), "median outward shift of the heart outline, pixels"),
     ("folding_fraction", ("anatomy", "mean_folding_fraction"), "share of pixels where the displacement folds"),
     ("fid_encoder", ("realism", "encoder", "fid_real_vs_counterfactual"), "FID real vs counterfactuals (encoder)"),
     ("fid_encoder_real_vs_real", ("realism", "encoder", "fid_real_vs_real"), "the same for real vs real (baseline)"),
     ("kid_encoder", ("realism", "encoder", "kid_real_vs_counterfactual"), "KID real vs counterfactuals (encoder)"),
     ("fid_classifier", ("realism", "classifier", "fid_real_vs_counterfactual"), "FID in the classifier's features"),
-    ("difference_mass_inside_heart", ("saliency", "difference_map_mass_inside_heart"),
-     "mass of |counterfactual - source| inside the heart (model grid)"),
+    (
+        "difference_mass_inside_heart",
+        ("saliency", "difference_map_mass_inside_heart"),
+        "mass of |counterfactual - source| inside the heart (model grid)",
+    ),
 )
 
 
@@ -78,7 +91,9 @@ def comparison_table(metrics_by_method: Mapping[str, Mapping]) -> pd.DataFrame:
     for name, key in (("gradcam", "gradcam_mass_inside_heart"), ("occlusion", "occlusion_mass_inside_heart")):
         value = _get(any_metrics, ("saliency", key))
         if not np.isnan(value):
-            rows.append({"method": name, "n_images": int(any_metrics.get("n_images", 0)), "difference_mass_inside_heart": value})
+            rows.append(
+                {"method": name, "n_images": int(any_metrics.get("n_images", 0)), "difference_mass_inside_heart": value}
+            )
     table = pd.DataFrame(rows)
     reference = table.loc[table["method"] == DEFAULT_METHOD, "seconds_per_series"]
     if len(reference) and reference.iloc[0] > 0:
@@ -148,13 +163,18 @@ def compare_methods(
     write_csv_atomic(table, output_dir / "methods.csv")
     atomic_write(
         output_dir / "comparison.json",
-        lambda tmp: Path(tmp).write_text(json_text({"methods": table.to_dict(orient="records"), "context": dict(context or {})})),
+        lambda tmp: Path(tmp).write_text(
+            json_text({"methods": table.to_dict(orient="records"), "context": dict(context or {})})
+        ),
     )
     examples = {method: result.examples[:num_figures] for method, result in results.items()}
     count = min(len(found) for found in examples.values())
     figures = [
-        series_side_by_side({method: found[n] for method, found in examples.items()}, output_dir / "plots" / f"series_{n + 1}.png",
-                            {method: method_title(method) for method in examples})
+        series_side_by_side(
+            {method: found[n] for method, found in examples.items()},
+            output_dir / "plots" / f"series_{n + 1}.png",
+            {method: method_title(method) for method in examples},
+        )
         for n in range(count)
     ]
     links = {method: f"{method}/report.html" for method in methods}

@@ -50,7 +50,9 @@ def counterfactual_step(source_score: float, num_frames: int, threshold: float =
     return 0 if source_score >= threshold else num_frames - 1
 
 
-def heart_mask(segmenter: HeartLungSegmenter, image: torch.Tensor, size: tuple[int, int], channel: int | None = 0) -> np.ndarray:
+def heart_mask(
+    segmenter: HeartLungSegmenter, image: torch.Tensor, size: tuple[int, int], channel: int | None = 0
+) -> np.ndarray:
     """Boolean mask (largest component) of one segmented structure (``channel``: 0 the heart, the default)
     of ``image`` (1, H, W) in the model range, on a ``size`` grid; all False when ``channel`` is None."""
     if channel is None:
@@ -89,8 +91,13 @@ class _Pictures:
     probabilities: torch.Tensor  # (1 + K, 3, s, s) the segmentation of the source and the frames
 
 
-def _pictures(runner: ExaggerationInference, segmenter: HeartLungSegmenter, path: str, result: SeriesResult,
-              loaded: tuple[torch.Tensor, torch.Tensor] | None) -> _Pictures:
+def _pictures(
+    runner: ExaggerationInference,
+    segmenter: HeartLungSegmenter,
+    path: str,
+    result: SeriesResult,
+    loaded: tuple[torch.Tensor, torch.Tensor] | None,
+) -> _Pictures:
     """The source (read again unless ``loaded``) and the written frames; one segmentation forward of all."""
     if loaded is None:
         source = runner.loader(path)
@@ -101,7 +108,9 @@ def _pictures(runner: ExaggerationInference, segmenter: HeartLungSegmenter, path
     source_unit = source[0].numpy().astype(np.float32)
     unit_frames = result.unit_frames
     frame_inputs = runner.as_model_input(unit_frames, source)[:, None]
-    stack = to_model_range(torch.cat([torch.from_numpy(source_unit)[None, None], torch.from_numpy(unit_frames)[:, None].float()]))
+    stack = to_model_range(
+        torch.cat([torch.from_numpy(source_unit)[None, None], torch.from_numpy(unit_frames)[:, None].float()])
+    )
     probabilities = segmenter(stack.to(runner.device)).cpu()
     return _Pictures(source_unit, source_input, unit_frames, frame_inputs, probabilities)
 
@@ -128,7 +137,14 @@ def _localisation(pictures: _Pictures, step: int, heart: np.ndarray) -> dict:
     """Preservation on the source grid: the counterfactual against the source, inside and outside the heart."""
     if heart.any() and not heart.all():
         return change_inside_outside(pictures.source, pictures.frames[step], heart)
-    keys = ("change_inside", "change_outside", "inside_outside_ratio", "change_mass_inside", "l1_outside", "ssim_outside")
+    keys = (
+        "change_inside",
+        "change_outside",
+        "inside_outside_ratio",
+        "change_mass_inside",
+        "l1_outside",
+        "ssim_outside",
+    )
     return dict.fromkeys(keys, float("nan"))  # no heart found: the region measures are undefined for this image
 
 
@@ -137,8 +153,9 @@ def _anatomy(pictures: _Pictures, result: SeriesResult, channel: int | None) -> 
     deformation explains (model grid), how far the heart outline moves outward (source grid, pixels)."""
     first, last = (to_unit_range(pictures.frame_inputs[i, 0]).numpy() for i in (0, len(pictures.frames) - 1))
     grid = pictures.source.shape
-    shift = border_shift(_heart_mask(pictures.probabilities[1:2], grid, channel),
-                         _heart_mask(pictures.probabilities[-1:], grid, channel))
+    shift = border_shift(
+        _heart_mask(pictures.probabilities[1:2], grid, channel), _heart_mask(pictures.probabilities[-1:], grid, channel)
+    )
     return {
         "geometric_share": geometric_share(first, last),
         "border_shift_px": shift,
@@ -148,14 +165,23 @@ def _anatomy(pictures: _Pictures, result: SeriesResult, channel: int | None) -> 
     }
 
 
-def _saliency(runner: ExaggerationInference, segmenter: HeartLungSegmenter, pictures: _Pictures, step: int,
-              occlusion: bool, gradcam_layer: str, channel: int | None) -> tuple[dict, dict, np.ndarray]:
+def _saliency(
+    runner: ExaggerationInference,
+    segmenter: HeartLungSegmenter,
+    pictures: _Pictures,
+    step: int,
+    occlusion: bool,
+    gradcam_layer: str,
+    channel: int | None,
+) -> tuple[dict, dict, np.ndarray]:
     """The difference, GradCAM (and occlusion) maps on the model grid, their mass inside the heart, the heart."""
     source_input, device = pictures.source_input, runner.device
     model_grid = tuple(source_input.shape[1:])
     source_model_range = to_model_range(torch.from_numpy(pictures.source)[None])
     if source_input.shape == source_model_range.shape and torch.equal(source_input, source_model_range):
-        heart = _heart_mask(pictures.probabilities[:1], model_grid, channel)  # a source at the model size: the same image
+        heart = _heart_mask(
+            pictures.probabilities[:1], model_grid, channel
+        )  # a source at the model size: the same image
     else:
         heart = heart_mask(segmenter, source_input.to(device), model_grid, channel)
     batch = source_input[None].to(device)
@@ -172,8 +198,12 @@ def _saliency(runner: ExaggerationInference, segmenter: HeartLungSegmenter, pict
 def _frame_rows(path: str, result: SeriesResult, ctr: np.ndarray) -> list[dict]:
     return [
         {
-            "source": path, "step": index, "target_bin": result.bins[index], "target_centre": float(result.centres[index]),
-            "score": float(result.scores[index]), "generator_frame_score": float(result.generator_frame_scores[index]),
+            "source": path,
+            "step": index,
+            "target_bin": result.bins[index],
+            "target_centre": float(result.centres[index]),
+            "score": float(result.scores[index]),
+            "generator_frame_score": float(result.generator_frame_scores[index]),
             "ctr": float(ctr[index]),
         }
         for index in range(len(result.bins))
@@ -212,13 +242,18 @@ def measure_source(
     channel = _region_channel(profile)
     pictures = _pictures(runner, segmenter, path, result, loaded)
     measured = profile.measure == "ctr"
-    ctr = np.asarray([cardiothoracic_ratio(*masks) if measured else float("nan") for masks in pictures.probabilities],
-                     dtype=np.float64)  # the source, then the frames
+    ctr = np.asarray(
+        [cardiothoracic_ratio(*masks) if measured else float("nan") for masks in pictures.probabilities],
+        dtype=np.float64,
+    )  # the source, then the frames
     step = counterfactual_step(result.source_score, len(result.bins))
     heart_source_grid = _heart_mask(pictures.probabilities[:1], pictures.source.shape, channel)
     maps, mass, heart_model_grid = _saliency(runner, segmenter, pictures, step, occlusion, gradcam_layer, channel)
     stack = torch.cat([pictures.source_input[None], pictures.frame_inputs]).float()
-    features = {"classifier": penultimate_features(runner.classifier, stack), "encoder": encoder_features(encoder, stack)}
+    features = {
+        "classifier": penultimate_features(runner.classifier, stack),
+        "encoder": encoder_features(encoder, stack),
+    }
     label = record.get(profile.label)
     scores = np.asarray(result.scores, dtype=np.float64)
     row = {
@@ -248,9 +283,16 @@ def measure_source(
     example = None
     if keep_example:
         example = {
-            "source": str(path), "source_image": pictures.source, "frames": pictures.frames, "scores": scores.tolist(),
-            "ctr": ctr[1:].tolist(), "step": step, "model_source": to_unit_range(pictures.source_input[0]).numpy(),
-            "heart": heart_model_grid, "maps": maps, "mass": mass,
+            "source": str(path),
+            "source_image": pictures.source,
+            "frames": pictures.frames,
+            "scores": scores.tolist(),
+            "ctr": ctr[1:].tolist(),
+            "step": step,
+            "model_source": to_unit_range(pictures.source_input[0]).numpy(),
+            "heart": heart_model_grid,
+            "maps": maps,
+            "mass": mass,
         }
     row["seconds"] = time.perf_counter() - start
     return SourceMeasures(

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 
 from monai_exaggeration.binning import centre_values
-
 from monai_exaggeration.plotting import plt, save_figure
 
 __all__ = ["compatibility_plot", "ctr_plot", "identity_plot", "examples_figure", "series_side_by_side"]
@@ -31,8 +30,12 @@ def compatibility_plot(validity: dict, path: str | os.PathLike) -> Path:
         mean = np.asarray(summary["per_bin_mean"])
         centres = centre_values(len(mean))
         sd = np.asarray(summary["per_bin_sd"])
-        axis.fill_between(centres, summary["per_bin_q25"], summary["per_bin_q75"], color=colour, alpha=0.25, linewidth=0)
-        axis.errorbar(centres, mean, yerr=sd, color=colour, marker="o", capsize=3, label=f"{label} (MAE {summary['mae']:.3f})")
+        axis.fill_between(
+            centres, summary["per_bin_q25"], summary["per_bin_q75"], color=colour, alpha=0.25, linewidth=0
+        )
+        axis.errorbar(
+            centres, mean, yerr=sd, color=colour, marker="o", capsize=3, label=f"{label} (MAE {summary['mae']:.3f})"
+        )
     axis.plot([0, 1], [0, 1], "k--", linewidth=1, label="ideal")
     axis.set(xlim=(0, 1), ylim=(0, 1), xlabel="target bin centre", ylabel="classifier score f(x_b)")
     first = next(validity[key] for key, _, _ in curves if key in validity)
@@ -50,7 +53,10 @@ def ctr_plot(clinical: dict, path: str | os.PathLike) -> Path:
     sd = np.asarray(clinical["sd_ctr_per_step"])
     axis.fill_between(steps, mean - sd, mean + sd, color="tab:blue", alpha=0.2, linewidth=0)
     axis.plot(steps, mean, "o-", color="tab:blue", label=f"all (n = {clinical['n_series']})")
-    for key, colour, label in (("mean_ctr_per_step_label_0", "tab:green", "label 0"), ("mean_ctr_per_step_label_1", "tab:red", "label 1")):
+    for key, colour, label in (
+        ("mean_ctr_per_step_label_0", "tab:green", "label 0"),
+        ("mean_ctr_per_step_label_1", "tab:red", "label 1"),
+    ):
         if clinical.get(key) is not None:
             axis.plot(steps, clinical[key], ".--", color=colour, label=f"sources with {label}")
     axis.axhline(0.5, color="k", linewidth=0.8, linestyle=":", label="CTR 0.5")
@@ -109,7 +115,9 @@ def examples_figure(examples: Sequence[dict], path: str | os.PathLike, columns: 
     return save_figure(figure, path)
 
 
-def series_side_by_side(examples: dict[str, dict], path: str | os.PathLike, titles: dict[str, str] | None = None) -> Path:
+def series_side_by_side(
+    examples: dict[str, dict], path: str | os.PathLike, titles: dict[str, str] | None = None
+) -> Path:
     """One image's series from every method: a row per method (source, every frame with its score and
     CTR, |counterfactual − source| with the heart outlined). ``examples``: method -> example of
     :func:`~monai_exaggeration.evaluation.measures.measure_source`, all of the same source."""
@@ -120,7 +128,9 @@ def series_side_by_side(examples: dict[str, dict], path: str | os.PathLike, titl
         raise ValueError(f"the series side by side must share one source, got {sorted(sources)}")
     frames = max(len(example["frames"]) for example in examples.values())
     panels = frames + 2
-    figure, axes = plt.subplots(len(examples), panels, figsize=(1.25 * panels, 1.55 * len(examples) + 0.3), squeeze=False)
+    figure, axes = plt.subplots(
+        len(examples), panels, figsize=(1.25 * panels, 1.55 * len(examples) + 0.3), squeeze=False
+    )
     for row, (method, example) in zip(axes, examples.items()):
         row[0].imshow(example["source_image"], cmap="gray", vmin=0, vmax=1)
         row[0].set_title("source", fontsize=7)

@@ -73,9 +73,21 @@ def _realism_rows(metrics: Mapping) -> list[tuple[str, str, str]]:
     for space, r in metrics["realism"].items():
         n = f"{r['n_real_a']} vs {r['n_real_b']}"
         rows += [
-            (f"FID real vs real ({space})", _number(r["fid_real_vs_real"]), f"baseline: two halves of the real images ({n})"),
-            (f"FID real vs counterfactual ({space})", _number(r["fid_real_vs_counterfactual"]), "far-end frames of the other half"),
-            (f"FID real vs all frames ({space})", _number(r["fid_real_vs_all_frames"]), f"{r['n_all_frames_b']} frames"),
+            (
+                f"FID real vs real ({space})",
+                _number(r["fid_real_vs_real"]),
+                f"baseline: two halves of the real images ({n})",
+            ),
+            (
+                f"FID real vs counterfactual ({space})",
+                _number(r["fid_real_vs_counterfactual"]),
+                "far-end frames of the other half",
+            ),
+            (
+                f"FID real vs all frames ({space})",
+                _number(r["fid_real_vs_all_frames"]),
+                f"{r['n_all_frames_b']} frames",
+            ),
             (
                 f"KID real vs real / counterfactual ({space})",
                 f"{_number(r['kid_real_vs_real'], 4)} / {_number(r['kid_real_vs_counterfactual'], 4)}",
@@ -98,8 +110,16 @@ def _preservation_rows(metrics: Mapping) -> list[tuple[str, str, str]]:
     rows += [
         ("SSIM outside the heart", _number(p["ssim_outside_heart"]), "counterfactual vs source; 1 = unchanged"),
         ("L1 outside the heart", _number(p["l1_outside_heart"], 4), "mean absolute change, [0, 1] grey scale"),
-        ("change inside / outside the heart", f"{_number(p['change_inside_heart'], 4)} / {_number(p['change_outside_heart'], 4)}", f"median ratio {_number(p['median_inside_outside_ratio'], 2)}"),
-        ("change mass inside the heart", _percent(p["change_mass_inside_heart"]), f"the heart covers {_percent(p['heart_fraction'])} of the image"),
+        (
+            "change inside / outside the heart",
+            f"{_number(p['change_inside_heart'], 4)} / {_number(p['change_outside_heart'], 4)}",
+            f"median ratio {_number(p['median_inside_outside_ratio'], 2)}",
+        ),
+        (
+            "change mass inside the heart",
+            _percent(p["change_mass_inside_heart"]),
+            f"the heart covers {_percent(p['heart_fraction'])} of the image",
+        ),
         ("images with a heart found", _number(p["n_with_heart"]), "region measures use these"),
     ]
     return rows
@@ -108,11 +128,23 @@ def _preservation_rows(metrics: Mapping) -> list[tuple[str, str, str]]:
 def _clinical_rows(metrics: Mapping) -> list[tuple[str, str, str]]:
     c = metrics["clinical_faithfulness"]
     return [
-        ("median Spearman(CTR, step)", _number(c["median_spearman_ctr_step"], 2), "does the heart grow along the series?"),
+        (
+            "median Spearman(CTR, step)",
+            _number(c["median_spearman_ctr_step"], 2),
+            "does the heart grow along the series?",
+        ),
         ("mean / median ΔCTR (last − first)", f"{_number(c['mean_delta_ctr'])} / {_number(c['median_delta_ctr'])}", ""),
         ("series whose CTR increases", _percent(c["share_ctr_increases"]), ""),
-        ("CTR crosses 0.5 with the score", _percent(c["share_ctr_crosses_with_score"]), f"among the {c['n_score_crosses']} series whose score crosses 0.5"),
-        ("mean CTR of the sources", _number(c["mean_ctr_source"]), f"{c['n_series']} series with a CTR on every frame, {c['n_missing']} without"),
+        (
+            "CTR crosses 0.5 with the score",
+            _percent(c["share_ctr_crosses_with_score"]),
+            f"among the {c['n_score_crosses']} series whose score crosses 0.5",
+        ),
+        (
+            "mean CTR of the sources",
+            _number(c["mean_ctr_source"]),
+            f"{c['n_series']} series with a CTR on every frame, {c['n_missing']} without",
+        ),
     ]
 
 
@@ -120,13 +152,23 @@ def _saliency_rows(metrics: Mapping) -> list[tuple[str, str, str]]:
     s = metrics["saliency"]
     share = f"the heart covers {_percent(s['heart_fraction_model_grid'])} of the model grid"
     return [
-        ("difference map mass in the heart", _percent(s["difference_map_mass_inside_heart"]), "|counterfactual − source|"),
+        (
+            "difference map mass in the heart",
+            _percent(s["difference_map_mass_inside_heart"]),
+            "|counterfactual − source|",
+        ),
         ("GradCAM mass in the heart", _percent(s["gradcam_mass_inside_heart"]), share),
-        ("occlusion mass in the heart", _percent(s["occlusion_mass_inside_heart"]), "score drop when a patch is hidden"),
+        (
+            "occlusion mass in the heart",
+            _percent(s["occlusion_mass_inside_heart"]),
+            "score drop when a patch is hidden",
+        ),
     ]
 
 
-def write_report(metrics: Mapping, context: Mapping[str, str], plots: Mapping[str, Path], path: str | os.PathLike) -> Path:
+def write_report(
+    metrics: Mapping, context: Mapping[str, str], plots: Mapping[str, Path], path: str | os.PathLike
+) -> Path:
     """Write the HTML report (atomically). ``context``: run facts shown at the top; ``plots``: name -> PNG."""
     facts = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in context.items())
     by_label = ", ".join(f"label {k}: {v}" for k, v in metrics.get("n_images_by_label", {}).items())

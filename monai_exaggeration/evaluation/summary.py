@@ -10,9 +10,9 @@ import pandas as pd
 import torch
 
 from monai_exaggeration.evaluation.measures import FEATURE_SPACES, SourceMeasures
+from monai_exaggeration.methods import DEFAULT_METHOD
 from monai_exaggeration.metrics.ctr import ctr_faithfulness
 from monai_exaggeration.metrics.realism import frechet_distance, identity_rate, kernel_inception_distance
-from monai_exaggeration.methods import DEFAULT_METHOD
 from monai_exaggeration.metrics.validity import series_validity
 
 __all__ = ["summarise", "validity_summary", "realism_summary", "identity_summary", "json_safe"]
@@ -64,7 +64,11 @@ def realism_summary(
     all_frames_b = frame_features[half_b].reshape(-1, frame_features.shape[-1])
     subset = min(100, len(half_a), len(half_b))
     summary = {"feature_dim": int(source_features.shape[1]), "n_real_a": len(half_a), "n_real_b": len(half_b)}
-    for name, generated in (("real_vs_real", real_b), ("real_vs_counterfactual", counterfactuals_b), ("real_vs_all_frames", all_frames_b)):
+    for name, generated in (
+        ("real_vs_real", real_b),
+        ("real_vs_counterfactual", counterfactuals_b),
+        ("real_vs_all_frames", all_frames_b),
+    ):
         summary[f"fid_{name}"] = frechet_distance(real_a, generated) if len(half_a) > 1 else float("nan")
         if subset >= 2:
             mean, sd = kernel_inception_distance(real_a, generated, subset_size=subset, seed=seed)
@@ -76,7 +80,9 @@ def realism_summary(
     return summary
 
 
-def identity_summary(source_features: torch.Tensor, frame_features: torch.Tensor, counterfactual_steps: np.ndarray) -> dict:
+def identity_summary(
+    source_features: torch.Tensor, frame_features: torch.Tensor, counterfactual_steps: np.ndarray
+) -> dict:
     """Nearest-neighbour identity of the counterfactuals and of every step, among all sources."""
     rows = torch.arange(len(source_features))
     counterfactuals = frame_features[rows, torch.as_tensor(counterfactual_steps)]
@@ -140,14 +146,20 @@ def summarise(measures: Sequence[SourceMeasures], seed: int = 0) -> tuple[dict, 
             "mean_ctr_source": _mean(images, "ctr_source"),
             "mean_ctr_per_step": np.nanmean(ctr, axis=0).tolist(),
             "sd_ctr_per_step": np.nanstd(ctr, axis=0).tolist(),
-            "mean_ctr_per_step_label_1": np.nanmean(ctr[positives.to_numpy()], axis=0).tolist() if positives.any() else None,
-            "mean_ctr_per_step_label_0": np.nanmean(ctr[~positives.to_numpy()], axis=0).tolist() if (~positives).any() else None,
+            "mean_ctr_per_step_label_1": np.nanmean(ctr[positives.to_numpy()], axis=0).tolist()
+            if positives.any()
+            else None,
+            "mean_ctr_per_step_label_0": np.nanmean(ctr[~positives.to_numpy()], axis=0).tolist()
+            if (~positives).any()
+            else None,
         }
     )
     metrics = {
         "n_images": int(len(images)),
         "n_frames": int(len(frames)),
-        "n_images_by_label": {str(k): int(v) for k, v in images["label"].astype(str).value_counts().sort_index().items()},
+        "n_images_by_label": {
+            str(k): int(v) for k, v in images["label"].astype(str).value_counts().sort_index().items()
+        },
         "validity": {
             "written_frames": validity_summary(scores, source_scores),
             "generator_frames": validity_summary(generator, source_scores),

@@ -68,8 +68,11 @@ class EvaluationResult:
         c = self.metrics["clinical_faithfulness"]
         a = self.metrics.get("anatomy", {})
         identity = self.metrics["preservation"]["identity"]["encoder"]["counterfactual"]
-        clinical = (f"CTR: median Spearman with step {c['median_spearman_ctr_step']:.2f}, mean ΔCTR {c['mean_delta_ctr']:.3f}; "
-                    if c.get("n_series") else "no clinical measure for this finding; ")
+        clinical = (
+            f"CTR: median Spearman with step {c['median_spearman_ctr_step']:.2f}, mean ΔCTR {c['mean_delta_ctr']:.3f}; "
+            if c.get("n_series")
+            else "no clinical measure for this finding; "
+        )
         share = a.get("median_geometric_share")
         return "\n".join(
             [
@@ -113,7 +116,9 @@ class ExplanationEvaluation:
             runner = functools.partial(runner, method=method)
         self.runner = _built(runner, ExaggerationInference).prepare()
         if method is not None and self.runner.method_name != method:
-            raise ValueError(f"the evaluation was asked for method {method!r} but its runner uses {self.runner.method_name!r}")  # bins and size come from the explainer file
+            raise ValueError(
+                f"the evaluation was asked for method {method!r} but its runner uses {self.runner.method_name!r}"
+            )  # bins and size come from the explainer file
         every_bin = list(range(self.runner.num_bins))
         if list(self.runner.bins) != every_bin:
             raise ValueError(
@@ -131,7 +136,9 @@ class ExplanationEvaluation:
         self.gradcam_layer = gradcam_layer
         self.seed = int(seed)
 
-    def evaluate(self, records: Sequence[dict], output_dir: str | os.PathLike, context: dict | None = None) -> EvaluationResult:
+    def evaluate(
+        self, records: Sequence[dict], output_dir: str | os.PathLike, context: dict | None = None
+    ) -> EvaluationResult:
         """Measure every record, then write tables, metrics, plots and the report into ``output_dir``."""
         self.runner.prepare()
         output_dir = Path(output_dir)
@@ -159,9 +166,17 @@ class ExplanationEvaluation:
                             raise outcome
                         measures.append(
                             measure_source(
-                                self.runner, self.segmenter, self.encoder, record, self.profile,
-                                keep_example=index < self.num_examples, occlusion=self.occlusion,
-                                gradcam_layer=self.gradcam_layer, result=outcome, seconds=share, loaded=item,
+                                self.runner,
+                                self.segmenter,
+                                self.encoder,
+                                record,
+                                self.profile,
+                                keep_example=index < self.num_examples,
+                                occlusion=self.occlusion,
+                                gradcam_layer=self.gradcam_layer,
+                                result=outcome,
+                                seconds=share,
+                                loaded=item,
                             )
                         )
                     except CXRInputError as error:
@@ -244,7 +259,7 @@ def evaluate_and_exit(
         }
         if methods:
             if isinstance(evaluation, ExplanationEvaluation):
-                raise ValueError("comparing methods needs the evaluation as a factory (\"_mode_\": \"callable\")")
+                raise ValueError('comparing methods needs the evaluation as a factory ("_mode_": "callable")')
             methods = [methods] if isinstance(methods, str) else list(methods)
             for name in methods:
                 check_method(name, None)

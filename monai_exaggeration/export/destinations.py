@@ -145,7 +145,9 @@ def select_destination(path: str | os.PathLike, name: str | None = None) -> Dest
     destinations = load_destinations(path)
     if not name:
         if len(destinations) != 1:
-            raise DestinationError(f"{path} names {sorted(destinations)}: choose one (--destination / export_destination)")
+            raise DestinationError(
+                f"{path} names {sorted(destinations)}: choose one (--destination / export_destination)"
+            )
         return next(iter(destinations.values()))
     if name not in destinations:
         raise DestinationError(f"no destination {name!r} in {path}; it has {sorted(destinations)}")
@@ -159,5 +161,7 @@ def destination_if_enabled(enabled: bool | str, config: str | None, name: str | 
     if not enabled:
         return None
     if not config:
-        raise DestinationError("export is on but export_config (a destinations file, see docs/pacs_export.md) is not set")
+        raise DestinationError(
+            "export is on but export_config (a destinations file, see docs/pacs_export.md) is not set"
+        )
     return select_destination(config, name)

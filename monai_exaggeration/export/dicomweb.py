@@ -43,7 +43,9 @@ class DicomwebSender:
         self.destination = destination
         self.session = session
         self.client = DICOMwebClient(
-            destination.url, session=session, headers=headers,
+            destination.url,
+            session=session,
+            headers=headers,
             timeout=(destination.connect_timeout, destination.network_timeout),
         )
 
@@ -69,7 +71,9 @@ class DicomwebSender:
         if code in (401, 403):
             return PermanentSendError(f"HTTP {code}: not authorised at {self.destination.url} -- check the credentials")
         if code == 404:
-            return PermanentSendError(f"HTTP 404 at {self.destination.url}: is this the DICOMweb base URL (e.g. .../dicom-web)?")
+            return PermanentSendError(
+                f"HTTP 404 at {self.destination.url}: is this the DICOMweb base URL (e.g. .../dicom-web)?"
+            )
         return PermanentSendError(f"HTTP {code} from {self.destination.url}")
 
     def send(self, dataset: Dataset) -> SendResult:
@@ -86,7 +90,9 @@ class DicomwebSender:
         except requests.ConnectionError as error:
             raise UnreachableError(f"cannot reach {self.destination.url}: {type(error).__name__}") from error
         except requests.Timeout as error:
-            raise TransientSendError(f"no answer from {self.destination.url} in time: {type(error).__name__}") from error
+            raise TransientSendError(
+                f"no answer from {self.destination.url} in time: {type(error).__name__}"
+            ) from error
         uid = str(dataset.SOPInstanceUID)
         for item in answer.get("FailedSOPSequence", []):
             if str(item.get("ReferencedSOPInstanceUID", "")) == uid:
@@ -120,10 +126,15 @@ class DicomwebSender:
         import requests
 
         try:
-            return self.client.search_for_instances(
-                study_instance_uid=study_instance_uid, series_instance_uid=series_instance_uid,
-                fields=["SOPInstanceUID"], offset=offset or None,
-            ) or []
+            return (
+                self.client.search_for_instances(
+                    study_instance_uid=study_instance_uid,
+                    series_instance_uid=series_instance_uid,
+                    fields=["SOPInstanceUID"],
+                    offset=offset or None,
+                )
+                or []
+            )
         except requests.HTTPError as error:
             code = error.response.status_code if error.response is not None else 0
             if code == 404 and self._answers_queries():
@@ -131,8 +142,9 @@ class DicomwebSender:
             problem = self._http_error(error)
             if isinstance(problem, TransientSendError):
                 raise problem from error
-            raise QueryError(f"QIDO-RS query refused: {problem} -- {self.destination.url} cannot be asked "
-                             "which instances it holds") from error
+            raise QueryError(
+                f"QIDO-RS query refused: {problem} -- {self.destination.url} cannot be asked which instances it holds"
+            ) from error
         except requests.ConnectionError as error:
             raise UnreachableError(f"cannot reach {self.destination.url}: {type(error).__name__}") from error
         except requests.Timeout as error:

@@ -138,7 +138,9 @@ class DimseSender:
             self._raise_rejected(assoc)
         if assoc.is_aborted and assoc.rejected_contexts and not assoc.accepted_contexts:
             classes = sorted({_sop_class_name(cx.abstract_syntax) for cx in assoc.rejected_contexts})
-            raise PermanentSendError(f"{self.where} accepts none of the SOP classes / transfer syntaxes offered: {classes}")
+            raise PermanentSendError(
+                f"{self.where} accepts none of the SOP classes / transfer syntaxes offered: {classes}"
+            )
         problem = self._connect_problem()
         if problem is not None:
             raise UnreachableError(f"cannot connect to {self.where}: {problem}")
@@ -176,8 +178,11 @@ class DimseSender:
         sop_class = str(dataset.SOPClassUID)
         accepted = [c for c in self.assoc.accepted_contexts if c.abstract_syntax == sop_class]
         if not accepted:
-            return SendResult("failed", 0x0122, f"refused: {self.where} accepted no presentation context for SOP class "
-                                                f"{_sop_class_name(sop_class)}")
+            return SendResult(
+                "failed",
+                0x0122,
+                f"refused: {self.where} accepted no presentation context for SOP class {_sop_class_name(sop_class)}",
+            )
         try:
             status = self.assoc.send_c_store(dataset)
         except ValueError as error:  # no accepted context for the file's transfer syntax, or not encodable
@@ -232,7 +237,9 @@ class DimseSender:
                             f"{self.where} closed the association instead of answering our C-FIND: it does not let "
                             f"our calling AE title {self.destination.calling_ae} query (C-FIND) or does not support it"
                         )
-                    raise TransientSendError(f"no answer to C-FIND from {self.where} within {self.destination.dimse_timeout} s")
+                    raise TransientSendError(
+                        f"no answer to C-FIND from {self.where} within {self.destination.dimse_timeout} s"
+                    )
                 code = int(status.Status)
                 if code in _PENDING:
                     if identifier is not None and identifier.get("SOPInstanceUID"):

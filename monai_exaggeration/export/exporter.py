@@ -52,7 +52,21 @@ logger = logging.getLogger("monai_exaggeration.export")
 
 REPORT_COLUMNS = ["file", "sop_instance_uid", "destination", "result", "status", "message"]
 #: Files an export never sends (quick-looks, logs, the ledger itself).
-_SKIPPED_SUFFIXES = {".csv", ".png", ".gif", ".jpg", ".jpeg", ".json", ".txt", ".log", ".sqlite", ".sqlite-wal", ".sqlite-shm", ".tmp", ".md"}
+_SKIPPED_SUFFIXES = {
+    ".csv",
+    ".png",
+    ".gif",
+    ".jpg",
+    ".jpeg",
+    ".json",
+    ".txt",
+    ".log",
+    ".sqlite",
+    ".sqlite-wal",
+    ".sqlite-shm",
+    ".tmp",
+    ".md",
+}
 
 
 @dataclass
@@ -124,6 +138,7 @@ class ExportReport:
 
     def write_csv(self, path: str | os.PathLike) -> Path:
         """Write the report atomically (columns :data:`REPORT_COLUMNS`)."""
+
         def write(tmp: Path) -> None:
             with open(tmp, "w", newline="") as handle:
                 writer = csv.writer(handle)
@@ -142,8 +157,11 @@ def collect_dicom_files(sources: Sequence[str | os.PathLike]) -> list[Path]:
         if not path.exists():
             raise FileNotFoundError(f"not found: {path} -- give folders, DICOM files or an inference frames.csv")
         if path.is_dir():
-            files.extend(p for p in sorted(path.rglob("*")) if p.is_file() and not p.name.startswith(".")
-                         and p.suffix.lower() not in _SKIPPED_SUFFIXES)
+            files.extend(
+                p
+                for p in sorted(path.rglob("*"))
+                if p.is_file() and not p.name.startswith(".") and p.suffix.lower() not in _SKIPPED_SUFFIXES
+            )
         elif path.suffix.lower() == ".csv":
             with open(path, newline="") as handle:
                 reader = csv.DictReader(handle)
@@ -159,7 +177,8 @@ def _header(path: Path) -> pydicom.Dataset | None:
     """The header of a DICOM file, or None when the file is not DICOM (then it is skipped)."""
     try:
         return pydicom.dcmread(
-            path, stop_before_pixels=True,
+            path,
+            stop_before_pixels=True,
             specific_tags=["SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"],
         )
     except (InvalidDicomError, EOFError, OSError):
@@ -217,8 +236,9 @@ def _export_alone(
             report.seconds = time.perf_counter() - start
             return report
     pending, notes = _to_send(candidates, held, ledger, report, verify)
-    fatal = _send_pending(pending, notes, destination, ledger, report, retries, backoff, progress, after_each,
-                          give_up_after)
+    fatal = _send_pending(
+        pending, notes, destination, ledger, report, retries, backoff, progress, after_each, give_up_after
+    )
     if verify:
         _confirm(report, destination, ledger, candidates, held, retries, backoff, requery=fatal is None)
     report.seconds = time.perf_counter() - start
@@ -252,7 +272,10 @@ def _candidates(
 
 
 def _ask_destination(
-    candidates: list[tuple[Path, pydicom.Dataset, str]], destination: Destination, retries: int, backoff: float,
+    candidates: list[tuple[Path, pydicom.Dataset, str]],
+    destination: Destination,
+    retries: int,
+    backoff: float,
     report: ExportReport,
 ) -> tuple[list[tuple[Path, pydicom.Dataset, str]], dict[tuple[str, str], set[str]]]:
     """With ``verify``: the candidates that can be placed in a series, and what the destination holds of
@@ -260,25 +283,42 @@ def _ask_destination(
     label = destination.label
     unplaced = [(path, uid) for path, header, uid in candidates if _series_key(header) is None]
     for path, uid in unplaced:
-        report.rows.append(ExportRow(str(path), uid, label, "failed", "",
-                                     "cannot be verified: the file has no StudyInstanceUID / SeriesInstanceUID"))
+        report.rows.append(
+            ExportRow(
+                str(path),
+                uid,
+                label,
+                "failed",
+                "",
+                "cannot be verified: the file has no StudyInstanceUID / SeriesInstanceUID",
+            )
+        )
     candidates = [entry for entry in candidates if _series_key(entry[1]) is not None]
     report.expected = len(candidates)
     try:
-        held = _held_by_destination(destination, [_series_key(header) for _p, header, _u in candidates], retries, backoff)
+        held = _held_by_destination(
+            destination, [_series_key(header) for _p, header, _u in candidates], retries, backoff
+        )
     except (PermanentSendError, TransientSendError) as error:
         report.verify_error = f"cannot ask which instances it holds: {error}"
-        logger.error("--verify: %s %s -- nothing was sent. Allow C-FIND (DIMSE) or QIDO-RS (DICOMweb) for us at "
-                     "the PACS, or export without --verify to trust the send ledger", label, report.verify_error)
-        for path, _header_, uid in candidates:
+        logger.error(
+            "--verify: %s %s -- nothing was sent. Allow C-FIND (DIMSE) or QIDO-RS (DICOMweb) for us at "
+            "the PACS, or export without --verify to trust the send ledger",
+            label,
+            report.verify_error,
+        )
+        for path, _, uid in candidates:
             report.rows.append(ExportRow(str(path), uid, label, "failed", "", f"not verified: {report.verify_error}"))
         return candidates, {}
     return candidates, held
 
 
 def _to_send(
-    candidates: list[tuple[Path, pydicom.Dataset, str]], held: dict[tuple[str, str], set[str]], ledger: SendLedger,
-    report: ExportReport, verify: bool,
+    candidates: list[tuple[Path, pydicom.Dataset, str]],
+    held: dict[tuple[str, str], set[str]],
+    ledger: SendLedger,
+    report: ExportReport,
+    verify: bool,
 ) -> tuple[list[tuple[Path, pydicom.Dataset]], dict[str, str]]:
     """What to send: without ``verify`` what the ledger lacks; with it what the destination lacks (the
     ledger is brought up to date with what it holds). Also, per UID, why an instance is sent again."""
@@ -317,9 +357,16 @@ def _to_send(
 
 
 def _send_pending(
-    pending: list[tuple[Path, pydicom.Dataset]], notes: dict[str, str], destination: Destination, ledger: SendLedger,
-    report: ExportReport, retries: int, backoff: float, progress: bool,
-    after_each: Callable[[ExportRow], None] | None, give_up_after: int,
+    pending: list[tuple[Path, pydicom.Dataset]],
+    notes: dict[str, str],
+    destination: Destination,
+    ledger: SendLedger,
+    report: ExportReport,
+    retries: int,
+    backoff: float,
+    progress: bool,
+    after_each: Callable[[ExportRow], None] | None,
+    give_up_after: int,
 ) -> str | None:
     """Send ``pending`` in order over one association (or session), recording each confirmed instance in the
     ledger at once; returns why the export stopped early (None when it did not)."""
@@ -328,8 +375,10 @@ def _send_pending(
     no_answer = 0  # instances in a row that got no answer even after the retries
     try:
         if pending:
-            contexts = [(str(header.SOPClassUID), str(getattr(header.file_meta, "TransferSyntaxUID", "1.2.840.10008.1.2.1")))
-                        for _path, header in pending]
+            contexts = [
+                (str(header.SOPClassUID), str(getattr(header.file_meta, "TransferSyntaxUID", "1.2.840.10008.1.2.1")))
+                for _path, header in pending
+            ]
             try:
                 sender = make_sender(destination, contexts)
             except PermanentSendError as error:
@@ -367,8 +416,9 @@ def _send_one(sender: Sender, path: Path, retries: int, backoff: float) -> tuple
     return SendResult("failed", -1, fatal), fatal
 
 
-def _row_of(path: Path, uid: str, label: str, result: SendResult, notes: dict[str, str], ledger: SendLedger,
-            fatal: str | None) -> ExportRow:
+def _row_of(
+    path: Path, uid: str, label: str, result: SendResult, notes: dict[str, str], ledger: SendLedger, fatal: str | None
+) -> ExportRow:
     """The report row of one sent instance; a stored one is recorded in the ledger."""
     message = result.message
     if uid in notes:
@@ -401,8 +451,15 @@ def _held_by_destination(
     querier = make_querier(destination)
     try:
         for key in dict.fromkeys(series):
-            held[key] = set(retry(lambda key=key: querier.find_instances(*key), retries, backoff, TransientSendError,
-                                  lambda error, delay: logger.warning("%s; retrying the query in %.1f s", error, delay)))
+            held[key] = set(
+                retry(
+                    lambda key=key: querier.find_instances(*key),
+                    retries,
+                    backoff,
+                    TransientSendError,
+                    lambda error, delay: logger.warning("%s; retrying the query in %.1f s", error, delay),
+                )
+            )
     finally:
         querier.close()
     return held
@@ -468,8 +525,13 @@ def _send_with_retries(sender: Sender, path: Path, retries: int, backoff: float)
     except (InvalidDicomError, EOFError, OSError, ValueError) as error:
         return SendResult("failed", -1, f"cannot read the file: {error}")
     try:
-        return retry(lambda: sender.send(dataset), retries, backoff, TransientSendError,
-                     lambda error, delay: logger.warning("%s; retrying in %.1f s", error, delay))
+        return retry(
+            lambda: sender.send(dataset),
+            retries,
+            backoff,
+            TransientSendError,
+            lambda error, delay: logger.warning("%s; retrying in %.1f s", error, delay),
+        )
     except UnreachableError:
         raise
     except TransientSendError as error:

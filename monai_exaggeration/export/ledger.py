@@ -172,8 +172,9 @@ class SendLedger:
             self._migrate_from_v1()
         elif version != SCHEMA_VERSION:
             raise LedgerError(
-                self.path, f"unknown schema version {version} (this version of monai_exaggeration reads version "
-                f"{SCHEMA_VERSION}; a newer one may have written it)"
+                self.path,
+                f"unknown schema version {version} (this version of monai_exaggeration reads version "
+                f"{SCHEMA_VERSION}; a newer one may have written it)",
             )
         columns = self._columns()
         if columns != _COLUMNS:
@@ -187,12 +188,15 @@ class SendLedger:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             if self.schema_version == 0:  # another process may have migrated it meanwhile
-                tables = sorted(row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
+                tables = sorted(
+                    row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                )
                 if not tables:
                     raise LedgerError(self.path, "it is an SQLite database without any table (an empty ledger)")
                 if "sent" not in tables or self._columns() != _V1_COLUMNS:
                     raise LedgerError(
-                        self.path, f"unknown schema without a version number (tables {tables}; is it a send ledger at all?)"
+                        self.path,
+                        f"unknown schema without a version number (tables {tables}; is it a send ledger at all?)",
                     )
                 self._db.execute("ALTER TABLE sent ADD COLUMN verified_at TEXT")
                 self._db.execute("ALTER TABLE sent ADD COLUMN lost_at TEXT")
@@ -220,8 +224,11 @@ class SendLedger:
             lock.acquire(timeout=0)
         except Timeout:
             if log is not None:
-                log.warning("send ledger %s is in use by another export: waiting for it to finish (then only what it "
-                            "did not send is sent)", self.path)
+                log.warning(
+                    "send ledger %s is in use by another export: waiting for it to finish (then only what it "
+                    "did not send is sent)",
+                    self.path,
+                )
             try:
                 lock.acquire(timeout=-1 if wait is None else wait)
             except Timeout:
@@ -287,17 +294,21 @@ class SendLedger:
         """Number of confirmed instances (for one destination, or all), not counting those found missing."""
         if destination is None:
             return int(self._db.execute("SELECT COUNT(*) FROM sent WHERE lost_at IS NULL").fetchone()[0])
-        return int(self._db.execute(
-            "SELECT COUNT(*) FROM sent WHERE destination = ? AND lost_at IS NULL", (destination,)
-        ).fetchone()[0])
+        return int(
+            self._db.execute(
+                "SELECT COUNT(*) FROM sent WHERE destination = ? AND lost_at IS NULL", (destination,)
+            ).fetchone()[0]
+        )
 
     def count_lost(self, destination: str | None = None) -> int:
         """Instances a query found missing that were not stored again since."""
         if destination is None:
             return int(self._db.execute("SELECT COUNT(*) FROM sent WHERE lost_at IS NOT NULL").fetchone()[0])
-        return int(self._db.execute(
-            "SELECT COUNT(*) FROM sent WHERE destination = ? AND lost_at IS NOT NULL", (destination,)
-        ).fetchone()[0])
+        return int(
+            self._db.execute(
+                "SELECT COUNT(*) FROM sent WHERE destination = ? AND lost_at IS NOT NULL", (destination,)
+            ).fetchone()[0]
+        )
 
     def close(self) -> None:
         self._db.close()

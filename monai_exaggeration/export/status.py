@@ -22,7 +22,11 @@ __all__ = [
 ]
 
 #: Warning statuses of C-STORE (PS3.4 B.2.3): the instance is stored.
-WARNING_STATUSES = {0xB000: "coercion of data elements", 0xB006: "elements discarded", 0xB007: "data set does not match SOP class"}
+WARNING_STATUSES = {
+    0xB000: "coercion of data elements",
+    0xB006: "elements discarded",
+    0xB007: "data set does not match SOP class",
+}
 
 _FAILURES = {
     0x0110: "processing failure",

@@ -43,8 +43,12 @@ class CTRReport:
             batch as it is (decollated).
     """
 
-    def __init__(self, output_dir: str, output_transform: Callable[[Any], Sequence[dict]] = lambda output: output,
-                 batch_transform: Callable[[Any], Sequence[dict]] = lambda batch: batch) -> None:
+    def __init__(
+        self,
+        output_dir: str,
+        output_transform: Callable[[Any], Sequence[dict]] = lambda output: output,
+        batch_transform: Callable[[Any], Sequence[dict]] = lambda batch: batch,
+    ) -> None:
         self.output_dir = Path(output_dir)
         self.output_transform = output_transform
         self.batch_transform = batch_transform
@@ -64,8 +68,12 @@ class CTRReport:
             pred = np.asarray(torch.as_tensor(output["pred"]).detach().cpu()) > 0.5
             label = np.asarray(torch.as_tensor(output["label"]).detach().cpu()) > 0.5
             truth = item.get("ctr", float("nan"))
-            row = {"id": item.get("id", ""), "ctr_truth": float(torch.as_tensor(truth)),
-                   "ctr_predicted": cardiothoracic_ratio(*pred), "ctr_from_label_masks": cardiothoracic_ratio(*label)}
+            row = {
+                "id": item.get("id", ""),
+                "ctr_truth": float(torch.as_tensor(truth)),
+                "ctr_predicted": cardiothoracic_ratio(*pred),
+                "ctr_from_label_masks": cardiothoracic_ratio(*label),
+            }
             row.update({f"dice_{name}": _dice(pred[i], label[i]) for i, name in enumerate(STRUCTURES)})
             self.rows.append(row)
 
@@ -80,8 +88,14 @@ class CTRReport:
             "n_with_ctr_truth": int(len(known)),
             "ctr_mae": float(error.mean()) if len(known) else float("nan"),
             "ctr_max_error": float(error.max()) if len(known) else float("nan"),
-            "ctr_mae_label_masks": float((known["ctr_from_label_masks"] - known["ctr_truth"]).abs().mean()) if len(known) else float("nan"),
-            f"{CARDIOMEGALY.name}_agreement": float(((known["ctr_predicted"] > 0.5) == (known["ctr_truth"] > 0.5)).mean()) if len(known) else float("nan"),
+            "ctr_mae_label_masks": float((known["ctr_from_label_masks"] - known["ctr_truth"]).abs().mean())
+            if len(known)
+            else float("nan"),
+            f"{CARDIOMEGALY.name}_agreement": float(
+                ((known["ctr_predicted"] > 0.5) == (known["ctr_truth"] > 0.5)).mean()
+            )
+            if len(known)
+            else float("nan"),
             "ctr_missing": int(table["ctr_predicted"].isna().sum()),
         }
         metrics.update({column: float(table[column].mean()) for column in table.columns if column.startswith("dice_")})

@@ -33,7 +33,10 @@ class SeriesMontageLogger:
     """
 
     def __init__(
-        self, summary_writer: Any = None, output_dir: str | None = None, trainer: Engine | None = None,
+        self,
+        summary_writer: Any = None,
+        output_dir: str | None = None,
+        trainer: Engine | None = None,
         output_transform: Callable[[Any], torch.Tensor] = lambda output: output["series"],
     ) -> None:
         self.summary_writer = summary_writer

@@ -90,7 +90,8 @@ class Progress:
         speed = f"{rate:.1f} {self.unit}/s" if rate >= 1 or rate == 0 else f"{1 / rate:.2f} s/{self.unit}"
         left = f", about {_duration((self.total - self.n) / rate)} left" if rate > 0 and self.n < self.total else ""
         extra = "".join(
-            f", {key} {value:.4g}" if isinstance(value, float) else f", {key} {value}" for key, value in (postfix or {}).items()
+            f", {key} {value:.4g}" if isinstance(value, float) else f", {key} {value}"
+            for key, value in (postfix or {}).items()
         )
         self.log.info("%s: %d/%d %s%s, %s%s%s", self.desc, self.n, self.total, self.unit, share, speed, left, extra)
         self.last_time, self.last_n = now, self.n
@@ -120,9 +121,15 @@ class TrainingProgress:
             default: the output as it is).
     """
 
-    def __init__(self, max_iterations: int | None = None, seconds: float = 30.0, stream: IO[str] | None = None,
-                 terminal: bool | None = None, keys: tuple[str, ...] = ("d_loss", "g_loss"),
-                 output_transform: Callable[[Any], Any] = lambda output: output) -> None:
+    def __init__(
+        self,
+        max_iterations: int | None = None,
+        seconds: float = 30.0,
+        stream: IO[str] | None = None,
+        terminal: bool | None = None,
+        keys: tuple[str, ...] = ("d_loss", "g_loss"),
+        output_transform: Callable[[Any], Any] = lambda output: output,
+    ) -> None:
         self.max_iterations = None if max_iterations is None else int(max_iterations)
         self.seconds, self.stream, self.terminal, self.keys = seconds, stream, terminal, tuple(keys)
         self.output_transform = output_transform
@@ -143,8 +150,13 @@ class TrainingProgress:
     def _update(self, engine: Engine) -> None:
         if self.progress is None:  # created at the first iteration: a resumed run's iteration is known by then
             self.progress = Progress(
-                max(self.total(engine), engine.state.iteration), "training", unit="it",
-                initial=engine.state.iteration - 1, seconds=self.seconds, stream=self.stream, terminal=self.terminal,
+                max(self.total(engine), engine.state.iteration),
+                "training",
+                unit="it",
+                initial=engine.state.iteration - 1,
+                seconds=self.seconds,
+                stream=self.stream,
+                terminal=self.terminal,
             )
         output = self.output_transform(engine.state.output)
         output = output if isinstance(output, dict) else {}

@@ -69,8 +69,14 @@ class ScoreTableWriter:
             DICOM UIDs). Default: the output as it is, i.e. MONAI's decollated evaluator output.
     """
 
-    def __init__(self, output_dir: str, finding: str = "finding", threshold: float = DECISION_THRESHOLD, name: str = "",
-                 output_transform: Callable[[Any], Sequence[dict]] = lambda output: output) -> None:
+    def __init__(
+        self,
+        output_dir: str,
+        finding: str = "finding",
+        threshold: float = DECISION_THRESHOLD,
+        name: str = "",
+        output_transform: Callable[[Any], Sequence[dict]] = lambda output: output,
+    ) -> None:
         self.output_dir = Path(output_dir)
         self.finding = finding
         self.threshold = threshold

@@ -19,6 +19,9 @@ def writes_files(what: str) -> bool:
         return False
     world = distributed.get_world_size()
     if world > 1:
-        logger.warning("%s: %d processes ran; these files hold rank 0's share only (run it in one process "
-                       "for every image)", what, world)
+        logger.warning(
+            "%s: %d processes ran; these files hold rank 0's share only (run it in one process for every image)",
+            what,
+            world,
+        )
     return True

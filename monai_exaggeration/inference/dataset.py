@@ -102,7 +102,9 @@ def _as_list(items: list) -> list:
     return items
 
 
-def source_loader(dataset: SourceDataset, batch_size: int, num_workers: int | None = None, prefetch: int = 2) -> DataLoader:
+def source_loader(
+    dataset: SourceDataset, batch_size: int, num_workers: int | None = None, prefetch: int = 2
+) -> DataLoader:
     """Batches of ``batch_size`` dataset items, in order, read by ``num_workers`` reader processes
     (None: :func:`~monai_exaggeration.data.streaming.default_workers`; 0 reads in this process)."""
     return DataLoader(dataset, batch_size=int(batch_size), collate_fn=_as_list, **reader_options(num_workers, prefetch))

@@ -78,7 +78,10 @@ class InferenceEvaluator(Evaluator):
         self.batch_size = self.inferer.sources_per_batch()
         loader = source_loader(self.dataset, self.batch_size, self.inferer.num_workers)
         super().__init__(
-            device=device or self.inferer.device, val_data_loader=loader, decollate=False, val_handlers=val_handlers,
+            device=device or self.inferer.device,
+            val_data_loader=loader,
+            decollate=False,
+            val_handlers=val_handlers,
         )
         self.logger.setLevel(logging.WARNING)  # ignite's "Epoch[1] Complete": the progress lines say more
         self.summary = InferenceSummary(output_dir=self.output_dir, num_inputs=len(self.dataset))
@@ -104,14 +107,23 @@ class InferenceEvaluator(Evaluator):
         self.writer = SeriesWriter(
             write=self._write,
             series_uid=lambda result: series_instance_uid(result.source, result.meta, self.inferer.model_version),
-            logs=sharding.log_paths(out, rank, world), earlier=earlier_logs(out) if world == 1 else None,
-            on_done=self._done, max_pending=2 * self.batch_size,
+            logs=sharding.log_paths(out, rank, world),
+            earlier=earlier_logs(out) if world == 1 else None,
+            on_done=self._done,
+            max_pending=2 * self.batch_size,
         )
         inferer = self.inferer
         logger.info(
             "%sexplaining %d input(s) with %s on %s: bins %s, %s resolution, %d-bit, %d source(s) per batch -> %s",
-            f"rank {rank} of {world}: " if world > 1 else "", len(self.dataset), inferer.model_version, inferer.device,
-            inferer.bins, inferer.resolution, inferer.bits, self.batch_size, out,
+            f"rank {rank} of {world}: " if world > 1 else "",
+            len(self.dataset),
+            inferer.model_version,
+            inferer.device,
+            inferer.bins,
+            inferer.resolution,
+            inferer.bits,
+            self.batch_size,
+            out,
         )
 
     def _write(self, result: Any) -> tuple[list[dict], dict]:
@@ -139,7 +151,9 @@ class InferenceEvaluator(Evaluator):
                 self.progress.close()
         self.summary.failures = self.writer.failures
         if world > 1 and not self.summary.failures:  # every rank leaves a partial error log for the merge
-            write_csv_atomic(pd.DataFrame(columns=ERROR_COLUMNS), sharding.log_paths(self.output_dir, rank, world)["errors"])
+            write_csv_atomic(
+                pd.DataFrame(columns=ERROR_COLUMNS), sharding.log_paths(self.output_dir, rank, world)["errors"]
+            )
         self.summary.seconds = time.perf_counter() - start
         self.summary.stage_seconds = self.inferer.timer.totals()
         logger.info("time per stage (s): %s", {k: round(v, 2) for k, v in self.summary.stage_seconds.items()})

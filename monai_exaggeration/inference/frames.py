@@ -25,8 +25,7 @@ from monai.transforms import Compose
 
 from monai_exaggeration.binning import check_num_bins
 
-__all__ = [
-    "Resolution","RESOLUTIONS", "select_bins", "to_source_grid", "full_resolution_frames", "warped_frame"]
+__all__ = ["Resolution", "RESOLUTIONS", "select_bins", "to_source_grid", "full_resolution_frames", "warped_frame"]
 
 #: ``source``: frames on the source's pixel matrix; ``model``: the generator's frames as they are.
 Resolution = Literal["source", "model"]
@@ -48,7 +47,11 @@ def select_bins(num_bins: int, first: int = 0, last: int | None = None, num_fram
     available = last - first + 1
     if num_frames is None:
         return list(range(first, last + 1))
-    if isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer)) or not 2 <= num_frames <= available:
+    if (
+        isinstance(num_frames, bool)
+        or not isinstance(num_frames, (int, np.integer))
+        or not 2 <= num_frames <= available
+    ):
         raise ValueError(
             f"num_frames must be an integer from 2 to {available} (the bins {first}..{last}), got {num_frames!r}"
         )
@@ -89,7 +92,6 @@ def full_resolution_frames(
         raise ValueError(f"inverse preprocessing gave {result.shape[1:]}, the source is {source.shape}")
     result += source[None]
     return np.clip(result, 0.0, 1.0, out=result)
-
 
 
 def warped_frame(

@@ -33,19 +33,30 @@ from torch import nn
 
 from monai_exaggeration.binning import DEFAULT_NUM_BINS, centre_values, check_num_bins, posterior_to_bin
 from monai_exaggeration.findings import DEFAULT_FINDING
-from monai_exaggeration.methods.series import NORM_MODES, Norm
-from monai_exaggeration.inference.frames import RESOLUTIONS, Resolution, full_resolution_frames, select_bins, warped_frame
+from monai_exaggeration.inference.dataset import SourcePreprocessing
+from monai_exaggeration.inference.frames import (
+    RESOLUTIONS,
+    Resolution,
+    full_resolution_frames,
+    select_bins,
+    warped_frame,
+)
 from monai_exaggeration.inference.results import SeriesResult, StageTimer
 from monai_exaggeration.methods import DEFAULT_METHOD, MethodContext, check_method, method_class
 from monai_exaggeration.methods.base import MethodSeries, frame_notes
 from monai_exaggeration.methods.calibration import calibrate_strengths
+from monai_exaggeration.methods.series import NORM_MODES, Norm
 from monai_exaggeration.networks.explainer_file import COMPOSITIONS
-from monai_exaggeration.inference.dataset import SourcePreprocessing
 from monai_exaggeration.transforms import to_unit_range
 from monai_exaggeration.transforms.cxr import model_scale
 from monai_exaggeration.utils import as_bool, file_sha256, for_inference, select_device, state_sha256
 
-__all__ = ["MethodSettings", "SeriesInferer", "SeriesSettings", "file_sha256"]  # file_sha256: from utils, kept here for callers of 0.9
+__all__ = [
+    "MethodSettings",
+    "SeriesInferer",
+    "SeriesSettings",
+    "file_sha256",
+]  # file_sha256: from utils, kept here for callers of 0.9
 
 logger = logging.getLogger("monai_exaggeration.inference")
 
@@ -150,7 +161,9 @@ class SeriesInferer:
         self.model_version = model_version
         self.device = select_device(device)
         if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) < 1):
-            raise ValueError(f"batch_size must be a positive number of sources (or null: automatic), got {batch_size!r}")
+            raise ValueError(
+                f"batch_size must be a positive number of sources (or null: automatic), got {batch_size!r}"
+            )
         self.batch_size = None if batch_size is None else int(batch_size)
         self.num_workers = num_workers
         self.classifier: nn.Module | None = None
@@ -169,8 +182,14 @@ class SeriesInferer:
 
     @classmethod
     def from_settings(
-        cls, generator: nn.Module | None, classifier: nn.Module | Callable[[], nn.Module], *,
-        aspect: str = "pad", input_limits: dict | None = None, method_options: dict | None = None, **settings: Any,
+        cls,
+        generator: nn.Module | None,
+        classifier: nn.Module | Callable[[], nn.Module],
+        *,
+        aspect: str = "pad",
+        input_limits: dict | None = None,
+        method_options: dict | None = None,
+        **settings: Any,
     ) -> SeriesInferer:
         """A series inferer from the flat keys of inference.json (``method``, ``method_options``,
         ``explainer_weights``, ``num_bins``, ``first_bin``, ``resolution``, ``aspect``, ``input_limits``, ...)."""
@@ -185,8 +204,10 @@ class SeriesInferer:
         if plain.get("preprocessing") is None:
             plain["preprocessing"] = SourcePreprocessing(aspect, input_limits)
         return cls(
-            classifier, MethodSettings(**parts["method"], options=method_options, generator=generator),
-            SeriesSettings(**parts["series"]), **plain,
+            classifier,
+            MethodSettings(**parts["method"], options=method_options, generator=generator),
+            SeriesSettings(**parts["series"]),
+            **plain,
         )
 
     def prepare(self) -> SeriesInferer:
@@ -198,9 +219,14 @@ class SeriesInferer:
             return self
         classifier = self._build_classifier()
         context = MethodContext(
-            classifier=classifier, device=self.device, options=self.method_options,
-            explainer_weights=self.explainer_weights, generator=self.generator,
-            autoencoder_weights=self.autoencoder_weights, norm=self.norm, composition=self.composition,
+            classifier=classifier,
+            device=self.device,
+            options=self.method_options,
+            explainer_weights=self.explainer_weights,
+            generator=self.generator,
+            autoencoder_weights=self.autoencoder_weights,
+            norm=self.norm,
+            composition=self.composition,
             calibrate=self.calibrate,
         )
         method = method_class(self.method_name).build(context)
@@ -231,7 +257,10 @@ class SeriesInferer:
     def _adopt(self, num_bins: int | None, image_size: int | None, composition: str) -> None:
         """Take the number of bins, the model size and the composition of the explainer itself;
         explicit settings that contradict it are an error."""
-        for name, trained, asked in (("num_bins", num_bins, self.num_bins), ("image_size", image_size, self.image_size)):
+        for name, trained, asked in (
+            ("num_bins", num_bins, self.num_bins),
+            ("image_size", image_size, self.image_size),
+        ):
             if trained is not None and asked is not None and int(trained) != int(asked):
                 raise ValueError(
                     f"the explainer was trained with {name} = {trained} but the settings ask for {asked}: "
@@ -252,8 +281,13 @@ class SeriesInferer:
         """``<method> <weights> cfg <digest>``: the method, its weights and every setting that changes the pixels."""
         method = self.series_method
         settings = {
-            "num_bins": self.num_bins, "bins": self.bins, "image_size": self.image_size, "aspect": self.aspect,
-            "resolution": self.resolution, "bits": self.bits, "classifier": state_sha256(self.classifier)[:12],
+            "num_bins": self.num_bins,
+            "bins": self.bins,
+            "image_size": self.image_size,
+            "aspect": self.aspect,
+            "resolution": self.resolution,
+            "bits": self.bits,
+            "classifier": state_sha256(self.classifier)[:12],
             **method.version_settings(),
         }
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
@@ -307,7 +341,9 @@ class SeriesInferer:
         loaded = [(str(record["image"]), *item) for record, item in group if not isinstance(item, LoadFailure)]
         results = iter(self.explain_loaded(loaded) if loaded else [])
         share = (time.perf_counter() - start) / max(1, len(loaded))
-        return [(record, item, item if isinstance(item, LoadFailure) else next(results), share) for record, item in group]
+        return [
+            (record, item, item if isinstance(item, LoadFailure) else next(results), share) for record, item in group
+        ]
 
     @torch.no_grad()
     def explain_loaded(self, items: Sequence[tuple[str, MetaTensor, MetaTensor]]) -> list[SeriesResult | Exception]:
@@ -399,7 +435,11 @@ class SeriesInferer:
         return stored, as_input
 
     def _source_frame(
-        self, source: MetaTensor, model_input: MetaTensor, maps: dict, reconstruction: torch.Tensor,
+        self,
+        source: MetaTensor,
+        model_input: MetaTensor,
+        maps: dict,
+        reconstruction: torch.Tensor,
         scale: tuple[float, float],
     ) -> np.ndarray:
         """One frame on the source grid (float32 in [0, 1]): the source warped by ``maps["displacement"]``
@@ -424,8 +464,14 @@ class SeriesInferer:
         return stored, torch.from_numpy(frame) * 2.0 - 1.0
 
     def _refine_written(
-        self, items: Sequence[tuple[str, MetaTensor, MetaTensor]], ok: list[int], made: MethodSeries,
-        written: list, frame_scores: list[float], source_scores: list[float], source_bins: list[int],
+        self,
+        items: Sequence[tuple[str, MetaTensor, MetaTensor]],
+        ok: list[int],
+        made: MethodSeries,
+        written: list,
+        frame_scores: list[float],
+        source_scores: list[float],
+        source_bins: list[int],
     ) -> None:
         """Calibrated frames whose *written* score (source resolution, quantised) misses its bin centre are
         searched again on the written frame, starting from the strength found at model resolution.
@@ -445,7 +491,9 @@ class SeriesInferer:
             return
         rows = torch.tensor([index for _, index, _ in todo])
         steps = torch.tensor([step for _, _, step in todo])
-        scales = {index: model_scale(tuple(items[index][1].shape[1:]), self.image_size, self.aspect) for _, index, _ in todo}
+        scales = {
+            index: model_scale(tuple(items[index][1].shape[1:]), self.image_size, self.aspect) for _, index, _ in todo
+        }
 
         def build(subset: torch.Tensor, alpha: torch.Tensor) -> list[tuple[np.ndarray, torch.Tensor]]:
             maps = made.remake(rows[subset], steps[subset], alpha)
@@ -466,7 +514,8 @@ class SeriesInferer:
             torch.tensor([centres[step] for _, _, step in todo]),
             torch.tensor([source_scores[index] for _, index, _ in todo]),
             raw_scores=torch.tensor([frame_scores[position * count + step] for position, _, step in todo]),
-            upper=method.strength_bound, tolerance=method.tolerance,
+            upper=method.strength_bound,
+            tolerance=method.tolerance,
             start=torch.tensor([made.details[index]["alpha"][step] for _, index, step in todo]),
         )
         rebuilt = build(torch.arange(len(todo)), found.alpha)
@@ -484,7 +533,6 @@ class SeriesInferer:
         stack = MetaTensor(torch.from_numpy(frames), meta=dict(source.meta))  # meta carries the affine
         return self.reading.model_input(stack).as_tensor()
 
-
     @property
     def loader(self):
         """The reader of source files (input limits checked from the header)."""
@@ -494,4 +542,3 @@ class SeriesInferer:
     def preprocessing(self):
         """The invertible transform from a loaded source to the model input (None until the models are loaded)."""
         return self.reading.transform
-

@@ -29,23 +29,61 @@ from monai_exaggeration.errors import CXRInputError
 from monai_exaggeration.utils import path_lock, write_csv_atomic
 
 __all__ = [
-    "ERROR_COLUMNS", "FRAME_COLUMNS", "RUN_LOGS", "SOURCE_COLUMNS", "SeriesWriter", "earlier_logs", "failure_row",
-    "RunLogs", "logs_lock", "others_then",
+    "ERROR_COLUMNS",
+    "FRAME_COLUMNS",
+    "RUN_LOGS",
+    "SOURCE_COLUMNS",
+    "SeriesWriter",
+    "earlier_logs",
+    "failure_row",
+    "RunLogs",
+    "logs_lock",
+    "others_then",
 ]
 
 logger = logging.getLogger("monai_exaggeration.inference")
 
 #: Columns of ``frames.csv`` (one row per written frame).
 FRAME_COLUMNS = [
-    "source", "source_sop_instance_uid", "study_instance_uid", "step", "target_bin", "target_centre", "score",
-    "generator_frame_score", "reached", "strength", "series_instance_uid", "sop_instance_uid", "output_file",
-    "model_version", "method", "method_detail",
+    "source",
+    "source_sop_instance_uid",
+    "study_instance_uid",
+    "step",
+    "target_bin",
+    "target_centre",
+    "score",
+    "generator_frame_score",
+    "reached",
+    "strength",
+    "series_instance_uid",
+    "sop_instance_uid",
+    "output_file",
+    "model_version",
+    "method",
+    "method_detail",
 ]
 #: Columns of ``sources.csv`` (one row per source image that produced a series).
 SOURCE_COLUMNS = [
-    "source", "source_sop_instance_uid", "study_instance_uid", "finding", "source_score", "source_bin", "num_frames",
-    "first_score", "last_score", "flip_reached", "monotone", "spearman", "series_instance_uid", "series_dir", "gif",
-    "montage", "score_plot", "seconds", "model_version", "method",
+    "source",
+    "source_sop_instance_uid",
+    "study_instance_uid",
+    "finding",
+    "source_score",
+    "source_bin",
+    "num_frames",
+    "first_score",
+    "last_score",
+    "flip_reached",
+    "monotone",
+    "spearman",
+    "series_instance_uid",
+    "series_dir",
+    "gif",
+    "montage",
+    "score_plot",
+    "seconds",
+    "model_version",
+    "method",
 ]
 #: The run's CSV logs: key -> (file name, columns).
 RUN_LOGS = {
@@ -114,8 +152,10 @@ class RunLogs:
         self._stamp: tuple | None = None
 
     def write(self, frame_rows: list[dict], source_rows: list[dict]) -> None:
-        now = {"frames": pd.DataFrame(frame_rows, columns=FRAME_COLUMNS),
-               "sources": pd.DataFrame(source_rows, columns=SOURCE_COLUMNS)}
+        now = {
+            "frames": pd.DataFrame(frame_rows, columns=FRAME_COLUMNS),
+            "sources": pd.DataFrame(source_rows, columns=SOURCE_COLUMNS),
+        }
         if not self.keep_others:
             for key, table in now.items():
                 write_csv_atomic(table, self.logs[key])

@@ -98,7 +98,9 @@ def merge_logs(output_dir: Path, world: int, order: dict[str, int]) -> None:
             path.unlink(missing_ok=True)
 
 
-def merge_shards(summary: InferenceSummary, records: Sequence[dict], output_dir: Path, start: float) -> InferenceSummary:
+def merge_shards(
+    summary: InferenceSummary, records: Sequence[dict], output_dir: Path, start: float
+) -> InferenceSummary:
     """Wait for every rank; rank 0 merges the partial logs and returns the whole run's summary.
 
     Other ranks return their own ``summary`` once the merged logs exist. If the merge fails, rank 0

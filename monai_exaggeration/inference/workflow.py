@@ -67,7 +67,10 @@ class ExaggerationInference:
                 raise ValueError("the inference needs a classifier (the black box whose decisions it explains)")
             self.inferer = SeriesInferer.from_settings(generator, classifier, **settings)
         if writers is None:
-            writers = [DicomSeriesWriter(series_number, burned_in_annotation_free), QuickLookWriter(quicklook, gif_frame_ms)]
+            writers = [
+                DicomSeriesWriter(series_number, burned_in_annotation_free),
+                QuickLookWriter(quicklook, gif_frame_ms),
+            ]
         self.writers = list(writers)
         self._finding = finding
 
@@ -110,7 +113,9 @@ class ExaggerationInference:
         frame_rows, source_row = log_rows(record, self.inferer.model_version, self.inferer.num_bins)
         return frame_rows, source_row, record.files
 
-    def evaluator(self, input: Any, output_dir: str | os.PathLike, val_handlers: Sequence | None = None) -> InferenceEvaluator:
+    def evaluator(
+        self, input: Any, output_dir: str | os.PathLike, val_handlers: Sequence | None = None
+    ) -> InferenceEvaluator:
         """The MONAI evaluator that explains every image of ``input`` into ``output_dir``."""
         self.prepare()
         dataset = SourceDataset(input, self.inferer.reading)
@@ -167,8 +172,13 @@ def run_and_exit(
         if rank == 0:
             print(summary.describe(), flush=True)
         else:
-            logger.info("rank %d of %d: %d series written, %d failed; rank 0 prints the run's summary",
-                        rank, world, summary.num_series, len(summary.failures))
+            logger.info(
+                "rank %d of %d: %d series written, %d failed; rank 0 prints the run's summary",
+                rank,
+                world,
+                summary.num_series,
+                len(summary.failures),
+            )
         status = summary.exit_code
         if rank == 0 and destination is not None and summary.num_files:
             status = max(status, PacsExport(destination)(summary))

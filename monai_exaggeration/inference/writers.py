@@ -32,7 +32,15 @@ from monai_exaggeration.inference.results import InferenceSummary, SeriesResult
 from monai_exaggeration.metrics import series_validity
 from monai_exaggeration.utils import as_bool
 
-__all__ = ["DicomSeriesWriter", "OutputRecord", "PacsExport", "QuickLookWriter", "SeriesOutput", "log_rows", "write_outputs"]
+__all__ = [
+    "DicomSeriesWriter",
+    "OutputRecord",
+    "PacsExport",
+    "QuickLookWriter",
+    "SeriesOutput",
+    "log_rows",
+    "write_outputs",
+]
 
 logger = logging.getLogger("monai_exaggeration.inference")
 
@@ -73,8 +81,13 @@ class DicomSeriesWriter:
         if self.burned_in_annotation_free and not result.dicom.get("SOPInstanceUID"):
             meta = dict(meta, burned_in_annotation="NO")
         record.info = SeriesInfo.from_scores(
-            record.finding, inferer.model_version, result.scores, target_bins=result.bins, num_bins=inferer.num_bins,
-            series_number=self.series_number, method=inferer.series_method.label,
+            record.finding,
+            inferer.model_version,
+            result.scores,
+            target_bins=result.bins,
+            num_bins=inferer.num_bins,
+            series_number=self.series_number,
+            method=inferer.series_method.label,
             notes=result.frame_notes or None,
         )
         with inferer.timer("write"):
@@ -95,21 +108,37 @@ class QuickLookWriter:
         if not self.enabled:
             return
         if record.series is None:
-            raise ValueError("the quick-look writer needs the DICOM series: list DicomSeriesWriter before it in writers")
+            raise ValueError(
+                "the quick-look writer needs the DICOM series: list DicomSeriesWriter before it in writers"
+            )
         result, finding = record.result, record.finding
         folder = record.output_dir / "quicklook" / _quicklook_name(result.source, record.series.series_instance_uid)
         title = f"{finding}: {Path(result.source).name} (source score {result.source_score:.2f})"
         with inferer.timer("quicklook"):
-            self._keep(record, "gif", quicklook.write_gif(
-                folder / "series.gif", result.frames, result.scores, result.centres, frame_ms=self.gif_frame_ms
-            ))
-            self._keep(record, "montage", quicklook.write_montage(
-                folder / "montage.png", result.frames, result.scores, result.centres, title
-            ))
-            self._keep(record, "score_plot", quicklook.write_score_plot(
-                folder / "scores.png", result.scores, result.centres, result.source_score, finding,
-                result.generator_frame_scores,
-            ))
+            self._keep(
+                record,
+                "gif",
+                quicklook.write_gif(
+                    folder / "series.gif", result.frames, result.scores, result.centres, frame_ms=self.gif_frame_ms
+                ),
+            )
+            self._keep(
+                record,
+                "montage",
+                quicklook.write_montage(folder / "montage.png", result.frames, result.scores, result.centres, title),
+            )
+            self._keep(
+                record,
+                "score_plot",
+                quicklook.write_score_plot(
+                    folder / "scores.png",
+                    result.scores,
+                    result.centres,
+                    result.source_score,
+                    finding,
+                    result.generator_frame_scores,
+                ),
+            )
 
     @staticmethod
     def _keep(record: OutputRecord, key: str, path: Path) -> None:
@@ -142,25 +171,54 @@ def log_rows(record: OutputRecord, model_version: str, num_bins: int) -> tuple[l
         "source_sop_instance_uid": result.dicom.get("SOPInstanceUID", ""),
         "study_instance_uid": series.study_instance_uid,
     }
-    shared = {"series_instance_uid": series.series_instance_uid, "model_version": model_version, "method": result.method}
+    shared = {
+        "series_instance_uid": series.series_instance_uid,
+        "model_version": model_version,
+        "method": result.method,
+    }
     reached, strength = frame_strengths(result.details, len(series))
     frame_rows = [
         dict(
-            common, step=frame.step, target_bin=frame.target_bin, target_centre=round(frame.target_centre, 6),
-            score=frame.score, generator_frame_score=generator_score, reached=ok, strength=value,
-            sop_instance_uid=sop_instance_uid, output_file=str(path), method_detail=detail, **shared,
+            common,
+            step=frame.step,
+            target_bin=frame.target_bin,
+            target_centre=round(frame.target_centre, 6),
+            score=frame.score,
+            generator_frame_score=generator_score,
+            reached=ok,
+            strength=value,
+            sop_instance_uid=sop_instance_uid,
+            output_file=str(path),
+            method_detail=detail,
+            **shared,
         )
         for frame, generator_score, ok, value, path, sop_instance_uid, detail in zip(
-            record.info.frames, result.generator_frame_scores, reached, strength, series, series.sop_instance_uids,
+            record.info.frames,
+            result.generator_frame_scores,
+            reached,
+            strength,
+            series,
+            series.sop_instance_uids,
             result.detail_texts or [""] * len(series),
         )
     ]
-    validity = series_validity(np.asarray([result.scores]), np.asarray([result.source_score]), bins=result.bins, num_bins=num_bins)
+    validity = series_validity(
+        np.asarray([result.scores]), np.asarray([result.source_score]), bins=result.bins, num_bins=num_bins
+    )
     source_row = dict(
-        common, finding=record.finding, source_score=result.source_score, source_bin=result.source_bin,
-        num_frames=len(series), first_score=result.scores[0], last_score=result.scores[-1],
-        flip_reached=bool(validity.flip_rate), monotone=bool(validity.monotone_rate), spearman=validity.median_spearman,
-        series_dir=str(series[0].parent), **record.looks, **shared,
+        common,
+        finding=record.finding,
+        source_score=result.source_score,
+        source_bin=result.source_bin,
+        num_frames=len(series),
+        first_score=result.scores[0],
+        last_score=result.scores[-1],
+        flip_reached=bool(validity.flip_rate),
+        monotone=bool(validity.monotone_rate),
+        spearman=validity.median_spearman,
+        series_dir=str(series[0].parent),
+        **record.looks,
+        **shared,
     )
     return frame_rows, source_row
 

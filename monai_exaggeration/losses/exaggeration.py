@@ -39,7 +39,9 @@ Classifier = Callable[[torch.Tensor], torch.Tensor]
 
 
 # ------------------------------------------------------------------------------------------ adversarial
-def discriminator_hinge_terms(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def discriminator_hinge_terms(
+    real_scores: torch.Tensor, fake_scores: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The two hinge terms: mean(relu(1 - D(real))) and mean(relu(1 + D(fake)))."""
     return F.relu(1.0 - real_scores).mean(), F.relu(1.0 + fake_scores).mean()
 
@@ -279,7 +281,9 @@ class DilatedRegion:
         with torch.no_grad():
             probabilities = self.segmenter(images.float())[:, self.channels].amax(dim=1, keepdim=True)
             if probabilities.shape[-2:] != images.shape[-2:]:
-                probabilities = F.interpolate(probabilities, size=images.shape[-2:], mode="bilinear", align_corners=False)
+                probabilities = F.interpolate(
+                    probabilities, size=images.shape[-2:], mode="bilinear", align_corners=False
+                )
             region = (probabilities >= self.threshold).float()
             radius = int(round(self.dilation * images.shape[-1]))
             if radius > 0:

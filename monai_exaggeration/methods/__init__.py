@@ -28,7 +28,18 @@ from monai_exaggeration.methods.registry import (
 METHOD_NAMES = (ProgressiveExaggeration.name, LatentShift.name, PixelGradientAscent.name)
 
 __all__ = [
-    "DEFAULT_METHOD", "METHODS", "METHOD_NAMES", "LatentShift", "MethodContext", "MethodSeries", "PixelGradientAscent",
-    "ProgressiveExaggeration", "SeriesMethod", "check_method", "method_class", "method_names", "method_title",
+    "DEFAULT_METHOD",
+    "METHODS",
+    "METHOD_NAMES",
+    "LatentShift",
+    "MethodContext",
+    "MethodSeries",
+    "PixelGradientAscent",
+    "ProgressiveExaggeration",
+    "SeriesMethod",
+    "check_method",
+    "method_class",
+    "method_names",
+    "method_title",
     "register_method",
 ]

@@ -103,8 +103,15 @@ class ProgressiveExaggeration:
             generator, record, composition = context.generator, None, "generated"
             weights = "unsaved-" + state_sha256(generator)[:12]  # an in-memory generator: its weights enter the UIDs
         generator = for_inference(generator, context.device)
-        method = cls(generator, context.composition or composition, context.norm, weights,
-                     classifier=context.classifier, calibrate=context.calibrate, **context.options)
+        method = cls(
+            generator,
+            context.composition or composition,
+            context.norm,
+            weights,
+            classifier=context.classifier,
+            calibrate=context.calibrate,
+            **context.options,
+        )
         if record is not None:
             method.record = dict(record)
             method.explainer_weights = Path(context.explainer_weights)
@@ -112,7 +119,10 @@ class ProgressiveExaggeration:
         if trained_for and trained_for != (this_one := classifier_fingerprint(context.classifier)):
             logger.warning(
                 "the explainer %s was trained against another classifier (fingerprint %s, this one %s): "
-                "its series may not move this classifier as intended", method.explainer_weights, trained_for, this_one,
+                "its series may not move this classifier as intended",
+                method.explainer_weights,
+                trained_for,
+                this_one,
             )
         return method
 
@@ -144,7 +154,8 @@ class ProgressiveExaggeration:
         borrowed = details.get("change_bin") or [None] * count
         own = details.get("bins") or [None] * count
         return [
-            f"alpha={v:g}" + (f" of bin {b}'s change" if b is not None and o is not None and b != o else "")
+            f"alpha={v:g}"
+            + (f" of bin {b}'s change" if b is not None and o is not None and b != o else "")
             + ("" if ok else " (limit)")
             for v, ok, b, o in zip(details["alpha"], details["reached"], borrowed, own)
         ]
@@ -164,7 +175,11 @@ class ProgressiveExaggeration:
         return self.weights
 
     def settings(self) -> dict[str, Any]:
-        settings = {"composition": self.composition, "norm": self.norm, "output": "deformation" if self.deforms else "image"}
+        settings = {
+            "composition": self.composition,
+            "norm": self.norm,
+            "output": "deformation" if self.deforms else "image",
+        }
         if self.calibrate:
             settings |= {"calibrate": True, "strength_bound": self.strength_bound, "tolerance": self.tolerance}
         return settings
@@ -190,7 +205,10 @@ class ProgressiveExaggeration:
                 lambda index, a: torch.clamp(
                     images[index // len(bins)] + a.view(-1, 1, 1) * raw_change.flatten(0, 1)[index], -1, 1
                 ),
-                source_scores, source_bins, bins, num_bins,
+                source_scores,
+                source_bins,
+                bins,
+                num_bins,
             )
             chosen = raw_change[torch.arange(len(source_bins))[:, None], change_steps]  # (B, K, S, S)
             generated = reconstruction[:, None] + alpha[:, :, None, None] * chosen
@@ -206,8 +224,13 @@ class ProgressiveExaggeration:
         )
 
     def _deformation(
-        self, inputs: torch.Tensor, fields: torch.Tensor, source_scores: list[float], source_bins: list[int],
-        bins: list[int], num_bins: int,
+        self,
+        inputs: torch.Tensor,
+        fields: torch.Tensor,
+        source_scores: list[float],
+        source_bins: list[int],
+        bins: list[int],
+        num_bins: int,
     ) -> MethodSeries:
         """Frames, displacements (model pixels) and intensity terms of a deformation explainer's series."""
         generator = getattr(self.generator, "module", self.generator)
@@ -234,14 +257,20 @@ class ProgressiveExaggeration:
         intensity = generator.intensity_change(target_fields, source_fields, flat_alpha)
         size = inputs.shape[-2:]
         frames = generator.apply(images, ddf, intensity)[:, 0].reshape(batch, count, *size)
-        frames = torch.where(is_source.to(frames.device)[:, :, None, None], inputs[:, None, 0].expand_as(frames), frames)
+        frames = torch.where(
+            is_source.to(frames.device)[:, :, None, None], inputs[:, None, 0].expand_as(frames), frames
+        )
         displacement = upsample_displacement(ddf, size).reshape(batch, count, 2, *size)
         folds = (jacobian_determinant(displacement.flatten(0, 1)) <= 0).reshape(batch, count, -1)
         moved = ~is_source.to(folds.device)
         for row in range(batch):  # share of the moved frames' pixels where the mapping folds
-            details[row] = dict(details[row], folding=float(folds[row][moved[row]].float().mean()) if moved[row].any() else 0.0)
+            details[row] = dict(
+                details[row], folding=float(folds[row][moved[row]].float().mean()) if moved[row].any() else 0.0
+            )
         if intensity is not None:
-            intensity = F.interpolate(intensity, size=size, mode="bilinear", align_corners=False).reshape(batch, count, *size)
+            intensity = F.interpolate(intensity, size=size, mode="bilinear", align_corners=False).reshape(
+                batch, count, *size
+            )
 
         def remake(rows: torch.Tensor, steps: torch.Tensor, alpha: torch.Tensor) -> dict[str, torch.Tensor | None]:
             index = (rows * count + steps).to(fields.device)
@@ -287,10 +316,25 @@ class ProgressiveExaggeration:
                 frames_, own = torch.tensor(list(donors)), torch.tensor(list(donors.values()))
                 trial_alpha, trial_reached = alpha.clone(), reached.clone()
                 trial_scores = scores.clone()
-                guess = alpha[own] * (targets[frames_] - sources[frames_]) / (scores[own] - sources[frames_]).where(
-                    (scores[own] - sources[frames_]).abs() > 1e-6, torch.ones(()))
-                self._calibrate(frames_at, frames_, own, targets, sources, trial_alpha, trial_reached, trial_scores,
-                                device, start=guess.clamp(0.0, self.strength_bound))
+                guess = (
+                    alpha[own]
+                    * (targets[frames_] - sources[frames_])
+                    / (scores[own] - sources[frames_]).where(
+                        (scores[own] - sources[frames_]).abs() > 1e-6, torch.ones(())
+                    )
+                )
+                self._calibrate(
+                    frames_at,
+                    frames_,
+                    own,
+                    targets,
+                    sources,
+                    trial_alpha,
+                    trial_reached,
+                    trial_scores,
+                    device,
+                    start=guess.clamp(0.0, self.strength_bound),
+                )
                 better = (trial_scores[frames_] - targets[frames_]).abs() < (scores[frames_] - targets[frames_]).abs()
                 take = frames_[better]
                 alpha[take], reached[take], scores[take] = trial_alpha[take], trial_reached[take], trial_scores[take]

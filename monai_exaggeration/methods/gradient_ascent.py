@@ -39,7 +39,9 @@ class PixelGradientAscent:
         self, classifier: nn.Module, steps: int = 200, lr: float = 0.01, l1: float = 0.01, tolerance: float = 0.05
     ) -> None:
         if steps < 1 or lr <= 0 or l1 < 0 or tolerance <= 0:
-            raise ValueError(f"gradient_ascent needs steps >= 1, lr > 0, l1 >= 0, tolerance > 0; got {steps}, {lr}, {l1}, {tolerance}")
+            raise ValueError(
+                f"gradient_ascent needs steps >= 1, lr > 0, l1 >= 0, tolerance > 0; got {steps}, {lr}, {l1}, {tolerance}"
+            )
         self.classifier = classifier
         self.steps, self.lr, self.l1, self.tolerance = int(steps), float(lr), float(l1), float(tolerance)
 

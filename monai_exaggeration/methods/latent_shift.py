@@ -86,7 +86,9 @@ class LatentShift:
 
         path = Path(context.autoencoder_weights)
         autoencoder = load_autoencoder(path, context.device)
-        return cls(autoencoder, context.classifier, weights=file_sha256(path)[:12] if path.is_file() else "", **context.options)
+        return cls(
+            autoencoder, context.classifier, weights=file_sha256(path)[:12] if path.is_file() else "", **context.options
+        )
 
     @property
     def image_size(self) -> int | None:
@@ -124,8 +126,14 @@ class LatentShift:
             return logits(images)[:, self.classifier.output_index]
         return torch.logit(self.classifier(images).reshape(-1).clamp(1e-7, 1 - 1e-7))
 
-    def _frames(self, x: torch.Tensor, z: torch.Tensor, direction: torch.Tensor, reconstruction: torch.Tensor,
-                shifts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _frames(
+        self,
+        x: torch.Tensor,
+        z: torch.Tensor,
+        direction: torch.Tensor,
+        reconstruction: torch.Tensor,
+        shifts: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """For shifts λ (M,): D(z + λ g) (M, 1, S, S), the frames x + D(z + λ g) − D(z), their scores (M,)."""
         generated = self.autoencoder.decode_latent(z + shifts.reshape(-1, *[1] * (z.ndim - 1)) * direction)
         frames = torch.clamp(x + generated - reconstruction, -1.0, 1.0)
@@ -149,7 +157,9 @@ class LatentShift:
             candidates = torch.cat([-steps.flip(0), steps]).to(device)
             _, _, scores = self._frames(x, z, direction, reconstruction, candidates)
             lambdas = torch.cat([candidates[: self.grid], torch.zeros(1, device=device), candidates[self.grid :]]).cpu()
-            values = torch.cat([scores[: self.grid], torch.tensor([source_score], device=device), scores[self.grid :]]).cpu()
+            values = torch.cat(
+                [scores[: self.grid], torch.tensor([source_score], device=device), scores[self.grid :]]
+            ).cpu()
             centre = self.grid  # index of λ = 0
             low, high, reached = [], [], []  # (index into lambdas/values) of each target's bracket
             for target, b in zip(targets, bins):

@@ -26,7 +26,13 @@ import torch
 from torch import nn
 
 __all__ = [
-    "DEFAULT_METHOD", "METHODS", "MethodContext", "check_method", "method_class", "method_names", "method_title",
+    "DEFAULT_METHOD",
+    "METHODS",
+    "MethodContext",
+    "check_method",
+    "method_class",
+    "method_names",
+    "method_title",
     "register_method",
 ]
 

@@ -13,10 +13,9 @@ Normalisation statistics at inference are an explicit choice (``norm``):
 
 from __future__ import annotations
 
-from typing import Literal, get_args
-
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -24,8 +23,14 @@ from torch import nn
 
 __all__ = [
     "Norm",
-    "NORM_MODES", "compose_series", "deformation_series", "deforms", "generate_series", "grouped_batch_statistics",
-    "series_batch_statistics", "transfer_frame",
+    "NORM_MODES",
+    "compose_series",
+    "deformation_series",
+    "deforms",
+    "generate_series",
+    "grouped_batch_statistics",
+    "series_batch_statistics",
+    "transfer_frame",
 ]
 
 Norm = Literal["series", "running"]
@@ -62,7 +67,11 @@ def _grouped_batch_norm(module: nn.modules.batchnorm._BatchNorm, group: int):
         series, channels = x.shape[0] // group, x.shape[1]
         # (S*N, C, ...) -> (N, S*C, ...): each series' channels become channels of their own, so the
         # native (fused) batch norm computes the statistics of every series separately.
-        grouped = x.reshape(series, group, channels, *x.shape[2:]).transpose(0, 1).reshape(group, series * channels, *x.shape[2:])
+        grouped = (
+            x.reshape(series, group, channels, *x.shape[2:])
+            .transpose(0, 1)
+            .reshape(group, series * channels, *x.shape[2:])
+        )
         weight = None if module.weight is None else module.weight.repeat(series)
         bias = None if module.bias is None else module.bias.repeat(series)
         out = F.batch_norm(grouped, None, None, weight, bias, training=True, momentum=0.0, eps=module.eps)
@@ -136,7 +145,10 @@ def deforms(generator: nn.Module | None) -> bool:
 
 
 def deformation_series(
-    generator: nn.Module, images: torch.Tensor, fields: torch.Tensor, source_bins: torch.Tensor | Sequence[int],
+    generator: nn.Module,
+    images: torch.Tensor,
+    fields: torch.Tensor,
+    source_bins: torch.Tensor | Sequence[int],
     alpha: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Frames of a deformation explainer's series and their grid displacements.
@@ -162,7 +174,10 @@ def deformation_series(
 
 
 def compose_series(
-    images: torch.Tensor, series: torch.Tensor, source_bins: torch.Tensor | Sequence[int], composition: str = "generated",
+    images: torch.Tensor,
+    series: torch.Tensor,
+    source_bins: torch.Tensor | Sequence[int],
+    composition: str = "generated",
     generator: nn.Module | None = None,
 ) -> torch.Tensor:
     """Frames of a series as the explainer's ``composition`` defines them.

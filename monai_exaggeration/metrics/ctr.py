@@ -102,5 +102,7 @@ def ctr_faithfulness(ctr: np.ndarray, scores: np.ndarray, threshold: float = 0.5
         "median_delta_ctr": float(np.median(delta)) if len(delta) else float("nan"),
         "share_ctr_increases": float((delta > 0).mean()) if len(delta) else float("nan"),
         "n_score_crosses": int(crossed.sum()),
-        "share_ctr_crosses_with_score": float((ctr_cross[crossed] == score_cross[crossed]).mean()) if crossed.any() else float("nan"),
+        "share_ctr_crosses_with_score": float((ctr_cross[crossed] == score_cross[crossed]).mean())
+        if crossed.any()
+        else float("nan"),
     }

@@ -18,8 +18,9 @@ from scipy import ndimage
 __all__ = ["border_shift", "demons_register", "geometric_share"]
 
 
-def demons_register(fixed: np.ndarray, moving: np.ndarray, iterations: int = 100, sigma: float = 2.0,
-                    levels: int = 4) -> np.ndarray:
+def demons_register(
+    fixed: np.ndarray, moving: np.ndarray, iterations: int = 100, sigma: float = 2.0, levels: int = 4
+) -> np.ndarray:
     """``moving`` (H, W) resampled onto ``fixed`` (H, W) by ITK's diffeomorphic demons, coarse to fine
     (``levels`` resolutions, ``iterations`` at the finest, Gaussian smoothing ``sigma`` of the field in
     pixels). Returns the registered moving image (H, W) float32."""

@@ -108,7 +108,12 @@ def saliency_maps(
         return F.interpolate(maps, size=images.shape[2:], mode="bilinear", align_corners=False)[:, 0].detach()
     if method == "occlusion":
         occlusion = OcclusionSensitivity(
-            nn_module=_ScoreColumn(classifier), mask_size=mask_size, n_batch=64, overlap=0.5, verbose=False, activate=False
+            nn_module=_ScoreColumn(classifier),
+            mask_size=mask_size,
+            n_batch=64,
+            overlap=0.5,
+            verbose=False,
+            activate=False,
         )  # the score is already a probability: no further activation
         drops = []
         with torch.no_grad():

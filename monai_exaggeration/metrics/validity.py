@@ -55,7 +55,9 @@ def series_validity(
     scores = np.asarray(scores, dtype=np.float64)
     source_scores = np.asarray(source_scores, dtype=np.float64).reshape(-1)
     if scores.ndim != 2 or scores.shape[0] != source_scores.shape[0] or scores.shape[1] < 2:
-        raise ValueError(f"scores must be (S, N>=2) with S = len(source_scores); got {scores.shape}, {source_scores.shape}")
+        raise ValueError(
+            f"scores must be (S, N>=2) with S = len(source_scores); got {scores.shape}, {source_scores.shape}"
+        )
     num_series, num_frames = scores.shape
     bins = list(range(num_frames)) if bins is None else [int(b) for b in bins]
     if len(bins) != num_frames:

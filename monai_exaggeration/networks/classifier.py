@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal, get_args
-
 import hashlib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = [
-    "Activation","BlackBoxClassifier", "ACTIVATIONS", "classifier_fingerprint", "load_state_dict_file"]
+__all__ = ["Activation", "BlackBoxClassifier", "ACTIVATIONS", "classifier_fingerprint", "load_state_dict_file"]
 
 Activation = Literal["sigmoid", "softmax", "none"]
 ACTIVATIONS: tuple[str, ...] = get_args(Activation)

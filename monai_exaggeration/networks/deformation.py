@@ -33,7 +33,13 @@ from torch import nn
 
 from monai_exaggeration.binning import check_num_bins
 from monai_exaggeration.networks.conditional import as_bin_tensor
-from monai_exaggeration.networks.explainer import _check_size, _check_widths, _GeneratorBlock, decode_features, encode_images
+from monai_exaggeration.networks.explainer import (
+    _check_size,
+    _check_widths,
+    _GeneratorBlock,
+    decode_features,
+    encode_images,
+)
 
 __all__ = [
     "DeformationGenerator",
@@ -148,7 +154,8 @@ class DeformationGenerator(nn.Module):
         )
         widths = (self.encoder_channels[-1], *self.decoder_channels)
         self.decoder = nn.ModuleList(
-            _GeneratorBlock(c_in, c_out, self.num_bins, "up", bin_init_std) for c_in, c_out in zip(widths[:-1], widths[1:])
+            _GeneratorBlock(c_in, c_out, self.num_bins, "up", bin_init_std)
+            for c_in, c_out in zip(widths[:-1], widths[1:])
         )
         self.head_norm = nn.BatchNorm2d(widths[-1])
         self.head = nn.Conv2d(widths[-1], self.field_channels, 3, padding=1)
@@ -250,7 +257,11 @@ class DeformationGenerator(nn.Module):
         return frame.clamp(-1.0, 1.0)
 
     def compose(
-        self, x: torch.Tensor, fields_target: torch.Tensor, fields_source: torch.Tensor, alpha: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        fields_target: torch.Tensor,
+        fields_source: torch.Tensor,
+        alpha: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(frame, grid displacement): ``x`` moved from the source bin's field to the target bin's."""
         ddf = self.displacement(fields_target, fields_source, alpha)

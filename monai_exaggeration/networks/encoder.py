@@ -47,7 +47,9 @@ class CXREncoder(nn.Module):
         )
         self.feature_dim = int(widths[-1])
         self.projection = nn.Sequential(
-            nn.Linear(self.feature_dim, self.feature_dim), nn.ReLU(inplace=True), nn.Linear(self.feature_dim, projection_dim)
+            nn.Linear(self.feature_dim, self.feature_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(self.feature_dim, projection_dim),
         )
 
     def features(self, images: torch.Tensor) -> torch.Tensor:

@@ -89,7 +89,12 @@ class _GeneratorBlock(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, num_bins: int, resample: str, init_std: float = 0.0,
+        self,
+        in_channels: int,
+        out_channels: int,
+        num_bins: int,
+        resample: str,
+        init_std: float = 0.0,
         conditional: bool = True,
     ) -> None:
         super().__init__()

@@ -23,7 +23,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
@@ -171,7 +171,9 @@ def load_explainer(
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"weights not found: {path} -- train an explainer (docs/training.md) or pass --explainer_weights PATH")
+        raise FileNotFoundError(
+            f"weights not found: {path} -- train an explainer (docs/training.md) or pass --explainer_weights PATH"
+        )
     try:
         content = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unreadable file gets the same message
@@ -200,6 +202,11 @@ def load_explainer(
         ) from error
     if not isinstance(record, Mapping):  # legacy file with an explicit network: describe it from the network
         args = network.config() if hasattr(network, "config") else {}
-        record = {"args": args, "image_size": args.get("image_size"), "num_bins": args.get("num_bins"),
-                  "composition": "generated", "class": _qualified_name(network)}
+        record = {
+            "args": args,
+            "image_size": args.get("image_size"),
+            "num_bins": args.get("num_bins"),
+            "composition": "generated",
+            "class": _qualified_name(network),
+        }
     return LoadedExplainer(generator=network.eval(), record=dict(record), path=path)

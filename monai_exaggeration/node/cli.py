@@ -31,8 +31,10 @@ def status_text(config, counts: dict, pending_bytes: int, parked: list, running_
         f"{counts['queued'] + counts['running'] + counts['failed']} of {limits.max_jobs} jobs",
     ]
     for job in parked:
-        lines.append(f"  parked job {job.id}: {job.sop_instance_uid} from {job.calling_ae or '?'} after "
-                     f"{job.attempts} attempt(s): {job.reason}")
+        lines.append(
+            f"  parked job {job.id}: {job.sop_instance_uid} from {job.calling_ae or '?'} after "
+            f"{job.attempts} attempt(s): {job.reason}"
+        )
     return "\n".join(lines)
 
 
@@ -54,8 +56,10 @@ def _command(args: argparse.Namespace) -> int:
         if args.action == "requeue":
             with JobQueue(path) as queue:
                 count = queue.requeue(("parked", "failed") if args.failed else ("parked",))
-            print(f"{count} job(s) queued again" + ("" if node_running(config.work_dir) else
-                                                   " (the node is not running: start it to process them)"))
+            print(
+                f"{count} job(s) queued again"
+                + ("" if node_running(config.work_dir) else " (the node is not running: start it to process them)")
+            )
             return 0
         if not path.is_file():
             print(f"no job queue yet at {path}: the node has not run with this work_dir")
@@ -90,8 +94,13 @@ def add_dicom_node_parser(commands: argparse._SubParsersAction) -> argparse.Argu
         "  python -m monai_exaggeration serve-dicom requeue --config node.yaml",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("action", nargs="?", choices=("run", "status", "requeue"), default="run",
-                        help="run the node (default), print the queue's status, or requeue parked jobs")
+    parser.add_argument(
+        "action",
+        nargs="?",
+        choices=("run", "status", "requeue"),
+        default="run",
+        help="run the node (default), print the queue's status, or requeue parked jobs",
+    )
     parser.add_argument("--config", required=True, help="the node's YAML file (see docs/dicom_node.md)")
     parser.add_argument("--json", action="store_true", help="status: print the counts as one JSON object")
     parser.add_argument("--failed", action="store_true", help="requeue: also the jobs waiting to retry (now)")

@@ -49,8 +49,17 @@ from monai_exaggeration.config_models import (
 from monai_exaggeration.errors import UserError
 from monai_exaggeration.retry import BACKOFF_S, RETRIES
 
-__all__ = ["SOP_CLASSES", "NodeConfig", "NodeConfigError", "NodeFile", "OutputSettings", "QueueSettings", "ScpSettings",
-           "TlsFiles", "load_node_config"]
+__all__ = [
+    "SOP_CLASSES",
+    "NodeConfig",
+    "NodeConfigError",
+    "NodeFile",
+    "OutputSettings",
+    "QueueSettings",
+    "ScpSettings",
+    "TlsFiles",
+    "load_node_config",
+]
 
 #: The storage SOP classes the node can accept, by the names used in ``node.accept``.
 SOP_CLASSES = {
@@ -60,9 +69,28 @@ SOP_CLASSES = {
     "SC": "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image Storage
 }
 #: inference.json keys the node sets itself (they may not appear under ``inference:``).
-_NODE_OWNED = {"input", "output_dir", "export", "export_config", "export_destination", "runner", "inference", "run",
-               "classifier", "exporter", "imports", "network_def", "ckpt_dir", "dataset_dir", "preprocessing", "dataset",
-               "inferer", "writers", "handlers", "evaluator"}
+_NODE_OWNED = {
+    "input",
+    "output_dir",
+    "export",
+    "export_config",
+    "export_destination",
+    "runner",
+    "inference",
+    "run",
+    "classifier",
+    "exporter",
+    "imports",
+    "network_def",
+    "ckpt_dir",
+    "dataset_dir",
+    "preprocessing",
+    "dataset",
+    "inferer",
+    "writers",
+    "handlers",
+    "evaluator",
+}
 
 
 class NodeConfigError(UserError, ValueError):
@@ -202,8 +230,10 @@ class NodeFile(StrictModel):
         if self.destinations_file and self.destinations:
             raise Problem("give either destinations: or destinations_file:, not both", key=("destinations_file",))
         if not self.destinations_file and not self.destinations:
-            raise Problem("say where results go: a destinations: mapping (as in docs/pacs_export.md) or "
-                          "destinations_file:", key=("destinations",))
+            raise Problem(
+                "say where results go: a destinations: mapping (as in docs/pacs_export.md) or destinations_file:",
+                key=("destinations",),
+            )
         return self
 
 
@@ -235,8 +265,13 @@ class NodeConfig:
             if isinstance(source, dict):
                 settings.update(source)
         known = {f.name for f in fields(InputLimits)}
-        return InputLimits.for_sources(**{key: value for key, value in settings.items()
-                                          if key in known and isinstance(value, (int, float)) and not isinstance(value, bool)})
+        return InputLimits.for_sources(
+            **{
+                key: value
+                for key, value in settings.items()
+                if key in known and isinstance(value, (int, float)) and not isinstance(value, bool)
+            }
+        )
 
     def destination(self):
         """The :class:`~monai_exaggeration.export.Destination` results are sent to."""
@@ -283,17 +318,24 @@ def load_node_config(path: str | os.PathLike) -> NodeConfig:
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise NodeConfigError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
     if not isinstance(content, dict):
-        raise NodeConfigError(f"{path}: must be a mapping with node:, work_dir:, destination(s): ... (see docs/dicom_node.md)")
+        raise NodeConfigError(
+            f"{path}: must be a mapping with node:, work_dir:, destination(s): ... (see docs/dicom_node.md)"
+        )
     try:
         settings = NodeFile.model_validate(content, context={"base": path.parent})
     except ValidationError as error:
         raise NodeConfigError(f"{path}: {one_line(error)}") from None
     _check_inference(path, settings.inference)
     config = NodeConfig(
-        path=path, work_dir=(path.parent / Path(settings.work_dir).expanduser()).absolute(), scp=settings.node,
-        queue=settings.queue, outputs=settings.outputs,
+        path=path,
+        work_dir=(path.parent / Path(settings.work_dir).expanduser()).absolute(),
+        scp=settings.node,
+        queue=settings.queue,
+        outputs=settings.outputs,
         destination_file=Path(settings.destinations_file) if settings.destinations_file else path,
-        destination_name=settings.destination or None, inference=settings.inference, threads=settings.threads,
+        destination_name=settings.destination or None,
+        inference=settings.inference,
+        threads=settings.threads,
     )
     config.destination()  # checked now: a bad destination is a configuration error
     return config

@@ -87,8 +87,12 @@ class JobQueue:
             self._db = storage.connect(self.path, autocommit=True, threads=True)
             try:
                 storage.use_wal(self._db, synchronous="FULL")
-                storage.create_schema(self._db, _SCHEMA, SCHEMA_VERSION, lambda found: ValueError(
-                    f"job queue {self.path} was written by a newer release (schema {found})"))
+                storage.create_schema(
+                    self._db,
+                    _SCHEMA,
+                    SCHEMA_VERSION,
+                    lambda found: ValueError(f"job queue {self.path} was written by a newer release (schema {found})"),
+                )
             except BaseException:
                 self._db.close()
                 raise
@@ -111,8 +115,10 @@ class JobQueue:
 
     def find(self, sop_instance_uid: str, model_version: str) -> Job | None:
         with self._lock:
-            row = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE sop_instance_uid=? AND model_version=?",
-                                   (sop_instance_uid, model_version)).fetchone()
+            row = self._db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE sop_instance_uid=? AND model_version=?",
+                (sop_instance_uid, model_version),
+            ).fetchone()
         return Job(*row) if row else None
 
     def note_duplicate(self, job_id: int) -> None:
@@ -120,8 +126,15 @@ class JobQueue:
             db.execute("UPDATE jobs SET duplicates = duplicates + 1 WHERE id=?", (job_id,))
 
     def enqueue(
-        self, sop_instance_uid: str, model_version: str, sop_class_uid: str, calling_ae: str, spool_file: str,
-        spool_bytes: int, max_jobs: int | None = None, max_spool_bytes: float | None = None,
+        self,
+        sop_instance_uid: str,
+        model_version: str,
+        sop_class_uid: str,
+        calling_ae: str,
+        spool_file: str,
+        spool_bytes: int,
+        max_jobs: int | None = None,
+        max_spool_bytes: float | None = None,
     ) -> tuple[str, Job | None]:
         """Add a job; returns ``("queued", job)``, ``("duplicate", existing job)`` or ``("full", None)``.
 
@@ -129,13 +142,16 @@ class JobQueue:
         """
         now = time.time()
         with self._transaction() as db:
-            row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE sop_instance_uid=? AND model_version=?",
-                             (sop_instance_uid, model_version)).fetchone()
+            row = db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE sop_instance_uid=? AND model_version=?",
+                (sop_instance_uid, model_version),
+            ).fetchone()
             if row:
                 db.execute("UPDATE jobs SET duplicates = duplicates + 1 WHERE id=?", (row[0],))
                 return "duplicate", Job(*row)
             jobs, spooled = db.execute(
-                f"SELECT COUNT(*), COALESCE(SUM(spool_bytes), 0) FROM jobs WHERE state IN {PENDING}").fetchone()
+                f"SELECT COUNT(*), COALESCE(SUM(spool_bytes), 0) FROM jobs WHERE state IN {PENDING}"
+            ).fetchone()
             if (max_jobs is not None and jobs >= max_jobs) or (
                 max_spool_bytes is not None and spooled + spool_bytes > max_spool_bytes
             ):
@@ -170,11 +186,20 @@ class JobQueue:
 
     def finish(self, job_id: int, result: str = "") -> None:
         with self._transaction() as db:
-            db.execute("UPDATE jobs SET state='done', reason='', result=?, finished_at=? WHERE id=?",
-                       (result, time.time(), job_id))
+            db.execute(
+                "UPDATE jobs SET state='done', reason='', result=?, finished_at=? WHERE id=?",
+                (result, time.time(), job_id),
+            )
 
-    def fail(self, job_id: int, reason: str, max_attempts: int, backoff_s: float, max_backoff_s: float,
-             permanent: bool = False) -> str:
+    def fail(
+        self,
+        job_id: int,
+        reason: str,
+        max_attempts: int,
+        backoff_s: float,
+        max_backoff_s: float,
+        permanent: bool = False,
+    ) -> str:
         """Record a failed attempt: ``failed`` with a back-off (``backoff_s * 2**(attempts-1)``), or ``parked``
         when the attempts are used up or ``permanent``. Returns the new state."""
         with self._transaction() as db:
@@ -183,8 +208,10 @@ class JobQueue:
                 state, next_try = "parked", time.time()
             else:
                 state, next_try = "failed", time.time() + backoff_delay(attempts - 1, backoff_s, max_backoff_s)
-            db.execute("UPDATE jobs SET state=?, reason=?, next_try=?, finished_at=? WHERE id=?",
-                       (state, reason[:2000], next_try, time.time(), job_id))
+            db.execute(
+                "UPDATE jobs SET state=?, reason=?, next_try=?, finished_at=? WHERE id=?",
+                (state, reason[:2000], next_try, time.time(), job_id),
+            )
         return state
 
     def recover(self, max_attempts: int) -> list[Job]:
@@ -196,9 +223,13 @@ class JobQueue:
                 parked = job.attempts >= max_attempts
                 db.execute(  # next_try is left as it was: the job keeps its place at the head of the queue
                     "UPDATE jobs SET state=?, reason=? WHERE id=?",
-                    ("parked" if parked else "queued",
-                     f"interrupted {job.attempts} time(s): the node stopped while it ran" if parked
-                     else "resumed after an interrupted run", job.id),
+                    (
+                        "parked" if parked else "queued",
+                        f"interrupted {job.attempts} time(s): the node stopped while it ran"
+                        if parked
+                        else "resumed after an interrupted run",
+                        job.id,
+                    ),
                 )
         return [Job(*row) for row in rows]
 
@@ -206,13 +237,18 @@ class JobQueue:
         """Move pending jobs of other model versions to ``model_version`` (a duplicate of an existing job is marked done)."""
         moved = 0
         with self._transaction() as db:
-            rows = db.execute(f"SELECT id, sop_instance_uid FROM jobs WHERE state IN {PENDING} AND model_version<>?",
-                              (model_version,)).fetchall()
+            rows = db.execute(
+                f"SELECT id, sop_instance_uid FROM jobs WHERE state IN {PENDING} AND model_version<>?", (model_version,)
+            ).fetchall()
             for job_id, uid in rows:
-                if db.execute("SELECT 1 FROM jobs WHERE sop_instance_uid=? AND model_version=?",
-                              (uid, model_version)).fetchone():
-                    db.execute("UPDATE jobs SET state='done', reason='superseded: already a job of the current model' "
-                               "WHERE id=?", (job_id,))
+                if db.execute(
+                    "SELECT 1 FROM jobs WHERE sop_instance_uid=? AND model_version=?", (uid, model_version)
+                ).fetchone():
+                    db.execute(
+                        "UPDATE jobs SET state='done', reason='superseded: already a job of the current model' "
+                        "WHERE id=?",
+                        (job_id,),
+                    )
                 else:
                     db.execute("UPDATE jobs SET model_version=? WHERE id=?", (model_version, job_id))
                     moved += 1
@@ -225,8 +261,11 @@ class JobQueue:
             raise ValueError(f"only parked and failed jobs can be requeued, not {states}")
         with self._transaction() as db:
             marks = ",".join("?" * len(states))
-            cursor = db.execute(f"UPDATE jobs SET state='queued', attempts=0, next_try=?, reason='requeued by hand' "
-                                f"WHERE state IN ({marks})", (time.time(), *states))
+            cursor = db.execute(
+                f"UPDATE jobs SET state='queued', attempts=0, next_try=?, reason='requeued by hand' "
+                f"WHERE state IN ({marks})",
+                (time.time(), *states),
+            )
             return cursor.rowcount
 
     # ----------------------------------------------------------------------------------- reading
@@ -235,7 +274,8 @@ class JobQueue:
         """(jobs still to do, bytes of their spool files)."""
         with self._lock:
             count, size = self._db.execute(
-                f"SELECT COUNT(*), COALESCE(SUM(spool_bytes), 0) FROM jobs WHERE state IN {PENDING}").fetchone()
+                f"SELECT COUNT(*), COALESCE(SUM(spool_bytes), 0) FROM jobs WHERE state IN {PENDING}"
+            ).fetchone()
         return int(count), int(size)
 
     def counts(self) -> dict[str, int]:

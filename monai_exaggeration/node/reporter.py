@@ -47,12 +47,24 @@ def record_failure(queue: JobQueue, config: NodeConfig, job: Job, reason: str, p
     limits = config.queue
     state = queue.fail(job.id, reason, limits.max_attempts, limits.backoff_s, limits.max_backoff_s, permanent)
     if state == "parked":
-        logger.error("job %d parked after %d attempt(s): %s: %s -- fix the cause, then `serve-dicom requeue --config "
-                     "...`", job.id, job.attempts, job.sop_instance_uid, reason)
+        logger.error(
+            "job %d parked after %d attempt(s): %s: %s -- fix the cause, then `serve-dicom requeue --config ...`",
+            job.id,
+            job.attempts,
+            job.sop_instance_uid,
+            reason,
+        )
     else:
         retry = queue.get(job.id).next_try - time.time()
-        logger.warning("job %d failed (attempt %d of %d, retry in %.0f s): %s: %s", job.id, job.attempts,
-                       limits.max_attempts, max(0.0, retry), job.sop_instance_uid, reason)
+        logger.warning(
+            "job %d failed (attempt %d of %d, retry in %.0f s): %s: %s",
+            job.id,
+            job.attempts,
+            limits.max_attempts,
+            max(0.0, retry),
+            job.sop_instance_uid,
+            reason,
+        )
     return state
 
 
@@ -120,8 +132,15 @@ class Reporter:
             files.extend(write_burned_in_series(rows, out / "dicom", finding))
         return files
 
-    def prepare(self, job: Job, finding: str, ctr: list[float] | None, explain_seconds: float,
-                started: float, frame_rows: list[dict]) -> _Prepared | None:
+    def prepare(
+        self,
+        job: Job,
+        finding: str,
+        ctr: list[float] | None,
+        explain_seconds: float,
+        started: float,
+        frame_rows: list[dict],
+    ) -> _Prepared | None:
         """Write the captions and the report of an explained job from its frames' rows (as the worker made them);
         None when that failed (recorded in the queue)."""
         from monai_exaggeration.dicom.presentation import series_rows
@@ -137,8 +156,15 @@ class Reporter:
             return None
         return _Prepared(job, out, rows, files, ctr, explain_seconds, started, time.perf_counter() - start)
 
-    def run(self, job: Job, finding: str, ctr: list[float] | None, explain_seconds: float, started: float,
-            frame_rows: list[dict]) -> str:
+    def run(
+        self,
+        job: Job,
+        finding: str,
+        ctr: list[float] | None,
+        explain_seconds: float,
+        started: float,
+        frame_rows: list[dict],
+    ) -> str:
         """:meth:`prepare` and :meth:`send` one job in this thread; returns its new state (done, failed or parked)."""
         prepared = self.prepare(job, finding, ctr, explain_seconds, started, frame_rows)
         return self.send(prepared) if prepared is not None else self.queue.get(job.id).state
@@ -150,8 +176,14 @@ class Reporter:
         job, out, outputs = prepared.job, prepared.out, self.config.outputs
         start = time.perf_counter()
         try:
-            report = export_files(prepared.files, self.destination, self.ledger, retries=outputs.export_retries,
-                                  backoff=outputs.export_backoff_s, progress=False)
+            report = export_files(
+                prepared.files,
+                self.destination,
+                self.ledger,
+                retries=outputs.export_retries,
+                backoff=outputs.export_backoff_s,
+                progress=False,
+            )
             report.write_csv(out / "export_report.csv")
         except Exception as error:  # noqa: BLE001 - retried later
             logger.debug("job %d", job.id, exc_info=True)
@@ -159,8 +191,14 @@ class Reporter:
         if report.exit_code:
             failed = [row for row in report.rows if row.result == "failed"]
             status = f"{failed[0].status} " if failed[0].status else ""
-            return record_failure(self.queue, self.config, job, f"{len(failed)} of {len(report.rows)} instances did not "
-                                  f"reach {self.destination.label}: {status}{failed[0].message}", permanent=False)
+            return record_failure(
+                self.queue,
+                self.config,
+                job,
+                f"{len(failed)} of {len(report.rows)} instances did not "
+                f"reach {self.destination.label}: {status}{failed[0].message}",
+                permanent=False,
+            )
         rows, ctr = prepared.rows, prepared.ctr
         finite_ctr = [value for value in ctr or [] if np.isfinite(value)]
         result = {
@@ -184,11 +222,21 @@ class Reporter:
         logger.info(
             "job %d done: %s (%s) -> series %s: %d frames, scores %.2f..%.2f%s; %d instances to %s (%d sent now) "
             "in %.1f s (explain %.1f s, report %.1f s, send %.1f s)",
-            job.id, job.sop_instance_uid, job.calling_ae or "?", result["series_instance_uid"], result["frames"],
-            result["scores"][0], result["scores"][-1],
-            f", CTR {min(finite_ctr):.2f}..{max(finite_ctr):.2f}" if finite_ctr else "", result["instances"],
-            self.destination.label, result["sent"], result["seconds"], result["explain_seconds"],
-            result["report_seconds"], result["send_seconds"],
+            job.id,
+            job.sop_instance_uid,
+            job.calling_ae or "?",
+            result["series_instance_uid"],
+            result["frames"],
+            result["scores"][0],
+            result["scores"][-1],
+            f", CTR {min(finite_ctr):.2f}..{max(finite_ctr):.2f}" if finite_ctr else "",
+            result["instances"],
+            self.destination.label,
+            result["sent"],
+            result["seconds"],
+            result["explain_seconds"],
+            result["report_seconds"],
+            result["send_seconds"],
         )
         return "done"
 

@@ -36,11 +36,11 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (
+    JPEG2000,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
@@ -61,9 +61,19 @@ logger = logging.getLogger("monai_exaggeration.node")
 
 #: Transfer syntaxes accepted (those the input reader decodes, docs/input.md).
 TRANSFER_SYNTAXES = [
-    ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian,
-    JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1, JPEGLSLossless, JPEGLSNearLossless,
-    JPEG2000Lossless, JPEG2000, RLELossless,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    RLELossless,
 ]
 SUCCESS, OUT_OF_RESOURCES, SOP_CLASS_NOT_SUPPORTED, PROCESSING_FAILURE = 0x0000, 0xA700, 0x0122, 0x0110
 #: C-STORE failure statuses of PS3.4 (Storage Service Class) for instances refused from their header.
@@ -129,8 +139,11 @@ class StorageSCP:
             from monai_exaggeration.transforms.readers import check_dicom_header  # now, not in the first C-STORE
 
             self._check_header = check_dicom_header
-        self.handlers = [(evt.EVT_C_ECHO, self._on_echo), (evt.EVT_C_STORE, self._on_store),
-                         (evt.EVT_REJECTED, self._on_rejected)]
+        self.handlers = [
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_REJECTED, self._on_rejected),
+        ]
         self.server = None
         self.received = 0
 
@@ -141,11 +154,18 @@ class StorageSCP:
     def start(self) -> StorageSCP:
         """Listen (non-blocking). Raises ``OSError`` when the port cannot be bound."""
         scp = self.config.scp
-        self.server = self.ae.start_server((scp.host, scp.port), block=False, evt_handlers=self.handlers,
-                                           ssl_context=scp.ssl_context())
-        logger.info("listening as %s on %s:%d%s; accepting %s from %s", scp.ae_title, scp.host, self.port,
-                    " (TLS)" if scp.tls_cert else "", ", ".join(scp.accept),
-                    ", ".join(scp.allowed_calling_aes) or "any calling AE title")
+        self.server = self.ae.start_server(
+            (scp.host, scp.port), block=False, evt_handlers=self.handlers, ssl_context=scp.ssl_context()
+        )
+        logger.info(
+            "listening as %s on %s:%d%s; accepting %s from %s",
+            scp.ae_title,
+            scp.host,
+            self.port,
+            " (TLS)" if scp.tls_cert else "",
+            ", ".join(scp.accept),
+            ", ".join(scp.allowed_calling_aes) or "any calling AE title",
+        )
         return self
 
     def stop(self) -> None:
@@ -167,8 +187,14 @@ class StorageSCP:
         called = str(getattr(requestor.primitive, "called_ae_title", "") or "").strip()
         source, diagnostic = getattr(answer, "result_source", None), getattr(answer, "diagnostic", None)
         reason = _REJECTIONS.get((source, diagnostic), f"result source {source}, diagnostic {diagnostic}")
-        logger.warning("rejected an association from %s at %s:%s to %s: %s", str(requestor.ae_title).strip() or "?",
-                       requestor.address, requestor.port, called or "?", reason)
+        logger.warning(
+            "rejected an association from %s at %s:%s to %s: %s",
+            str(requestor.ae_title).strip() or "?",
+            requestor.address,
+            requestor.port,
+            called or "?",
+            reason,
+        )
 
     def _refusal(self, event, uid: str) -> tuple[int, str] | None:
         """(failure status, reason) of an instance the inference would refuse from its header (None: keep it)."""
@@ -190,8 +216,13 @@ class StorageSCP:
         sop_class, uid = str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID)
         calling = str(event.assoc.requestor.ae_title).strip()
         if sop_class not in self.accepted:
-            logger.warning("refused %s from %s: SOP class %s is not accepted (accept: %s)", uid, calling, sop_class,
-                           ", ".join(self.config.scp.accept))
+            logger.warning(
+                "refused %s from %s: SOP class %s is not accepted (accept: %s)",
+                uid,
+                calling,
+                sop_class,
+                ", ".join(self.config.scp.accept),
+            )
             return _status(SOP_CLASS_NOT_SUPPORTED, "SOP class not accepted: CR, DX or SC chest X-rays only")
         refusal = self._refusal(event, uid) if self.limits is not None else None
         if refusal is not None:
@@ -200,8 +231,13 @@ class StorageSCP:
         existing = self.queue.find(uid, self.model_version)
         if existing is not None:
             self.queue.note_duplicate(existing.id)
-            logger.info("%s from %s: already received (job %d, %s), acknowledged without a new job", uid, calling,
-                        existing.id, existing.state)
+            logger.info(
+                "%s from %s: already received (job %d, %s), acknowledged without a new job",
+                uid,
+                calling,
+                existing.id,
+                existing.state,
+            )
             return SUCCESS
         try:
             data = event.encoded_dataset(include_meta=True)
@@ -222,8 +258,16 @@ class StorageSCP:
             if error.errno in (errno.ENOSPC, errno.EDQUOT):
                 return _status(OUT_OF_RESOURCES, "spool disk full")
             return _status(PROCESSING_FAILURE, "cannot write the spool file")
-        outcome, job = self.queue.enqueue(uid, self.model_version, sop_class, calling, str(path), len(data),
-                                          max_jobs=limits.max_jobs, max_spool_bytes=limits.max_spool_mb * 1e6)
+        outcome, job = self.queue.enqueue(
+            uid,
+            self.model_version,
+            sop_class,
+            calling,
+            str(path),
+            len(data),
+            max_jobs=limits.max_jobs,
+            max_spool_bytes=limits.max_spool_mb * 1e6,
+        )
         if outcome == "full":  # another association filled the queue meanwhile
             path.unlink(missing_ok=True)
             logger.warning("refused %s from %s with 0xA700: the queue is full", uid, calling)

@@ -133,14 +133,24 @@ class DicomNode:
             self.worker.wait_reporter()
         except RuntimeError as error:
             raise NodeConfigError(str(error)) from None
-        logger.info("models loaded in %.1f s: %s, model version %r", time.perf_counter() - started,
-                    self.runner.finding, self.runner.model_version)
+        logger.info(
+            "models loaded in %.1f s: %s, model version %r",
+            time.perf_counter() - started,
+            self.runner.finding,
+            self.runner.model_version,
+        )
         for job in self.queue.recover(config.queue.max_attempts):
-            logger.warning("job %d (%s) was interrupted while running: %s", job.id, job.sop_instance_uid,
-                           "queued again" if job.attempts < config.queue.max_attempts else "parked")
+            logger.warning(
+                "job %d (%s) was interrupted while running: %s",
+                job.id,
+                job.sop_instance_uid,
+                "queued again" if job.attempts < config.queue.max_attempts else "parked",
+            )
         moved = self.queue.adopt_model_version(self.runner.model_version)
         if moved:
-            logger.info("%d waiting job(s) of an earlier model version will run with %s", moved, self.runner.model_version)
+            logger.info(
+                "%d waiting job(s) of an earlier model version will run with %s", moved, self.runner.model_version
+            )
         self._clean_spool()
         self.worker.queue = self.queue
         self.worker.start(self.runner, segmenter)
@@ -148,11 +158,19 @@ class DicomNode:
         try:
             self.scp.start()
         except OSError as error:
-            raise NodeConfigError(f"cannot listen on {config.scp.host}:{config.scp.port}: {error.strerror or error}") from None
+            raise NodeConfigError(
+                f"cannot listen on {config.scp.host}:{config.scp.port}: {error.strerror or error}"
+            ) from None
         self._check_destination(destination)
         counts = self.queue.counts()
-        logger.info("node ready: %d queued, %d waiting to retry, %d parked, %d done; results go to %s",
-                    counts["queued"], counts["failed"], counts["parked"], counts["done"], destination.label)
+        logger.info(
+            "node ready: %d queued, %d waiting to retry, %d parked, %d done; results go to %s",
+            counts["queued"],
+            counts["failed"],
+            counts["parked"],
+            counts["done"],
+            destination.label,
+        )
 
     @staticmethod
     def _check_destination(destination) -> None:
@@ -166,8 +184,11 @@ class DicomNode:
             if status:
                 logger.warning("%s answers C-ECHO with status 0x%04X", destination.label, status)
         except (PermanentSendError, TransientSendError, OSError) as error:
-            logger.warning("the destination %s does not answer (%s): results wait in the queue and are retried",
-                           destination.label, error)
+            logger.warning(
+                "the destination %s does not answer (%s): results wait in the queue and are retried",
+                destination.label,
+                error,
+            )
         finally:
             if sender is not None:
                 sender.close()

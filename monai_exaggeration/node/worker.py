@@ -75,8 +75,9 @@ class Worker:
         running threads or an OpenMP pool is unsafe.
         """
         status = self._context.Queue()
-        self._reporter = self._context.Process(target=reporter_main, name="exaggeration-reporter",
-                                               args=(self.config, self.destination, self._jobs, status))
+        self._reporter = self._context.Process(
+            target=reporter_main, name="exaggeration-reporter", args=(self.config, self.destination, self._jobs, status)
+        )
         self._reporter.start()
         self._status = status
 
@@ -89,7 +90,9 @@ class Worker:
                 break
             except queue_module.Empty:
                 if not self._reporter.is_alive() or time.monotonic() > deadline:
-                    raise RuntimeError(f"the report-and-send process did not start (exit code {self._reporter.exitcode})")
+                    raise RuntimeError(
+                        f"the report-and-send process did not start (exit code {self._reporter.exitcode})"
+                    ) from None
         if answer[0] != "ready":
             raise RuntimeError(f"the report-and-send process could not start: {answer[1]}")
 

@@ -88,8 +88,16 @@ __all__ = [
 
 #: Columns of the long response table every analysis function takes.
 LONG_COLUMNS = [
-    "reader_id", "case_id", "arm", "question_id", "question_type", "phase", "value", "answered_at",
-    "ground_truth", "forced_choice_truth",
+    "reader_id",
+    "case_id",
+    "arm",
+    "question_id",
+    "question_type",
+    "phase",
+    "value",
+    "answered_at",
+    "ground_truth",
+    "forced_choice_truth",
 ]
 _CATEGORICAL = ("yes_no", "forced_choice", "choice", "likert")
 #: First characters that make a spreadsheet read a cell as a formula (OWASP, CSV injection).
@@ -149,12 +157,16 @@ def load_study_data(study_dir: str | os.PathLike) -> StudyData:
     try:
         study = json.loads((folder / "study.json").read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ReaderStudyError(f"{folder} is not a study folder (no study.json) -- build one with `reader-study build`") from None
+        raise ReaderStudyError(
+            f"{folder} is not a study folder (no study.json) -- build one with `reader-study build`"
+        ) from None
     except json.JSONDecodeError as error:
         raise ReaderStudyError(f"{folder / 'study.json'} is not valid JSON ({error})") from None
     database = folder / "responses.sqlite"
     if not database.is_file():
-        raise ReaderStudyError(f"no responses yet: {database} does not exist -- serve the study and let the readers answer first")
+        raise ReaderStudyError(
+            f"no responses yet: {database} does not exist -- serve the study and let the readers answer first"
+        )
     frame = ResponseStore(database).to_frame()
     if frame.empty:
         raise ReaderStudyError(f"no responses yet in {database} -- nothing to analyze")
@@ -210,8 +222,18 @@ def likert_summary(responses: pd.DataFrame, questions: dict[str, dict], arms: li
             sd = float(values.std(ddof=1)) if n > 1 else math.nan
             sem = sd / math.sqrt(n) if n > 1 else math.nan
             half = float(stats.t.ppf(0.975, n - 1)) * sem if n > 1 else math.nan
-            rows.append({"question_id": qid, "arm": arm, "n": n, "mean": mean, "sd": sd, "sem": sem,
-                         "ci_low": mean - half, "ci_high": mean + half})
+            rows.append(
+                {
+                    "question_id": qid,
+                    "arm": arm,
+                    "n": n,
+                    "mean": mean,
+                    "sd": sd,
+                    "sem": sem,
+                    "ci_low": mean - half,
+                    "ci_high": mean + half,
+                }
+            )
     return pd.DataFrame(rows, columns=["question_id", "arm", "n", "mean", "sd", "sem", "ci_low", "ci_high"])
 
 
@@ -224,9 +246,17 @@ def anova_by_arm(
         scores = _scores(responses, qid)
         order = [a for a in _arm_order(arms, list(scores["arm"].unique())) if (scores["arm"] == a).sum() >= 2]
         groups = [scores.loc[scores["arm"] == a, "score"].to_numpy(float) for a in order]
-        row: dict[str, Any] = {"question_id": qid, "arms": len(order), "n": int(sum(len(g) for g in groups)),
-                               "F": math.nan, "df_between": len(order) - 1, "df_within": int(sum(len(g) for g in groups)) - len(order),
-                               "p_value": math.nan, "eta_squared": math.nan, "note": ""}
+        row: dict[str, Any] = {
+            "question_id": qid,
+            "arms": len(order),
+            "n": int(sum(len(g) for g in groups)),
+            "F": math.nan,
+            "df_between": len(order) - 1,
+            "df_within": int(sum(len(g) for g in groups)) - len(order),
+            "p_value": math.nan,
+            "eta_squared": math.nan,
+            "note": "",
+        }
         if len(order) < 2:
             row["note"] = "fewer than two arms with two or more answers"
             anova_rows.append(row)
@@ -249,32 +279,60 @@ def anova_by_arm(
         for i in range(len(order)):
             for j in range(i + 1, len(order)):
                 p = float(tukey.pvalue[i, j])
-                tukey_rows.append({"question_id": qid, "arm_a": order[i], "arm_b": order[j],
-                                   "mean_difference": float(tukey.statistic[i, j]),
-                                   "ci_low": float(interval.low[i, j]), "ci_high": float(interval.high[i, j]),
-                                   "p_value": p, "significant": bool(p < alpha)})
-    anova = pd.DataFrame(anova_rows, columns=["question_id", "arms", "n", "F", "df_between", "df_within", "p_value", "eta_squared", "note"])
-    tukey = pd.DataFrame(tukey_rows, columns=["question_id", "arm_a", "arm_b", "mean_difference", "ci_low", "ci_high", "p_value", "significant"])
+                tukey_rows.append(
+                    {
+                        "question_id": qid,
+                        "arm_a": order[i],
+                        "arm_b": order[j],
+                        "mean_difference": float(tukey.statistic[i, j]),
+                        "ci_low": float(interval.low[i, j]),
+                        "ci_high": float(interval.high[i, j]),
+                        "p_value": p,
+                        "significant": bool(p < alpha),
+                    }
+                )
+    anova = pd.DataFrame(
+        anova_rows,
+        columns=["question_id", "arms", "n", "F", "df_between", "df_within", "p_value", "eta_squared", "note"],
+    )
+    tukey = pd.DataFrame(
+        tukey_rows,
+        columns=["question_id", "arm_a", "arm_b", "mean_difference", "ci_low", "ci_high", "p_value", "significant"],
+    )
     return anova, tukey
 
 
-def mixed_models(responses: pd.DataFrame, questions: dict[str, dict], arms: list[str]) -> tuple[pd.DataFrame | None, list[str]]:
+def mixed_models(
+    responses: pd.DataFrame, questions: dict[str, dict], arms: list[str]
+) -> tuple[pd.DataFrame | None, list[str]]:
     """Linear mixed model per Likert question (see the module docstring); (None, [reason]) without statsmodels."""
     try:
         import statsmodels.formula.api as smf
         from statsmodels.tools.sm_exceptions import ConvergenceWarning
     except ImportError:
-        return None, ['mixed-effects model skipped: statsmodels is not installed (pip install "monai_exaggeration[reader-study]")']
+        return None, [
+            'mixed-effects model skipped: statsmodels is not installed (pip install "monai_exaggeration[reader-study]")'
+        ]
     rows, notes = [], []
     for qid in _likert_ids(questions):
         data = _scores(responses, qid)
         order = _arm_order(arms, list(data["arm"].unique()))
-        if len(order) < 2 or data["reader_id"].nunique() < 2 or data["case_id"].nunique() < 2 or data["score"].nunique() < 2:
+        if (
+            len(order) < 2
+            or data["reader_id"].nunique() < 2
+            or data["case_id"].nunique() < 2
+            or data["score"].nunique() < 2
+        ):
             notes.append(f"mixed model of {qid} skipped: needs two arms, two readers, two cases and varying answers")
             continue
         data = data.assign(one_group=1, arm=pd.Categorical(data["arm"], categories=order))
-        model = smf.mixedlm("score ~ arm", data, groups="one_group", re_formula="0",
-                            vc_formula={"reader": "0 + C(reader_id)", "case": "0 + C(case_id)"})
+        model = smf.mixedlm(
+            "score ~ arm",
+            data,
+            groups="one_group",
+            re_formula="0",
+            vc_formula={"reader": "0 + C(reader_id)", "case": "0 + C(case_id)"},
+        )
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
@@ -282,19 +340,40 @@ def mixed_models(responses: pd.DataFrame, questions: dict[str, dict], arms: list
             except (np.linalg.LinAlgError, ValueError) as error:
                 notes.append(f"mixed model of {qid} failed to fit: {error}")
                 continue
-        problems = sorted({str(w.message).splitlines()[0] for w in caught if issubclass(w.category, (ConvergenceWarning, RuntimeWarning, UserWarning))})
+        problems = sorted(
+            {
+                str(w.message).splitlines()[0]
+                for w in caught
+                if issubclass(w.category, (ConvergenceWarning, RuntimeWarning, UserWarning))
+            }
+        )
         converged = bool(getattr(fit, "converged", True))
         if problems or not converged:
             notes.append(f"mixed model of {qid}: {'; '.join(problems) or 'did not converge'} -- interpret with care")
         interval = fit.conf_int()
         for term in fit.fe_params.index:
-            label = "intercept (" + order[0] + ")" if term == "Intercept" else term.replace("arm[T.", "").rstrip("]") + f" - {order[0]}"
-            rows.append({"question_id": qid, "term": label, "estimate": float(fit.fe_params[term]),
-                         "std_error": float(fit.bse_fe[term]), "z": float(fit.tvalues[term]),
-                         "p_value": float(fit.pvalues[term]), "ci_low": float(interval.loc[term, 0]),
-                         "ci_high": float(interval.loc[term, 1]), "converged": converged})
+            label = (
+                "intercept (" + order[0] + ")"
+                if term == "Intercept"
+                else term.replace("arm[T.", "").rstrip("]") + f" - {order[0]}"
+            )
+            rows.append(
+                {
+                    "question_id": qid,
+                    "term": label,
+                    "estimate": float(fit.fe_params[term]),
+                    "std_error": float(fit.bse_fe[term]),
+                    "z": float(fit.tvalues[term]),
+                    "p_value": float(fit.pvalues[term]),
+                    "ci_low": float(interval.loc[term, 0]),
+                    "ci_high": float(interval.loc[term, 1]),
+                    "converged": converged,
+                }
+            )
         for name, variance in zip(model.exog_vc.names, np.atleast_1d(fit.vcomp)):
-            rows.append({"question_id": qid, "term": f"var({name})", "estimate": float(variance), "converged": converged})
+            rows.append(
+                {"question_id": qid, "term": f"var({name})", "estimate": float(variance), "converged": converged}
+            )
         rows.append({"question_id": qid, "term": "var(residual)", "estimate": float(fit.scale), "converged": converged})
     columns = ["question_id", "term", "estimate", "std_error", "z", "p_value", "ci_low", "ci_high", "converged"]
     return pd.DataFrame(rows, columns=columns), notes
@@ -322,11 +401,21 @@ def confidence_change(responses: pd.DataFrame, questions: dict[str, dict], arms:
             part = paired[paired["arm"] == arm]
             x, y = part["score"].to_numpy(float), part["score_after"].to_numpy(float)
             change = y - x
-            row: dict[str, Any] = {"before": before_id, "after": after_id, "arm": arm, "n": len(change),
-                                   "mean_before": _mean(x), "mean_after": _mean(y), "mean_change": _mean(change),
-                                   "sd_change": float(change.std(ddof=1)) if len(change) > 1 else math.nan,
-                                   "wilcoxon_statistic": math.nan, "wilcoxon_p": math.nan,
-                                   "t_statistic": math.nan, "t_p": math.nan, "note": ""}
+            row: dict[str, Any] = {
+                "before": before_id,
+                "after": after_id,
+                "arm": arm,
+                "n": len(change),
+                "mean_before": _mean(x),
+                "mean_after": _mean(y),
+                "mean_change": _mean(change),
+                "sd_change": float(change.std(ddof=1)) if len(change) > 1 else math.nan,
+                "wilcoxon_statistic": math.nan,
+                "wilcoxon_p": math.nan,
+                "t_statistic": math.nan,
+                "t_p": math.nan,
+                "note": "",
+            }
             if len(change) < 2:
                 row["note"] = "fewer than two pairs"
             elif not np.any(change):
@@ -336,11 +425,28 @@ def confidence_change(responses: pd.DataFrame, questions: dict[str, dict], arms:
                     warnings.simplefilter("ignore")
                     wilcoxon = stats.wilcoxon(y, x)
                     paired_t = stats.ttest_rel(y, x)
-                row.update(wilcoxon_statistic=float(wilcoxon.statistic), wilcoxon_p=float(wilcoxon.pvalue),
-                           t_statistic=float(paired_t.statistic), t_p=float(paired_t.pvalue))
+                row.update(
+                    wilcoxon_statistic=float(wilcoxon.statistic),
+                    wilcoxon_p=float(wilcoxon.pvalue),
+                    t_statistic=float(paired_t.statistic),
+                    t_p=float(paired_t.pvalue),
+                )
             rows.append(row)
-    columns = ["before", "after", "arm", "n", "mean_before", "mean_after", "mean_change", "sd_change",
-               "wilcoxon_statistic", "wilcoxon_p", "t_statistic", "t_p", "note"]
+    columns = [
+        "before",
+        "after",
+        "arm",
+        "n",
+        "mean_before",
+        "mean_after",
+        "mean_change",
+        "sd_change",
+        "wilcoxon_statistic",
+        "wilcoxon_p",
+        "t_statistic",
+        "t_p",
+        "note",
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -411,8 +517,15 @@ def agreement(responses: pd.DataFrame, questions: dict[str, dict]) -> pd.DataFra
     for label, items in _categorical_items(responses, questions):
         table = items.pivot_table(index="case_id", columns="reader_id", values="label", aggfunc="first")
         readers = list(table.columns)
-        row: dict[str, Any] = {"question": label, "readers": len(readers), "cases": 0, "statistic": "",
-                               "kappa": math.nan, "observed_agreement": math.nan, "note": ""}
+        row: dict[str, Any] = {
+            "question": label,
+            "readers": len(readers),
+            "cases": 0,
+            "statistic": "",
+            "kappa": math.nan,
+            "observed_agreement": math.nan,
+            "note": "",
+        }
         if len(readers) < 2:
             row["note"] = "answered by fewer than two readers"
             rows.append(row)
@@ -439,7 +552,9 @@ def agreement(responses: pd.DataFrame, questions: dict[str, dict]) -> pd.DataFra
         if not math.isnan(row["observed_agreement"]) and math.isnan(row["kappa"]):
             row["note"] = "every answer in one category: kappa undefined"
         rows.append(row)
-    return pd.DataFrame(rows, columns=["question", "readers", "cases", "statistic", "kappa", "observed_agreement", "note"])
+    return pd.DataFrame(
+        rows, columns=["question", "readers", "cases", "statistic", "kappa", "observed_agreement", "note"]
+    )
 
 
 # ----------------------------------------------------------------------------------------- forced choice
@@ -451,22 +566,33 @@ def forced_choice_accuracy(responses: pd.DataFrame, questions: dict[str, dict], 
     for qid, question in questions.items():
         if question.get("type") != "forced_choice":
             continue
-        answers = responses[(responses["question_id"] == qid) & responses["forced_choice_truth"].isin(["real", "generated"])]
+        answers = responses[
+            (responses["question_id"] == qid) & responses["forced_choice_truth"].isin(["real", "generated"])
+        ]
         answers = answers.assign(correct=answers["value"].astype(str) == answers["forced_choice_truth"])
         groups = [("all", answers)]
         groups += [(f"truth={t}", answers[answers["forced_choice_truth"] == t]) for t in ("real", "generated")]
         groups += [(f"arm={a}", answers[answers["arm"] == a]) for a in _arm_order(arms, list(answers["arm"].unique()))]
         for group, part in groups:
             n, correct = len(part), int(part["correct"].sum())
-            row: dict[str, Any] = {"question_id": qid, "group": group, "n": n, "correct": correct,
-                                   "accuracy": correct / n if n else math.nan,
-                                   "ci_low": math.nan, "ci_high": math.nan, "p_value": math.nan}
+            row: dict[str, Any] = {
+                "question_id": qid,
+                "group": group,
+                "n": n,
+                "correct": correct,
+                "accuracy": correct / n if n else math.nan,
+                "ci_low": math.nan,
+                "ci_high": math.nan,
+                "p_value": math.nan,
+            }
             if n:
                 test = stats.binomtest(correct, n, 0.5)
                 interval = test.proportion_ci(0.95, method="wilson")
                 row.update(ci_low=float(interval.low), ci_high=float(interval.high), p_value=float(test.pvalue))
             rows.append(row)
-    return pd.DataFrame(rows, columns=["question_id", "group", "n", "correct", "accuracy", "ci_low", "ci_high", "p_value"])
+    return pd.DataFrame(
+        rows, columns=["question_id", "group", "n", "correct", "accuracy", "ci_low", "ci_high", "p_value"]
+    )
 
 
 # ----------------------------------------------------------------------------------------- MRMC
@@ -490,8 +616,16 @@ def auc_by_arm(responses: pd.DataFrame, question_ids: list[str], arms: list[str]
             auc = math.nan
             if len(positive) and len(negative):
                 auc = float(stats.mannwhitneyu(positive, negative).statistic) / (len(positive) * len(negative))
-            rows.append({"question_id": qid, "arm": arm, "readings": len(part), "positives": len(positive),
-                         "negatives": len(negative), "auc": auc})
+            rows.append(
+                {
+                    "question_id": qid,
+                    "arm": arm,
+                    "readings": len(part),
+                    "positives": len(positive),
+                    "negatives": len(negative),
+                    "auc": auc,
+                }
+            )
     return pd.DataFrame(rows, columns=["question_id", "arm", "readings", "positives", "negatives", "auc"])
 
 
@@ -569,12 +703,17 @@ def analyze_study(
     else:
         bad = [q for q in mrmc_questions if questions.get(q, {}).get("type") != "likert"]
         if bad:
-            raise ReaderStudyError(f"--mrmc-question {bad[0]} is not a Likert question of the study -- give a rating question id")
+            raise ReaderStudyError(
+                f"--mrmc-question {bad[0]} is not a Likert question of the study -- give a rating question id"
+            )
 
     export = responses.assign(value=responses["value"].map(_export_value))
     correct = export["value"].astype(str) == export["forced_choice_truth"]
-    export["correct"] = np.where((export["question_type"] == "forced_choice") & export["forced_choice_truth"].ne(""),
-                                 correct.map({True: "1", False: "0"}), "")
+    export["correct"] = np.where(
+        (export["question_type"] == "forced_choice") & export["forced_choice_truth"].ne(""),
+        correct.map({True: "1", False: "0"}),
+        "",
+    )
     tables: dict[str, pd.DataFrame] = {"responses": export}
     tables["likert_summary"] = likert_summary(responses, questions, arms)
     tables["anova"], tables["tukey"] = anova_by_arm(responses, questions, arms)
@@ -608,8 +747,10 @@ def analyze_study(
         "cases": len(data.study.get("cases", {})),
         "progress": {reader: int(n) for reader, n in responses.groupby("reader_id")["case_id"].nunique().items()},
         "anova": {row["question_id"]: _json_ready(row["p_value"]) for row in tables["anova"].to_dict("records")},
-        "forced_choice": {f"{row['question_id']} {row['group']}": _json_ready(row["accuracy"])
-                          for row in tables["forced_choice"].to_dict("records")},
+        "forced_choice": {
+            f"{row['question_id']} {row['group']}": _json_ready(row["accuracy"])
+            for row in tables["forced_choice"].to_dict("records")
+        },
         "mixed_model": "fitted" if mixed is not None else "skipped",
         "notes": result.notes,
     }

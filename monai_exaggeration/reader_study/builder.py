@@ -215,11 +215,17 @@ def _read_csv(path: Path, what: str, not_found: str, unreadable: str) -> pd.Data
 
 
 def _read_log(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
-    table = _read_csv(path, "", f"inference_dir must be an output folder of the inference workflow; {_INFERENCE_HINT}",
-                      " -- run the inference again")
+    table = _read_csv(
+        path,
+        "",
+        f"inference_dir must be an output folder of the inference workflow; {_INFERENCE_HINT}",
+        " -- run the inference again",
+    )
     missing = [column for column in required if column not in table.columns]
     if missing:
-        raise ReaderStudyError(f"{path} lacks column(s) {', '.join(missing)} -- is it an inference log? {_INFERENCE_HINT}")
+        raise ReaderStudyError(
+            f"{path} lacks column(s) {', '.join(missing)} -- is it an inference log? {_INFERENCE_HINT}"
+        )
     return table
 
 
@@ -303,13 +309,17 @@ def _resolve_cases(config: StudyConfig) -> tuple[list[_Case], str | None]:
     return cases, (findings[0] if len(findings) == 1 and findings[0] else None)
 
 
-def _case_from_logs(row: dict, source_row: pd.Series, frames: pd.DataFrame, config: StudyConfig, cases_dir: Path) -> _Case:
+def _case_from_logs(
+    row: dict, source_row: pd.Series, frames: pd.DataFrame, config: StudyConfig, cases_dir: Path
+) -> _Case:
     inference_dir = config.inference_dir
     text = str(source_row["source"])
     series_uid = str(source_row["series_instance_uid"])
     rows = frames[frames["series_instance_uid"] == series_uid]
     if rows.empty:
-        raise ReaderStudyError(f"{inference_dir / 'frames.csv'} lists no frames of source {text} -- run the inference again")
+        raise ReaderStudyError(
+            f"{inference_dir / 'frames.csv'} lists no frames of source {text} -- run the inference again"
+        )
     try:
         rows = rows.assign(_step=rows["step"].astype(int)).sort_values("_step")
         frame_bins = [int(v) for v in rows["target_bin"]]
@@ -337,7 +347,9 @@ def _case_from_logs(row: dict, source_row: pd.Series, frames: pd.DataFrame, conf
     if str(row.get("saliency", "")).strip():
         saliency = _existing(str(row["saliency"]).strip(), cases_dir)
         if saliency is None:
-            raise ReaderStudyError(f"saliency map {row['saliency']} of source {text} not found (relative paths start at {cases_dir})")
+            raise ReaderStudyError(
+                f"saliency map {row['saliency']} of source {text} not found (relative paths start at {cases_dir})"
+            )
         if saliency.suffix.lower() not in (".png", ".npy"):
             raise ReaderStudyError(f"saliency map {saliency} must be a .png image or a .npy array")
     if not config.allow_burned_in:
@@ -496,7 +508,9 @@ def _check_output(out: Path, force: bool) -> None:
                 "choose another --out (or move the old study away yourself)"
             )
         if not force:
-            raise ReaderStudyError(f"output folder {out} is not empty -- choose a new folder, or pass --force to replace it")
+            raise ReaderStudyError(
+                f"output folder {out} is not empty -- choose a new folder, or pass --force to replace it"
+            )
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -605,8 +619,10 @@ def build_study(config: StudyConfig | str | os.PathLike, out: str | os.PathLike,
         private = tmp / "private"
         private.mkdir(mode=0o700)
         os.chmod(private, 0o700)
-        tokens = {"readers": {reader: secrets.token_urlsafe(24) for reader in config.readers},
-                  "admin_token": secrets.token_urlsafe(24)}
+        tokens = {
+            "readers": {reader: secrets.token_urlsafe(24) for reader in config.readers},
+            "admin_token": secrets.token_urlsafe(24),
+        }
         _write_private(private / "readers.json", json.dumps(tokens, indent=2) + "\n")
         _write_private(private / "key.csv", _key_table(cases).to_csv(index=False))
         _move_into_place(tmp, out, force)

@@ -56,7 +56,9 @@ def _serve_command(args: argparse.Namespace) -> int:
     from monai_exaggeration.reader_study.server import StudyError, serve
 
     try:
-        serve(args.study_dir, host=args.host, port=args.port, base_url=args.base_url, secure_cookies=args.secure_cookies)
+        serve(
+            args.study_dir, host=args.host, port=args.port, base_url=args.base_url, secure_cookies=args.secure_cookies
+        )
     except StudyError as error:
         return _fail(error)
     return 0
@@ -89,7 +91,9 @@ def _add_build(commands: argparse._SubParsersAction) -> None:
         description="Build a reader-study folder (study.json, de-identified PNG assets, private/ reader tokens and key) "
         "from an inference output and a study.yaml. See docs/reader_study.md.",
     )
-    parser.add_argument("--config", required=True, help="study.yaml (title, seed, inference_dir, cases, readers, arms, questions)")
+    parser.add_argument(
+        "--config", required=True, help="study.yaml (title, seed, inference_dir, cases, readers, arms, questions)"
+    )
     parser.add_argument("--out", required=True, help="the study folder to create (must be new or empty)")
     parser.add_argument("--force", action="store_true", help="replace a non-empty --out (never one holding responses)")
     add_debug_option(parser)
@@ -104,14 +108,23 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         "at once in STUDY_DIR/responses.sqlite. Loopback only by default. See docs/reader_app.md.",
     )
     parser.add_argument("study_dir", help="the study folder made by `reader-study build`")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="interface to listen on (default: %(default)s, this machine only; 0.0.0.0 for every interface)")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface to listen on (default: %(default)s, this machine only; 0.0.0.0 for every interface)",
+    )
     parser.add_argument("--port", type=int, default=8765, help="TCP port (default: %(default)s)")
-    parser.add_argument("--base-url", help="the address readers reach the app at, for the personal links "
-                        "(e.g. https://study.example.org behind a reverse proxy; default: http://HOST:PORT)")
-    parser.add_argument("--secure-cookies", action="store_true",
-                        help="mark the session cookie Secure (browsers send it over HTTPS only): use it behind an HTTPS "
-                        "reverse proxy, not when readers reach the app over plain http")
+    parser.add_argument(
+        "--base-url",
+        help="the address readers reach the app at, for the personal links "
+        "(e.g. https://study.example.org behind a reverse proxy; default: http://HOST:PORT)",
+    )
+    parser.add_argument(
+        "--secure-cookies",
+        action="store_true",
+        help="mark the session cookie Secure (browsers send it over HTTPS only): use it behind an HTTPS "
+        "reverse proxy, not when readers reach the app over plain http",
+    )
     add_debug_option(parser)
     parser.set_defaults(handler=_guarded(_serve_command))
 
@@ -142,7 +155,9 @@ def _add_analyze(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("study_dir", help="the study folder (with responses.sqlite)")
     parser.add_argument("--out", help="where to write the results (default: STUDY_DIR/analysis)")
     parser.add_argument(
-        "--mrmc-question", action="append", metavar="ID",
+        "--mrmc-question",
+        action="append",
+        metavar="ID",
         help="a Likert rating question for the AUC and iMRMC export (repeatable; default: ids starting with 'confidence')",
     )
     add_debug_option(parser)

@@ -40,7 +40,6 @@ from typing import Annotated, Any
 import yaml
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, model_validator
 
-from monai_exaggeration.findings import CARDIOMEGALY
 from monai_exaggeration.config_models import (
     LIST,
     Flag,
@@ -52,6 +51,7 @@ from monai_exaggeration.config_models import (
     at_least,
     first_problem,
 )
+from monai_exaggeration.findings import CARDIOMEGALY
 
 __all__ = [
     "ARM_SHOWS",
@@ -79,8 +79,17 @@ WHAT_CHANGED_OPTIONS = (CARDIOMEGALY.reader_change, "pleural effusion", "devices
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 
 _TOP_KEYS = (
-    "title", "instructions", "seed", "inference_dir", "cases", "readers", "arms", "questions",
-    "finding", "allow_burned_in", "max_side",
+    "title",
+    "instructions",
+    "seed",
+    "inference_dir",
+    "cases",
+    "readers",
+    "arms",
+    "questions",
+    "finding",
+    "allow_burned_in",
+    "max_side",
 )
 _DEFAULT_INSTRUCTIONS = (
     "For each case, first answer the questions on the image alone. Then show the explanation "
@@ -177,8 +186,10 @@ def _shows(value: Any) -> tuple[str, ...]:
         raise Problem(f"is needed, a non-empty list from {', '.join(ARM_SHOWS)}")
     unknown = [str(item) for item in shows if item not in ARM_SHOWS]
     if unknown:
-        raise Problem(f"shows unknown {', '.join(map(repr, unknown))} -- an arm shows a subset of "
-                      f"{', '.join(ARM_SHOWS)}", place="")
+        raise Problem(
+            f"shows unknown {', '.join(map(repr, unknown))} -- an arm shows a subset of {', '.join(ARM_SHOWS)}",
+            place="",
+        )
     if "scores" in shows and "series" not in shows:
         raise Problem("shows 'scores' without 'series' -- scores belong to the series frames", place="")
     return tuple(dict.fromkeys(shows))
@@ -208,8 +219,9 @@ def _question_type(value: Any) -> str:
 
 def _phase(value: Any) -> str:
     if value not in PHASES:
-        raise Problem(f"phase {value!r} is unknown -- use 'before' (image alone) or 'after' (with the explanation)",
-                      place="")
+        raise Problem(
+            f"phase {value!r} is unknown -- use 'before' (image alone) or 'after' (with the explanation)", place=""
+        )
     return value
 
 
@@ -232,11 +244,14 @@ class QuestionEntry(StrictModel):
             raise Problem("a 'prompt' is needed (the text the reader sees)", place="")
         if kind == "likert":
             if self.max <= self.min or self.max - self.min > 20:
-                raise Problem("a Likert scale needs integers min < max (at most 21 points), "
-                              f"got {self.min}..{self.max}", place="")
+                raise Problem(
+                    f"a Likert scale needs integers min < max (at most 21 points), got {self.min}..{self.max}", place=""
+                )
             if self.labels is not None and len(self.labels) != self.max - self.min + 1:
-                raise Problem(f"'labels' must list one text per scale point ({self.max - self.min + 1}; empty strings "
-                              "allowed)", place="")
+                raise Problem(
+                    f"'labels' must list one text per scale point ({self.max - self.min + 1}; empty strings allowed)",
+                    place="",
+                )
         elif given & {"min", "max", "labels"}:
             raise Problem(f"min/max/labels belong to Likert questions, not to type {kind!r}", place="")
         if kind == "choice":
@@ -380,10 +395,18 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
     if arms is not None and questions is not None:
         check_question_arms(questions, arms, where)
     return StudyConfig(
-        title=study.title, instructions=study.instructions, seed=study.seed,
-        inference_dir=_path(study.inference_dir, base), cases=_path(study.cases, base), readers=study.readers,
-        arms=arms, questions=questions, finding=study.finding, allow_burned_in=study.allow_burned_in,
-        max_side=study.max_side, source=source,
+        title=study.title,
+        instructions=study.instructions,
+        seed=study.seed,
+        inference_dir=_path(study.inference_dir, base),
+        cases=_path(study.cases, base),
+        readers=study.readers,
+        arms=arms,
+        questions=questions,
+        finding=study.finding,
+        allow_burned_in=study.allow_burned_in,
+        max_side=study.max_side,
+        source=source,
     )
 
 
@@ -424,28 +447,55 @@ def default_questions(arms: list[Arm], finding: str = "the finding", forced_choi
     with_series = tuple(a.id for a in arms if "series" in a.shows) or None
     scale = ("definitely absent", "probably absent", "unsure", "probably present", "definitely present")
     questions = [
-        Question("confidence_before", "likert", f"How confident are you that {finding} is present?", "before", 1, 5, scale),
+        Question(
+            "confidence_before", "likert", f"How confident are you that {finding} is present?", "before", 1, 5, scale
+        ),
     ]
     if forced_choice:
         questions.append(
-            Question("real_or_generated", "forced_choice",
-                     "Is the image shown for this question a real radiograph or a generated one?", "before")
+            Question(
+                "real_or_generated",
+                "forced_choice",
+                "Is the image shown for this question a real radiograph or a generated one?",
+                "before",
+            )
         )
     questions.append(
-        Question("confidence_after", "likert",
-                 f"Now that you have seen the explanation: how confident are you that {finding} is present?",
-                 "after", 1, 5, scale)
+        Question(
+            "confidence_after",
+            "likert",
+            f"Now that you have seen the explanation: how confident are you that {finding} is present?",
+            "after",
+            1,
+            5,
+            scale,
+        )
     )
     if explained:
         questions += [
-            Question("understandability", "likert", "How easy to understand is the explanation?", "after", 1, 5,
-                     ("very hard", "hard", "neutral", "easy", "very easy"), arms=explained),
+            Question(
+                "understandability",
+                "likert",
+                "How easy to understand is the explanation?",
+                "after",
+                1,
+                5,
+                ("very hard", "hard", "neutral", "easy", "very easy"),
+                arms=explained,
+            ),
             Question("helpful", "yes_no", "Did the explanation help you in your decision?", "after", arms=explained),
         ]
     if with_series:
         questions.append(
-            Question("what_changed", "choice", "What changed along the series?", "after",
-                     options=WHAT_CHANGED_OPTIONS, multiple=True, arms=with_series)
+            Question(
+                "what_changed",
+                "choice",
+                "What changed along the series?",
+                "after",
+                options=WHAT_CHANGED_OPTIONS,
+                multiple=True,
+                arms=with_series,
+            )
         )
     questions.append(Question("comment", "text", "Comments (optional)", "after"))
     return questions

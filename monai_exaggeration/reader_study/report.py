@@ -99,7 +99,13 @@ def _change_figure(change: pd.DataFrame) -> str | None:
     axes = figure.add_subplot(1, 1, 1)
     labels = [f"{row.arm}\n{row.before.removesuffix('_before')}" for row in change.itertuples()]
     sem = change["sd_change"].to_numpy(float) / np.sqrt(np.maximum(change["n"].to_numpy(float), 1))
-    axes.bar(range(len(change)), change["mean_change"].to_numpy(float), yerr=np.nan_to_num(1.96 * sem), capsize=4, color="#f58518")
+    axes.bar(
+        range(len(change)),
+        change["mean_change"].to_numpy(float),
+        yerr=np.nan_to_num(1.96 * sem),
+        capsize=4,
+        color="#f58518",
+    )
     axes.axhline(0, color="black", linewidth=0.8)
     axes.set_xticks(range(len(change)), labels, fontsize=8)
     axes.set_ylabel("mean change after - before (±1.96 SE)")
@@ -129,8 +135,14 @@ def _progress(study: dict, responses: pd.DataFrame) -> pd.DataFrame:
     assignments = study.get("assignments", {})
     for reader in study.get("readers", []) or sorted(responses["reader_id"].unique()):
         mine = responses[responses["reader_id"] == reader]
-        rows.append({"reader": reader, "cases assigned": len(assignments.get(reader, [])),
-                     "cases answered": int(mine["case_id"].nunique()), "answers": len(mine)})
+        rows.append(
+            {
+                "reader": reader,
+                "cases assigned": len(assignments.get(reader, [])),
+                "cases answered": int(mine["case_id"].nunique()),
+                "answers": len(mine),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -147,9 +159,9 @@ def render_report(study: dict, result: AnalysisResult) -> str:
         f"<h1>{html.escape(title)}: reader study analysis</h1>",
         (
             f'<p class="muted">{len(responses)} answers from {responses["reader_id"].nunique()} reader(s) on '
-            f'{responses["case_id"].nunique()} of {len(study.get("cases", {}))} case(s); arms: '
-            f'{html.escape(", ".join(a.get("label", a["id"]) + " (" + a["id"] + ")" for a in study.get("arms", [])))}. '
-            f'Generated {datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}.</p>'
+            f"{responses['case_id'].nunique()} of {len(study.get('cases', {}))} case(s); arms: "
+            f"{html.escape(', '.join(a.get('label', a['id']) + ' (' + a['id'] + ')' for a in study.get('arms', [])))}. "
+            f"Generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.</p>"
         ),
     ]
     parts += [f'<div class="note">{html.escape(note)}</div>' for note in result.notes]
@@ -182,19 +194,27 @@ def render_report(study: dict, result: AnalysisResult) -> str:
     figure = _choice_figure(tables["forced_choice"])
     if figure:
         parts.append(_image(figure, "forced-choice accuracy"))
-    parts.append('<p class="muted">Accuracy near 0.5 means the readers could not tell generated frames from real images.</p>')
+    parts.append(
+        '<p class="muted">Accuracy near 0.5 means the readers could not tell generated frames from real images.</p>'
+    )
     parts.append(_table(tables["forced_choice"], "no forced-choice answers with a known truth"))
 
-    parts += ["<h2>Diagnostic accuracy (empirical AUC, readers pooled)</h2>",
-              _table(tables["auc"], "no ratings of cases with ground truth")]
+    parts += [
+        "<h2>Diagnostic accuracy (empirical AUC, readers pooled)</h2>",
+        _table(tables["auc"], "no ratings of cases with ground truth"),
+    ]
     mrmc = [path.name for name, path in result.files.items() if name.startswith("imrmc_")]
     if mrmc:
-        parts.append(f'<p class="muted">For reader-and-case variance of the AUC, analyse {html.escape(", ".join(mrmc))} with iMRMC.</p>')
+        parts.append(
+            f'<p class="muted">For reader-and-case variance of the AUC, analyse {html.escape(", ".join(mrmc))} with iMRMC.</p>'
+        )
 
     text_ids = [q["id"] for q in study.get("questions", []) if q.get("type") == "text"]
     comments = responses[responses["question_id"].isin(text_ids) & responses["value"].astype(str).str.strip().ne("")]
-    parts += ["<h2>Free-text comments</h2>",
-              _table(comments[["reader_id", "case_id", "arm", "question_id", "value"]], "no comments")]
+    parts += [
+        "<h2>Free-text comments</h2>",
+        _table(comments[["reader_id", "case_id", "arm", "question_id", "value"]], "no comments"),
+    ]
     parts += ["<h2>Files</h2>", "<ul>"]
     parts += [f"<li>{html.escape(path.name)}</li>" for path in result.files.values()]
     parts += ["<li>report.html</li><li>summary.json</li></ul>", "</body></html>"]

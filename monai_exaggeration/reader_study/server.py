@@ -58,9 +58,22 @@ from fastapi.staticfiles import StaticFiles
 from monai_exaggeration.reader_study.store import AnswerFrozenError, ResponseStore
 
 __all__ = [
-    "COOKIE", "CONTENT_SECURITY_POLICY", "CUSTOM_HEADER", "MAX_BODY_BYTES", "MAX_JSON_DEPTH", "STATE_CHANGING", "Identity",
-    "Study", "StudyError", "TokenRedactingFilter", "create_app", "forgery_refusal", "personal_links", "serve",
-    "validate_answer", "write_links",
+    "COOKIE",
+    "CONTENT_SECURITY_POLICY",
+    "CUSTOM_HEADER",
+    "MAX_BODY_BYTES",
+    "MAX_JSON_DEPTH",
+    "STATE_CHANGING",
+    "Identity",
+    "Study",
+    "StudyError",
+    "TokenRedactingFilter",
+    "create_app",
+    "forgery_refusal",
+    "personal_links",
+    "serve",
+    "validate_answer",
+    "write_links",
 ]
 
 #: Name of the session cookie that holds a reader's token.
@@ -72,7 +85,9 @@ MAX_JSON_DEPTH = 16
 #: Longest free-text answer in characters.
 MAX_TEXT = 4000
 #: Sent with every response: only this server's own scripts, styles and images; no framing.
-CONTENT_SECURITY_POLICY = "default-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
 #: Loggers of uvicorn whose records go through :class:`TokenRedactingFilter` while the app runs.
 REDACTED_LOGGERS = ("uvicorn.access", "uvicorn.error")
 _LINK_PATH = re.compile(r"(/r/)[^\s\"'?#/]+")
@@ -110,7 +125,10 @@ def forgery_refusal(request: Request, trusted_origins: Iterable[str] = ()) -> tu
         host = request.headers.get("host", "").lower()
         parts = urllib.parse.urlsplit(origin.strip().lower())
         if not (_origin_of(origin) in own or (parts.scheme in ("http", "https") and host and parts.netloc == host)):
-            return 403, f"cross-origin request refused (Origin {origin[:100]}): answers are given on the study's own pages"
+            return (
+                403,
+                f"cross-origin request refused (Origin {origin[:100]}): answers are given on the study's own pages",
+            )
     elif request.headers.get("sec-fetch-site", "").lower() in ("cross-site", "same-site"):
         return 403, "cross-site request refused: answers are given on the study's own pages"
     if request.method != "DELETE" and CUSTOM_HEADER.lower() not in request.headers:
@@ -144,8 +162,10 @@ class Study:
             self.definition = json.loads((self.folder / "study.json").read_text())
             secrets = json.loads((self.folder / "private" / "readers.json").read_text())
         except FileNotFoundError as error:
-            raise StudyError(f"{self.folder} is not a study folder ({error.filename} is missing): build one with "
-                             "`python -m monai_exaggeration reader-study build`") from None
+            raise StudyError(
+                f"{self.folder} is not a study folder ({error.filename} is missing): build one with "
+                "`python -m monai_exaggeration reader-study build`"
+            ) from None
         except json.JSONDecodeError as error:
             raise StudyError(f"{self.folder}: a study file is not valid JSON ({error})") from None
         self.questions = {q["id"]: q for q in self.definition.get("questions", [])}
@@ -262,8 +282,15 @@ def validate_answer(question: dict, value: Any) -> Any:
     if kind == "choice":
         options = list(question.get("options", []))
         if question.get("multiple"):
-            if not isinstance(value, list) or not value or any(item not in options for item in value) or len(set(value)) != len(value):
-                raise ValueError(f"question {question['id']!r} takes a non-empty list of distinct options from {options}")
+            if (
+                not isinstance(value, list)
+                or not value
+                or any(item not in options for item in value)
+                or len(set(value)) != len(value)
+            ):
+                raise ValueError(
+                    f"question {question['id']!r} takes a non-empty list of distinct options from {options}"
+                )
             return [option for option in options if option in value]
         if value not in options:
             raise ValueError(f"question {question['id']!r} takes one of {options}")
@@ -396,8 +423,13 @@ def create_app(study_dir: str | Path, secure_cookies: bool = False, trusted_orig
             for logger in loggers:
                 logger.removeFilter(redactor)
 
-    app = FastAPI(title=study.definition.get("title", "Reader study"), docs_url=None, redoc_url=None, openapi_url=None,
-                  lifespan=lifespan)
+    app = FastAPI(
+        title=study.definition.get("title", "Reader study"),
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        lifespan=lifespan,
+    )
     app.state.study = study
     app.state.log_filter = redactor
 
@@ -416,7 +448,9 @@ def create_app(study_dir: str | Path, secure_cookies: bool = False, trusted_orig
             return secured(request, JSONResponse({"detail": refusal[1]}, status_code=refusal[0]))
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return secured(request, JSONResponse({"detail": f"request body larger than {MAX_BODY_BYTES} bytes"}, status_code=413))
+            return secured(
+                request, JSONResponse({"detail": f"request body larger than {MAX_BODY_BYTES} bytes"}, status_code=413)
+            )
         if request.method in ("POST", "PUT", "PATCH") and length is None:
             return secured(request, JSONResponse({"detail": "a Content-Length header is required"}, status_code=411))
         return secured(request, await call_next(request))
@@ -425,7 +459,9 @@ def create_app(study_dir: str | Path, secure_cookies: bool = False, trusted_orig
         header = request.headers.get("authorization", "")
         token = header[7:].strip() if header.lower().startswith("bearer ") else request.cookies.get(COOKIE)
         if not token:
-            raise HTTPException(401, "no access token: open your personal study link", headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(
+                401, "no access token: open your personal study link", headers={"WWW-Authenticate": "Bearer"}
+            )
         who = study.identify(token)
         if who is None:
             raise HTTPException(403, "unknown access token: check your personal study link")
@@ -471,9 +507,16 @@ def create_app(study_dir: str | Path, secure_cookies: bool = False, trusted_orig
         who = study.identify(token)
         if who is None:
             raise HTTPException(403, "unknown access token: check your personal study link")
-        response = JSONResponse({"reader_id": who.reader_id, "role": "admin" if who.is_admin else "reader",
-                                 "next": "/admin" if who.is_admin else "/read"})
-        response.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=secure_cookies, max_age=90 * 24 * 3600)
+        response = JSONResponse(
+            {
+                "reader_id": who.reader_id,
+                "role": "admin" if who.is_admin else "reader",
+                "next": "/admin" if who.is_admin else "/read",
+            }
+        )
+        response.set_cookie(
+            COOKIE, token, httponly=True, samesite="strict", secure=secure_cookies, max_age=90 * 24 * 3600
+        )
         return response
 
     @app.delete("/api/session")
@@ -532,11 +575,17 @@ def create_app(study_dir: str | Path, secure_cookies: bool = False, trusted_orig
         """The reader moves on to the explanation: recorded for good, the case's "before" answers are final from now on."""
         arm = study.arm_of(who, case_id)
         if study.choice_pending(who, case_id, arm):
-            raise HTTPException(403, "answer the real-or-generated question first: the case's images are shown after it")
+            raise HTTPException(
+                403, "answer the real-or-generated question first: the case's images are shown after it"
+            )
         shown_at = study.store.mark_explained(who.reader_id, case_id)
         visible = study.visible_assets(case_id, arm)
-        return {"case_id": case_id, "explained": True, "shown_at": shown_at,
-                **{key: visible[key] for key in ("frames", "scores", "saliency") if key in visible}}
+        return {
+            "case_id": case_id,
+            "explained": True,
+            "shown_at": shown_at,
+            **{key: visible[key] for key in ("frames", "scores", "saliency") if key in visible},
+        }
 
     @app.put("/api/answers/{case_id}/{question_id}")
     async def answer(case_id: str, question_id: str, request: Request, who: Identity = Depends(reader)) -> dict:
@@ -552,15 +601,29 @@ def create_app(study_dir: str | Path, secure_cookies: bool = False, trusted_orig
         except ValueError as error:
             raise HTTPException(422, str(error)) from None
         if question["type"] == "forced_choice":
-            given = [row["value"] for row in study.store.answers(who.reader_id, case_id) if row["question_id"] == question_id]
+            given = [
+                row["value"] for row in study.store.answers(who.reader_id, case_id) if row["question_id"] == question_id
+            ]
             if given and given[0] != value:
-                raise HTTPException(409, "the real-or-generated answer is final once given (the case's images have been shown since)")
+                raise HTTPException(
+                    409, "the real-or-generated answer is final once given (the case's images have been shown since)"
+                )
         try:
-            study.store.save(who.reader_id, case_id, question_id, arm, question.get("phase", "after"), value,
-                             final_once_explained=study.is_before(question))
+            study.store.save(
+                who.reader_id,
+                case_id,
+                question_id,
+                arm,
+                question.get("phase", "after"),
+                value,
+                final_once_explained=study.is_before(question),
+            )
         except AnswerFrozenError as error:
-            raise HTTPException(409, f"question {question_id!r} is answered before the explanation and is final once "
-                                     f"the explanation has been shown ({error})") from None
+            raise HTTPException(
+                409,
+                f"question {question_id!r} is answered before the explanation and is final once "
+                f"the explanation has been shown ({error})",
+            ) from None
         return {"case_id": case_id, "question_id": question_id, "value": value}
 
     @app.get("/api/readers/{reader_id}/answers")
@@ -580,8 +643,9 @@ def create_app(study_dir: str | Path, secure_cookies: bool = False, trusted_orig
             for row in study.store.answers(reader_id):
                 done[row["case_id"]] = done.get(row["case_id"], 0) + 1
             complete = sum(1 for case_id, arm in cases.items() if done.get(case_id, 0) >= questions.get(arm, 0))
-            readers.append({"reader_id": reader_id, "cases": len(cases), "complete": complete,
-                            "answers": sum(done.values())})
+            readers.append(
+                {"reader_id": reader_id, "cases": len(cases), "complete": complete, "answers": sum(done.values())}
+            )
         return {"title": study.definition.get("title", ""), "readers": readers}
 
     @app.get("/assets/{case_id}/{name}", include_in_schema=False)
@@ -595,7 +659,9 @@ def create_app(study_dir: str | Path, secure_cookies: bool = False, trusted_orig
         if "/" + relative not in urls:
             raise HTTPException(403, "this image is not shown in your arm of the study")
         if "/" + relative != allowed.get("forced_choice") and study.choice_pending(who, case_id, arm):
-            raise HTTPException(403, "answer the real-or-generated question first: the case's images are shown after it")
+            raise HTTPException(
+                403, "answer the real-or-generated question first: the case's images are shown after it"
+            )
         root = (study.folder / "assets").resolve()
         path = (study.folder / relative).resolve()
         if root not in path.parents or not path.is_file():
@@ -631,8 +697,10 @@ def default_base_url(host: str, port: int) -> str:
 def write_links(study_dir: str | Path, base_url: str) -> Path:
     """Write every personal link to ``STUDY_DIR/private/links.txt`` (readable by the owner only); return its path."""
     path = Path(study_dir) / "private" / "links.txt"
-    lines = ["# Personal links of the reader study: send each reader only their own; anyone with a link can answer",
-             "# as that reader. Written by `reader-study serve` (or print them with `reader-study links STUDY_DIR`)."]
+    lines = [
+        "# Personal links of the reader study: send each reader only their own; anyone with a link can answer",
+        "# as that reader. Written by `reader-study serve` (or print them with `reader-study links STUDY_DIR`).",
+    ]
     lines += [f"{who}\t{link}" for who, link in personal_links(study_dir, base_url).items()]
     temporary = path.with_name(".links.txt.tmp")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -643,8 +711,13 @@ def write_links(study_dir: str | Path, base_url: str) -> Path:
     return path
 
 
-def serve(study_dir: str | Path, host: str = "127.0.0.1", port: int = 8765, base_url: str | None = None,
-          secure_cookies: bool = False) -> None:
+def serve(
+    study_dir: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    base_url: str | None = None,
+    secure_cookies: bool = False,
+) -> None:
     """Serve the reading app until interrupted. The personal links go to ``private/links.txt``, never to the output.
 
     Nothing this prints or logs holds a token: the output of a server often ends up in a log file.
@@ -656,10 +729,14 @@ def serve(study_dir: str | Path, host: str = "127.0.0.1", port: int = 8765, base
     app = create_app(study_dir, secure_cookies=secure_cookies, trusted_origins=[base_url])
     links = write_links(study_dir, base_url)
     print(f"Reader study {app.title!r} from {Path(study_dir).resolve()}; answers in responses.sqlite there.")
-    print(f"Personal links (send each reader only their own): {links.resolve()}; "
-          f"or run `python -m monai_exaggeration reader-study links {study_dir}`.")
+    print(
+        f"Personal links (send each reader only their own): {links.resolve()}; "
+        f"or run `python -m monai_exaggeration reader-study links {study_dir}`."
+    )
     if host not in ("127.0.0.1", "localhost", "::1"):
-        print("Serving beyond this machine: put it behind HTTPS (a reverse proxy) so tokens are not sent in clear text"
-              + ("." if secure_cookies else ", and add --secure-cookies."))
+        print(
+            "Serving beyond this machine: put it behind HTTPS (a reverse proxy) so tokens are not sent in clear text"
+            + ("." if secure_cookies else ", and add --secure-cookies.")
+        )
     sys.stdout.flush()  # before uvicorn's log, also when stdout is a pipe
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -121,13 +121,27 @@ class ResponseStore:
         """WAL mode, the tables and the schema version."""
         with self._connect() as connection:
             storage.use_wal(connection, timeout=self.timeout)
-            storage.create_schema(connection, _SCHEMA, SCHEMA_VERSION, lambda found: ValueError(
-                f"response store {self.path} was written by a newer release (schema {found}) -- use that release"))
+            storage.create_schema(
+                connection,
+                _SCHEMA,
+                SCHEMA_VERSION,
+                lambda found: ValueError(
+                    f"response store {self.path} was written by a newer release (schema {found}) -- use that release"
+                ),
+            )
 
     # ------------------------------------------------------------------------------------- writing
 
-    def save(self, reader_id: str, case_id: str, question_id: str, arm: str, phase: str, value: Any,
-             final_once_explained: bool = False) -> str:
+    def save(
+        self,
+        reader_id: str,
+        case_id: str,
+        question_id: str,
+        arm: str,
+        phase: str,
+        value: Any,
+        final_once_explained: bool = False,
+    ) -> str:
         """Store (or replace) one answer and commit at once; return its ``answered_at`` time.
 
         ``value`` is any JSON value (number, text, boolean, list, mapping); NaN and infinities are refused.
@@ -152,12 +166,14 @@ class ResponseStore:
                 return answered_at
             connection.execute("BEGIN IMMEDIATE")  # the check and the write see the same database
             try:
-                shown = connection.execute("SELECT shown_at FROM explanations WHERE reader_id = ? AND case_id = ?",
-                                           (reader_id, case_id)).fetchone()
+                shown = connection.execute(
+                    "SELECT shown_at FROM explanations WHERE reader_id = ? AND case_id = ?", (reader_id, case_id)
+                ).fetchone()
                 if shown is not None:
                     stored = connection.execute(
                         "SELECT value, answered_at FROM responses WHERE reader_id = ? AND case_id = ? AND question_id = ?",
-                        (reader_id, case_id, question_id)).fetchone()
+                        (reader_id, case_id, question_id),
+                    ).fetchone()
                     if stored is None or stored[0] != encoded:
                         raise AnswerFrozenError(shown[0])
                     connection.execute("COMMIT")
@@ -176,10 +192,13 @@ class ResponseStore:
             if not isinstance(text, str) or not text:
                 raise ValueError(f"{name} must be a non-empty string, got {text!r}")
         with self._connect() as connection:
-            connection.execute("INSERT OR IGNORE INTO explanations (reader_id, case_id, shown_at) VALUES (?, ?, ?)",
-                               (reader_id, case_id, _now()))
-            return connection.execute("SELECT shown_at FROM explanations WHERE reader_id = ? AND case_id = ?",
-                                      (reader_id, case_id)).fetchone()[0]
+            connection.execute(
+                "INSERT OR IGNORE INTO explanations (reader_id, case_id, shown_at) VALUES (?, ?, ?)",
+                (reader_id, case_id, _now()),
+            )
+            return connection.execute(
+                "SELECT shown_at FROM explanations WHERE reader_id = ? AND case_id = ?", (reader_id, case_id)
+            ).fetchone()[0]
 
     # ------------------------------------------------------------------------------------- reading
 

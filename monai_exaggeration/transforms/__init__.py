@@ -1,5 +1,6 @@
 """Chest X-ray loading and normalisation transforms."""
 
+from monai_exaggeration.transforms.contrastive import two_view_preprocessing, view_augmentation
 from monai_exaggeration.transforms.cxr import (
     ASPECT_POLICIES,
     CropToSquared,
@@ -10,7 +11,6 @@ from monai_exaggeration.transforms.cxr import (
     to_model_range,
     to_unit_range,
 )
-from monai_exaggeration.transforms.contrastive import two_view_preprocessing, view_augmentation
 from monai_exaggeration.transforms.readers import DICOM_KEYWORDS, CXRImage, InputLimits, read_cxr
 
 __all__ = [

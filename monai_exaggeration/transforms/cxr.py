@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any, get_args, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch

@@ -39,7 +39,14 @@ from pydicom.uid import (
 from monai_exaggeration.errors import CXRInputError
 
 __all__ = [
-    "CXRImage", "DICOM_KEYWORDS", "InputLimits", "check_dicom_header", "read_cxr", "read_dicom", "read_raster", "read_nifti",
+    "CXRImage",
+    "DICOM_KEYWORDS",
+    "InputLimits",
+    "check_dicom_header",
+    "read_cxr",
+    "read_dicom",
+    "read_raster",
+    "read_nifti",
     "sniff_format",
 ]
 
@@ -103,7 +110,7 @@ class InputLimits:
     max_file_mb: float = 1024.0
 
     @classmethod
-    def for_sources(cls, **overrides: Any) -> "InputLimits":
+    def for_sources(cls, **overrides: Any) -> InputLimits:
         """Limits for images to explain or score: at least 64 x 64, aspect at most 3:1, at most 50 MP."""
         settings = {"min_size": 64, "max_aspect": 3.0}
         settings.update({key: value for key, value in overrides.items() if value is not None})
@@ -175,7 +182,11 @@ def _to_unit(values: np.ndarray, low: float, high: float, path: Path) -> np.ndar
     if not np.isfinite(low) or not np.isfinite(high) or high <= low:
         raise CXRInputError(path, "the image is blank (all pixels have the same value)", "check the export")
     # float32 in place: one array of the image's size (exact for integer values up to 2**24)
-    unit = np.asarray(values, dtype=np.float32).copy() if np.asarray(values).dtype == np.float32 else np.asarray(values).astype(np.float32)
+    unit = (
+        np.asarray(values, dtype=np.float32).copy()
+        if np.asarray(values).dtype == np.float32
+        else np.asarray(values).astype(np.float32)
+    )
     unit -= np.float32(low)
     unit *= np.float32(1.0 / (high - low))
     return np.clip(unit, 0.0, 1.0, out=unit)
@@ -195,8 +206,9 @@ def _grey(path: Path, rgb: np.ndarray, what: str) -> np.ndarray:
     if np.array_equal(red, green) and np.array_equal(red, blue):
         logger.debug("%s: %s image with equal channels, read as grey", path, what)
     else:
-        logger.info("%s: colour (%s) image converted to grey (ITU-R BT.601 luminance); its colours are not used",
-                    path, what)
+        logger.info(
+            "%s: colour (%s) image converted to grey (ITU-R BT.601 luminance); its colours are not used", path, what
+        )
     return _luminance(rgb)
 
 
@@ -219,7 +231,7 @@ _RASTER_EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "tiff": ".tif", "gif": ".gi
 def _nifti_version(header: bytes) -> int | None:
     """1 or 2 when ``header`` starts a single-file NIfTI (its ``sizeof_hdr`` and magic), else None."""
     for version, size, magic_at, magic in ((1, 348, 344, b"n+1\x00"), (2, 540, 4, b"n+2\x00")):
-        if len(header) >= size and header[magic_at:magic_at + 4] == magic:
+        if len(header) >= size and header[magic_at : magic_at + 4] == magic:
             if int.from_bytes(header[:4], "little") == size or int.from_bytes(header[:4], "big") == size:
                 return version
     return None
@@ -266,7 +278,9 @@ def read_cxr(path: str | os.PathLike, limits: InputLimits | None = None) -> CXRI
             except OSError as error:
                 if "loop" in str(error).lower() or getattr(error, "errno", None) == 40:
                     raise CXRInputError(path, "symbolic link loop", "point the link at the image file") from None
-            raise CXRInputError(path, "broken symbolic link (its target does not exist)", "point the link at the image file")
+            raise CXRInputError(
+                path, "broken symbolic link (its target does not exist)", "point the link at the image file"
+            )
         raise CXRInputError(path, "file not found", "check the path")
     if path.is_dir():
         raise CXRInputError(path, "is a folder, not an image file", "give one image file")
@@ -558,7 +572,9 @@ def read_raster(path: str | os.PathLike, limits: InputLimits | None = None) -> C
         try:
             image = np.asarray(iio.imread(path, extension=_RASTER_EXTENSIONS.get(kind)))
         except Exception as error:  # noqa: BLE001 - imageio raises plugin-specific errors
-            raise CXRInputError(path, f"not a readable image ({type(error).__name__})", "give a PNG/JPEG/DICOM") from None
+            raise CXRInputError(
+                path, f"not a readable image ({type(error).__name__})", "give a PNG/JPEG/DICOM"
+            ) from None
     if image.ndim == 3 and image.shape[-1] in (3, 4):
         values = _grey(path, image, "RGBA" if image.shape[-1] == 4 else "RGB")
     elif image.ndim == 3 and image.shape[-1] in (1, 2):
@@ -609,7 +625,7 @@ def read_nifti(path: str | os.PathLike, limits: InputLimits | None = None) -> CX
     kind = sniff_format(path)
     compressed = kind == "nifti.gz" or (kind is None and path.name.lower().endswith(".gz"))
     try:
-        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as stream:
+        with gzip.open(path, "rb") if compressed else open(path, "rb") as stream:
             image = _open_nifti(stream)
             shape = tuple(int(v) for v in image.shape)
             axes = [v for v in shape if v != 1]

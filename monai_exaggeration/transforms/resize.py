@@ -73,8 +73,14 @@ class AntiAliasedResized(Resized):
     :func:`anti_aliased_resize` when a 2-D image shrinks along both axes (otherwise MONAI's own)."""
 
     def __init__(self, keys, spatial_size, size_mode: str = "all", allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, spatial_size=spatial_size, size_mode=size_mode, mode="bilinear", anti_aliasing=False,
-                         allow_missing_keys=allow_missing_keys)
+        super().__init__(
+            keys,
+            spatial_size=spatial_size,
+            size_mode=size_mode,
+            mode="bilinear",
+            anti_aliasing=False,
+            allow_missing_keys=allow_missing_keys,
+        )
 
     def __call__(self, data: Mapping[Hashable, Any], lazy: bool | None = None) -> dict[Hashable, Any]:
         originals = {key: data[key] for key in self.key_iterator(data)}

@@ -17,9 +17,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import run_bundle
 from pydicom.data import get_testdata_file
 
-from conftest import run_bundle
 from inference.helpers import ONE_THREAD, inference_args, png_chest, shipped_runner, truncated_dicom
 from monai_exaggeration.bundle import load_bundle_classifier
 

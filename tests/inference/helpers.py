@@ -14,10 +14,10 @@ import pandas as pd
 import pydicom
 import pytest
 import torch
+from dicom_validation import dciodvfy_errors
 from monai.bundle import ConfigParser
 from PIL import Image
 
-from dicom_validation import dciodvfy_errors
 from monai_exaggeration.bundle import load_bundle_classifier
 from monai_exaggeration.inference import ExaggerationInference
 from monai_exaggeration.networks import ExaggerationGenerator
@@ -58,7 +58,9 @@ def tiny_generator(seed: int = 0) -> ExaggerationGenerator:
     randomised too: the frames then differ from bin to bin and from seed to seed.
     """
     torch.manual_seed(seed)
-    generator = ExaggerationGenerator(in_channels=1, num_bins=10, stem_channels=8, encoder_channels=[8, 16], image_size=64)
+    generator = ExaggerationGenerator(
+        in_channels=1, num_bins=10, stem_channels=8, encoder_channels=[8, 16], image_size=64
+    )
     with torch.no_grad():
         for name, parameter in generator.named_parameters():
             if name.endswith(("gamma.weight", "beta.weight")):
@@ -76,8 +78,17 @@ def parsed_inference(tmp_path: Path, **overrides) -> ConfigParser:
 
 def inference_args(output_dir: Path, *extra: str, run_id: str = "inference") -> list[str]:
     """``python -m monai.bundle`` arguments of the bundle's inference into ``output_dir`` (``run_id=""``: plain run)."""
-    return ["run", *([run_id] if run_id else []), "--config_file", INFERENCE, "--bundle_root", BUNDLE,
-            "--output_dir", str(output_dir), *extra]
+    return [
+        "run",
+        *([run_id] if run_id else []),
+        "--config_file",
+        INFERENCE,
+        "--bundle_root",
+        BUNDLE,
+        "--output_dir",
+        str(output_dir),
+        *extra,
+    ]
 
 
 class CountingWriter:
@@ -110,7 +121,9 @@ def png_chest(path: Path, shape: tuple[int, int] = PNG_SHAPE, seed: int = 0) -> 
     """A small synthetic 8-bit chest-like PNG (lungs dark, mediastinum/heart bright), rows x columns = shape."""
     rows, cols = shape
     y, x = np.mgrid[0:rows, 0:cols] / np.array([rows, cols])[:, None, None]
-    image = 0.75 - 0.35 * (np.exp(-((x - 0.3) ** 2 + (y - 0.45) ** 2) / 0.03) + np.exp(-((x - 0.7) ** 2 + (y - 0.45) ** 2) / 0.03))
+    image = 0.75 - 0.35 * (
+        np.exp(-((x - 0.3) ** 2 + (y - 0.45) ** 2) / 0.03) + np.exp(-((x - 0.7) ** 2 + (y - 0.45) ** 2) / 0.03)
+    )
     image += 0.25 * np.exp(-((x - 0.55) ** 2 / 0.02 + (y - 0.65) ** 2 / 0.03))  # heart
     image += np.random.default_rng(seed).normal(0, 0.02, image.shape)
     path.parent.mkdir(parents=True, exist_ok=True)

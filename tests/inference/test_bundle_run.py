@@ -13,11 +13,11 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+from conftest import run_bundle
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 from PIL import Image
 
-from conftest import run_bundle
 from inference.helpers import (
     BUNDLE,
     EVALUATE,
@@ -35,8 +35,6 @@ from inference.helpers import (
 )
 from monai_exaggeration.data.streaming import LoadFailure
 from monai_exaggeration.inference import ERROR_COLUMNS, FRAME_COLUMNS, SOURCE_COLUMNS, SeriesResult
-
-
 
 # ----------------------------------------------------------------------------------- the default run
 
@@ -76,8 +74,20 @@ def test_default_run_prints_the_summary_with_the_paths(default_run) -> None:
 def test_bundle_plain_run_with_options(tmp_path: Path, rg1_uncr: Path) -> None:
     """Plain ``run`` (no run id), 5 frames at model resolution, 16 bit, no quick-looks."""
     out = tmp_path / "out"
-    args = inference_args(out, "--input", str(rg1_uncr), "--num_frames", "5", "--resolution", "model", "--bits", "16",
-                          "--quicklook", "false", run_id="")
+    args = inference_args(
+        out,
+        "--input",
+        str(rg1_uncr),
+        "--num_frames",
+        "5",
+        "--resolution",
+        "model",
+        "--bits",
+        "16",
+        "--quicklook",
+        "false",
+        run_id="",
+    )
     result = run_bundle(args, env=ONE_THREAD)
     assert result.returncode == 0, result.stderr[-3000:]
     frames = read_frames(out)
@@ -140,10 +150,17 @@ def test_missing_explainer_weights_exit_2_naming_the_file(tmp_path: Path, caplog
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize(("setting", "message"), [({"bits": 12}, "bits must be 8 or 16"),
-                                                   ({"resolution": "full"}, "resolution must be one of"),
-                                                   ({"num_frames": 50}, "num_frames must be an integer from 2 to 10")])
-def test_bad_settings_exit_2_with_a_message(tmp_path: Path, caplog: pytest.LogCaptureFixture, setting: dict, message: str) -> None:
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"bits": 12}, "bits must be 8 or 16"),
+        ({"resolution": "full"}, "resolution must be one of"),
+        ({"num_frames": 50}, "num_frames must be an integer from 2 to 10"),
+    ],
+)
+def test_bad_settings_exit_2_with_a_message(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, setting: dict, message: str
+) -> None:
     parser = parsed_inference(tmp_path, **setting)
     with pytest.raises(SystemExit) as exit_info:
         parser.get_parsed_content("inference")
@@ -157,8 +174,14 @@ def test_bad_settings_exit_2_with_a_message(tmp_path: Path, caplog: pytest.LogCa
 @pytest.mark.parametrize("configs", [[INFERENCE], [INFERENCE, EVALUATE]], ids=["inference", "inference+evaluate"])
 def test_bundle_has_the_properties_of_an_inference_workflow(tmp_path: Path, configs: list[str]) -> None:
     """MONAI's ``infer`` workflow properties (bundle_root, device, dataset_dir, inferer, ...) are all defined."""
-    workflow = ConfigWorkflow(config_file=configs, workflow_type="infer", meta_file=METADATA, bundle_root=BUNDLE,
-                              dataset_dir=str(tmp_path), logging_file=False)
+    workflow = ConfigWorkflow(
+        config_file=configs,
+        workflow_type="infer",
+        meta_file=METADATA,
+        bundle_root=BUNDLE,
+        dataset_dir=str(tmp_path),
+        logging_file=False,
+    )
     workflow.initialize()
     assert workflow.check_properties() == []
 
@@ -230,4 +253,5 @@ def test_val_handlers_see_every_iteration_output(tmp_path: Path, runner_factory)
     frames = pd.read_csv(tmp_path / "out" / "frames.csv")
     assert sorted({Path(p).name for p in frames["source"]}) == ["a.png", "c.png"]
     assert [outcomes[i][1].source_score for i in (0, 2)] == pytest.approx(
-        read_sources(tmp_path / "out").sort_values("source")["source_score"].tolist(), abs=1e-4)
+        read_sources(tmp_path / "out").sort_values("source")["source_score"].tolist(), abs=1e-4
+    )

@@ -56,9 +56,12 @@ def test_known_change_is_written_at_full_resolution_on_a_real_cr(
         return images[:, None] + offsets  # (B, N, C, S, S)
 
     monkeypatch.setattr(exaggeration_method_module, "generate_series", known_series)
-    generator = ExaggerationGenerator(in_channels=1, num_bins=10, stem_channels=8, encoder_channels=[8, 8], image_size=64)
-    runner = ExaggerationInference(generator, classifier, num_bins=10, num_frames=3, quicklook=False, device="cpu",
-                                   calibrate=False)  # the raw change, to compare with the known one
+    generator = ExaggerationGenerator(
+        in_channels=1, num_bins=10, stem_channels=8, encoder_channels=[8, 8], image_size=64
+    )
+    runner = ExaggerationInference(
+        generator, classifier, num_bins=10, num_frames=3, quicklook=False, device="cpu", calibrate=False
+    )  # the raw change, to compare with the known one
     summary = runner.run(rg1_uncr, tmp_path / "out")
     assert summary.exit_code == 0 and summary.num_files == 3
 
@@ -75,7 +78,13 @@ def test_known_change_is_written_at_full_resolution_on_a_real_cr(
 
 
 def test_bad_settings_are_rejected(runner_factory) -> None:
-    for bad in [dict(bits=12), dict(resolution="full"), dict(aspect="fit"), dict(norm="batch"), dict(quicklook="maybe")]:
+    for bad in [
+        dict(bits=12),
+        dict(resolution="full"),
+        dict(aspect="fit"),
+        dict(norm="batch"),
+        dict(quicklook="maybe"),
+    ]:
         with pytest.raises(ValueError):
             runner_factory(**bad)
     assert runner_factory(quicklook="false").quicklook is False
@@ -105,8 +114,9 @@ def test_in_memory_generator_weights_enter_the_model_version(tmp_path: Path, cla
     png = png_chest(tmp_path / "chest.png")
     outs = []
     for seed in (1, 2):
-        runner = ExaggerationInference(tiny_generator(seed), classifier, num_bins=10, num_frames=2, quicklook=False,
-                                       device="cpu")
+        runner = ExaggerationInference(
+            tiny_generator(seed), classifier, num_bins=10, num_frames=2, quicklook=False, device="cpu"
+        )
         runner.run(png, tmp_path / f"out{seed}")
         outs.append(read_frames(tmp_path / f"out{seed}"))
     pixels = [pydicom.dcmread(frame["output_file"][1]).pixel_array for frame in outs]
@@ -114,7 +124,9 @@ def test_in_memory_generator_weights_enter_the_model_version(tmp_path: Path, cla
     assert outs[0]["model_version"][0] != outs[1]["model_version"][0]
     assert set(outs[0]["sop_instance_uid"]).isdisjoint(outs[1]["sop_instance_uid"])
     # the same generator again gives the same version
-    again = ExaggerationInference(tiny_generator(1), classifier, num_bins=10, num_frames=2, quicklook=False, device="cpu")
+    again = ExaggerationInference(
+        tiny_generator(1), classifier, num_bins=10, num_frames=2, quicklook=False, device="cpu"
+    )
     assert again.prepare().model_version == outs[0]["model_version"][0]
 
 

@@ -7,7 +7,6 @@ inverse of the preprocessing, so the source's own detail survives wherever nothi
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
@@ -22,7 +21,9 @@ SIZE = 64
 
 def unit_image(pixels: np.ndarray) -> MetaTensor:
     """A loaded [0, 1] image (1, rows, columns) as LoadCXR returns it (identity affine)."""
-    return MetaTensor(torch.from_numpy(np.asarray(pixels, dtype=np.float32))[None], affine=torch.eye(3, dtype=torch.float64))
+    return MetaTensor(
+        torch.from_numpy(np.asarray(pixels, dtype=np.float32))[None], affine=torch.eye(3, dtype=torch.float64)
+    )
 
 
 def model_view(pixels: np.ndarray, aspect: str, size: int = SIZE) -> tuple[MetaTensor, object]:
@@ -135,8 +136,9 @@ def test_change_is_clipped_to_the_display_range() -> None:
     source = np.full((ROWS, COLS), 0.9, dtype=np.float32)
     reference, preprocessing = model_view(source, "pad")
     reconstruction = torch.zeros(SIZE, SIZE)
-    out = full_resolution_frames(source, torch.stack([reconstruction + 1.0, reconstruction - 2.0]), reconstruction,
-                                 reference, preprocessing)
+    out = full_resolution_frames(
+        source, torch.stack([reconstruction + 1.0, reconstruction - 2.0]), reconstruction, reference, preprocessing
+    )
     assert np.all(out[0] == 1.0) and np.allclose(out[1], 0.0)
 
 
@@ -166,5 +168,10 @@ def test_mismatched_maps_are_rejected() -> None:
     restored = to_source_grid(torch.ones(2, SIZE, SIZE), reference, preprocessing)
     assert restored.shape == (2, ROWS, COLS)
     with pytest.raises(ValueError, match="the source is"):
-        full_resolution_frames(np.zeros((COLS, ROWS), np.float32), torch.zeros(1, SIZE, SIZE), torch.zeros(SIZE, SIZE),
-                               reference, preprocessing)
+        full_resolution_frames(
+            np.zeros((COLS, ROWS), np.float32),
+            torch.zeros(1, SIZE, SIZE),
+            torch.zeros(SIZE, SIZE),
+            reference,
+            preprocessing,
+        )

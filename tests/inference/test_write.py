@@ -77,7 +77,9 @@ def test_default_run_dicom_tags_match_source_and_frame_log(default_run, rg1_uncr
         assert ds.SeriesInstanceUID != source.SeriesInstanceUID  # a new series in the source's study
         assert list(ds.ImageType) == ["DERIVED", "SECONDARY"]
         assert len(ds.SourceImageSequence) == 1
-        assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID == row.source_sop_instance_uid
+        assert (
+            ds.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID == row.source_sop_instance_uid
+        )
         assert "cardiomegaly" in ds.SeriesDescription.lower() and "not for diagnosis" in ds.SeriesDescription.lower()
         assert ds.InstanceNumber == row.step + 1
         assert (ds.Rows, ds.Columns) == (source.Rows, source.Columns) == (1955, 1841)  # full resolution by default
@@ -202,7 +204,10 @@ def test_rerun_into_the_same_folder_replaces_the_series(png_runs, runner_factory
     after = all_files(out / "dicom")
     assert sorted(after) == sorted(before)  # no duplicates, same names
     for path in after:
-        assert pydicom.dcmread(path).pixel_array.tobytes() == pydicom.dcmread(io.BytesIO(before[path])).pixel_array.tobytes()
+        assert (
+            pydicom.dcmread(path).pixel_array.tobytes()
+            == pydicom.dcmread(io.BytesIO(before[path])).pixel_array.tobytes()
+        )
     assert len(read_frames(out)) == 10
 
 
@@ -249,18 +254,32 @@ def test_sixteen_bit_frames_have_full_range_window(png_runs) -> None:
     assert_dciodvfy_clean([Path(p) for p in sixteen["output_file"]])
 
 
-@pytest.mark.parametrize(("resolution", "aspect", "spacing"), [("source", "pad", (0.2, 0.2)),
-                                                               ("model", "pad", (0.625, 0.625)),
-                                                               ("model", "crop", (0.375, 0.375)),
-                                                               ("model", "stretch", (0.625, 0.375))])
-def test_pixel_spacing_matches_the_written_matrix(tmp_path: Path, rg1_uncr: Path, classifier, resolution, aspect,
-                                                  spacing) -> None:
+@pytest.mark.parametrize(
+    ("resolution", "aspect", "spacing"),
+    [
+        ("source", "pad", (0.2, 0.2)),
+        ("model", "pad", (0.625, 0.625)),
+        ("model", "crop", (0.375, 0.375)),
+        ("model", "stretch", (0.625, 0.375)),
+    ],
+)
+def test_pixel_spacing_matches_the_written_matrix(
+    tmp_path: Path, rg1_uncr: Path, classifier, resolution, aspect, spacing
+) -> None:
     """A 200 x 120 source with 0.2 mm pixels: at model resolution a 64 x 64 frame shows the padded 200 x 200
     square (pad: 200/64 x 0.2 mm per pixel both ways) or the centred 120 x 120 square (crop), so its pixels
     stay square; only stretch squeezes rows and columns apart. (2 %: pad rounds the resized short side.)"""
     source = small_dx(tmp_path / "dx.dcm", rg1_uncr)
-    runner = ExaggerationInference(tiny_generator(), classifier, num_bins=10, num_frames=2, resolution=resolution,
-                                   aspect=aspect, quicklook=False, device="cpu")
+    runner = ExaggerationInference(
+        tiny_generator(),
+        classifier,
+        num_bins=10,
+        num_frames=2,
+        resolution=resolution,
+        aspect=aspect,
+        quicklook=False,
+        device="cpu",
+    )
     assert runner.run(source, tmp_path / "out").exit_code == 0
     ds = pydicom.dcmread(read_frames(tmp_path / "out")["output_file"][0], stop_before_pixels=True)
     assert (ds.Rows, ds.Columns) == ((200, 120) if resolution == "source" else (64, 64))
@@ -318,7 +337,9 @@ def test_empty_folder_is_an_input_error(tmp_path: Path, classifier) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def test_failed_quicklook_rolls_back_that_source_only(tmp_path: Path, classifier, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_quicklook_rolls_back_that_source_only(
+    tmp_path: Path, classifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from monai_exaggeration.inference import quicklook
 
     original = quicklook.write_montage
@@ -333,7 +354,9 @@ def test_failed_quicklook_rolls_back_that_source_only(tmp_path: Path, classifier
     png_chest(inbox / "broken.png", seed=1)
     png_chest(inbox / "fine.png", seed=2)
     out = tmp_path / "out"
-    runner = ExaggerationInference(tiny_generator(), classifier, num_bins=10, num_frames=3, quicklook=True, device="cpu")
+    runner = ExaggerationInference(
+        tiny_generator(), classifier, num_bins=10, num_frames=3, quicklook=True, device="cpu"
+    )
 
     summary = runner.run(inbox, out)
 
@@ -363,8 +386,9 @@ def test_failed_quicklook_rolls_back_that_source_only(tmp_path: Path, classifier
 
 
 @pytest.mark.parametrize("writer", ["dicom", "quicklook"])
-def test_failure_inside_a_write_leaves_no_temporary(tmp_path: Path, rg1_uncr: Path, monkeypatch: pytest.MonkeyPatch,
-                                                    runner_factory, writer: str) -> None:
+def test_failure_inside_a_write_leaves_no_temporary(
+    tmp_path: Path, rg1_uncr: Path, monkeypatch: pytest.MonkeyPatch, runner_factory, writer: str
+) -> None:
     """Disk full half-way through a file: its temporary is removed and the source's files are rolled back.
 
     The failure happens inside :func:`~monai_exaggeration.utils.atomic_write` (after bytes reached the

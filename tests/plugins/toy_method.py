@@ -53,6 +53,8 @@ class ToyBrightness:
         offsets = torch.tensor([[self.step * (b - s) for b in bins] for s in source_bins])  # (B, K)
         frames = (inputs[:, :1].cpu() + offsets[:, :, None, None]).clamp(-1, 1)  # (B, K, S, S)
         return MethodSeries(
-            generated=frames, reconstruction=inputs[:, 0].cpu(), frames=frames,
+            generated=frames,
+            reconstruction=inputs[:, 0].cpu(),
+            frames=frames,
             details=[{"offsets": row.tolist()} for row in offsets],
         )
