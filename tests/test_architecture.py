@@ -15,6 +15,7 @@ LAYERS = {
     "plotting": 0,
     "retry": 0,
     "storage": 0,
+    "findings": 0,
     "__init__": 0,
     "config_models": 1,
     "transforms": 1,
