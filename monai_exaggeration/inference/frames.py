@@ -19,13 +19,22 @@ from typing import Literal, get_args
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.data import MetaTensor
-from monai.networks.blocks import Warp
 from monai.transforms import Compose
 
 from monai_exaggeration.binning import check_num_bins
+from monai_exaggeration.transforms.cxr import model_region, model_scale
 
-__all__ = ["Resolution", "RESOLUTIONS", "select_bins", "to_source_grid", "full_resolution_frames", "warped_frame"]
+__all__ = [
+    "RESOLUTIONS",
+    "Resolution",
+    "full_resolution_frames",
+    "select_bins",
+    "source_field",
+    "to_source_grid",
+    "warped_frame",
+]
 
 #: ``source``: frames on the source's pixel matrix; ``model``: the generator's frames as they are.
 Resolution = Literal["source", "model"]
@@ -94,34 +103,65 @@ def full_resolution_frames(
     return np.clip(result, 0.0, 1.0, out=result)
 
 
+def source_field(maps: torch.Tensor, shape: tuple[int, int], aspect: str, rows: slice) -> torch.Tensor:
+    """Model-grid ``maps`` (C, S, S) interpolated (bilinear, edges held) at the pixels of source ``rows`` of a
+    source of ``shape``, as the inverse preprocessing carries them (:func:`to_source_grid`), without
+    building the whole source grid: (C, len(rows), columns). Pixels that the ``crop`` policy cut away get 0."""
+    size = maps.shape[-1]
+    (start_r, start_c), (extent_r, extent_c), (model_r, model_c), (content_r, content_c) = model_region(
+        shape, size, aspect
+    )
+    content = maps[None, :, model_r : model_r + content_r, model_c : model_c + content_c].float()
+    first, last, _ = rows.indices(shape[0])
+    source_rows = torch.arange(first, last, dtype=torch.float32)
+    source_columns = torch.arange(shape[1], dtype=torch.float32)
+    # centre of source pixel p in the region -> model pixel (p + 0.5) * content / extent - 0.5; normalised
+    # for grid_sample (align_corners=False): (2 m + 1) / content - 1 = 2 (p + 0.5) / extent - 1
+    y = 2.0 * (source_rows - start_r + 0.5) / extent_r - 1.0
+    x = 2.0 * (source_columns - start_c + 0.5) / extent_c - 1.0
+    grid = torch.stack(torch.meshgrid(y, x, indexing="ij")[::-1], dim=-1)[None]  # (1, h, W, 2) as (x, y)
+    values = F.grid_sample(content, grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
+    if aspect == "crop":  # outside the kept square: nothing was carried there
+        inside = ((source_rows >= start_r) & (source_rows < start_r + extent_r))[:, None] & (
+            (source_columns >= start_c) & (source_columns < start_c + extent_c)
+        )[None, :]
+        values = values * inside
+    return values
+
+
 def warped_frame(
     source: np.ndarray,
     displacement: torch.Tensor,
     intensity: torch.Tensor | None,
-    reference: MetaTensor,
-    preprocessing: Compose,
-    scale: tuple[float, float],
+    aspect: str,
+    strip_rows: int = 512,
 ) -> np.ndarray:
     """One frame of a deformation explainer at source resolution, (rows, columns) float32 in [0, 1].
 
-    ``source`` (rows, columns) in [0, 1]; ``displacement`` (2, S, S) in model pixels (rows,
-    columns); ``intensity`` (S, S) in the model range or None; ``scale``: model pixels per source
-    pixel along rows and columns (:func:`~monai_exaggeration.transforms.cxr.model_scale`). The
-    displacement is interpolated onto the source grid through the inverse preprocessing, divided by
-    ``scale`` and applied to the full-resolution pixels with MONAI's ``Warp`` (bilinear, border).
+    ``source`` (rows, columns) in [0, 1]; ``displacement`` (2, S, S) in model pixels (rows, columns);
+    ``intensity`` (S, S) in the model range or None; ``aspect`` the preprocessing's policy. The
+    displacement is interpolated onto the source grid as the inverse preprocessing would carry it,
+    rescaled to source pixels, and the full-resolution pixels are resampled as MONAI's ``Warp`` does
+    (bilinear, border; pixel coordinates normalised with ``align_corners=True``), ``strip_rows`` output
+    rows at a time so that memory stays bounded on a very large film. The intensity term is added in
+    display units.
     """
     if not displacement.any() and (intensity is None or not intensity.any()):
         return np.array(source, dtype=np.float32)  # no change (the source's own bin): the source, bit for bit
+    shape = tuple(source.shape)
+    scale = model_scale(shape, displacement.shape[-1], aspect)
     maps = displacement if intensity is None else torch.cat([displacement, intensity[None]])
-    carried = to_source_grid(maps, reference, preprocessing)  # (2 or 3, rows, columns)
-    if tuple(carried.shape[1:]) != tuple(source.shape):
-        raise ValueError(f"inverse preprocessing gave {tuple(carried.shape[1:])}, the source is {source.shape}")
-    ddf = carried[None, :2]
-    ddf[:, 0] /= float(scale[0])
-    ddf[:, 1] /= float(scale[1])
     image = torch.from_numpy(np.ascontiguousarray(source, dtype=np.float32))[None, None]
-    frame = Warp(mode="bilinear", padding_mode="border")(image, ddf)[0, 0]
-    del ddf
-    if intensity is not None:
-        frame += carried[2] / 2.0  # model range -> display units
-    return frame.clamp_(0.0, 1.0).numpy()
+    frame = np.empty(shape, dtype=np.float32)
+    columns = torch.arange(shape[1], dtype=torch.float32)
+    for first in range(0, shape[0], strip_rows):
+        rows = slice(first, min(shape[0], first + strip_rows))
+        field = source_field(maps, shape, aspect, rows)  # (2 or 3, h, W)
+        y = torch.arange(rows.start, rows.stop, dtype=torch.float32)[:, None] + field[0] / scale[0]
+        x = columns[None, :] + field[1] / scale[1]
+        grid = torch.stack([x * 2.0 / max(shape[1] - 1, 1) - 1.0, y * 2.0 / max(shape[0] - 1, 1) - 1.0], dim=-1)[None]
+        strip = F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=True)[0, 0]
+        if intensity is not None:
+            strip = strip + field[2] / 2.0  # model range -> display units
+        frame[rows] = strip.clamp_(0.0, 1.0).numpy()
+    return frame

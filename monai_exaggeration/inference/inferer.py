@@ -445,9 +445,7 @@ class SeriesInferer:
         """One frame on the source grid (float32 in [0, 1]): the source warped by ``maps["displacement"]``
         (deformation explainer), else the source plus the change ``maps["generated"] - reconstruction``."""
         if maps.get("displacement") is not None:
-            return warped_frame(
-                source[0].numpy(), maps["displacement"], maps.get("intensity"), model_input, self.preprocessing, scale
-            )
+            return warped_frame(source[0].numpy(), maps["displacement"], maps.get("intensity"), self.aspect)
         return full_resolution_frames(
             source[0].numpy(), maps["generated"][None], reconstruction, model_input, self.preprocessing
         )[0]

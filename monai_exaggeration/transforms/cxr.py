@@ -46,6 +46,7 @@ __all__ = [
     "cxr_preprocessing",
     "load_cxr",
     "model_input",
+    "model_region",
     "model_scale",
     "to_unit_range",
     "to_model_range",
@@ -167,6 +168,25 @@ def _model_size(shape: tuple[int, int], spatial_size: int, aspect: str) -> tuple
         scale = spatial_size / max(shape)
         return int(round(shape[0] * scale)), int(round(shape[1] * scale))
     return spatial_size, spatial_size
+
+
+def model_region(
+    shape: tuple[int, int], spatial_size: int, aspect: str
+) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """Where a source of ``shape`` (rows, columns) sits on the model grid, as the preprocessing places it:
+    ``(source start, source extent, model start, model extent)``, each (rows, columns). The source region
+    ``start .. start + extent`` (all of it, or the centred square that ``crop`` keeps) is resized onto the
+    model region ``model start .. model start + model extent`` (all of the grid, or the part that ``pad``
+    does not pad)."""
+    if aspect not in ASPECT_POLICIES:
+        raise ValueError(f"aspect must be one of {ASPECT_POLICIES}, got {aspect!r}")
+    rows, columns = (int(v) for v in shape)
+    if aspect == "crop":  # MONAI's CenterSpatialCrop: start = centre - half of the kept side
+        side = min(rows, columns)
+        return (rows // 2 - side // 2, columns // 2 - side // 2), (side, side), (0, 0), (spatial_size, spatial_size)
+    resized = _model_size((rows, columns), spatial_size, aspect)
+    before = ((spatial_size - resized[0]) // 2, (spatial_size - resized[1]) // 2)  # SpatialPad, symmetric
+    return (0, 0), (rows, columns), before, resized
 
 
 def model_scale(shape: tuple[int, int], spatial_size: int, aspect: str) -> tuple[float, float]:
