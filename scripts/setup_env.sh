@@ -23,7 +23,7 @@ want="$(printf '%s' "$want" | cksum | cut -d' ' -f1)"
 ready() {
   [ "$(cat "$venv/.installed" 2>/dev/null)" = "$want" ] && python - <<'PY'
 import importlib.util, sys
-need = ("monai_exaggeration", "torch", "monai", "pytest", "data_store", "highdicom", "pynetdicom")
+need = ("monai_exaggeration", "torch", "monai", "pytest", "pytest_timeout", "data_store", "highdicom", "pynetdicom")
 sys.exit(0 if all(importlib.util.find_spec(name) for name in need) else 1)
 PY
 }
