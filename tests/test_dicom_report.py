@@ -20,6 +20,7 @@ import pytest
 from conftest import REPO_ROOT
 from dicom_validation import dciodvfy_report
 
+from monai_exaggeration import __version__
 from monai_exaggeration.bundle import load_bundle_classifier, load_bundle_segmenter
 from monai_exaggeration.dicom.presentation import (
     CAPTION_NOTE,
@@ -31,6 +32,7 @@ from monai_exaggeration.dicom.presentation import (
     write_presentation_state,
 )
 from monai_exaggeration.dicom.report import build_report, read_report, write_report
+from monai_exaggeration.dicom.secondary_capture import device_uid
 from monai_exaggeration.inference import ExaggerationInference
 from monai_exaggeration.node.reporter import frame_ctr
 
@@ -77,6 +79,87 @@ def _captions(rows: pd.DataFrame) -> list[str]:
     ]
 
 
+def _codes(item) -> tuple[str, str]:
+    code = item.ConceptNameCodeSequence[0]
+    return str(code.CodeValue), str(code.CodingSchemeDesignator)
+
+
+def _value_code(item) -> tuple[str, str]:
+    code = item.ConceptCodeSequence[0]
+    return str(code.CodeValue), str(code.CodingSchemeDesignator)
+
+
+def _check_ohif_conventions(report: pydicom.Dataset, num_frames: int, with_source: bool) -> None:
+    """What OHIF v3 needs of a TID 1500 report (root 126000, an Image Library Group, tracking identifier
+    and UID in every group), the standard codes of issue 28, and the IHE AI Results equipment item."""
+    assert _codes(report) == ("126000", "DCM")  # Imaging Measurement Report
+    by_code = {_codes(item): item for item in report.ContentSequence}
+    library = by_code[("111028", "DCM")]  # Image Library
+    library_groups = [item for item in library.ContentSequence if _codes(item) == ("126200", "DCM")]
+    assert library_groups and all(item.ValueType == "CONTAINER" for item in library_groups)
+    listed = [
+        entry.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        for group in library_groups
+        for entry in group.ContentSequence
+        if entry.ValueType == "IMAGE"
+    ]
+    assert len(listed) == num_frames + (1 if with_source else 0)  # every frame (and the source) in the library
+    measurements = by_code[("126010", "DCM")]  # Imaging Measurements
+    groups = [item for item in measurements.ContentSequence if _codes(item) == ("125007", "DCM")]
+    assert len(groups) == num_frames
+    tracking_uids = set()
+    for group in groups:
+        items = {_codes(item): item for item in group.ContentSequence}
+        assert items[("112039", "DCM")].TextValue.startswith("Frame ")  # Tracking Identifier
+        tracking_uids.add(items[("112040", "DCM")].UID)  # Tracking Unique Identifier
+        assert _value_code(items[("121071", "DCM")]) == ("287272002", "SCT")  # Finding: Cardiomegaly
+        assert _value_code(items[("363698007", "SCT")]) == ("80891009", "SCT")  # Finding Site: Heart
+        assert items[("111001", "DCM")].TextValue and items[("111003", "DCM")].TextValue  # Algorithm Name/Version
+        numbers = [item for item in group.ContentSequence if item.ValueType == "NUM"]
+        assert _codes(numbers[0]) == ("122157", "DCM")  # Probability
+        assert numbers[0].MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue == "1"
+        assert [_codes(item) for item in numbers[1:]] in (
+            [("TARGET", "99EXAG"), ("CTR", "99EXAG")],
+            [("TARGET", "99EXAG")],
+        )  # the two local codes: target bin centre and radiographic CTR
+        if len(numbers) == 3:
+            assert numbers[2].MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue == "{ratio}"
+    assert len(tracking_uids) == num_frames
+    # the local scheme is declared; standard concepts never use it
+    assert [item.CodingSchemeDesignator for item in report.CodingSchemeIdentificationSequence] == ["99EXAG"]
+    local = _local_concepts(report)
+    assert local <= {"TARGET", "CTR"}, local
+    _check_processing_equipment(report)
+
+
+def _local_concepts(dataset: pydicom.Dataset) -> set[str]:
+    """Code values of every code item in the local scheme ``99EXAG``, anywhere in ``dataset``."""
+    found = set()
+    if dataset.get("CodingSchemeDesignator") == "99EXAG" and "CodeValue" in dataset:
+        found.add(str(dataset.CodeValue))
+    for element in dataset:
+        if element.VR == "SQ":
+            for item in element.value:
+                found |= _local_concepts(item)
+    return found
+
+
+def _check_processing_equipment(instance: pydicom.Dataset) -> None:
+    """IHE AI Results: this software in ContributingEquipmentSequence as Processing Equipment (109102)."""
+    ours = [
+        item
+        for item in instance.ContributingEquipmentSequence
+        if item.Manufacturer == "monai_exaggeration" and item.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
+    ]
+    assert len(ours) == 1, instance.ContributingEquipmentSequence
+    (item,) = ours
+    assert item.PurposeOfReferenceCodeSequence[0].CodingSchemeDesignator == "DCM"
+    assert item.ManufacturerModelName == "progressive exaggeration explainer"
+    assert f"monai_exaggeration {__version__}" in list(item.SoftwareVersions)
+    model_version = list(item.SoftwareVersions)[1]
+    assert item.DeviceUID == device_uid("monai_exaggeration", model_version)
+
+
 def test_presentation_state_captions_every_frame_with_its_score(series: pd.DataFrame, tmp_path: Path) -> None:
     before = {path: _sha256(path) for path in series["output_file"]}
     path = write_presentation_state(series, tmp_path, "cardiomegaly")
@@ -98,6 +181,7 @@ def test_presentation_state_captions_every_frame_with_its_score(series: pd.DataF
         assert annotation.GraphicLayer == state.GraphicLayerSequence[0].GraphicLayer
     assert "research use" in state.SeriesDescription and "not for diagnosis" in state.ContentDescription
     assert "PixelData" not in state
+    _check_processing_equipment(state)
     assert {path: _sha256(path) for path in series["output_file"]} == before  # the frames are not touched
     again = pydicom.dcmread(write_presentation_state(series, tmp_path / "again", "cardiomegaly"))
     assert again.SOPInstanceUID == state.SOPInstanceUID and again.SeriesInstanceUID == state.SeriesInstanceUID
@@ -144,10 +228,11 @@ def test_report_follows_tid1500_and_its_scores_equal_frames_csv(
     group = document.content.get_image_measurement_groups()[0]
     assert group.finding_type.value == "287272002"  # SNOMED CT Cardiomegaly
     assert [m.name.meaning for m in group.get_measurements()] == [
-        "Classifier score",
+        "Probability",
         "Target bin centre",
         "Cardiothoracic ratio",
     ]
+    _check_ohif_conventions(report, len(series), with_source=True)
     again = pydicom.dcmread(write_report(series, tmp_path / "again", "cardiomegaly", rg1_uncr, ctr))
     assert again.SOPInstanceUID == report.SOPInstanceUID
 
@@ -157,6 +242,7 @@ def test_report_leaves_out_missing_ctr_and_checks_its_inputs(series: pd.DataFram
     ctr = [0.5] * len(series)
     ctr[3] = math.nan
     build_report(images, series, "cardiomegaly", None, ctr).save_as(tmp_path / "sr.dcm", enforce_file_format=True)
+    _check_ohif_conventions(pydicom.dcmread(tmp_path / "sr.dcm"), len(series), with_source=False)
     groups = read_report(tmp_path / "sr.dcm")
     assert [group["ctr"] for group in groups] == [0.5, 0.5, 0.5, None, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]
     assert {group["source_sop_instance_uid"] for group in groups} == {""}  # no source given: the frame only
@@ -178,6 +264,11 @@ def test_burned_in_copy_has_new_uids_and_says_yes(series16: pd.DataFrame, tmp_pa
         assert copy.BurnedInAnnotation == "YES"
         assert copy.SOPInstanceUID != image.SOPInstanceUID
         assert copy.SourceImageSequence[0].ReferencedSOPInstanceUID == image.SOPInstanceUID
+        assert copy.SourceImageSequence[0].PurposeOfReferenceCodeSequence[0].CodeValue == "121322"
+        purposes = [item.PurposeOfReferenceCodeSequence[0].CodeValue for item in copy.ContributingEquipmentSequence]
+        assert "109100" in purposes  # the plain frame's synthesizing equipment is kept
+        assert copy.DerivationCodeSequence == image.DerivationCodeSequence
+        _check_processing_equipment(copy)  # ... and the caption burning added
         assert copy.StudyInstanceUID == image.StudyInstanceUID and copy.PatientID == image.PatientID
         assert copy.Modality == image.Modality and copy.BitsAllocated == 16
         assert copy.WindowCenter == image.WindowCenter

@@ -12,7 +12,7 @@ import pytest
 from dicom_validation import dciodvfy_report
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
-from monai_exaggeration import dicom
+from monai_exaggeration import __version__, dicom
 from monai_exaggeration.dicom import (
     FrameInfo,
     SeriesInfo,
@@ -21,6 +21,7 @@ from monai_exaggeration.dicom import (
     quantise_frame,
     write_series,
 )
+from monai_exaggeration.dicom.secondary_capture import device_uid
 from monai_exaggeration.transforms import read_cxr
 
 MODEL = "cxr-test-model-1.0"
@@ -123,6 +124,18 @@ def test_rg1_series_attributes(written, rg1, bits):
         assert len(ds.SourceImageSequence) == 1
         assert ds.SourceImageSequence[0].ReferencedSOPClassUID == source.SOPClassUID
         assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+        # IHE AI Results: the source's purpose of reference is (121322, DCM)
+        (purpose,) = ds.SourceImageSequence[0].PurposeOfReferenceCodeSequence
+        assert (purpose.CodeValue, purpose.CodingSchemeDesignator, purpose.CodeMeaning) == (
+            "121322",
+            "DCM",
+            "Source image for image processing operation",
+        )
+        # CID 7203: frames on the source's grid are the source plus the change carried to its grid
+        assert [(item.CodeValue, item.CodingSchemeDesignator) for item in ds.DerivationCodeSequence] == [
+            ("113042", "DCM"),
+            ("113085", "DCM"),
+        ]
         assert "not for diagnosis" in ds.SeriesDescription and "cardiomegaly" in ds.SeriesDescription
         assert len(ds.SeriesDescription) <= 64
         bin_, centre = [0, 5, 9][step], ([0, 5, 9][step] + 0.5) / 10
@@ -133,9 +146,18 @@ def test_rg1_series_attributes(written, rg1, bits):
         assert f"target bin {bin_}" in ds.DerivationDescription
         ours = [e for e in ds.ContributingEquipmentSequence if e.Manufacturer == "monai_exaggeration"]
         assert len(ours) == 1
-        assert ours[0].PurposeOfReferenceCodeSequence[0].CodeValue == "109103"
-        assert ours[0].PurposeOfReferenceCodeSequence[0].CodingSchemeDesignator == "DCM"
+        (purpose,) = ours[0].PurposeOfReferenceCodeSequence  # CID 7005: synthesized from the source
+        assert (purpose.CodeValue, purpose.CodingSchemeDesignator, purpose.CodeMeaning) == (
+            "109100",
+            "DCM",
+            "Synthesizing Equipment",
+        )
         assert MODEL in list(ours[0].SoftwareVersions)
+        assert f"monai_exaggeration {__version__}" in list(ours[0].SoftwareVersions)
+        assert ours[0].ManufacturerModelName == "progressive exaggeration explainer"
+        assert ours[0].DeviceUID == device_uid("monai_exaggeration", MODEL) and UID_PATTERN.match(ours[0].DeviceUID)
+        acquisition = [e for e in ds.ContributingEquipmentSequence if e.Manufacturer == source.Manufacturer]
+        assert acquisition[0].PurposeOfReferenceCodeSequence[0].CodeValue == "109101"  # the source's equipment
         assert ds.Manufacturer == "monai_exaggeration"
         if bits == 16:
             assert (float(ds.WindowCenter), float(ds.WindowWidth)) == (32767.5, 65536.0)
@@ -223,8 +245,11 @@ def test_dciodvfy_reports_no_errors(written, bits):
     _, paths = written[bits]
     errors, warnings = dciodvfy_report(paths[0])
     assert errors == [], errors
-    # the only warning allowed is about a value copied verbatim from the source ("ward", a one-part name)
-    assert all("Referring Physician" in line for line in warnings), warnings
+    # The warnings allowed: a value copied verbatim from the source ("ward", a one-part name), and the
+    # Device UID of the Contributing Equipment item (in the current standard's SOP Common module, not
+    # in the 2022 dictionary of Debian's dicom3tools, which then calls the SOP class "Standard Extended").
+    allowed = ("Referring Physician", "(0x0018,0x1002) UI Device UID", "Standard Extended SOP Class")
+    assert all(any(text in line for text in allowed) for line in warnings), warnings
 
 
 # ------------------------------------------------------------------------------------------ non-DICOM source
@@ -245,6 +270,7 @@ def test_png_source_gets_marked_deterministic_patient_and_study(nih_dir, tmp_pat
     assert "non-DICOM" in a.StudyDescription
     assert a.StudyInstanceUID.is_valid and a.StudyInstanceUID == pydicom.dcmread(first[1]).StudyInstanceUID
     assert "SourceImageSequence" not in a
+    assert [item.CodeValue for item in a.DerivationCodeSequence] == ["113042", "113085"]  # on the PNG's grid
     assert a.Modality == "OT" and a.PatientOrientation == "" and a.ConversionType == "SYN"
     assert a.BodyPartExamined == "CHEST"
     assert "non-DICOM file sha256:" in a.DerivationDescription
@@ -356,6 +382,19 @@ def test_long_finding_keeps_series_description_within_64_chars(tmp_path):
     frame = np.zeros((48, 40), np.float32)
     ds = pydicom.dcmread(write_series([frame], source, meta, info, tmp_path / "o")[0])
     assert len(ds.SeriesDescription) <= 64 and ds.SeriesDescription.endswith("not for diagnosis")
+
+
+def test_frames_off_the_source_grid_are_derived_by_resampling_only(tmp_path):
+    """Frames at model resolution (not the source's pixel matrix): derivation code 113085 alone."""
+    source, meta = _png(tmp_path)
+    info = SeriesInfo.from_scores("cardiomegaly", MODEL, [0.5])
+    ds = pydicom.dcmread(write_series([np.zeros((24, 20), np.float32)], source, meta, info, tmp_path / "o")[0])
+    assert [(item.CodeValue, item.CodeMeaning) for item in ds.DerivationCodeSequence] == [
+        ("113085", "Spatial resampling")
+    ]
+    assert "SourceImageSequence" not in ds  # a PNG: nothing to reference, but the equipment is named
+    (ours,) = [item for item in ds.ContributingEquipmentSequence if item.Manufacturer == "monai_exaggeration"]
+    assert ours.PurposeOfReferenceCodeSequence[0].CodeValue == "109100" and ours.DeviceUID
 
 
 # ------------------------------------------------------------------------------------------ source values

@@ -37,6 +37,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 
 from monai_exaggeration import __version__
+from monai_exaggeration.dicom.codes import PROCESSING_EQUIPMENT, SOURCE_IMAGE_PURPOSE, code_item
 from monai_exaggeration.dicom.secondary_capture import (
     _PATIENT_STUDY_KEYWORDS,
     DEFAULT_SERIES_NUMBER,
@@ -44,6 +45,7 @@ from monai_exaggeration.dicom.secondary_capture import (
     _patient_orientation,
     _patient_study_arguments,
     derived_uid,
+    equipment_item,
     series_file_name,
 )
 from monai_exaggeration.utils import atomic_write
@@ -131,6 +133,14 @@ def _software(model_version: str) -> list[str]:
     return [f"{SOFTWARE_NAME} {__version__}"[:64], model_version]
 
 
+def processing_equipment(model_version: str, description: str) -> hd.ContributingEquipment:
+    """The Contributing Equipment item of an object made from the written frames (IHE AI Results):
+    this software as Processing Equipment (109102, DCM; CID 7005), with its Device UID."""
+    return equipment_item(
+        PROCESSING_EQUIPMENT, SOFTWARE_NAME, MODEL_NAME, _software(model_version), model_version, description
+    )
+
+
 def _typed_references(images: Sequence[Dataset], pixels: bool = True) -> tuple[list[Dataset], list[str]]:
     """``images`` as highdicom's constructors may read them, and the Patient/Study keywords to copy afterwards.
 
@@ -203,6 +213,9 @@ def build_presentation_state(
         graphic_annotations=annotations,
         graphic_layers=[layer],
         series_description=f"Exaggeration captions - {CAPTION_NOTE.lower()}"[:64],
+        contributing_equipment=[
+            processing_equipment(model_version, "Captions of the counterfactual frames; " + CAPTION_NOTE.lower())
+        ],
     )
     _copy_verbatim(state, first, verbatim)
     # General Series: the body part settles Laterality (type 2C for unknown or paired parts).
@@ -258,6 +271,16 @@ def burn_in(pixels: np.ndarray, lines: Sequence[str]) -> np.ndarray:
     return out
 
 
+def _equipment_items(image: Dataset) -> list[Dataset]:
+    """The plain frame's own Contributing Equipment items (the source's acquisition equipment, this
+    software as synthesizing equipment), without the items highdicom adds for itself."""
+    return [
+        item
+        for item in image.get("ContributingEquipmentSequence", [])
+        if str(item.get("ManufacturerModelName", "")) != "highdicom"
+    ]
+
+
 def write_burned_in_series(rows: pd.DataFrame, dicom_dir: str | os.PathLike, finding: str) -> list[Path]:
     """Write a copy of one series with its captions burned into the pixels; return the paths in step order.
 
@@ -296,10 +319,25 @@ def write_burned_in_series(rows: pd.DataFrame, dicom_dir: str | os.PathLike, fin
             manufacturer_model_name=MODEL_NAME,
             software_versions=_software(model_version),
             specific_character_set=image.get("SpecificCharacterSet"),
+            contributing_equipment=[
+                processing_equipment(model_version, "Caption burned into the counterfactual frame")
+            ],
         )
+        # The plain frame's equipment (the source's acquisition equipment, this software as synthesizing
+        # equipment) first, then this step's and highdicom's; not the "acquisition equipment" highdicom
+        # derives from the plain frame (that is this software, already named).
+        copy.ContributingEquipmentSequence = [
+            *_equipment_items(image),
+            *(
+                item
+                for item in copy.ContributingEquipmentSequence
+                if item.PurposeOfReferenceCodeSequence[0].CodeValue != "109101"
+            ),
+        ]
         reference = Dataset()
         reference.ReferencedSOPClassUID = image.SOPClassUID
         reference.ReferencedSOPInstanceUID = image.SOPInstanceUID
+        reference.PurposeOfReferenceCodeSequence = [code_item(SOURCE_IMAGE_PURPOSE)]  # (121322, DCM)
         attributes = {  # what highdicom's SC constructor does not take, or fixes to another value
             "Modality": image.Modality,
             "BodyPartExamined": image.get("BodyPartExamined") or "CHEST",
@@ -314,7 +352,7 @@ def write_burned_in_series(rows: pd.DataFrame, dicom_dir: str | os.PathLike, fin
             attributes["PatientOrientation"] = image.get("PatientOrientation", "")
         for keyword, value in attributes.items():
             setattr(copy, keyword, value)
-        for keyword in ("WindowCenter", "WindowWidth", "WindowCenterWidthExplanation"):
+        for keyword in ("WindowCenter", "WindowWidth", "WindowCenterWidthExplanation", "DerivationCodeSequence"):
             if keyword in image:
                 copy[keyword] = image[keyword]
         if "Laterality" in image and laterality not in ("R", "L"):  # a value highdicom does not take: verbatim

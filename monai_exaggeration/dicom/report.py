@@ -1,21 +1,31 @@
 """A structured report of a written exaggeration series: DICOM Comprehensive SR following TID 1500.
 
 :func:`write_report` builds, from the series' files and its ``frames.csv`` rows, one
-Imaging Measurement Report (TID 1500, highdicom :class:`highdicom.sr.MeasurementReport`) with one
-measurement group (TID 1501) per frame:
+Imaging Measurement Report (TID 1500, root concept (126000, DCM), highdicom
+:class:`highdicom.sr.MeasurementReport`) with an Image Library (TID 1600: one Image Library Group
+(126200, DCM) per modality, listing the frames and the source image) and one measurement group
+(TID 1501) per frame:
 
-* tracking identifier ``Frame k/N (step s)`` and a deterministic tracking UID;
-* finding type: the code of the finding's profile (:mod:`monai_exaggeration.findings`; other findings: a local code);
-* measurements: the classifier's score of the frame as written (``frames.csv`` ``score``), the
-  target bin centre, and the cardiothoracic ratio of the frame when given (``ctr``; NaN is left out);
+* tracking identifier (112039) ``Frame k/N (step s)`` and a deterministic tracking unique
+  identifier (112040);
+* finding type: the code of the finding's profile (:mod:`monai_exaggeration.findings`: SNOMED CT
+  287272002 "Cardiomegaly"; a finding without a code: a local code), and finding site(s) from the
+  profile's region (SNOMED CT 80891009 "Heart" for cardiomegaly; none for a finding without a region);
+* measurements: the classifier's score of the frame as written (``frames.csv`` ``score``) as
+  (122157, DCM, "Probability"), the target bin centre (local code), and the cardiothoracic ratio of
+  the frame when given (``ctr``, local code, unit UCUM ``{ratio}``; NaN is left out);
 * source images: the SC instance of the frame and the source radiograph it was generated from;
-* algorithm identification: name ``monai_exaggeration progressive exaggeration``, version = the
-  model version (``frames.csv`` ``model_version``).
+* algorithm identification: Algorithm Name (111001) ``monai_exaggeration progressive exaggeration``,
+  Algorithm Version (111003) = the model version (``frames.csv`` ``model_version``).
 
-The SR goes in the same patient and study as the series (highdicom copies them from the first
-evidence instance: the first frame; values its typed arguments do not take are copied verbatim). Values are stored as DS and, exactly, as FloatingPointValue,
-so :func:`read_report` returns the very floats of ``frames.csv``. Measurement names without a
-standard code use the local coding scheme ``99EXAG`` (declared in CodingSchemeIdentificationSequence).
+The codes live in :mod:`monai_exaggeration.dicom.codes` (standard ones from pydicom's code
+dictionaries; docs/dicom_node.md, "Codes", lists them). The SR goes in the same patient and study as
+the series (highdicom copies them from the first evidence instance: the first frame; values its typed
+arguments do not take are copied verbatim). Values are stored as DS and, exactly, as
+FloatingPointValue, so :func:`read_report` returns the very floats of ``frames.csv``. The two
+concepts without a standard code use the local coding scheme ``99EXAG`` (declared in
+CodingSchemeIdentificationSequence). ContributingEquipmentSequence names this software as
+Processing Equipment (109102) with its Device UID (IHE AI Results).
 """
 
 from __future__ import annotations
@@ -33,36 +43,33 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from monai_exaggeration import __version__
+from monai_exaggeration.dicom.codes import CTR, LOCAL_SCHEME, PROBABILITY, RATIO, TARGET_CENTRE, finding_sites
 from monai_exaggeration.dicom.presentation import (
     CAPTION_NOTE,
     MODEL_NAME,
     _copy_verbatim,
     _typed_references,
+    processing_equipment,
     read_series,
 )
-from monai_exaggeration.dicom.secondary_capture import DEFAULT_SERIES_NUMBER, SOFTWARE_NAME, derived_uid
+from monai_exaggeration.dicom.secondary_capture import DEFAULT_SERIES_NUMBER, SOFTWARE_NAME, derived_uid, device_uid
 from monai_exaggeration.findings import finding_profile
 from monai_exaggeration.utils import atomic_write
 
 __all__ = [
     "ALGORITHM_NAME",
-    "LOCAL_SCHEME",
-    "SCORE",
-    "TARGET_CENTRE",
     "CTR",
+    "LOCAL_SCHEME",
+    "PROBABILITY",
+    "TARGET_CENTRE",
     "build_report",
     "read_report",
     "write_report",
 ]
 
 ALGORITHM_NAME = "monai_exaggeration progressive exaggeration"
-LOCAL_SCHEME = "99EXAG"
-SCORE = Code("SCORE", LOCAL_SCHEME, "Classifier score")
-TARGET_CENTRE = Code("TARGET", LOCAL_SCHEME, "Target bin centre")
-CTR = Code("CTR", LOCAL_SCHEME, "Cardiothoracic ratio")
 REPORT_SERIES_OFFSET = 2  # SeriesNumber = the SC series' + 2 (presentation state: + 1)
-_NO_UNITS = codes.UCUM.NoUnits
-_RATIO = Code("{ratio}", "UCUM", "ratio")
+_NO_UNITS = codes.UCUM.NoUnits  # (1, UCUM, "no units")
 
 
 def _finding_code(finding: str) -> Code:
@@ -71,6 +78,26 @@ def _finding_code(finding: str) -> Code:
     if profile.code is not None:
         return Code(*profile.code)
     return Code(finding.strip().upper().replace(" ", "_")[:16], LOCAL_SCHEME, finding.strip()[:64])
+
+
+def _library_entry(image: Dataset) -> Dataset:
+    """What highdicom's Image Library (TID 1600) reads of ``image``: its references, size and frame of reference.
+
+    The projection radiography descriptors (TID 1603: orientation, imager pixel spacing) are only
+    made when the image has both; highdicom would fail on a CR/DX header without them (the SC
+    frames copy the source's Modality but have no ImagerPixelSpacing).
+    """
+    entry = Dataset()
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "Rows", "Columns", "FrameOfReferenceUID"):
+        if keyword in image:
+            entry[keyword] = image[keyword]
+    orientation = [str(value) for value in (image.get("PatientOrientation") or [])]
+    described = len(orientation) == 2 and all(orientation) and len(image.get("ImagerPixelSpacing") or []) == 2
+    entry.Modality = str(image.get("Modality", "OT")) if described else "OT"
+    if described:
+        entry.PatientOrientation = orientation
+        entry.ImagerPixelSpacing = image.ImagerPixelSpacing
+    return entry
 
 
 def _measurement(name: Code, value: float, unit: Code, algorithm: hd.sr.AlgorithmIdentification) -> hd.sr.Measurement:
@@ -103,14 +130,19 @@ def build_report(
     algorithm = hd.sr.AlgorithmIdentification(
         name=ALGORITHM_NAME, version=model_version, parameters=[f"finding={finding}"], manufacturer=SOFTWARE_NAME
     )
+    finding_type = _finding_code(finding)
+    sites = [
+        hd.sr.FindingSite(anatomic_location=location, laterality=laterality)
+        for location, laterality in finding_sites(finding_profile(finding).region)
+    ]
     groups = []
     for index, (image, row) in enumerate(zip(images, rows.itertuples())):
         measurements = [
-            _measurement(SCORE, row.score, _NO_UNITS, algorithm),
+            _measurement(PROBABILITY, row.score, _NO_UNITS, algorithm),
             _measurement(TARGET_CENTRE, row.target_centre, _NO_UNITS, algorithm),
         ]
         if ctr is not None and ctr[index] is not None and math.isfinite(float(ctr[index])):
-            measurements.append(_measurement(CTR, ctr[index], _RATIO, algorithm))
+            measurements.append(_measurement(CTR, ctr[index], RATIO, algorithm))
         sources = [hd.sr.SourceImageForMeasurementGroup(image.SOPClassUID, image.SOPInstanceUID)]
         if source is not None:
             sources.append(hd.sr.SourceImageForMeasurementGroup(source.SOPClassUID, source.SOPInstanceUID))
@@ -120,14 +152,16 @@ def build_report(
                     uid=derived_uid(series_uid, model_version, "sr-group", int(row.step)),
                     identifier=f"Frame {int(row.step) + 1}/{len(rows)} (step {int(row.step)})",
                 ),
-                finding_type=_finding_code(finding),
+                finding_type=finding_type,
+                finding_sites=sites,
                 algorithm_id=algorithm,
                 measurements=measurements,
                 source_images=sources,
             )
         )
+    evidence = [*images, *([source] if source is not None else [])]
     device = hd.sr.DeviceObserverIdentifyingAttributes(
-        uid=derived_uid(SOFTWARE_NAME, model_version, "device"),
+        uid=device_uid(SOFTWARE_NAME, model_version),  # the Device UID of the Contributing Equipment item too
         name=SOFTWARE_NAME,
         manufacturer_name=SOFTWARE_NAME,
         model_name=MODEL_NAME,
@@ -138,9 +172,10 @@ def build_report(
         ),
         procedure_reported=codes.SCT.ChestImaging,
         imaging_measurements=groups,
+        referenced_images=[_library_entry(image) for image in evidence],  # Image Library Group(s) (126200)
     )
     report = hd.sr.ComprehensiveSR(
-        evidence=[*images, *([source] if source is not None else [])],
+        evidence=evidence,
         content=content,
         series_instance_uid=derived_uid(series_uid, model_version, "sr-series"),
         series_number=int(images[0].get("SeriesNumber") or DEFAULT_SERIES_NUMBER) + REPORT_SERIES_OFFSET,
@@ -151,6 +186,9 @@ def build_report(
         series_description=f"Exaggeration report - {CAPTION_NOTE.lower()}"[:64],
         manufacturer_model_name=MODEL_NAME,
         software_versions=[f"{SOFTWARE_NAME} {__version__}"[:64], model_version],
+        contributing_equipment=[
+            processing_equipment(model_version, "Measurements of the counterfactual frames; " + CAPTION_NOTE.lower())
+        ],
         coding_schemes=[
             hd.coding_schemes.CodingSchemeIdentificationItem(
                 designator=LOCAL_SCHEME,
@@ -188,6 +226,10 @@ def write_report(
     return atomic_write(path, lambda tmp: report.save_as(tmp, enforce_file_format=True))
 
 
+def _key(code: Code) -> tuple[str, str]:
+    return code.scheme_designator, code.value
+
+
 def read_report(path: str | os.PathLike) -> list[dict]:
     """One dict per measurement group of a report written by :func:`write_report`, in document order.
 
@@ -199,7 +241,7 @@ def read_report(path: str | os.PathLike) -> list[dict]:
     for group in document.content.get_image_measurement_groups():
         values = {}
         for measurement in group.get_measurements():
-            values[measurement.name.value] = measurement.value
+            values[(measurement.name.scheme_designator, measurement.name.value)] = measurement.value
         images = [item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for item in group.source_images]
         texts = {
             item.ConceptNameCodeSequence[0].CodeValue: str(item.TextValue)
@@ -212,9 +254,9 @@ def read_report(path: str | os.PathLike) -> list[dict]:
                 "tracking_identifier": group.tracking_identifier,
                 "frame_sop_instance_uid": str(images[0]) if images else "",
                 "source_sop_instance_uid": str(images[1]) if len(images) > 1 else "",
-                "score": values.get(SCORE.value),
-                "target_centre": values.get(TARGET_CENTRE.value),
-                "ctr": values.get(CTR.value),
+                "score": values.get(_key(PROBABILITY), values.get((LOCAL_SCHEME, "SCORE"))),  # 0.9's local code
+                "target_centre": values.get(_key(TARGET_CENTRE)),
+                "ctr": values.get(_key(CTR)),
                 "algorithm_name": texts.get(codes.DCM.AlgorithmName.value, ""),
                 "algorithm_version": texts.get(codes.DCM.AlgorithmVersion.value, ""),
             }

@@ -44,12 +44,16 @@ in docs/inference.md):
   (set when the user declares non-DICOM inputs free of text) or else omitted with a warning in the
   log, never a guessed ``NO``. Modality copied when the source is CR/DX else
   ``OT``, PatientOrientation copied when present (else empty, type 2), InstanceNumber
-  ``step + 1``, DerivationDescription, ImageComments (step, target bin, bin centre, achieved
+  ``step + 1``, DerivationCodeSequence (CID 7203: 113042 "Pixel by pixel addition" and 113085
+  "Spatial resampling" for frames on the source's grid, 113085 alone for frames at model
+  resolution), DerivationDescription, ImageComments (step, target bin, bin centre, achieved
   score), SeriesDescription ``<method> <finding> - research use only, not for diagnosis``
   (``Exaggeration`` for the explainer, ``Latent Shift`` or ``Pixel ascent`` for the baselines; the
-  finding is shortened to keep 64 characters), ContributingEquipmentSequence with this
-  software as Modifying Equipment (DCM 109103) and its version plus the model version, the source's
-  acquisition equipment, and highdicom. Explicit VR Little Endian.
+  finding is shortened to keep 64 characters). IHE AI Results conventions: the SourceImageSequence
+  item has Purpose of Reference 121322 "Source image for image processing operation", and
+  ContributingEquipmentSequence names this software as Synthesizing Equipment (DCM 109100, CID 7005)
+  with its model name, its version plus the model version and a deterministic Device UID
+  (:func:`device_uid`), after the source's acquisition equipment. Explicit VR Little Endian.
 * **Files**: ``output_dir/<SeriesInstanceUID>/step_<step:03d>.dcm``. Every frame is validated
   before any file is touched; each file is written atomically (temporary name in the same folder,
   then ``os.replace``); if anything fails, the files this call created are removed again (files of an
@@ -76,11 +80,19 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 from pydicom.uid import UID, ExplicitVRLittleEndian
 from pydicom.valuerep import DA, TM
 
 from monai_exaggeration import __version__
 from monai_exaggeration.binning import centre_values
+from monai_exaggeration.dicom.codes import (
+    DERIVATION_AT_MODEL_GRID,
+    DERIVATION_AT_SOURCE_GRID,
+    SOURCE_IMAGE_PURPOSE,
+    SYNTHESIZING_EQUIPMENT,
+    code_item,
+)
 from monai_exaggeration.utils import atomic_write
 
 __all__ = [
@@ -89,6 +101,8 @@ __all__ = [
     "SeriesInfo",
     "WrittenSeries",
     "derived_uid",
+    "device_uid",
+    "equipment_item",
     "quantise_frame",
     "series_file_name",
     "series_instance_uid",
@@ -144,6 +158,34 @@ def derived_uid(source_sop_uid: str, model_version: str, *parts: str | int) -> U
             raise TypeError(f"UID parts must be str or int, got {part!r}")
     name = json.dumps([source_sop_uid, model_version, *parts], separators=(",", ":"))
     return UID(f"2.25.{uuid.uuid5(UID_NAMESPACE, name).int}")
+
+
+def device_uid(software_name: str, model_version: str) -> UID:
+    """The Device UID of this software running ``model_version``: deterministic, the same in every written object."""
+    return derived_uid(software_name, model_version, "device")
+
+
+def equipment_item(
+    purpose: Code,
+    software_name: str,
+    model_name: str,
+    software_versions: Sequence[str],
+    model_version: str,
+    description: str,
+    when: datetime.datetime | None = None,
+) -> hd.ContributingEquipment:
+    """A Contributing Equipment item naming this software (IHE AI Results): the CID 7005 ``purpose``,
+    Manufacturer, Manufacturer's Model Name, Software Versions and Device UID (:func:`device_uid`)."""
+    item = hd.ContributingEquipment(
+        manufacturer=software_name,
+        purpose_of_reference=purpose,
+        manufacturer_model_name=model_name[:64],
+        software_versions=[value[:64] for value in software_versions],
+        contribution_datetime=when,
+        contribution_description=description[:1024],
+    )
+    item.DeviceUID = device_uid(software_name, model_version)
+    return item
 
 
 # ------------------------------------------------------------------------------------------ description
@@ -384,6 +426,7 @@ class _Context:
     pixel_key: tuple[str, ...] = ()
     burned_in: str | None = None
     laterality: str | None = None  # "R" or "L" when the source says so
+    derivation: tuple[Code, ...] = DERIVATION_AT_MODEL_GRID  # CID 7203 codes of the frames
 
 
 def _pixel_spacing(tags: dict[str, str], source_meta: dict, frame_shape: tuple[int, int]) -> tuple[float, float] | None:
@@ -472,10 +515,24 @@ def _context(source, source_meta: dict, info: SeriesInfo, frame_shape: tuple[int
         pixel_key=pixel_key,
         burned_in=declared if declared in ("YES", "NO") else None,
         laterality=laterality if laterality in ("R", "L") else None,
+        derivation=DERIVATION_AT_SOURCE_GRID if _on_source_grid(source_meta, frame_shape) else DERIVATION_AT_MODEL_GRID,
     )
 
 
+def _on_source_grid(source_meta: dict, frame_shape: tuple[int, int]) -> bool:
+    """Whether the frames lie on the source's pixel grid (the source plus a change carried to it)."""
+    shape = (source_meta or {}).get("source_shape")
+    return shape is not None and len(shape) == 2 and tuple(int(v) for v in shape) == tuple(frame_shape)
+
+
 # ------------------------------------------------------------------------------------------ instances
+
+
+def _model_name(info: SeriesInfo) -> str:
+    """Manufacturer's Model Name of the frames: the explainer, or the baseline method that made them."""
+    return (
+        "progressive exaggeration explainer" if info.method == "Exaggeration" else f"{info.method} counterfactuals"[:64]
+    )
 
 
 def _equipment(ctx: _Context) -> list[hd.ContributingEquipment]:
@@ -491,17 +548,14 @@ def _equipment(ctx: _Context) -> list[hd.ContributingEquipment]:
             )
         )
     items.append(
-        hd.ContributingEquipment(
-            manufacturer=info.software_name,
-            purpose_of_reference=codes.DCM.ModifyingEquipment,  # (109103, DCM, "Modifying Equipment")
-            manufacturer_model_name="progressive exaggeration explainer"
-            if info.method == "Exaggeration"
-            else f"{info.method} counterfactuals"[:64],
-            software_versions=[f"{info.software_name} {info.software_version}"[:64], info.model_version],
-            contribution_datetime=ctx.now,
-            contribution_description=(
-                f"Generated counterfactual images for {info.finding} (model {info.model_version}); " + RESEARCH_NOTE
-            )[:1024],
+        equipment_item(
+            SYNTHESIZING_EQUIPMENT,  # (109100, DCM): the frames are new images synthesized from the source
+            info.software_name,
+            _model_name(info),
+            [f"{info.software_name} {info.software_version}", info.model_version],
+            info.model_version,
+            f"Generated counterfactual images for {info.finding} (model {info.model_version}); " + RESEARCH_NOTE,
+            ctx.now,
         )
     )
     return items
@@ -587,9 +641,7 @@ def _build_instance(ctx: _Context, frame: np.ndarray, frame_info: FrameInfo, bit
         transfer_syntax_uid=ExplicitVRLittleEndian,
         contributing_equipment=_equipment(ctx),
         series_description=_series_description(info.finding, info.method),
-        manufacturer_model_name="progressive exaggeration explainer"
-        if info.method == "Exaggeration"
-        else f"{info.method} counterfactuals"[:64],
+        manufacturer_model_name=_model_name(info),
         software_versions=[f"{info.software_name} {info.software_version}"[:64], info.model_version],
         content_date=ctx.now.date(),
         content_time=ctx.now.time(),
@@ -630,10 +682,12 @@ def _describe_frame(image: Dataset, ctx: _Context, frame_info: FrameInfo, step: 
         reference = Dataset()
         reference.ReferencedSOPClassUID = ctx.tags.get("SOPClassUID") or "1.2.840.10008.5.1.4.1.1.7"
         reference.ReferencedSOPInstanceUID = ctx.tags["SOPInstanceUID"]
+        reference.PurposeOfReferenceCodeSequence = [code_item(SOURCE_IMAGE_PURPOSE)]  # (121322, DCM)
         image.SourceImageSequence = [reference]
         source_text = "source image in SourceImageSequence"
     else:
         source_text = f"source: non-DICOM file {ctx.source_key[:23]}"
+    image.DerivationCodeSequence = [code_item(code) for code in ctx.derivation]  # CID 7203
     image.DerivationDescription = (
         f"Progressive exaggeration counterfactual for {info.finding}, target bin {frame_info.target_bin}"
         f"{n_text} (centre {centre}), model {info.model_version}; {source_text}; synthetic image, " + RESEARCH_NOTE
