@@ -11,7 +11,18 @@ Both are built from the files the inference wrote and its ``frames.csv`` rows (o
   ``Research use, not for diagnosis`` at the bottom. A viewer that applies the presentation state
   shows the captions over the unchanged pixels.
 * :func:`write_burned_in_series`: a new SC series whose pixels carry the same two lines (white
-  with a black outline), BurnedInAnnotation ``YES``, SourceImageSequence pointing at the plain frame.
+  with a black outline), BurnedInAnnotation ``YES``, SourceImageSequence pointing at the plain frame,
+  the frame's caption in ImageComments and the series' scores in its SeriesDescription
+  (:func:`captioned_series_description`). The DICOM node (``outputs.burned_in``) and the inference
+  (``burned_in_copy``, :class:`~monai_exaggeration.inference.writers.CaptionedCopyWriter`) both
+  write it with this function.
+
+OHIF v3 renders no presentation state (OHIF issue 4106), and its default viewport overlay draws no
+ImageComments: it draws the StudyDate and the SeriesDescription of the display set's first instance
+(top left) and the InstanceNumber of the shown frame (bottom right; OHIF/Viewers
+``extensions/cornerstone/src/customizations/viewportOverlayCustomization.tsx``), and its series list
+shows the SeriesDescription. Hence the captions in the pixels, and the per-frame scores in the
+SeriesDescription, in InstanceNumber order.
 
 Patient and Study come from the frames through highdicom's typed constructors; the few source values
 those do not take (a one-component name, an unparsable date) are copied verbatim afterwards.
@@ -54,6 +65,7 @@ __all__ = [
     "CAPTION_NOTE",
     "FrameCaption",
     "build_presentation_state",
+    "captioned_series_description",
     "read_series",
     "series_rows",
     "write_burned_in_series",
@@ -281,18 +293,56 @@ def _equipment_items(image: Dataset) -> list[Dataset]:
     ]
 
 
+def captioned_series_description(captions: Sequence[FrameCaption]) -> str:
+    """The SeriesDescription of a captioned copy: the finding and every frame's score in percent, in
+    InstanceNumber order (``Captioned cardiomegaly, % by frame: 12 21 33 ...``), at most 64 characters
+    (DICOM LO); the scores that do not fit end in ``...``.
+
+    OHIF's overlay shows one SeriesDescription for the whole series and the shown frame's InstanceNumber,
+    so the frame's score is the InstanceNumber-th value.
+    """
+    finding = " ".join(str(captions[0].finding).replace("\\", "/").split())[:24] if captions else ""
+    text = f"Captioned {finding}, % by frame:"
+    values = [("--" if not np.isfinite(c.score) else str(round(100 * c.score))) for c in captions]
+    for index, value in enumerate(values):
+        rest = " ..." if index < len(values) - 1 else ""
+        if len(f"{text} {value}{rest}") > 64:
+            return f"{text} ..."[:64]
+        text = f"{text} {value}"
+    return text
+
+
 def write_burned_in_series(rows: pd.DataFrame, dicom_dir: str | os.PathLike, finding: str) -> list[Path]:
     """Write a copy of one series with its captions burned into the pixels; return the paths in step order.
 
     Each copy has a new deterministic SeriesInstanceUID/SOPInstanceUID, BurnedInAnnotation YES, the
-    plain frame in SourceImageSequence and its caption in ImageComments.
+    plain frame in SourceImageSequence, its caption in ImageComments and the series' scores in the
+    SeriesDescription (:func:`captioned_series_description`). All or nothing: if one copy fails, the
+    copies already written are removed before the error propagates.
     """
+    paths: list[Path] = []
+    try:
+        _write_burned_in(rows, Path(dicom_dir), finding, paths)
+    except BaseException:
+        for path in paths:
+            path.unlink(missing_ok=True)
+        if paths:
+            try:
+                paths[0].parent.rmdir()  # only if empty
+            except OSError:
+                pass
+        raise
+    return paths
+
+
+def _write_burned_in(rows: pd.DataFrame, dicom_dir: Path, finding: str, paths: list[Path]) -> None:
+    """The body of :func:`write_burned_in_series`: appends each path to ``paths`` once written."""
     model_version = _model_version(rows)
     images = read_series(rows, pixels=True)
     captions = _captions(rows, finding)
+    description = captioned_series_description(captions)
     series_uid = str(images[0].SeriesInstanceUID)
     new_series = derived_uid(series_uid, model_version, "burned-in-series")
-    paths = []
     for image, caption, row in zip(images, captions, rows.itertuples()):
         orientation = _patient_orientation(image.get("PatientOrientation", ""))
         laterality = str(image.get("Laterality", ""))
@@ -315,7 +365,7 @@ def write_burned_in_series(rows: pd.DataFrame, dicom_dir: str | os.PathLike, fin
             # plain frame's value (not two single letters, e.g. empty), which is then copied below.
             patient_orientation=orientation or ("L", "F"),
             transfer_syntax_uid=pydicom.uid.ExplicitVRLittleEndian,
-            series_description=f"Exaggeration captioned - {CAPTION_NOTE.lower()}"[:64],
+            series_description=description,
             manufacturer_model_name=MODEL_NAME,
             software_versions=_software(model_version),
             specific_character_set=image.get("SpecificCharacterSet"),
@@ -358,6 +408,5 @@ def write_burned_in_series(rows: pd.DataFrame, dicom_dir: str | os.PathLike, fin
         if "Laterality" in image and laterality not in ("R", "L"):  # a value highdicom does not take: verbatim
             copy["Laterality"] = image["Laterality"]
         _copy_verbatim(copy, image, verbatim)
-        path = Path(dicom_dir) / str(new_series) / series_file_name(int(row.step))
+        path = dicom_dir / str(new_series) / series_file_name(int(row.step))
         paths.append(atomic_write(path, lambda tmp, copy=copy: copy.save_as(tmp, enforce_file_format=True)))
-    return paths

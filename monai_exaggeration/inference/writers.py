@@ -6,6 +6,8 @@ swapped or extended from the config:
 
 * :class:`DicomSeriesWriter` (required, first): the DICOM Secondary Capture series under
   ``dicom/<SeriesInstanceUID>/``;
+* :class:`CaptionedCopyWriter`: the burned-in captioned copy under ``dicom/<its SeriesInstanceUID>/``
+  (``enabled``; inference.json's ``burned_in_copy``), the same copy as the DICOM node's ``outputs.burned_in``;
 * :class:`QuickLookWriter`: ``quicklook/<name>/{series.gif, montage.png, scores.png}`` (``enabled``).
 
 :func:`log_rows` turns the record into its ``frames.csv`` rows and its ``sources.csv`` row (written by
@@ -33,6 +35,7 @@ from monai_exaggeration.metrics import series_validity
 from monai_exaggeration.utils import as_bool
 
 __all__ = [
+    "CaptionedCopyWriter",
     "DicomSeriesWriter",
     "OutputRecord",
     "PacsExport",
@@ -54,6 +57,7 @@ class OutputRecord:
     finding: str
     info: SeriesInfo | None = None  # the series' description, set by the DICOM writer
     series: WrittenSeries | None = None
+    captioned: list[Path] = field(default_factory=list)  # the burned-in captioned copy, when written
     looks: dict[str, str] = field(default_factory=lambda: {"gif": "", "montage": "", "score_plot": ""})
     files: list[Path] = field(default_factory=list)
 
@@ -95,6 +99,41 @@ class DicomSeriesWriter:
                 list(result.frames), result.source, meta, record.info, record.output_dir / "dicom", bits=inferer.bits
             )
         record.files.extend(record.series)
+
+
+class CaptionedCopyWriter:
+    """The series again with its captions burned into the pixels, for viewers that show no presentation
+    state (OHIF v3, OHIF issue 4106); nothing when not ``enabled``.
+
+    Written by :func:`~monai_exaggeration.dicom.presentation.write_burned_in_series` from the series'
+    ``frames.csv`` rows (:func:`log_rows`), as the DICOM node's ``outputs.burned_in`` does: a separate
+    series under ``dicom/<its SeriesInstanceUID>/step_XXX.dcm``, one file per frame, SeriesNumber
+    = the SC series' + 3, BurnedInAnnotation YES, UIDs derived from the SC series' (the same input
+    gives the same UIDs), the frame's caption in ImageComments and the scores in the SeriesDescription.
+    Its files join the record's, so they are removed with the series when a later writer fails.
+    """
+
+    def __init__(self, enabled: bool = False) -> None:
+        self.enabled = as_bool(enabled, "burned_in_copy")
+
+    def __call__(self, record: OutputRecord, inferer: Any) -> None:
+        if not self.enabled:
+            return
+        if record.series is None:
+            raise ValueError(
+                "the captioned-copy writer needs the DICOM series: list DicomSeriesWriter before it in writers"
+            )
+        import pandas as pd
+
+        from monai_exaggeration.dicom.presentation import series_rows, write_burned_in_series
+
+        frame_rows, _ = log_rows(record, inferer.model_version, inferer.num_bins)
+        with inferer.timer("write"):
+            paths = write_burned_in_series(
+                series_rows(pd.DataFrame(frame_rows)), record.output_dir / "dicom", record.finding
+            )
+        record.captioned.extend(paths)
+        record.files.extend(paths)
 
 
 class QuickLookWriter:
