@@ -5,4 +5,4 @@ reporting themselves, first thing in their ``initialize`` list
 (:func:`monai_exaggeration.bundle.check_overrides`), and the commands at their entry point.
 """
 
-__version__ = "0.9.0"
+__version__ = "0.10.0"
