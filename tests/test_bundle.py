@@ -106,9 +106,18 @@ def test_explainer_metadata_describes_the_shipped_generator() -> None:
     size = record["image_size"]
     assert (metadata["num_bins"], metadata["image_size"]) == (record["num_bins"], size)
     inputs, outputs = metadata["network_data_format"]["inputs"], metadata["network_data_format"]["outputs"]
-    assert inputs["image"]["spatial_shape"] == outputs["pred"]["spatial_shape"] == [size, size]
-    assert inputs["image"]["value_range"] == outputs["pred"]["value_range"] == [-1, 1]
+    assert inputs["image"]["spatial_shape"] == [size, size] and inputs["image"]["value_range"] == [-1, 1]
     assert inputs["target_bin"]["value_range"] == [0, record["num_bins"] - 1]
+    pred = outputs["pred"]
+    if record.get("output") == "deformation":  # G's output: a velocity field on the coarse grid, in grid pixels
+        args = record["args"]
+        grid = size // args["grid_factor"]
+        bound = round(args["max_velocity"] * grid, 6)
+        assert pred["spatial_shape"] == [grid, grid]
+        assert pred["num_channels"] == (3 if args.get("intensity", 0) > 0 else 2)
+        assert pred["value_range"] == [-bound, bound]
+    else:
+        assert pred["spatial_shape"] == [size, size] and pred["value_range"] == [-1, 1]
 
 
 @pytest.mark.parametrize("name", list(TRAINING))
