@@ -90,6 +90,7 @@ _NODE_OWNED = {
     "writers",
     "handlers",
     "evaluator",
+    "burned_in_copy",  # the node's own switch is outputs.burned_in (the copies it writes are the ones it sends)
 }
 
 
