@@ -9,7 +9,7 @@ import os
 import re
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ __all__ = [
     "link_into_place",
     "path_lock",
     "read_note",
+    "remove_files",
     "remove_stale_temporaries",
     "select_device",
     "state_sha256",
@@ -43,6 +44,18 @@ def _read_umask() -> int:
 
 #: The process's umask, read once at import (reading it means setting it, which is not thread-safe).
 _UMASK = _read_umask()
+
+
+def remove_files(paths: Iterable[str | os.PathLike]) -> None:
+    """Remove ``paths`` (a rollback of files just written), then each of their folders that is left empty."""
+    paths = [Path(path) for path in paths]
+    for path in paths:
+        path.unlink(missing_ok=True)
+    for folder in {path.parent for path in paths}:
+        try:
+            folder.rmdir()  # only if empty
+        except OSError:
+            pass
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:

@@ -59,7 +59,7 @@ from monai_exaggeration.dicom.secondary_capture import (
     equipment_item,
     series_file_name,
 )
-from monai_exaggeration.utils import atomic_write
+from monai_exaggeration.utils import atomic_write, remove_files
 
 __all__ = [
     "CAPTION_NOTE",
@@ -324,13 +324,7 @@ def write_burned_in_series(rows: pd.DataFrame, dicom_dir: str | os.PathLike, fin
     try:
         _write_burned_in(rows, Path(dicom_dir), finding, paths)
     except BaseException:
-        for path in paths:
-            path.unlink(missing_ok=True)
-        if paths:
-            try:
-                paths[0].parent.rmdir()  # only if empty
-            except OSError:
-                pass
+        remove_files(paths)
         raise
     return paths
 

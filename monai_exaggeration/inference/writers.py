@@ -32,7 +32,7 @@ from monai_exaggeration.dicom.secondary_capture import DEFAULT_SERIES_NUMBER, Wr
 from monai_exaggeration.inference import quicklook
 from monai_exaggeration.inference.results import InferenceSummary, SeriesResult
 from monai_exaggeration.metrics import series_validity
-from monai_exaggeration.utils import as_bool
+from monai_exaggeration.utils import as_bool, remove_files
 
 __all__ = [
     "CaptionedCopyWriter",
@@ -101,6 +101,12 @@ class DicomSeriesWriter:
         record.files.extend(record.series)
 
 
+def _needs_series(record: OutputRecord, writer: str) -> None:
+    """Refuse a writer that runs before the DICOM series exists (a config listing it first)."""
+    if record.series is None:
+        raise ValueError(f"the {writer} writer needs the DICOM series: list DicomSeriesWriter before it in writers")
+
+
 class CaptionedCopyWriter:
     """The series again with its captions burned into the pixels, for viewers that show no presentation
     state (OHIF v3, OHIF issue 4106); nothing when not ``enabled``.
@@ -119,10 +125,7 @@ class CaptionedCopyWriter:
     def __call__(self, record: OutputRecord, inferer: Any) -> None:
         if not self.enabled:
             return
-        if record.series is None:
-            raise ValueError(
-                "the captioned-copy writer needs the DICOM series: list DicomSeriesWriter before it in writers"
-            )
+        _needs_series(record, "captioned-copy")
         import pandas as pd
 
         from monai_exaggeration.dicom.presentation import series_rows, write_burned_in_series
@@ -146,10 +149,7 @@ class QuickLookWriter:
     def __call__(self, record: OutputRecord, inferer: Any) -> None:
         if not self.enabled:
             return
-        if record.series is None:
-            raise ValueError(
-                "the quick-look writer needs the DICOM series: list DicomSeriesWriter before it in writers"
-            )
+        _needs_series(record, "quick-look")
         result, finding = record.result, record.finding
         folder = record.output_dir / "quicklook" / _quicklook_name(result.source, record.series.series_instance_uid)
         title = f"{finding}: {Path(result.source).name} (source score {result.source_score:.2f})"
@@ -197,7 +197,7 @@ def write_outputs(
         if record.series is None:
             raise ValueError("no writer wrote the DICOM series: writers must include a DicomSeriesWriter")
     except BaseException:
-        _remove(record.files)
+        remove_files(record.files)
         raise
     return record
 
@@ -317,13 +317,3 @@ def _quicklook_name(source: str, series_uid: str) -> str:
             break
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._") or "image"
     return f"{stem[:60]}-{hashlib.sha256(series_uid.encode()).hexdigest()[:8]}"
-
-
-def _remove(paths: Sequence[Path]) -> None:
-    for path in paths:
-        Path(path).unlink(missing_ok=True)
-    for folder in {Path(p).parent for p in paths}:
-        try:
-            folder.rmdir()  # only if empty
-        except OSError:
-            pass
