@@ -1,5 +1,7 @@
-"""The evaluation suite: validity, realism, preservation, clinical faithfulness (CTR) and saliency, with a report."""
+"""The evaluation suite: validity, realism, preservation, clinical faithfulness (CTR) and saliency, with a report;
+faithfulness checks (shortcut test, model randomisation, label flip)."""
 
+from monai_exaggeration.evaluation.faithfulness import FaithfulnessChecks
 from monai_exaggeration.evaluation.measures import FEATURE_SPACES, SourceMeasures, counterfactual_step, measure_source
 from monai_exaggeration.evaluation.report import write_report
 from monai_exaggeration.evaluation.summary import summarise
@@ -9,6 +11,7 @@ __all__ = [
     "FEATURE_SPACES",
     "EvaluationResult",
     "ExplanationEvaluation",
+    "FaithfulnessChecks",
     "SourceMeasures",
     "counterfactual_step",
     "evaluate_and_exit",

@@ -63,6 +63,28 @@ COMPARISON_COLUMNS = (
     ("kid_encoder", ("realism", "encoder", "kid_real_vs_counterfactual"), "KID real vs counterfactuals (encoder)"),
     ("fid_classifier", ("realism", "classifier", "fid_real_vs_counterfactual"), "FID in the classifier's features"),
     (
+        "shortcut_hit_rate",
+        ("faithfulness", "shortcut", "hit_rate"),
+        "shortcut test: the marker box holds the largest change",
+    ),
+    (
+        "shortcut_box_ratio",
+        ("faithfulness", "shortcut", "median_box_ratio"),
+        "shortcut test: box share of the change / area",
+    ),
+    ("flip_follow_rate", ("faithfulness", "label_flip", "follow_rate"), "label flip: the classifier follows"),
+    ("flip_mirror_rate", ("faithfulness", "label_flip", "mirror_rate"), "label flip: up and down changes mirror"),
+    (
+        "randomised_ssim",
+        ("faithfulness", "randomisation", "full_ssim"),
+        "SSIM of the change map under a fully randomised classifier to the real one's (lower: more faithful)",
+    ),
+    (
+        "randomised_spearman",
+        ("faithfulness", "randomisation", "full_spearman"),
+        "rank correlation of the same maps",
+    ),
+    (
         "difference_mass_inside_heart",
         ("saliency", "difference_map_mass_inside_heart"),
         "mass of |counterfactual - source| inside the heart (model grid)",

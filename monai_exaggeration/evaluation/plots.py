@@ -11,7 +11,14 @@ import numpy as np
 from monai_exaggeration.binning import centre_values
 from monai_exaggeration.plotting import plt, save_figure
 
-__all__ = ["compatibility_plot", "ctr_plot", "identity_plot", "examples_figure", "series_side_by_side"]
+__all__ = [
+    "compatibility_plot",
+    "ctr_plot",
+    "identity_plot",
+    "examples_figure",
+    "series_side_by_side",
+    "shortcut_montage",
+]
 
 
 def compatibility_plot(validity: dict, path: str | os.PathLike) -> Path:
@@ -147,4 +154,33 @@ def series_side_by_side(
             axis.set_xticks([])
             axis.set_yticks([])
     figure.suptitle(Path(next(iter(sources))).name, fontsize=8)
+    return save_figure(figure, path)
+
+
+def shortcut_montage(results: Sequence, boxes: Sequence, path: str | os.PathLike, columns: int = 5) -> Path:
+    """The shortcut test by eye: one row per series (``SeriesResult``), ``columns`` frames from first to
+    last with their scores, then ``|last − first|`` with the marker's box (a ``MarkerBox``) outlined."""
+    from matplotlib.patches import Rectangle
+
+    if not results:
+        raise ValueError("no series to draw")
+    panels = columns + 1
+    figure, axes = plt.subplots(len(results), panels, figsize=(1.6 * panels, 1.75 * len(results)), squeeze=False)
+    for row, result, box in zip(axes, results, boxes):
+        frames = result.unit_frames
+        chosen = np.unique(np.linspace(0, len(frames) - 1, min(columns, len(frames))).round().astype(int))
+        for axis, step in zip(row, chosen):
+            axis.imshow(frames[step], cmap="gray", vmin=0, vmax=1)
+            axis.set_title(f"step {step}: f={result.scores[step]:.2f}", fontsize=7)
+        for axis in row[len(chosen) : columns]:
+            axis.set_visible(False)
+        change = np.abs(frames[-1] - frames[0])
+        row[-1].imshow(change, cmap="inferno", vmin=0, vmax=max(0.05, float(change.max())))
+        r0, c0, r1, c1 = box.pixels(change.shape)
+        row[-1].add_patch(Rectangle((c0 - 0.5, r0 - 0.5), c1 - c0, r1 - r0, fill=False, edgecolor="cyan", linewidth=1))
+        row[-1].set_title("|last − first|, marker box", fontsize=7)
+        row[0].set_ylabel(Path(result.source).name[:18], fontsize=7)
+        for axis in row:
+            axis.set_xticks([])
+            axis.set_yticks([])
     return save_figure(figure, path)

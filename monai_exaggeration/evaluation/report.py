@@ -166,6 +166,48 @@ def _saliency_rows(metrics: Mapping) -> list[tuple[str, str, str]]:
     ]
 
 
+def _faithfulness_rows(metrics: Mapping) -> list[tuple[str, str, str]]:
+    f = metrics["faithfulness"]
+    s, flip, random = f["shortcut"], f["label_flip"], f["randomisation"]
+    if s.get("n_series"):
+        rows = [
+            (
+                "shortcut: marker box holds the largest change",
+                _percent(s["hit_rate"]),
+                f"{s['n_series']} series of images without the marker; target ≥ 80 %",
+            ),
+            (
+                "shortcut: box share of the change / box area share",
+                _number(s["median_box_ratio"], 1),
+                f"median; the box is {_percent(s['area_share'])} of the image; target ≥ 5; 1 = no preference",
+            ),
+        ]
+    else:
+        rows = [("shortcut test", "not run", s.get("note", ""))]
+    rows += [
+        (
+            "label flip: the classifier follows",
+            _percent(flip["follow_rate"]),
+            f"{flip['n_series']} series, toward absent on positives and present on negatives; target ≥ 95 %",
+        ),
+        (
+            "label flip: changes up and down mirror in place",
+            _percent(flip["mirror_rate"]),
+            f"Pearson(last − source, first − source) < 0 in {flip['n_mirror']} series with room both ways; "
+            f"median {_number(flip['median_mirror_correlation'], 2)}",
+        ),
+    ]
+    for level in random["levels"]:
+        rows.append(
+            (
+                f"randomisation: {_percent(level['share'])} of the layers ({level['layers']})",
+                f"SSIM {_number(level['median_ssim'], 2)} / ρ {_number(level['median_spearman'], 2)}",
+                "median similarity of |last − first| to the real classifier's; target at 100 %: ≤ 0.2",
+            )
+        )
+    return rows
+
+
 def write_report(
     metrics: Mapping, context: Mapping[str, str], plots: Mapping[str, Path], path: str | os.PathLike
 ) -> Path:
@@ -196,6 +238,17 @@ def write_report(
         "<h2>Counterfactual difference against saliency maps</h2>",
         _table(_saliency_rows(metrics)),
         _image(plots["examples"], "example series with difference and saliency maps") if "examples" in plots else "",
+        *(
+            [
+                "<h2>Faithfulness: does the series show what the black box uses?</h2>",
+                "<p class='note'>Shortcut test, model randomisation and label flip (docs/evaluation.md says how to "
+                "read a failure). A method that fails a check is reported as failing.</p>",
+                _table(_faithfulness_rows(metrics)),
+                _image(plots["faithfulness_shortcut"], "shortcut series") if "faithfulness_shortcut" in plots else "",
+            ]
+            if "faithfulness" in metrics
+            else []
+        ),
         "<p class='note'>Per-image figures: <code>per_image.csv</code>; per-frame scores and CTR: <code>per_frame.csv</code>; "
         "every figure above with its count: <code>metrics.json</code>.</p>",
     ]

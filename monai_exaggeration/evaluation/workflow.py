@@ -32,6 +32,7 @@ from monai_exaggeration.data import SPLIT_FRACTIONS, SPLIT_SEED, load_split, str
 from monai_exaggeration.data.streaming import ERROR_COLUMNS, LoadFailure, compute_threads, failure_row
 from monai_exaggeration.errors import CXRInputError
 from monai_exaggeration.evaluation.comparison import compare_methods
+from monai_exaggeration.evaluation.faithfulness import FaithfulnessChecks
 from monai_exaggeration.evaluation.measures import SourceMeasures, measure_source
 from monai_exaggeration.evaluation.plots import compatibility_plot, ctr_plot, examples_figure, identity_plot
 from monai_exaggeration.evaluation.report import write_report
@@ -81,12 +82,35 @@ class EvaluationResult:
                 f"median Spearman {v['median_spearman']:.2f}",
                 f"  {clinical}geometric share {'n/a' if share is None else f'{share:.2f}'}; "
                 f"identity (encoder) {100 * (identity or 0):.1f} %",
+                *self._faithfulness_lines(),
                 f"  report      : {out / 'report.html'}",
                 f"  metrics     : {out / 'metrics.json'}",
                 f"  tables      : {out / 'per_image.csv'}, {out / 'per_frame.csv'}",
                 f"  plots       : {out / 'plots'}/",
             ]
         )
+
+    def _faithfulness_lines(self) -> list[str]:
+        f = self.metrics.get("faithfulness")
+        if not f:
+            return []
+        s, flip, random = f["shortcut"], f["label_flip"], f["randomisation"]
+
+        def pct(value):
+            return "n/a" if value is None else f"{100 * value:.0f} %"
+
+        def num(value):
+            return "n/a" if value is None else f"{value:.2f}"
+
+        shortcut = (
+            f"shortcut hit {pct(s['hit_rate'])}, box ratio {num(s['median_box_ratio'])}"
+            if s.get("n_series")
+            else "shortcut test not run (no markers.csv)"
+        )
+        return [
+            f"  faithfulness: {shortcut}; label flip followed {pct(flip['follow_rate'])}, mirrored "
+            f"{pct(flip['mirror_rate'])}; randomised SSIM {num(random['full_ssim'])}, ρ {num(random['full_spearman'])}"
+        ]
 
 
 class ExplanationEvaluation:
@@ -111,6 +135,7 @@ class ExplanationEvaluation:
         gradcam_layer: str = "model.class_layers.relu",
         seed: int = 0,
         method: str | None = None,
+        faithfulness: FaithfulnessChecks | None = None,
     ) -> None:
         if method is not None and not isinstance(runner, ExaggerationInference):
             runner = functools.partial(runner, method=method)
@@ -135,6 +160,7 @@ class ExplanationEvaluation:
         self.occlusion = as_bool(occlusion, "occlusion")  # "--occlusion false" arrives as text
         self.gradcam_layer = gradcam_layer
         self.seed = int(seed)
+        self.faithfulness = faithfulness
 
     def evaluate(
         self, records: Sequence[dict], output_dir: str | os.PathLike, context: dict | None = None
@@ -191,11 +217,14 @@ class ExplanationEvaluation:
         metrics["seconds_total"] = time.perf_counter() - start
         metrics["context"] = dict(context or {}) | self._models()
         plots = self._plots(metrics, [m.example for m in measures if m.example is not None], output_dir / "plots")
+        if self.faithfulness is not None:
+            checked = self.faithfulness.run(self.runner, records, label, output_dir / "plots")
+            metrics["faithfulness"] = checked["metrics"]
+            plots |= {f"faithfulness_{name}": path for name, path in checked["plots"].items()}
+            write_csv_atomic(pd.DataFrame(checked["rows"]), output_dir / "faithfulness.csv")
         write_csv_atomic(images, output_dir / "per_image.csv")
         write_csv_atomic(frames, output_dir / "per_frame.csv")
         if failures:
-            import pandas as pd
-
             write_csv_atomic(pd.DataFrame(failures, columns=ERROR_COLUMNS), output_dir / "errors.csv")
         atomic_write(output_dir / "metrics.json", lambda tmp: Path(tmp).write_text(json_text(metrics)))
         write_report(metrics, metrics["context"], plots, output_dir / "report.html")
