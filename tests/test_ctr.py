@@ -153,3 +153,25 @@ def test_shipped_segmenter_measures_ctr_on_held_out_images(wingspan: Path) -> No
     errors = [abs(c - r["ctr"]) for c, r in zip(segmenter.ctr(images), records)]
     assert np.mean(errors) < 0.05
     assert not any(p.requires_grad for p in segmenter.parameters())
+
+
+def test_ctr_measurement_gives_the_widths_it_is_the_ratio_of() -> None:
+    """Known masks: the lines span the extremes (pixel edges), sit on the widest row, and scale with a stretch."""
+    from monai_exaggeration.metrics import CtrMeasurement, ctr_measurement
+
+    heart = np.zeros((40, 60), dtype=bool)
+    heart[20:30, 25:35] = True
+    heart[24, 22:38] = True  # the widest row of the heart: columns 22..37
+    left, right = np.zeros_like(heart), np.zeros_like(heart)
+    left[5:35, 5:25] = True
+    right[5:35, 36:55] = True
+    right[30, 36:57] = True  # the thorax is widest here: columns 5..56
+    measured = ctr_measurement(heart, left, right, min_fraction=0)
+    assert isinstance(measured, CtrMeasurement)
+    assert (measured.heart.row, measured.heart.left, measured.heart.right) == (24.5, 22.0, 38.0)
+    assert (measured.thorax.row, measured.thorax.left, measured.thorax.right) == (30.5, 5.0, 57.0)
+    assert measured.ratio == pytest.approx(16 / 52) == cardiothoracic_ratio(heart, left, right, min_fraction=0)
+    big = measured.scaled((40, 60), (400, 120))  # 10x the rows, 2x the columns
+    assert (big.heart.row, big.heart.left, big.heart.right) == (245.0, 44.0, 76.0)
+    assert big.ratio == pytest.approx(measured.ratio)
+    assert ctr_measurement(np.zeros_like(heart), left, right) is None

@@ -637,6 +637,8 @@ def test_node_receives_explains_and_sends_sc_gsps_and_sr_to_orthanc(tmp_path, pa
         groups = read_report(derived["SR"])
         assert [group["score"] for group in groups] == list(frames["score"])  # the scores of frames.csv, exactly
         assert [group["ctr"] for group in groups] == result["ctr"] and all(value is not None for value in result["ctr"])
+        for group in groups:  # the node sends the two widths of every CTR as polylines on the frame
+            assert group["cardiac_width"].width / group["thoracic_width"].width == pytest.approx(group["ctr"], rel=1e-5)
         assert {group["source_sop_instance_uid"] for group in groups} == {job["sop_instance_uid"]}
         assert {group["algorithm_version"] for group in groups} == set(frames["model_version"])
         for path in derived.values():

@@ -34,6 +34,7 @@ from monai_exaggeration.dicom.presentation import (
 from monai_exaggeration.dicom.report import build_report, read_report, write_report
 from monai_exaggeration.dicom.secondary_capture import device_uid
 from monai_exaggeration.inference import ExaggerationInference
+from monai_exaggeration.metrics.ctr import CtrMeasurement, WidthLine
 from monai_exaggeration.node.reporter import frame_ctr
 
 EXPLAINER = REPO_ROOT / "bundles" / "cxr" / "models" / "explainer.pt"
@@ -89,9 +90,14 @@ def _value_code(item) -> tuple[str, str]:
     return str(code.CodeValue), str(code.CodingSchemeDesignator)
 
 
-def _check_ohif_conventions(report: pydicom.Dataset, num_frames: int, with_source: bool) -> None:
+#: A CTR of 0.5 with its two widths, on any frame larger than 100 px.
+_WIDTHS = CtrMeasurement(WidthLine(60.5, 30.0, 70.0), WidthLine(62.5, 10.0, 90.0))
+
+
+def _check_ohif_conventions(report: pydicom.Dataset, num_frames: int, with_source: bool, widths: int = 0) -> None:
     """What OHIF v3 needs of a TID 1500 report (root 126000, an Image Library Group, tracking identifier
-    and UID in every group), the standard codes of issue 28, and the IHE AI Results equipment item."""
+    and UID in every group, a SCOORD for what is to be drawn), the standard codes of issue 28, and the IHE
+    AI Results equipment item. ``widths``: how many frames carry the two CTR width polylines."""
     assert _codes(report) == ("126000", "DCM")  # Imaging Measurement Report
     by_code = {_codes(item): item for item in report.ContentSequence}
     library = by_code[("111028", "DCM")]  # Image Library
@@ -105,9 +111,25 @@ def _check_ohif_conventions(report: pydicom.Dataset, num_frames: int, with_sourc
     ]
     assert len(listed) == num_frames + (1 if with_source else 0)  # every frame (and the source) in the library
     measurements = by_code[("126010", "DCM")]  # Imaging Measurements
-    groups = [item for item in measurements.ContentSequence if _codes(item) == ("125007", "DCM")]
-    assert len(groups) == num_frames
+    every_group = [item for item in measurements.ContentSequence if _codes(item) == ("125007", "DCM")]
+    groups = [g for g in every_group if any(_codes(i) == ("122157", "DCM") for i in g.ContentSequence)]
+    assert len(groups) == num_frames and len(every_group) == num_frames + 2 * widths
     tracking_uids = set()
+    for group in every_group:
+        if group in groups:
+            continue
+        items = {_codes(item): item for item in group.ContentSequence}
+        tracking_uids.add(items[("112040", "DCM")].UID)
+        name = items[("112039", "DCM")].TextValue
+        assert name.endswith(("cardiac width", "thoracic width")), name
+        site = ("80891009", "SCT") if name.endswith("cardiac width") else ("816094009", "SCT")  # Heart / Thorax
+        assert _value_code(items[("363698007", "SCT")]) == site
+        width = items[("103355008", "SCT")]  # Width, in pixels
+        assert width.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue == "{pixels}"
+        region = items[("111030", "DCM")]  # Image Region: a two-point polyline on the frame
+        assert region.ValueType == "SCOORD" and region.GraphicType == "POLYLINE" and len(region.GraphicData) == 4
+        drawn = abs(region.GraphicData[2] - region.GraphicData[0])
+        assert drawn == pytest.approx(float(width.MeasuredValueSequence[0].NumericValue), rel=1e-5)
     for group in groups:
         items = {_codes(item): item for item in group.ContentSequence}
         assert items[("112039", "DCM")].TextValue.startswith("Frame ")  # Tracking Identifier
@@ -124,7 +146,7 @@ def _check_ohif_conventions(report: pydicom.Dataset, num_frames: int, with_sourc
         )  # the two local codes: target bin centre and radiographic CTR
         if len(numbers) == 3:
             assert numbers[2].MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue == "{ratio}"
-    assert len(tracking_uids) == num_frames
+    assert len(tracking_uids) == num_frames + 2 * widths
     # the local scheme is declared; standard concepts never use it
     assert [item.CodingSchemeDesignator for item in report.CodingSchemeIdentificationSequence] == ["99EXAG"]
     local = _local_concepts(report)
@@ -196,9 +218,10 @@ def test_report_follows_tid1500_and_its_scores_equal_frames_csv(
     series: pd.DataFrame, rg1_uncr: Path, tmp_path: Path
 ) -> None:
     frames = np.stack([image.pixel_array for image in read_series(series, pixels=True)])
-    ctr = frame_ctr(load_bundle_segmenter(device="cpu"), frames)
+    measured = frame_ctr(load_bundle_segmenter(device="cpu"), frames)
+    ctr = [m.ratio for m in measured]
     assert all(0.2 < value < 0.8 for value in ctr)
-    path = write_report(series, tmp_path, "cardiomegaly", rg1_uncr, ctr)
+    path = write_report(series, tmp_path, "cardiomegaly", rg1_uncr, measured)
     report = pydicom.dcmread(path)
     source = pydicom.dcmread(rg1_uncr, stop_before_pixels=True)
     assert report.SOPClassUID == COMPREHENSIVE_SR and report.Modality == "SR"
@@ -218,6 +241,16 @@ def test_report_follows_tid1500_and_its_scores_equal_frames_csv(
     assert [group["score"] for group in groups] == list(series["score"])
     assert [group["target_centre"] for group in groups] == list(series["target_centre"])
     assert [group["ctr"] for group in groups] == ctr
+    rows, columns = frames.shape[1:]
+    for group, m in zip(groups, measured):  # the widths as drawn: float32 SCOORDs, on the frame
+        for name, line in (("cardiac_width", m.heart), ("thoracic_width", m.thorax)):
+            back = group[name]
+            assert (back.row, back.left, back.right) == tuple(
+                float(np.float32(v)) for v in (line.row, line.left, line.right)
+            )
+            assert 0 <= back.left < back.right <= columns and 0 < back.row < rows
+        assert group["cardiac_width"].width / group["thoracic_width"].width == pytest.approx(group["ctr"], rel=1e-5)
+        assert m.thorax.left < m.heart.left < m.heart.right < m.thorax.right  # the heart inside the thorax
     assert [group["frame_sop_instance_uid"] for group in groups] == list(series["sop_instance_uid"])
     assert {group["source_sop_instance_uid"] for group in groups} == {source.SOPInstanceUID}
     assert {group["algorithm_name"] for group in groups} == {"monai_exaggeration progressive exaggeration"}
@@ -232,8 +265,8 @@ def test_report_follows_tid1500_and_its_scores_equal_frames_csv(
         "Target bin centre",
         "Cardiothoracic ratio",
     ]
-    _check_ohif_conventions(report, len(series), with_source=True)
-    again = pydicom.dcmread(write_report(series, tmp_path / "again", "cardiomegaly", rg1_uncr, ctr))
+    _check_ohif_conventions(report, len(series), with_source=True, widths=len(series))
+    again = pydicom.dcmread(write_report(series, tmp_path / "again", "cardiomegaly", rg1_uncr, measured))
     assert again.SOPInstanceUID == report.SOPInstanceUID
 
 
@@ -371,7 +404,7 @@ def test_gsps_report_and_burned_in_copy_pass_dciodvfy(
 ) -> None:
     files = {
         "GSPS": write_presentation_state(series, tmp_path, "cardiomegaly"),
-        "SR": write_report(series, tmp_path, "cardiomegaly", rg1_uncr, [0.5] * len(series)),
+        "SR": write_report(series, tmp_path, "cardiomegaly", rg1_uncr, [_WIDTHS] * len(series)),
         "GSPS 16 bit": write_presentation_state(series16, tmp_path, "cardiomegaly"),
         "burned-in": write_burned_in_series(series16, tmp_path, "cardiomegaly")[0],
     }

@@ -23,6 +23,9 @@ __all__ = [
     "SOURCE_IMAGE_PURPOSE",
     "SYNTHESIZING_EQUIPMENT",
     "TARGET_CENTRE",
+    "THORAX",
+    "WIDTH",
+    "PIXELS",
     "code_item",
     "finding_sites",
 ]
@@ -38,6 +41,13 @@ TARGET_CENTRE = Code("TARGET", LOCAL_SCHEME, "Target bin centre")
 CTR = Code("CTR", LOCAL_SCHEME, "Cardiothoracic ratio")
 #: Unit of the CTR: a dimensionless ratio (UCUM annotation ``{ratio}``, equal to 1).
 RATIO = Code("{ratio}", "UCUM", "ratio")
+
+#: A measured width (103355008, SCT, "Width"): the cardiac and the thoracic width of the CTR, each a polyline.
+WIDTH = codes.SCT.Width
+#: Finding site of the thoracic width (816094009, SCT, "Thorax"); the cardiac width's is the heart.
+THORAX = codes.SCT.Thorax
+#: Unit of a width on an image without pixel spacing (the SC frames): pixels (UCUM annotation ``{pixels}``).
+PIXELS = Code("{pixels}", "UCUM", "pixels")
 
 #: Finding sites of the segmented structures a finding profile names (``FindingProfile.region``).
 _REGION_SITES: dict[str, tuple[Code, Code | None]] = {

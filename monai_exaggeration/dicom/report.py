@@ -14,6 +14,10 @@ Imaging Measurement Report (TID 1500, root concept (126000, DCM), highdicom
 * measurements: the classifier's score of the frame as written (``frames.csv`` ``score``) as
   (122157, DCM, "Probability"), the target bin centre (local code), and the cardiothoracic ratio of
   the frame when given (``ctr``, local code, unit UCUM ``{ratio}``; NaN is left out);
+* with the CTR measured on the frame (a :class:`~monai_exaggeration.metrics.ctr.CtrMeasurement`), two
+  planar measurement groups (TID 1410) on the frame: the cardiac width and the thoracic width, each
+  (103355008, SCT, "Width") in pixels with its polyline (SCOORD POLYLINE of two points) on the frame,
+  finding site Heart / Thorax (816094009, SCT), so a viewer draws the widths the ratio is made of;
 * source images: the SC instance of the frame and the source radiograph it was generated from;
 * algorithm identification: Algorithm Name (111001) ``monai_exaggeration progressive exaggeration``,
   Algorithm Version (111003) = the model version (``frames.csv`` ``model_version``).
@@ -32,10 +36,11 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import highdicom as hd
+import numpy as np
 import pandas as pd
 import pydicom
 from pydicom.dataset import Dataset
@@ -43,7 +48,17 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from monai_exaggeration import __version__
-from monai_exaggeration.dicom.codes import CTR, LOCAL_SCHEME, PROBABILITY, RATIO, TARGET_CENTRE, finding_sites
+from monai_exaggeration.dicom.codes import (
+    CTR,
+    LOCAL_SCHEME,
+    PIXELS,
+    PROBABILITY,
+    RATIO,
+    TARGET_CENTRE,
+    THORAX,
+    WIDTH,
+    finding_sites,
+)
 from monai_exaggeration.dicom.presentation import (
     CAPTION_NOTE,
     MODEL_NAME,
@@ -54,6 +69,7 @@ from monai_exaggeration.dicom.presentation import (
 )
 from monai_exaggeration.dicom.secondary_capture import DEFAULT_SERIES_NUMBER, SOFTWARE_NAME, derived_uid, device_uid
 from monai_exaggeration.findings import finding_profile
+from monai_exaggeration.metrics.ctr import CtrMeasurement, WidthLine
 from monai_exaggeration.utils import atomic_write
 
 __all__ = [
@@ -104,17 +120,58 @@ def _measurement(name: Code, value: float, unit: Code, algorithm: hd.sr.Algorith
     return hd.sr.Measurement(name=name, value=float(value), unit=unit, algorithm_id=algorithm)
 
 
+def _ratio(value: float | CtrMeasurement | None) -> float | None:
+    """The CTR of one frame as a finite float, or None."""
+    ratio = value.ratio if isinstance(value, CtrMeasurement) else value
+    return float(ratio) if ratio is not None and math.isfinite(float(ratio)) else None
+
+
+#: The two widths of a CTR: (name in the tracking identifier, attribute of CtrMeasurement, finding site).
+_WIDTHS = (("cardiac width", "heart", hd.sr.FindingSite(codes.SCT.Heart)), ("thoracic width", "thorax", None))
+
+
+def _width_groups(
+    measured: CtrMeasurement,
+    image: Dataset,
+    identifier: str,
+    uid: Callable[[str], str],
+    finding_type: Code,
+    algorithm: hd.sr.AlgorithmIdentification,
+) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
+    """The cardiac and thoracic widths of one frame's CTR: a planar measurement group each, with its polyline."""
+    groups = []
+    for name, attribute, site in _WIDTHS:
+        line: WidthLine = getattr(measured, attribute)
+        region = hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+            graphic_data=np.array([[line.left, line.row], [line.right, line.row]], dtype=np.float64),
+            source_image=hd.sr.SourceImageForRegion(image.SOPClassUID, image.SOPInstanceUID),
+        )
+        groups.append(
+            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(uid=uid(name), identifier=f"{identifier} {name}"),
+                referenced_region=region,
+                finding_type=finding_type,
+                finding_sites=[site or hd.sr.FindingSite(THORAX)],
+                algorithm_id=algorithm,
+                measurements=[_measurement(WIDTH, line.width, PIXELS, algorithm)],
+            )
+        )
+    return groups
+
+
 def build_report(
     images: Sequence[Dataset],
     rows: pd.DataFrame,
     finding: str,
     source: Dataset | None = None,
-    ctr: Sequence[float] | None = None,
+    ctr: Sequence[float | CtrMeasurement | None] | None = None,
 ) -> hd.sr.ComprehensiveSR:
     """The TID 1500 SR of one series: ``images`` (its SC headers) and ``rows`` (its frames.csv rows) in step order.
 
     ``source``: the source image's header (referenced in every group and recorded as evidence);
-    ``ctr``: one cardiothoracic ratio per frame, or None.
+    ``ctr``: per frame, a cardiothoracic ratio, or a :class:`CtrMeasurement` (the ratio and the two widths,
+    drawn as polylines on the frame), or None; or None for no CTR at all.
     """
     if len(images) != len(rows) or not len(rows):
         raise ValueError(f"{len(images)} images but {len(rows)} frames.csv rows")
@@ -141,16 +198,17 @@ def build_report(
             _measurement(PROBABILITY, row.score, _NO_UNITS, algorithm),
             _measurement(TARGET_CENTRE, row.target_centre, _NO_UNITS, algorithm),
         ]
-        if ctr is not None and ctr[index] is not None and math.isfinite(float(ctr[index])):
-            measurements.append(_measurement(CTR, ctr[index], RATIO, algorithm))
+        ratio = _ratio(ctr[index]) if ctr is not None else None
+        if ratio is not None:
+            measurements.append(_measurement(CTR, ratio, RATIO, algorithm))
         sources = [hd.sr.SourceImageForMeasurementGroup(image.SOPClassUID, image.SOPInstanceUID)]
         if source is not None:
             sources.append(hd.sr.SourceImageForMeasurementGroup(source.SOPClassUID, source.SOPInstanceUID))
+        identifier = f"Frame {int(row.step) + 1}/{len(rows)} (step {int(row.step)})"
         groups.append(
             hd.sr.MeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=derived_uid(series_uid, model_version, "sr-group", int(row.step)),
-                    identifier=f"Frame {int(row.step) + 1}/{len(rows)} (step {int(row.step)})",
+                    uid=derived_uid(series_uid, model_version, "sr-group", int(row.step)), identifier=identifier
                 ),
                 finding_type=finding_type,
                 finding_sites=sites,
@@ -159,6 +217,16 @@ def build_report(
                 source_images=sources,
             )
         )
+        if ratio is not None and isinstance(ctr[index], CtrMeasurement):
+            step = int(row.step)
+            groups += _width_groups(
+                ctr[index],
+                image,
+                identifier,
+                lambda name, step=step: derived_uid(series_uid, model_version, "sr-width", step, name),
+                finding_type,
+                algorithm,
+            )
     evidence = [*images, *([source] if source is not None else [])]
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=device_uid(SOFTWARE_NAME, model_version),  # the Device UID of the Contributing Equipment item too
@@ -230,13 +298,30 @@ def _key(code: Code) -> tuple[str, str]:
     return code.scheme_designator, code.value
 
 
+def _widths(document: hd.sr.ComprehensiveSR) -> dict[str, dict[str, WidthLine]]:
+    """The width polylines of a report by the frame they are drawn on: SOP Instance UID -> name -> line."""
+    widths: dict[str, dict[str, WidthLine]] = {}
+    for group in document.content.get_planar_roi_measurement_groups():
+        region = group.roi
+        if region is None or str(region.graphic_type.value) != "POLYLINE":
+            continue
+        (left, row), (right, _) = region.value.tolist()
+        frame = str(region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+        name = group.tracking_identifier.rsplit(")", 1)[-1].strip()  # "cardiac width" / "thoracic width"
+        widths.setdefault(frame, {})[name] = WidthLine(float(row), float(left), float(right))
+    return widths
+
+
 def read_report(path: str | os.PathLike) -> list[dict]:
-    """One dict per measurement group of a report written by :func:`write_report`, in document order.
+    """One dict per frame of a report written by :func:`write_report`, in document order.
 
     Keys: ``tracking_identifier``, ``frame_sop_instance_uid``, ``source_sop_instance_uid`` ("" when none),
-    ``score``, ``target_centre``, ``ctr`` (None when absent), ``algorithm_name``, ``algorithm_version``.
+    ``score``, ``target_centre``, ``ctr`` (None when absent), ``cardiac_width`` and ``thoracic_width``
+    (:class:`~monai_exaggeration.metrics.ctr.WidthLine` on the frame, None when absent), ``algorithm_name``,
+    ``algorithm_version``.
     """
     document = hd.sr.srread(path)
+    widths = _widths(document)
     groups = []
     for group in document.content.get_image_measurement_groups():
         values = {}
@@ -249,14 +334,17 @@ def read_report(path: str | os.PathLike) -> list[dict]:
             for item in container.get("ContentSequence", [])
             if item.ValueType == "TEXT"
         }
+        frame = str(images[0]) if images else ""
         groups.append(
             {
                 "tracking_identifier": group.tracking_identifier,
-                "frame_sop_instance_uid": str(images[0]) if images else "",
+                "frame_sop_instance_uid": frame,
                 "source_sop_instance_uid": str(images[1]) if len(images) > 1 else "",
                 "score": values.get(_key(PROBABILITY), values.get((LOCAL_SCHEME, "SCORE"))),  # 0.9's local code
                 "target_centre": values.get(_key(TARGET_CENTRE)),
                 "ctr": values.get(_key(CTR)),
+                "cardiac_width": widths.get(frame, {}).get("cardiac width"),
+                "thoracic_width": widths.get(frame, {}).get("thoracic width"),
                 "algorithm_name": texts.get(codes.DCM.AlgorithmName.value, ""),
                 "algorithm_version": texts.get(codes.DCM.AlgorithmVersion.value, ""),
             }

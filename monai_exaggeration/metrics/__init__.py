@@ -1,6 +1,14 @@
 """Evaluation measures of exaggeration series."""
 
-from monai_exaggeration.metrics.ctr import cardiothoracic_ratio, ctr_faithfulness, horizontal_extent, largest_component
+from monai_exaggeration.metrics.ctr import (
+    CtrMeasurement,
+    WidthLine,
+    cardiothoracic_ratio,
+    ctr_faithfulness,
+    ctr_measurement,
+    horizontal_extent,
+    largest_component,
+)
 from monai_exaggeration.metrics.localisation import change_inside_outside, mass_inside, saliency_maps
 from monai_exaggeration.metrics.realism import (
     encoder_features,
@@ -14,7 +22,10 @@ from monai_exaggeration.metrics.realism import (
 from monai_exaggeration.metrics.validity import SeriesValidity, series_validity
 
 __all__ = [
+    "CtrMeasurement",
     "SeriesValidity",
+    "WidthLine",
+    "ctr_measurement",
     "cardiothoracic_ratio",
     "encoder_features",
     "view_retrieval_accuracy",

@@ -13,10 +13,56 @@ On the ground-truth masks of the shared wingspan-ctr set this reproduces the dat
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
-__all__ = ["cardiothoracic_ratio", "ctr_faithfulness", "largest_component", "horizontal_extent"]
+__all__ = [
+    "CtrMeasurement",
+    "WidthLine",
+    "cardiothoracic_ratio",
+    "ctr_faithfulness",
+    "ctr_measurement",
+    "largest_component",
+    "horizontal_extent",
+]
+
+
+@dataclass(frozen=True)
+class WidthLine:
+    """A measured width drawn as a horizontal line, in image coordinates where pixel (r, c) covers
+    [c, c + 1) x [r, r + 1) (the DICOM SCOORD convention): from ``left`` (the leftmost column's left edge)
+    to ``right`` (the rightmost column's right edge) at height ``row`` (the centre of the row where the
+    structure itself is widest)."""
+
+    row: float
+    left: float
+    right: float
+
+    @property
+    def width(self) -> float:
+        return self.right - self.left
+
+    def scaled(self, row_factor: float, column_factor: float) -> WidthLine:
+        return WidthLine(self.row * row_factor, self.left * column_factor, self.right * column_factor)
+
+
+@dataclass(frozen=True)
+class CtrMeasurement:
+    """A cardiothoracic ratio with the two widths it is the ratio of (``heart`` / ``thorax``)."""
+
+    heart: WidthLine
+    thorax: WidthLine
+
+    @property
+    def ratio(self) -> float:
+        return self.heart.width / self.thorax.width
+
+    def scaled(self, from_shape: tuple[int, int], to_shape: tuple[int, int]) -> CtrMeasurement:
+        """The same measurement on an image of ``to_shape`` that was resized (stretched) to ``from_shape``."""
+        rows, columns = to_shape[0] / from_shape[0], to_shape[1] / from_shape[1]
+        return CtrMeasurement(self.heart.scaled(rows, columns), self.thorax.scaled(rows, columns))
 
 
 def largest_component(mask: np.ndarray, min_fraction: float = 0.0) -> np.ndarray:
@@ -49,6 +95,36 @@ def _as_bool(mask: np.ndarray | torch.Tensor, threshold: float) -> np.ndarray:
     return array > threshold if array.dtype != bool else array
 
 
+def _width_line(mask: np.ndarray) -> WidthLine | None:
+    """The horizontal extent of ``mask`` as a :class:`WidthLine` (None if empty)."""
+    columns = np.flatnonzero(mask.any(axis=0))
+    if not columns.size:
+        return None
+    rows = np.flatnonzero(mask.any(axis=1))
+    spans = [np.flatnonzero(mask[row]) for row in rows]
+    widest = rows[int(np.argmax([span[-1] - span[0] for span in spans]))]
+    return WidthLine(float(widest) + 0.5, float(columns[0]), float(columns[-1] + 1))
+
+
+def ctr_measurement(
+    heart: np.ndarray | torch.Tensor,
+    left_lung: np.ndarray | torch.Tensor,
+    right_lung: np.ndarray | torch.Tensor,
+    threshold: float = 0.5,
+    min_fraction: float = 0.001,
+) -> CtrMeasurement | None:
+    """CTR of one image from its masks (probabilities or booleans, (rows, columns)) with the two widths
+    as lines on the masks' grid; None if a structure is missing."""
+    heart_mask = largest_component(_as_bool(heart, threshold), min_fraction)
+    lungs = largest_component(_as_bool(left_lung, threshold), min_fraction) | largest_component(
+        _as_bool(right_lung, threshold), min_fraction
+    )
+    heart_line, thorax_line = _width_line(heart_mask), _width_line(lungs)
+    if heart_line is None or thorax_line is None:
+        return None
+    return CtrMeasurement(heart_line, thorax_line)
+
+
 def cardiothoracic_ratio(
     heart: np.ndarray | torch.Tensor,
     left_lung: np.ndarray | torch.Tensor,
@@ -57,14 +133,8 @@ def cardiothoracic_ratio(
     min_fraction: float = 0.001,
 ) -> float:
     """CTR of one image from its masks (probabilities or booleans, (rows, columns)); NaN if a structure is missing."""
-    heart_mask = largest_component(_as_bool(heart, threshold), min_fraction)
-    lungs = largest_component(_as_bool(left_lung, threshold), min_fraction) | largest_component(
-        _as_bool(right_lung, threshold), min_fraction
-    )
-    heart_width, thorax_width = horizontal_extent(heart_mask), horizontal_extent(lungs)
-    if heart_width == 0 or thorax_width == 0:
-        return float("nan")
-    return heart_width / thorax_width
+    measured = ctr_measurement(heart, left_lung, right_lung, threshold, min_fraction)
+    return float("nan") if measured is None else measured.ratio
 
 
 def ctr_faithfulness(ctr: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict[str, float]:

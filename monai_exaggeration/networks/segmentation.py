@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from monai_exaggeration.metrics.ctr import cardiothoracic_ratio
+from monai_exaggeration.metrics.ctr import CtrMeasurement, cardiothoracic_ratio, ctr_measurement
 
 __all__ = ["HeartLungSegmenter"]
 
@@ -42,3 +42,10 @@ class HeartLungSegmenter(nn.Module):
     def ctr(self, images: torch.Tensor) -> list[float]:
         """Cardiothoracic ratio of each image (NaN where a structure is not found)."""
         return [cardiothoracic_ratio(*masks) for masks in self(images).cpu()]
+
+    def ctr_measurements(self, images: torch.Tensor) -> list[CtrMeasurement | None]:
+        """:meth:`ctr` with the heart and thorax widths as lines on the input images' grid (None where a
+        structure is not found)."""
+        grid, shape = (self.image_size, self.image_size), tuple(images.shape[2:])
+        measured = [ctr_measurement(*masks) for masks in self(images).cpu()]
+        return [None if m is None else m.scaled(grid, shape) for m in measured]

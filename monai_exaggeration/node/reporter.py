@@ -30,6 +30,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -37,7 +38,10 @@ import pandas as pd
 from monai_exaggeration.node.config import NodeConfig
 from monai_exaggeration.node.queue import Job, JobQueue
 
-__all__ = ["Reporter", "frame_ctr", "record_failure", "reporter_main"]
+if TYPE_CHECKING:
+    from monai_exaggeration.metrics.ctr import CtrMeasurement
+
+__all__ = ["Reporter", "ctr_values", "frame_ctr", "record_failure", "reporter_main"]
 
 logger = logging.getLogger("monai_exaggeration.node")
 
@@ -68,8 +72,9 @@ def record_failure(queue: JobQueue, config: NodeConfig, job: Job, reason: str, p
     return state
 
 
-def frame_ctr(segmenter, frames: np.ndarray) -> list[float]:
-    """Cardiothoracic ratio of each frame (grey levels K x rows x columns; one at a time: frames may be large)."""
+def frame_ctr(segmenter, frames: np.ndarray) -> list[CtrMeasurement | None]:
+    """Cardiothoracic ratio of each frame with its two widths as lines on the frame (grey levels K x rows x
+    columns; one at a time: frames may be large); None where the heart or the lungs are not found."""
     import torch
 
     from monai_exaggeration.transforms import to_model_range
@@ -78,8 +83,13 @@ def frame_ctr(segmenter, frames: np.ndarray) -> list[float]:
     values = []
     for frame in frames:
         unit = torch.from_numpy(frame.astype(np.float32) / levels)
-        values.append(float(segmenter.ctr(to_model_range(unit)[None, None])[0]))
+        values.append(segmenter.ctr_measurements(to_model_range(unit)[None, None])[0])
     return values
+
+
+def ctr_values(measured: list[CtrMeasurement | None]) -> list[float]:
+    """The ratios of :func:`frame_ctr`'s measurements (NaN where there is none)."""
+    return [float("nan") if value is None else value.ratio for value in measured]
 
 
 def _die_with_parent() -> None:
@@ -98,7 +108,7 @@ class _Prepared:
     out: Path
     rows: pd.DataFrame
     files: list[Path]
-    ctr: list[float] | None
+    ctr: list[CtrMeasurement | None] | None
     explain_seconds: float
     started: float
     prepare_seconds: float
@@ -117,7 +127,9 @@ class Reporter:
         self.queue = queue
         self.ledger = ledger
 
-    def derived(self, out: Path, rows: pd.DataFrame, finding: str, source: str, ctr: list[float] | None) -> list[Path]:
+    def derived(
+        self, out: Path, rows: pd.DataFrame, finding: str, source: str, ctr: list[CtrMeasurement | None] | None
+    ) -> list[Path]:
         """The files to send: the series first, then the presentation state, the report, the burned-in copies."""
         from monai_exaggeration.dicom.presentation import write_burned_in_series, write_presentation_state
         from monai_exaggeration.dicom.report import write_report
@@ -136,7 +148,7 @@ class Reporter:
         self,
         job: Job,
         finding: str,
-        ctr: list[float] | None,
+        ctr: list[CtrMeasurement | None] | None,
         explain_seconds: float,
         started: float,
         frame_rows: list[dict],
@@ -160,7 +172,7 @@ class Reporter:
         self,
         job: Job,
         finding: str,
-        ctr: list[float] | None,
+        ctr: list[CtrMeasurement | None] | None,
         explain_seconds: float,
         started: float,
         frame_rows: list[dict],
@@ -199,7 +211,8 @@ class Reporter:
                 f"reach {self.destination.label}: {status}{failed[0].message}",
                 permanent=False,
             )
-        rows, ctr = prepared.rows, prepared.ctr
+        rows = prepared.rows
+        ctr = None if prepared.ctr is None else ctr_values(prepared.ctr)
         finite_ctr = [value for value in ctr or [] if np.isfinite(value)]
         result = {
             "series_instance_uid": str(rows["series_instance_uid"].iloc[0]),

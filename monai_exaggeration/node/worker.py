@@ -33,7 +33,7 @@ from monai_exaggeration.errors import find_cxr_input_error
 from monai_exaggeration.inference import FRAME_COLUMNS, SOURCE_COLUMNS
 from monai_exaggeration.node.config import NodeConfig
 from monai_exaggeration.node.queue import Job, JobQueue
-from monai_exaggeration.node.reporter import frame_ctr, record_failure, reporter_main
+from monai_exaggeration.node.reporter import ctr_values, frame_ctr, record_failure, reporter_main
 from monai_exaggeration.utils import write_csv_atomic
 
 __all__ = ["JobFailure", "Worker"]
@@ -164,10 +164,10 @@ class Worker:
             except queue_module.Full:
                 continue
 
-    def explain(self, job: Job) -> tuple[float, list[float] | None, list[dict]]:
+    def explain(self, job: Job) -> tuple[float, list | None, list[dict]]:
         """Explain the spooled source of ``job``, write its series and CSV logs and measure the CTR of its frames
-        (``outputs.ctr``); returns the seconds taken, the CTR values (None when not measured) and the frames'
-        log rows, which the reporter builds the captions and the report from (in memory, not read back)."""
+        (``outputs.ctr``); returns the seconds taken, the CTR measurements with their widths (None when not
+        measured) and the frames' log rows, which the reporter builds the captions and the report from (in memory, not read back)."""
         source = Path(job.spool_file)
         if not source.is_file():
             raise JobFailure(f"the spooled file {source} is missing", permanent=True)
@@ -187,5 +187,6 @@ class Worker:
         ctr = None
         if self.segmenter is not None:
             ctr = frame_ctr(self.segmenter, series.frames)
-            write_csv_atomic(pd.DataFrame(frame_rows, columns=FRAME_COLUMNS).assign(ctr=ctr), out / "frames_ctr.csv")
+            frames_ctr = pd.DataFrame(frame_rows, columns=FRAME_COLUMNS).assign(ctr=ctr_values(ctr))
+            write_csv_atomic(frames_ctr, out / "frames_ctr.csv")
         return time.perf_counter() - start, ctr, frame_rows
