@@ -5,6 +5,7 @@ Commands:
   export         send DICOM series (e.g. the inference workflow's output) to a PACS by C-STORE or STOW-RS.
   reader-study   build, serve and analyse a radiologist reader study of the explanations.
   serve-dicom    a DICOM node: receive chest X-rays, explain them, send the results back to a PACS.
+  viewer-demo    explain a chest X-ray into a private Orthanc and show the results in the OHIF viewer.
 
 The arguments are parsed before torch, MONAI or pandas are imported, so ``--help`` answers at once.
 """
@@ -355,7 +356,8 @@ def _chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line: ``classify``, ``export``, ``reader-study`` and ``serve-dicom``, each with its own options."""
+    """The command line: ``classify``, ``export``, ``reader-study``, ``serve-dicom`` and ``viewer-demo``, each with
+    its own options."""
     from monai_exaggeration.node.cli import add_dicom_node_parser
     from monai_exaggeration.reader_study.cli import add_reader_study_parser
 
@@ -365,7 +367,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export_parser(commands)
     add_reader_study_parser(commands)
     add_dicom_node_parser(commands)
+    _add_viewer_demo_parser(commands)
     return parser
+
+
+def _add_viewer_demo_parser(commands: Any) -> None:
+    demo = commands.add_parser(
+        "viewer-demo",
+        help="explain a chest X-ray into a private Orthanc and show the results in the OHIF viewer",
+        description="Start Orthanc with DICOMweb, explain one chest X-ray (default: RG1 of pydicom-data) into it "
+        "(SC series, presentation state, SR with CTR widths, burned-in copy) and serve the OHIF viewer on "
+        "localhost (docs/dicom_node.md, 'In the OHIF viewer').",
+    )
+    demo.add_argument("--input", default=None, help="the chest X-ray to explain (default: RG1_UNCR.dcm)")
+    demo.add_argument("--port", type=int, default=3000, help="the viewer's local port (default 3000; 0: any free)")
+    demo.add_argument("--dicomweb", default=None, help="a running DICOMweb server's root instead of a private Orthanc")
+    demo.add_argument("--work_dir", default=None, help="keep the outputs and Orthanc's data here (default: temporary)")
+    demo.add_argument("--serve_seconds", type=float, default=None, help="stop after this long (default: at Ctrl-C)")
+    demo.set_defaults(handler=_viewer_demo_command)
+
+
+def _viewer_demo_command(args: argparse.Namespace) -> int:
+    from monai_exaggeration.viewer_demo import run_demo
+
+    return run_demo(args.input, args.port, args.dicomweb, args.work_dir, args.serve_seconds)
 
 
 def _add_classify_parser(commands: Any) -> None:

@@ -23,6 +23,7 @@ LAYERS = {
     "metrics": 2,
     "dicom": 2,
     "export": 2,
+    "viewer": 2,
     "networks": 3,
     "losses": 3,
     "methods": 4,
@@ -34,6 +35,7 @@ LAYERS = {
     "evaluation": 8,
     "node": 9,
     "reader_study": 9,
+    "viewer_demo": 9,
     "cli": 10,
     "__main__": 10,
 }

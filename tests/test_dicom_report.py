@@ -94,6 +94,14 @@ def _value_code(item) -> tuple[str, str]:
 _WIDTHS = CtrMeasurement(WidthLine(60.5, 30.0, 70.0), WidthLine(62.5, 10.0, 90.0))
 
 
+def report_rows(series: pd.DataFrame) -> int:
+    return int(pydicom.dcmread(series["output_file"].iloc[0], stop_before_pixels=True).Rows)
+
+
+def report_columns(series: pd.DataFrame) -> int:
+    return int(pydicom.dcmread(series["output_file"].iloc[0], stop_before_pixels=True).Columns)
+
+
 def _check_ohif_conventions(report: pydicom.Dataset, num_frames: int, with_source: bool, widths: int = 0) -> None:
     """What OHIF v3 needs of a TID 1500 report (root 126000, an Image Library Group, tracking identifier
     and UID in every group, a SCOORD for what is to be drawn), the standard codes of issue 28, and the IHE
@@ -256,9 +264,14 @@ def test_report_follows_tid1500_and_its_scores_equal_frames_csv(
     assert {group["algorithm_name"] for group in groups} == {"monai_exaggeration progressive exaggeration"}
     assert {group["algorithm_version"] for group in groups} == set(series["model_version"])
     assert groups[2]["tracking_identifier"] == "Frame 3/10 (step 2)"
-    # highdicom reads it back as a measurement report with image measurement groups
+    # highdicom reads it back as a measurement report with planar ROI groups (every group drawn: OHIF needs a SCOORD)
     document = hd.sr.srread(path)
-    group = document.content.get_image_measurement_groups()[0]
+    assert document.content.get_image_measurement_groups() == []
+    planar = document.content.get_planar_roi_measurement_groups()
+    assert len(planar) == 3 * len(series)  # per frame: the frame (its outline), the cardiac and the thoracic width
+    group = planar[0]
+    assert group.roi.graphic_type.value == "POLYLINE" and len(group.roi.value) == 5  # the frame's closed outline
+    assert group.roi.value.max(axis=0).tolist() == [float(report_columns(series)), float(report_rows(series))]
     assert group.finding_type.value == "287272002"  # SNOMED CT Cardiomegaly
     assert [m.name.meaning for m in group.get_measurements()] == [
         "Probability",

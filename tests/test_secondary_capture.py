@@ -117,7 +117,7 @@ def test_rg1_series_attributes(written, rg1, bits):
         assert list(ds.ImageType) == ["DERIVED", "SECONDARY"]
         assert ds.ConversionType == "SYN"
         assert "BurnedInAnnotation" not in source and "BurnedInAnnotation" not in ds  # unknown: not guessed
-        assert ds.Modality == "CR"
+        assert ds.Modality == "OT"  # synthesized frames; a CR series would not scroll as one stack in OHIF
         assert list(ds.PatientOrientation) == list(source.PatientOrientation) == ["L", "F"]
         assert ds.PhotometricInterpretation == "MONOCHROME2"
         assert (ds.BitsAllocated, ds.BitsStored) == (bits, bits)

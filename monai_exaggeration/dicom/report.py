@@ -3,8 +3,9 @@
 :func:`write_report` builds, from the series' files and its ``frames.csv`` rows, one
 Imaging Measurement Report (TID 1500, root concept (126000, DCM), highdicom
 :class:`highdicom.sr.MeasurementReport`) with an Image Library (TID 1600: one Image Library Group
-(126200, DCM) per modality, listing the frames and the source image) and one measurement group
-(TID 1501) per frame:
+(126200, DCM) per modality, listing the frames and the source image) and, per frame, one planar
+measurement group (TID 1410) whose image region is the frame's outline (the score is of the whole
+frame; a SCOORD in every group is what OHIF v3 needs to show a report at all):
 
 * tracking identifier (112039) ``Frame k/N (step s)`` and a deterministic tracking unique
   identifier (112040);
@@ -15,10 +16,10 @@ Imaging Measurement Report (TID 1500, root concept (126000, DCM), highdicom
   (122157, DCM, "Probability"), the target bin centre (local code), and the cardiothoracic ratio of
   the frame when given (``ctr``, local code, unit UCUM ``{ratio}``; NaN is left out);
 * with the CTR measured on the frame (a :class:`~monai_exaggeration.metrics.ctr.CtrMeasurement`), two
-  planar measurement groups (TID 1410) on the frame: the cardiac width and the thoracic width, each
-  (103355008, SCT, "Width") in pixels with its polyline (SCOORD POLYLINE of two points) on the frame,
-  finding site Heart / Thorax (816094009, SCT), so a viewer draws the widths the ratio is made of;
-* source images: the SC instance of the frame and the source radiograph it was generated from;
+  more planar groups on the frame: the cardiac width and the thoracic width, each (103355008, SCT,
+  "Width") in pixels with its polyline (SCOORD POLYLINE of two points), finding site Heart / Thorax
+  (816094009, SCT), so a viewer draws the widths the ratio is made of;
+* the source radiograph is evidence and in the Image Library;
 * algorithm identification: Algorithm Name (111001) ``monai_exaggeration progressive exaggeration``,
   Algorithm Version (111003) = the model version (``frames.csv`` ``model_version``).
 
@@ -130,6 +131,21 @@ def _ratio(value: float | CtrMeasurement | None) -> float | None:
 _WIDTHS = (("cardiac width", "heart", hd.sr.FindingSite(codes.SCT.Heart)), ("thoracic width", "thorax", None))
 
 
+def _polyline(points: list[tuple[float, float]], image: Dataset) -> hd.sr.ImageRegion:
+    """A SCOORD POLYLINE of (column, row) ``points`` on ``image``."""
+    return hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=np.array(points, dtype=np.float64),
+        source_image=hd.sr.SourceImageForRegion(image.SOPClassUID, image.SOPInstanceUID),
+    )
+
+
+def _whole_frame(image: Dataset) -> hd.sr.ImageRegion:
+    """The frame's outline (a closed polyline along its edges): the region of a whole-image measurement."""
+    rows, columns = float(image.Rows), float(image.Columns)
+    return _polyline([(0.0, 0.0), (columns, 0.0), (columns, rows), (0.0, rows), (0.0, 0.0)], image)
+
+
 def _width_groups(
     measured: CtrMeasurement,
     image: Dataset,
@@ -142,11 +158,7 @@ def _width_groups(
     groups = []
     for name, attribute, site in _WIDTHS:
         line: WidthLine = getattr(measured, attribute)
-        region = hd.sr.ImageRegion(
-            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-            graphic_data=np.array([[line.left, line.row], [line.right, line.row]], dtype=np.float64),
-            source_image=hd.sr.SourceImageForRegion(image.SOPClassUID, image.SOPInstanceUID),
-        )
+        region = _polyline([(line.left, line.row), (line.right, line.row)], image)
         groups.append(
             hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(uid=uid(name), identifier=f"{identifier} {name}"),
@@ -201,24 +213,21 @@ def build_report(
         ratio = _ratio(ctr[index]) if ctr is not None else None
         if ratio is not None:
             measurements.append(_measurement(CTR, ratio, RATIO, algorithm))
-        sources = [hd.sr.SourceImageForMeasurementGroup(image.SOPClassUID, image.SOPInstanceUID)]
-        if source is not None:
-            sources.append(hd.sr.SourceImageForMeasurementGroup(source.SOPClassUID, source.SOPInstanceUID))
-        identifier = f"Frame {int(row.step) + 1}/{len(rows)} (step {int(row.step)})"
+        step = int(row.step)
+        identifier = f"Frame {step + 1}/{len(rows)} (step {step})"
         groups.append(
-            hd.sr.MeasurementsAndQualitativeEvaluations(
+            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=derived_uid(series_uid, model_version, "sr-group", int(row.step)), identifier=identifier
+                    uid=derived_uid(series_uid, model_version, "sr-group", step), identifier=identifier
                 ),
+                referenced_region=_whole_frame(image),  # the score is of the whole frame
                 finding_type=finding_type,
                 finding_sites=sites,
                 algorithm_id=algorithm,
                 measurements=measurements,
-                source_images=sources,
             )
         )
         if ratio is not None and isinstance(ctr[index], CtrMeasurement):
-            step = int(row.step)
             groups += _width_groups(
                 ctr[index],
                 image,
@@ -298,55 +307,66 @@ def _key(code: Code) -> tuple[str, str]:
     return code.scheme_designator, code.value
 
 
-def _widths(document: hd.sr.ComprehensiveSR) -> dict[str, dict[str, WidthLine]]:
-    """The width polylines of a report by the frame they are drawn on: SOP Instance UID -> name -> line."""
-    widths: dict[str, dict[str, WidthLine]] = {}
-    for group in document.content.get_planar_roi_measurement_groups():
-        region = group.roi
-        if region is None or str(region.graphic_type.value) != "POLYLINE":
-            continue
-        (left, row), (right, _) = region.value.tolist()
-        frame = str(region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
-        name = group.tracking_identifier.rsplit(")", 1)[-1].strip()  # "cardiac width" / "thoracic width"
-        widths.setdefault(frame, {})[name] = WidthLine(float(row), float(left), float(right))
-    return widths
+def _region_frame(group) -> str:
+    """The SOP Instance UID of the image a planar group's region is drawn on."""
+    return str(group.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+
+
+def _frame_entry(group, frame: str) -> dict:
+    """What :func:`read_report` returns of one frame's measurement group (``frame``: the frame's SOP Instance UID)."""
+    values = {_key(m.name): m.value for m in group.get_measurements()}
+    texts = {
+        item.ConceptNameCodeSequence[0].CodeValue: str(item.TextValue)
+        for container in group
+        for item in container.get("ContentSequence", [])
+        if item.ValueType == "TEXT"
+    }
+    return {
+        "tracking_identifier": group.tracking_identifier,
+        "frame_sop_instance_uid": frame,
+        "score": values.get(_key(PROBABILITY), values.get((LOCAL_SCHEME, "SCORE"))),  # 0.9's local code
+        "target_centre": values.get(_key(TARGET_CENTRE)),
+        "ctr": values.get(_key(CTR)),
+        "algorithm_name": texts.get(codes.DCM.AlgorithmName.value, ""),
+        "algorithm_version": texts.get(codes.DCM.AlgorithmVersion.value, ""),
+    }
 
 
 def read_report(path: str | os.PathLike) -> list[dict]:
     """One dict per frame of a report written by :func:`write_report`, in document order.
 
-    Keys: ``tracking_identifier``, ``frame_sop_instance_uid``, ``source_sop_instance_uid`` ("" when none),
-    ``score``, ``target_centre``, ``ctr`` (None when absent), ``cardiac_width`` and ``thoracic_width``
-    (:class:`~monai_exaggeration.metrics.ctr.WidthLine` on the frame, None when absent), ``algorithm_name``,
-    ``algorithm_version``.
+    Keys: ``tracking_identifier``, ``frame_sop_instance_uid``, ``source_sop_instance_uid`` (the evidence
+    that is not a frame; "" when none), ``score``, ``target_centre``, ``ctr`` (None when absent),
+    ``cardiac_width`` and ``thoracic_width`` (:class:`~monai_exaggeration.metrics.ctr.WidthLine` on the frame,
+    None when absent), ``algorithm_name``, ``algorithm_version``.
     """
     document = hd.sr.srread(path)
-    widths = _widths(document)
-    groups = []
-    for group in document.content.get_image_measurement_groups():
-        values = {}
-        for measurement in group.get_measurements():
-            values[(measurement.name.scheme_designator, measurement.name.value)] = measurement.value
+    frames: list[dict] = []
+    widths: dict[str, dict[str, WidthLine]] = {}
+    for group in document.content.get_planar_roi_measurement_groups():
+        if group.roi is None:
+            continue
+        frame = _region_frame(group)
+        name = group.tracking_identifier.rsplit(")", 1)[-1].strip()  # "" for a frame, else "cardiac width" / …
+        if name:
+            (left, row), (right, _) = group.roi.value.tolist()[:2]
+            widths.setdefault(frame, {})[name] = WidthLine(float(row), float(left), float(right))
+            continue
+        frames.append(_frame_entry(group, frame))
+    for group in document.content.get_image_measurement_groups():  # reports of 0.10 and earlier: TID 1501
         images = [item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for item in group.source_images]
-        texts = {
-            item.ConceptNameCodeSequence[0].CodeValue: str(item.TextValue)
-            for container in group
-            for item in container.get("ContentSequence", [])
-            if item.ValueType == "TEXT"
-        }
-        frame = str(images[0]) if images else ""
-        groups.append(
-            {
-                "tracking_identifier": group.tracking_identifier,
-                "frame_sop_instance_uid": frame,
-                "source_sop_instance_uid": str(images[1]) if len(images) > 1 else "",
-                "score": values.get(_key(PROBABILITY), values.get((LOCAL_SCHEME, "SCORE"))),  # 0.9's local code
-                "target_centre": values.get(_key(TARGET_CENTRE)),
-                "ctr": values.get(_key(CTR)),
-                "cardiac_width": widths.get(frame, {}).get("cardiac width"),
-                "thoracic_width": widths.get(frame, {}).get("thoracic width"),
-                "algorithm_name": texts.get(codes.DCM.AlgorithmName.value, ""),
-                "algorithm_version": texts.get(codes.DCM.AlgorithmVersion.value, ""),
-            }
-        )
-    return groups
+        frames.append(_frame_entry(group, str(images[0]) if images else ""))
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    evidence = [
+        str(item.ReferencedSOPInstanceUID)
+        for study in header.get("CurrentRequestedProcedureEvidenceSequence", [])
+        for series in study.ReferencedSeriesSequence
+        for item in series.ReferencedSOPSequence
+    ]
+    shown = {entry["frame_sop_instance_uid"] for entry in frames}
+    sources = [uid for uid in evidence if uid not in shown]
+    for entry in frames:
+        entry["source_sop_instance_uid"] = sources[0] if sources else ""
+        for name in ("cardiac width", "thoracic width"):
+            entry[name.replace(" ", "_")] = widths.get(entry["frame_sop_instance_uid"], {}).get(name)
+    return frames

@@ -42,8 +42,7 @@ in docs/inference.md):
   BurnedInAnnotation copied from the source (the frames are the source plus a change, so any text
   in the source's pixels is carried over); for a source without it, ``meta["burned_in_annotation"]``
   (set when the user declares non-DICOM inputs free of text) or else omitted with a warning in the
-  log, never a guessed ``NO``. Modality copied when the source is CR/DX else
-  ``OT``, PatientOrientation copied when present (else empty, type 2), InstanceNumber
+  log, never a guessed ``NO``. Modality ``OT`` (:data:`SERIES_MODALITY`), PatientOrientation copied when present (else empty, type 2), InstanceNumber
   ``step + 1``, DerivationCodeSequence (CID 7203: 113042 "Pixel by pixel addition" and 113085
   "Spatial resampling" for frames on the source's grid, 113085 alone for frames at model
   resolution), DerivationDescription, ImageComments (step, target bin, bin centre, achieved
@@ -120,7 +119,10 @@ NON_DICOM_PATIENT_NAME = "ANONYMOUS^EXAGGERATION"
 RESEARCH_NOTE = "research use only, not for diagnosis"
 #: Values this far outside [0, 1] are clipped; further out is an error.
 RANGE_TOLERANCE = 0.01
-_COPIED_MODALITIES = ("CR", "DX")
+#: Modality of every written frame: OT ("other"), whatever the source's. The frames are synthesized, not
+#: acquired; and viewers treat CR/DX/MG instances as single images (OHIF v3 makes each its own display
+#: set), so a series with the source's CR would not scroll as one stack of frames.
+SERIES_MODALITY = "OT"
 #: The Patient and Study attributes copied from the source, with highdicom's constructor argument for each.
 _PATIENT_STUDY_ARGUMENTS = {
     "PatientID": "patient_id",
@@ -468,8 +470,7 @@ def _context(source, source_meta: dict, info: SeriesInfo, frame_shape: tuple[int
             patient_study["StudyInstanceUID"] = derived_uid(source_key, "", "study")
         if tags.get("StudyDescription"):
             extras["StudyDescription"] = tags["StudyDescription"]
-        modality = tags.get("Modality", "").upper()
-        modality = modality if modality in _COPIED_MODALITIES else "OT"
+        modality = SERIES_MODALITY
         orientation_text = tags.get("PatientOrientation", "")
         orientation: list[str] | str = orientation_text.split("\\") if orientation_text else ""
         pixel_spacing = _pixel_spacing(tags, source_meta, frame_shape)
