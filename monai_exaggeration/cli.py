@@ -223,18 +223,48 @@ def _export_destination(args: argparse.Namespace):
     return Destination(**settings)
 
 
+def _echo(destination) -> int:
+    """``export --echo``: C-ECHO (DIMSE) or a DICOMweb query to ``destination``; 0 on success."""
+    from monai_exaggeration.export import PermanentSendError, TransientSendError, make_sender
+
+    sender = make_sender(destination)
+    try:
+        status = sender.echo()
+    except (TransientSendError, PermanentSendError) as error:
+        return fail(
+            f"C-ECHO to {destination.label} failed: {error} -- check the host, port and AE titles, "
+            "and that the PACS accepts our calling AE",
+            status=1,
+        )
+    finally:
+        sender.close()
+    what = "C-ECHO" if destination.kind == "dimse" else "DICOMweb query"
+    print(f"{what} to {destination.label}: status 0x{status:04X}" + (" (success)" if status == 0 else ""))
+    return 0 if status == 0 else 1
+
+
+def _open_ledger(path: Path, verify: bool, destination_label: str):
+    """The send ledger at ``path``; with ``verify`` an unusable one is moved aside and rebuilt from the PACS."""
+    from monai_exaggeration.export import LedgerError, SendLedger, move_aside
+
+    try:
+        return SendLedger(path)
+    except LedgerError as error:
+        if not verify:
+            raise
+        aside = move_aside(path)  # --verify rebuilds it from what the PACS holds
+        logger.warning(
+            "send ledger %s was unusable (%s): moved it to %s; rebuilding it from what %s holds",
+            path,
+            error.problem,
+            aside,
+            destination_label,
+        )
+        return SendLedger(path)
+
+
 def _export_command(args: argparse.Namespace) -> int:
-    from monai_exaggeration.export import (
-        DestinationError,
-        LedgerError,
-        PermanentSendError,
-        SendLedger,
-        TransientSendError,
-        collect_dicom_files,
-        export_files,
-        make_sender,
-        move_aside,
-    )
+    from monai_exaggeration.export import DestinationError, collect_dicom_files, export_files
 
     if args.debug:
         logging.getLogger("pynetdicom").setLevel(logging.INFO)
@@ -253,20 +283,7 @@ def _export_command(args: argparse.Namespace) -> int:
     except (DestinationError, FileNotFoundError, ValueError) as error:
         return fail(error)
     if args.echo:
-        sender = make_sender(destination)
-        try:
-            status = sender.echo()
-        except (TransientSendError, PermanentSendError) as error:
-            return fail(
-                f"C-ECHO to {destination.label} failed: {error} -- check the host, port and AE titles, "
-                "and that the PACS accepts our calling AE",
-                status=1,
-            )
-        finally:
-            sender.close()
-        what = "C-ECHO" if destination.kind == "dimse" else "DICOMweb query"
-        print(f"{what} to {destination.label}: status 0x{status:04X}" + (" (success)" if status == 0 else ""))
-        return 0 if status == 0 else 1
+        return _echo(destination)
     if not files:
         return fail(
             f"nothing to send: no files found in {', '.join(args.sources) or 'the command line'} -- "
@@ -278,21 +295,7 @@ def _export_command(args: argparse.Namespace) -> int:
     report_path = Path(args.report) if args.report else home / "export_report.csv"
     try:
         report_path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            ledger = SendLedger(ledger_path)
-        except LedgerError as error:
-            if not args.verify:
-                raise
-            aside = move_aside(ledger_path)  # --verify rebuilds it from what the PACS holds
-            logger.warning(
-                "send ledger %s was unusable (%s): moved it to %s; rebuilding it from what %s holds",
-                ledger_path,
-                error.problem,
-                aside,
-                destination.label,
-            )
-            ledger = SendLedger(ledger_path)
-        with ledger:
+        with _open_ledger(ledger_path, args.verify, destination.label) as ledger:
             report = export_files(
                 files, destination, ledger, retries=args.retries, backoff=args.backoff, verify=args.verify
             )

@@ -172,33 +172,15 @@ def _width_groups(
     return groups
 
 
-def build_report(
+def _frame_groups(
     images: Sequence[Dataset],
     rows: pd.DataFrame,
     finding: str,
-    source: Dataset | None = None,
-    ctr: Sequence[float | CtrMeasurement | None] | None = None,
-) -> hd.sr.ComprehensiveSR:
-    """The TID 1500 SR of one series: ``images`` (its SC headers) and ``rows`` (its frames.csv rows) in step order.
-
-    ``source``: the source image's header (referenced in every group and recorded as evidence);
-    ``ctr``: per frame, a cardiothoracic ratio, or a :class:`CtrMeasurement` (the ratio and the two widths,
-    drawn as polylines on the frame), or None; or None for no CTR at all.
-    """
-    if len(images) != len(rows) or not len(rows):
-        raise ValueError(f"{len(images)} images but {len(rows)} frames.csv rows")
-    if ctr is not None and len(ctr) != len(rows):
-        raise ValueError(f"{len(ctr)} CTR values for {len(rows)} frames")
-    versions = set(rows["model_version"].astype(str))
-    if len(versions) != 1:
-        raise ValueError(f"the frames of one series name {len(versions)} model versions: {sorted(versions)}")
-    model_version = versions.pop()
-    first = images[0]
-    images, verbatim = _typed_references(images)  # values highdicom does not take are copied at the end
-    series_uid = str(images[0].SeriesInstanceUID)
-    algorithm = hd.sr.AlgorithmIdentification(
-        name=ALGORITHM_NAME, version=model_version, parameters=[f"finding={finding}"], manufacturer=SOFTWARE_NAME
-    )
+    ctr: Sequence[float | CtrMeasurement | None] | None,
+    algorithm: hd.sr.AlgorithmIdentification,
+    uid: Callable[..., str],
+) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
+    """Per frame, its group on the frame's outline, then (with a :class:`CtrMeasurement`) its two width groups."""
     finding_type = _finding_code(finding)
     sites = [
         hd.sr.FindingSite(anatomic_location=location, laterality=laterality)
@@ -217,9 +199,7 @@ def build_report(
         identifier = f"Frame {step + 1}/{len(rows)} (step {step})"
         groups.append(
             hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=derived_uid(series_uid, model_version, "sr-group", step), identifier=identifier
-                ),
+                tracking_identifier=hd.sr.TrackingIdentifier(uid=uid("sr-group", step), identifier=identifier),
                 referenced_region=_whole_frame(image),  # the score is of the whole frame
                 finding_type=finding_type,
                 finding_sites=sites,
@@ -232,10 +212,43 @@ def build_report(
                 ctr[index],
                 image,
                 identifier,
-                lambda name, step=step: derived_uid(series_uid, model_version, "sr-width", step, name),
+                lambda name, step=step: uid("sr-width", step, name),
                 finding_type,
                 algorithm,
             )
+    return groups
+
+
+def build_report(
+    images: Sequence[Dataset],
+    rows: pd.DataFrame,
+    finding: str,
+    source: Dataset | None = None,
+    ctr: Sequence[float | CtrMeasurement | None] | None = None,
+) -> hd.sr.ComprehensiveSR:
+    """The TID 1500 SR of one series: ``images`` (its SC headers) and ``rows`` (its frames.csv rows) in step order.
+
+    ``source``: the source image's header (recorded as evidence and in the Image Library);
+    ``ctr``: per frame, a cardiothoracic ratio, or a :class:`CtrMeasurement` (the ratio and the two widths,
+    drawn as polylines on the frame), or None; or None for no CTR at all.
+    """
+    if len(images) != len(rows) or not len(rows):
+        raise ValueError(f"{len(images)} images but {len(rows)} frames.csv rows")
+    if ctr is not None and len(ctr) != len(rows):
+        raise ValueError(f"{len(ctr)} CTR values for {len(rows)} frames")
+    versions = set(rows["model_version"].astype(str))
+    if len(versions) != 1:
+        raise ValueError(f"the frames of one series name {len(versions)} model versions: {sorted(versions)}")
+    model_version = versions.pop()
+    first = images[0]
+    images, verbatim = _typed_references(images)  # values highdicom does not take are copied at the end
+    series_uid = str(images[0].SeriesInstanceUID)
+    algorithm = hd.sr.AlgorithmIdentification(
+        name=ALGORITHM_NAME, version=model_version, parameters=[f"finding={finding}"], manufacturer=SOFTWARE_NAME
+    )
+    groups = _frame_groups(
+        images, rows, finding, ctr, algorithm, lambda *parts: derived_uid(series_uid, model_version, *parts)
+    )
     evidence = [*images, *([source] if source is not None else [])]
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=device_uid(SOFTWARE_NAME, model_version),  # the Device UID of the Contributing Equipment item too
