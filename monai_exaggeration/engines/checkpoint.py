@@ -83,6 +83,40 @@ def _saved_seconds(content: dict) -> float:
     return float(state.get("seconds", 0.0)) if isinstance(state, dict) else 0.0
 
 
+def _newest_readable(
+    ckpt_dir: Path, prefix: str, final_filename: str | None, key: str | None
+) -> tuple[int, Path, dict] | None:
+    """The readable checkpoint with the highest iteration: ``(iteration, path, content)``, or None.
+
+    Candidates are the periodic checkpoints and the final file (when it holds the trainer's state under
+    ``key``; on a tie it wins); a damaged one is skipped (``_read`` warns).
+    """
+    # (iteration, 1 for the final file so that it wins a tie, path)
+    candidates: list[tuple[int, int, Path]] = [(it, 0, path) for it, path in _checkpoints(ckpt_dir, prefix)]
+    final = ckpt_dir / (final_filename or f"{prefix}_final.pt")
+    final_content = _read(final) if final.is_file() else None
+    if final_content is not None:
+        trainer_state = final_content.get(key) if key else None
+        if isinstance(trainer_state, dict) and "iteration" in trainer_state:
+            candidates.append((int(trainer_state["iteration"]), 1, final))
+        else:
+            logger.warning("%s holds no trainer state (%s): not used to resume", final, key or "no trainer to load")
+    for iteration, _, path in sorted(candidates, reverse=True):
+        content = final_content if path == final else _read(path)
+        if content is not None:
+            return iteration, path, content
+    return None
+
+
+def _limit_reached(iteration: int, content: dict, max_iterations: int | None, max_seconds: float | None) -> str | None:
+    """Which limit a checkpoint already reached (words for the log), or None."""
+    if max_iterations is not None and iteration >= max_iterations:
+        return f"max_iterations {max_iterations}"
+    if max_seconds is not None and _saved_seconds(content) >= max_seconds:
+        return f"max_seconds {max_seconds:g}: {_saved_seconds(content):.0f} s trained"
+    return None
+
+
 def attach_resume(
     trainer: Engine,
     ckpt_dir: str | os.PathLike,
@@ -113,40 +147,18 @@ def attach_resume(
     Returns the checkpoint resumed from (or found complete), or None.
     """
     ckpt_dir = Path(ckpt_dir)
-    key = _trainer_key(trainer, load_dict)
-    # (iteration, 1 for the final file so that it wins a tie, path)
-    candidates: list[tuple[int, int, Path]] = [(it, 0, path) for it, path in _checkpoints(ckpt_dir, prefix)]
-    final = ckpt_dir / (final_filename or f"{prefix}_final.pt")
-    final_content = _read(final) if final.is_file() else None
-    if final_content is not None:
-        trainer_state = final_content.get(key) if key else None
-        if isinstance(trainer_state, dict) and "iteration" in trainer_state:
-            candidates.append((int(trainer_state["iteration"]), 1, final))  # on a tie the final file wins
-        else:
-            logger.warning("%s holds no trainer state (%s): not used to resume", final, key or "no trainer to load")
-    content: dict | None = None
-    for iteration, _, path in sorted(candidates, reverse=True):  # noqa: B007 - the last one found is used below
-        content = final_content if path == final else _read(path)
-        if content is not None:
-            break
-    else:
-        total = max_iterations if max_iterations is not None else getattr(trainer, "max_iterations", None)
+    if max_iterations is None:
+        max_iterations = getattr(trainer, "max_iterations", None)
+    found = _newest_readable(ckpt_dir, prefix, final_filename, _trainer_key(trainer, load_dict))
+    if found is None:
         logger.info(
             "no usable checkpoint in %s: training starts from scratch%s",
             ckpt_dir,
-            "" if total is None else f" (iteration 0; max_iterations {total})",
+            "" if max_iterations is None else f" (iteration 0; max_iterations {max_iterations})",
         )
         return None
-
-    if max_iterations is None:
-        max_iterations = getattr(trainer, "max_iterations", None)
-    max_seconds = getattr(trainer, "max_seconds", None)
-    if max_iterations is not None and iteration >= max_iterations:
-        reached = f"max_iterations {max_iterations}"
-    elif max_seconds is not None and _saved_seconds(content) >= max_seconds:
-        reached = f"max_seconds {max_seconds:g}: {_saved_seconds(content):.0f} s trained"
-    else:
-        reached = None
+    iteration, path, content = found
+    reached = _limit_reached(iteration, content, max_iterations, getattr(trainer, "max_seconds", None))
     if reached:
         logger.info(
             "already trained to %d iterations (%s; %s): nothing to do, nothing written. "
