@@ -311,9 +311,16 @@ def describe_comparison(table: pd.DataFrame, output_dir: Path) -> str:
         if pd.isna(row.get("validity_mae")):
             lines.append(f"  {row['method']:<26} mass inside the heart {row['difference_mass_inside_heart']:.2f}")
             continue
+        faithfulness = (
+            f"; shortcut hit {100 * row['shortcut_hit_rate']:.0f} %, flip followed {100 * row['flip_follow_rate']:.0f} %, "
+            f"randomised SSIM {row['randomised_ssim']:.2f}"
+            if not pd.isna(row.get("flip_follow_rate")) and not pd.isna(row.get("shortcut_hit_rate"))
+            else ""
+        )
         lines.append(
             f"  {row['method']:<26} {row['seconds_per_series']:.2f} s/series, MAE {row['validity_mae']:.3f}, "
             f"flip {100 * row['flip_rate']:.0f} %, ΔCTR {row['mean_delta_ctr']:+.3f}, SSIM outside {row['ssim_outside_heart']:.3f}"
+            + faithfulness
         )
     lines += [f"  report      : {output_dir / 'report.html'}", f"  table       : {output_dir / 'methods.csv'}"]
     return "\n".join(lines)
