@@ -210,6 +210,31 @@ def _frame_rows(path: str, result: SeriesResult, ctr: np.ndarray) -> list[dict]:
     ]
 
 
+def _example(
+    path: str,
+    pictures: _Pictures,
+    scores: np.ndarray,
+    ctr: np.ndarray,
+    step: int,
+    heart: np.ndarray,
+    maps: dict,
+    mass: dict,
+) -> dict:
+    """What the report's example figure draws of one source (``ctr``: the source's, then the frames')."""
+    return {
+        "source": path,
+        "source_image": pictures.source,
+        "frames": pictures.frames,
+        "scores": scores.tolist(),
+        "ctr": ctr[1:].tolist(),
+        "step": step,
+        "model_source": to_unit_range(pictures.source_input[0]).numpy(),
+        "heart": heart,
+        "maps": maps,
+        "mass": mass,
+    }
+
+
 def measure_source(
     runner: ExaggerationInference,
     segmenter: HeartLungSegmenter,
@@ -280,20 +305,7 @@ def measure_source(
         "series_seconds": seconds,  # making the series (read, classifier, method, frames), before any measure
         "seconds": 0.0,
     }
-    example = None
-    if keep_example:
-        example = {
-            "source": str(path),
-            "source_image": pictures.source,
-            "frames": pictures.frames,
-            "scores": scores.tolist(),
-            "ctr": ctr[1:].tolist(),
-            "step": step,
-            "model_source": to_unit_range(pictures.source_input[0]).numpy(),
-            "heart": heart_model_grid,
-            "maps": maps,
-            "mass": mass,
-        }
+    example = _example(str(path), pictures, scores, ctr, step, heart_model_grid, maps, mass) if keep_example else None
     row["seconds"] = time.perf_counter() - start
     return SourceMeasures(
         row=row,
