@@ -34,7 +34,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from monai_exaggeration.cli import main as cli_main
 from monai_exaggeration.dicom.report import read_report
-from monai_exaggeration.dicom.secondary_capture import derived_uid
+from monai_exaggeration.dicom.secondary_capture import SERIES_MODALITY, derived_uid
 from monai_exaggeration.node.config import NodeConfigError, load_node_config
 from monai_exaggeration.node.queue import JobQueue
 from monai_exaggeration.node.scp import StorageSCP
@@ -695,9 +695,9 @@ def test_kill_9_mid_job_then_restart_explains_every_acknowledged_source_once(tmp
     assert "was interrupted while running: queued again" in node.log()
     results = [json.loads(job["result"]) for job in jobs]
     stored = orthanc_series(pacs)
-    sc_series = {uid: entry for uid, entry in stored.items() if entry["modality"] == "CR"}
+    sc_series = {uid: entry for uid, entry in stored.items() if entry["modality"] == SERIES_MODALITY}
     assert set(sc_series) == {result["series_instance_uid"] for result in results} and len(sc_series) == 3
     assert all(len(entry["instances"]) == 5 for entry in sc_series.values())
-    assert sorted(entry["modality"] for entry in stored.values()) == ["CR"] * 3 + ["PR"] * 3 + ["SR"] * 3
+    assert sorted(entry["modality"] for entry in stored.values()) == sorted([SERIES_MODALITY] * 3 + ["PR"] * 3 + ["SR"] * 3)
     assert node.log().count(" done: ") == 3  # each source explained to the end exactly once
     assert node.stop() == 0
