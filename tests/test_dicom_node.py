@@ -698,6 +698,8 @@ def test_kill_9_mid_job_then_restart_explains_every_acknowledged_source_once(tmp
     sc_series = {uid: entry for uid, entry in stored.items() if entry["modality"] == SERIES_MODALITY}
     assert set(sc_series) == {result["series_instance_uid"] for result in results} and len(sc_series) == 3
     assert all(len(entry["instances"]) == 5 for entry in sc_series.values())
-    assert sorted(entry["modality"] for entry in stored.values()) == sorted([SERIES_MODALITY] * 3 + ["PR"] * 3 + ["SR"] * 3)
+    assert sorted(entry["modality"] for entry in stored.values()) == sorted(
+        [SERIES_MODALITY] * 3 + ["PR"] * 3 + ["SR"] * 3
+    )
     assert node.log().count(" done: ") == 3  # each source explained to the end exactly once
     assert node.stop() == 0

@@ -20,12 +20,12 @@ from reader_app_helpers import ADMIN, NUM_FRAMES, TOKENS, bearer, client, free_p
 pytest.importorskip("fastapi", reason="the reading app needs fastapi (pip install -e .[test])")
 from fastapi.testclient import TestClient  # noqa: E402
 
+from monai_exaggeration.reader_study.routes import json_depth  # noqa: E402
 from monai_exaggeration.reader_study.server import (  # noqa: E402
     MAX_BODY_BYTES,
     MAX_JSON_DEPTH,
     TokenRedactingFilter,
     create_app,
-    json_depth,
 )
 from monai_exaggeration.reader_study.store import AnswerFrozenError, ResponseStore  # noqa: E402
 
