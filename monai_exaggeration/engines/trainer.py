@@ -201,28 +201,9 @@ class ExaggerationTrainer(Trainer):
         amp: bool = False,
         **kwargs: Any,
     ) -> None:
-        if hasattr(train_data_loader, "__len__") and len(train_data_loader) == 0:
-            dataset = getattr(train_data_loader, "dataset", ())
-            replicas = getattr(getattr(train_data_loader, "sampler", None), "num_replicas", 1)
-            per_process = f", {len(dataset) // max(1, replicas)} per process of {replicas}" if replicas > 1 else ""
-            raise ValueError(
-                f"the training set ({len(dataset)} images{per_process}) gives no complete batch of "
-                f"{getattr(train_data_loader, 'batch_size', '?')}: lower batch_size or add images"
-            )
-        if max_iterations is None or int(max_iterations) < 1:
-            raise ValueError(f"max_iterations must be >= 1, got {max_iterations}")
-        max_iterations = int(max_iterations)
-        if epoch_length is None and hasattr(train_data_loader, "__len__"):
-            epoch_length = len(train_data_loader)
-        # Epochs enough for max_iterations (an epoch has at least one iteration when its length is unknown).
-        needed = max_iterations if epoch_length is None else -(-max_iterations // int(epoch_length))
-        if max_epochs is None:
-            max_epochs = needed
-        elif max_epochs < needed:
-            raise ValueError(
-                f"max_epochs {max_epochs} would stop training before max_iterations {max_iterations} "
-                f"({epoch_length} iterations an epoch): leave max_epochs unset, max_iterations defines the stop"
-            )
+        _check_loader(train_data_loader)
+        max_iterations, epoch_length, max_epochs = _epochs(train_data_loader, max_iterations, epoch_length, max_epochs)
+        _check_settings(n_critic, composition, warmup_iterations, max_seconds)
         super().__init__(
             device=device,
             max_epochs=max_epochs,
@@ -235,14 +216,6 @@ class ExaggerationTrainer(Trainer):
             **kwargs,
         )
         self.register_events(*ExaggerationIterationEvents)
-        if n_critic < 1:
-            raise ValueError(f"n_critic must be >= 1, got {n_critic}")
-        if composition not in COMPOSITIONS:
-            raise ValueError(f"composition must be one of {COMPOSITIONS}, got {composition!r}")
-        if warmup_iterations < 0:
-            raise ValueError(f"warmup_iterations must be >= 0, got {warmup_iterations}")
-        if max_seconds is not None and max_seconds <= 0:
-            raise ValueError(f"max_seconds must be > 0, got {max_seconds}")
         self.generator = generator
         self.discriminator = discriminator
         self.classifier = classifier
@@ -542,3 +515,50 @@ class ExaggerationTrainer(Trainer):
             cycled=cycled,
             change=generated - reconstruction,
         )
+
+
+def _check_loader(loader: Iterable) -> None:
+    """ValueError when ``loader`` gives no complete batch (it would train nothing), saying what to change."""
+    if not hasattr(loader, "__len__") or len(loader) > 0:
+        return
+    dataset = getattr(loader, "dataset", ())
+    replicas = getattr(getattr(loader, "sampler", None), "num_replicas", 1)
+    per_process = f", {len(dataset) // max(1, replicas)} per process of {replicas}" if replicas > 1 else ""
+    raise ValueError(
+        f"the training set ({len(dataset)} images{per_process}) gives no complete batch of "
+        f"{getattr(loader, 'batch_size', '?')}: lower batch_size or add images"
+    )
+
+
+def _epochs(
+    loader: Iterable, max_iterations: int, epoch_length: int | None, max_epochs: int | None
+) -> tuple[int, int | None, int]:
+    """``(max_iterations, epoch_length, max_epochs)`` checked, with the epoch length taken from ``loader`` and
+    ``max_epochs`` derived from ``max_iterations`` when unset; a ``max_epochs`` that would stop first is refused."""
+    if max_iterations is None or int(max_iterations) < 1:
+        raise ValueError(f"max_iterations must be >= 1, got {max_iterations}")
+    max_iterations = int(max_iterations)
+    if epoch_length is None and hasattr(loader, "__len__"):
+        epoch_length = len(loader)
+    # Epochs enough for max_iterations (an epoch has at least one iteration when its length is unknown).
+    needed = max_iterations if epoch_length is None else -(-max_iterations // int(epoch_length))
+    if max_epochs is None:
+        return max_iterations, epoch_length, needed
+    if max_epochs < needed:
+        raise ValueError(
+            f"max_epochs {max_epochs} would stop training before max_iterations {max_iterations} "
+            f"({epoch_length} iterations an epoch): leave max_epochs unset, max_iterations defines the stop"
+        )
+    return max_iterations, epoch_length, max_epochs
+
+
+def _check_settings(n_critic: int, composition: str, warmup_iterations: int, max_seconds: float | None) -> None:
+    """ValueError naming the first of the trainer's settings that is out of range."""
+    if n_critic < 1:
+        raise ValueError(f"n_critic must be >= 1, got {n_critic}")
+    if composition not in COMPOSITIONS:
+        raise ValueError(f"composition must be one of {COMPOSITIONS}, got {composition!r}")
+    if warmup_iterations < 0:
+        raise ValueError(f"warmup_iterations must be >= 0, got {warmup_iterations}")
+    if max_seconds is not None and max_seconds <= 0:
+        raise ValueError(f"max_seconds must be > 0, got {max_seconds}")
