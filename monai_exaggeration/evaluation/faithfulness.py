@@ -41,9 +41,8 @@ from torch import nn
 
 from monai_exaggeration.binning import DECISION_THRESHOLD
 from monai_exaggeration.data import stratified_head
-from monai_exaggeration.data.streaming import LoadFailure, compute_threads
 from monai_exaggeration.evaluation.shortcut import MarkerBox, read_markers
-from monai_exaggeration.inference import ExaggerationInference, SeriesResult, SourceDataset, source_loader
+from monai_exaggeration.inference import ExaggerationInference, Explained, SeriesEngine, SeriesResult, SourceDataset
 
 __all__ = [
     "DEFAULT_LEVELS",
@@ -153,14 +152,15 @@ class _Series:
 def _series(runner: ExaggerationInference, records: Sequence[dict]) -> list[_Series]:
     """The runner's series of ``records`` (unreadable sources and failed series are skipped with a warning)."""
     out: list[_Series] = []
-    loader = source_loader(SourceDataset(records, runner.reading), runner.sources_per_batch(), runner.num_workers)
-    with compute_threads(runner.num_workers, runner.device):
-        for group in loader:
-            for record, _item, outcome, _seconds in runner.inferer.explain_batch(group):
-                if isinstance(outcome, (LoadFailure, Exception)):
-                    logger.warning("faithfulness: skipped %s (%s)", record["image"], getattr(outcome, "error", outcome))
-                    continue
-                out.append(_Series(record, outcome))
+
+    def keep(explained: Explained) -> None:
+        if explained.ok:
+            out.append(_Series(explained.record, explained.outcome))
+        else:
+            outcome = explained.outcome
+            logger.warning("faithfulness: skipped %s (%s)", explained.path, getattr(outcome, "error", outcome))
+
+    SeriesEngine(runner.inferer, SourceDataset(records, runner.reading), sinks=[keep]).run()
     return out
 
 

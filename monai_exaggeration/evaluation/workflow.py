@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from monai_exaggeration.data import SPLIT_FRACTIONS, SPLIT_SEED, load_split, stratified_head
-from monai_exaggeration.data.streaming import ERROR_COLUMNS, LoadFailure, compute_threads, failure_row
+from monai_exaggeration.data.streaming import ERROR_COLUMNS, LoadFailure, failure_row
 from monai_exaggeration.errors import CXRInputError
 from monai_exaggeration.evaluation.comparison import compare_methods
 from monai_exaggeration.evaluation.faithfulness import FaithfulnessChecks
@@ -39,7 +39,7 @@ from monai_exaggeration.evaluation.report import write_report
 from monai_exaggeration.evaluation.summary import summarise
 from monai_exaggeration.findings import finding_profile
 from monai_exaggeration.handlers import Progress
-from monai_exaggeration.inference import ExaggerationInference, SourceDataset, source_loader
+from monai_exaggeration.inference import ExaggerationInference, Explained, SeriesEngine, SourceDataset
 from monai_exaggeration.methods import check_method
 from monai_exaggeration.networks.segmentation import HeartLungSegmenter
 from monai_exaggeration.utils import as_bool, atomic_write, for_inference, json_text, write_csv_atomic
@@ -174,41 +174,37 @@ class ExplanationEvaluation:
         failures: list[dict] = []
         start = time.perf_counter()
         progress = Progress(len(records), "evaluating", unit="image", log=logger)
-        # The inference's dataset and loader: reader processes decode ahead; the explainer runs on a batch
-        # of sources at once (each series normalised with its own statistics, as alone); then each source
-        # is measured.
-        loader = source_loader(
-            SourceDataset(records, self.runner.reading), self.runner.sources_per_batch(), self.runner.num_workers
-        )
-        index = -1
-        with compute_threads(self.runner.num_workers, self.runner.device):
-            for group in loader:
-                for record, item, outcome, share in self.runner.inferer.explain_batch(group):
-                    index += 1
-                    try:
-                        if isinstance(outcome, LoadFailure):
-                            raise CXRInputError(record["image"], outcome.error, outcome.hint)
-                        if isinstance(outcome, Exception):
-                            raise outcome
-                        measures.append(
-                            measure_source(
-                                self.runner,
-                                self.segmenter,
-                                self.encoder,
-                                record,
-                                self.profile,
-                                keep_example=index < self.num_examples,
-                                occlusion=self.occlusion,
-                                gradcam_layer=self.gradcam_layer,
-                                result=outcome,
-                                seconds=share,
-                                loaded=item,
-                            )
-                        )
-                    except CXRInputError as error:
-                        logger.warning("skipped %s: %s", record["image"], error)
-                        failures.append(failure_row(record["image"], error))
-                    progress.update(1)  # a bar on a terminal, else a log line every 30 s with images/s and time left
+
+        def measure(explained: Explained) -> None:  # the sink: each source measured as its batch comes out
+            index = len(measures) + len(failures)
+            try:
+                if isinstance(explained.outcome, LoadFailure):
+                    raise CXRInputError(explained.path, explained.outcome.error, explained.outcome.hint)
+                if isinstance(explained.outcome, Exception):
+                    raise explained.outcome
+                measures.append(
+                    measure_source(
+                        self.runner,
+                        self.segmenter,
+                        self.encoder,
+                        explained.record,
+                        self.profile,
+                        keep_example=index < self.num_examples,
+                        occlusion=self.occlusion,
+                        gradcam_layer=self.gradcam_layer,
+                        result=explained.outcome,
+                        seconds=explained.seconds,
+                        loaded=explained.item,
+                    )
+                )
+            except CXRInputError as error:
+                logger.warning("skipped %s: %s", explained.path, error)
+                failures.append(failure_row(explained.path, error))
+            progress.update(1)  # a bar on a terminal, else a log line every 30 s with images/s and time left
+
+        # The inference's engine: reader processes decode ahead, the explainer runs on a batch of sources
+        # at once (each series normalised with its own statistics, as alone), then each source is measured.
+        SeriesEngine(self.runner.inferer, SourceDataset(records, self.runner.reading), sinks=[measure]).run()
         progress.close()
         if len(measures) < 2:
             raise ValueError(f"only {len(measures)} of {len(records)} images could be evaluated; at least 2 are needed")

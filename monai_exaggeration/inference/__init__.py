@@ -2,10 +2,11 @@
 
 MONAI's inference pattern (see :mod:`.workflow`): :mod:`.dataset` (preprocessing, dataset, loader) ->
 :mod:`.inferer` (:class:`SeriesInferer`) -> :mod:`.writers` (DICOM, quick-looks, logs, PACS export) ->
-:mod:`.evaluator` (:class:`InferenceEvaluator`), sharded under torchrun by :mod:`.sharding`.
+:mod:`.engine` (:class:`SeriesEngine`, the one batch loop) -> :mod:`.evaluator` (:class:`InferenceEvaluator`), sharded under torchrun by :mod:`.sharding`.
 """
 
 from monai_exaggeration.inference.dataset import SourceDataset, SourcePreprocessing, source_loader
+from monai_exaggeration.inference.engine import Explained, SeriesEngine, SeriesSink
 from monai_exaggeration.inference.evaluator import InferenceEvaluator
 from monai_exaggeration.inference.frames import RESOLUTIONS, full_resolution_frames, select_bins, to_source_grid
 from monai_exaggeration.inference.inferer import SeriesInferer, file_sha256
@@ -22,12 +23,15 @@ __all__ = [
     "STAGES",
     "DicomSeriesWriter",
     "ExaggerationInference",
+    "Explained",
     "InferenceSummary",
     "PacsExport",
     "QuickLookWriter",
     "InferenceEvaluator",
+    "SeriesEngine",
     "SeriesInferer",
     "SeriesResult",
+    "SeriesSink",
     "SourceDataset",
     "SourcePreprocessing",
     "file_sha256",

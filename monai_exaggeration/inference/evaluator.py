@@ -1,10 +1,10 @@
-"""The inference's evaluator: a MONAI ``Evaluator`` whose iterations turn batches of sources into written series.
+"""The inference's evaluator: the batch loop of :class:`~.engine.SeriesEngine` with the written outputs as its sink.
 
 Each iteration takes a batch from :func:`~.dataset.source_loader`, makes the series of every readable
 source in one go (:class:`~.inferer.SeriesInferer`), and hands each outcome, in input order, to a
 background thread (:class:`~.logs.SeriesWriter`) that runs the ``writers`` (DICOM series, quick-looks:
 :mod:`.writers`) and rewrites the CSV logs while the next batch is computed. ``engine.state.output``
-of an iteration is the list of ``(record, SeriesResult or failure)``, for any ``val_handlers``.
+of an iteration is the list of :class:`~.engine.Explained`, for any ``val_handlers``.
 
 Outputs under ``output_dir``: ``dicom/<SeriesInstanceUID>/step_XXX.dcm``, ``quicklook/<name>/``,
 ``frames.csv`` (one row per frame), ``sources.csv`` (one row per source) and ``errors.csv`` (one row
@@ -26,13 +26,12 @@ from typing import Any
 
 import pandas as pd
 from ignite.engine import Events
-from monai.engines import Evaluator
 
-from monai_exaggeration.data.streaming import compute_threads
 from monai_exaggeration.dicom import series_instance_uid
 from monai_exaggeration.handlers import Progress
 from monai_exaggeration.inference import sharding
-from monai_exaggeration.inference.dataset import SourceDataset, source_loader
+from monai_exaggeration.inference.dataset import SourceDataset
+from monai_exaggeration.inference.engine import Explained, SeriesEngine
 from monai_exaggeration.inference.inferer import SeriesInferer
 from monai_exaggeration.inference.logs import ERROR_COLUMNS, SeriesWriter, earlier_logs
 from monai_exaggeration.inference.results import InferenceSummary
@@ -44,7 +43,7 @@ __all__ = ["InferenceEvaluator"]
 logger = logging.getLogger("monai_exaggeration.inference")
 
 
-class InferenceEvaluator(Evaluator):
+class InferenceEvaluator(SeriesEngine):
     """Explain every source of ``dataset`` with ``inferer`` and write the outputs (module docstring).
 
     Args:
@@ -70,30 +69,17 @@ class InferenceEvaluator(Evaluator):
         val_handlers: Sequence | None = None,
         device: Any = None,
     ) -> None:
-        self.inferer = (inferer if isinstance(inferer, SeriesInferer) else inferer()).prepare()
-        self.dataset = dataset if isinstance(dataset, SourceDataset) else dataset()
-        self.dataset.use(self.inferer.reading)
+        inferer = inferer if isinstance(inferer, SeriesInferer) else inferer()
+        dataset = dataset if isinstance(dataset, SourceDataset) else dataset()
+        super().__init__(inferer, dataset, sinks=[self._submit], val_handlers=val_handlers, device=device)
         self.writers, self.finding = list(writers), finding or self.inferer.finding
         self.output_dir = Path(output_dir).expanduser().resolve()
-        self.batch_size = self.inferer.sources_per_batch()
-        loader = source_loader(self.dataset, self.batch_size, self.inferer.num_workers)
-        super().__init__(
-            device=device or self.inferer.device,
-            val_data_loader=loader,
-            decollate=False,
-            val_handlers=val_handlers,
-        )
-        self.logger.setLevel(logging.WARNING)  # ignite's "Epoch[1] Complete": the progress lines say more
         self.summary = InferenceSummary(output_dir=self.output_dir, num_inputs=len(self.dataset))
         self.writer: SeriesWriter | None = None
         self.add_event_handler(Events.STARTED, self._open)
 
-    def _iteration(self, engine: Any, batch: list[tuple[dict, Any]]) -> list[tuple[dict, Any]]:
-        started = time.perf_counter()
-        outcomes = [(record, outcome) for record, _, outcome, _ in self.inferer.explain_batch(batch)]
-        for record, outcome in outcomes:
-            self.writer.submit(record["image"], outcome, started)
-        return outcomes
+    def _submit(self, explained: Explained) -> None:
+        self.writer.submit(explained.path, explained.outcome, explained.started)
 
     def _open(self, _: Any = None) -> None:
         """Start the background writer of this run's series and logs."""
@@ -140,11 +126,10 @@ class InferenceEvaluator(Evaluator):
         start, self._started_at = time.perf_counter(), time.time()
         rank, world = sharding.rank_and_world()
         try:
-            with compute_threads(self.inferer.num_workers, self.inferer.device):
-                if len(self.dataset):
-                    super().run()
-                else:
-                    self._open()
+            if len(self.dataset):
+                super().run()
+            else:
+                self._open()
         finally:
             if self.writer is not None:
                 self.writer.close()

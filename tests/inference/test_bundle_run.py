@@ -34,7 +34,14 @@ from inference.helpers import (
     read_sources,
 )
 from monai_exaggeration.data.streaming import LoadFailure
-from monai_exaggeration.inference import ERROR_COLUMNS, FRAME_COLUMNS, SOURCE_COLUMNS, SeriesResult
+from monai_exaggeration.inference import (
+    ERROR_COLUMNS,
+    FRAME_COLUMNS,
+    SOURCE_COLUMNS,
+    SeriesEngine,
+    SeriesResult,
+    SourceDataset,
+)
 
 # ----------------------------------------------------------------------------------- the default run
 
@@ -235,8 +242,30 @@ class OutputRecorder:
         self.outputs.append((engine.state.iteration, list(engine.state.output)))
 
 
+def test_the_series_engine_feeds_every_result_to_its_sinks_and_writes_nothing(tmp_path: Path, runner_factory) -> None:
+    """The one batch loop on its own: each source's result reaches every sink once, in input order, and a
+    sink that is not a writer leaves no file (the evaluation's measures and the faithfulness checks run so)."""
+    inbox = tmp_path / "inbox"
+    png_chest(inbox / "a.png", seed=1)
+    (inbox / "b.png").write_text("not an image\n")
+    png_chest(inbox / "c.png", seed=2)
+    runner = runner_factory(num_frames=3, batch_size=2).prepare()
+    seen, scores = [], []
+    engine = SeriesEngine(runner.inferer, SourceDataset(str(inbox), runner.reading), sinks=[seen.append])
+    engine.sinks.append(lambda explained: scores.append(explained.outcome.scores if explained.ok else None))
+    engine.run()
+    assert engine.state.iteration == 2  # batches [a, b] and [c]
+    assert [Path(explained.path).name for explained in seen] == ["a.png", "b.png", "c.png"]
+    assert [explained.ok for explained in seen] == [True, False, True]
+    assert isinstance(seen[1].outcome, LoadFailure)
+    assert [len(frames) for frames in scores if frames is not None] == [3, 3]
+    assert seen[0].outcome.frames.shape[0] == 3 and seen[0].seconds > 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["inbox"]
+
+
 def test_val_handlers_see_every_iteration_output(tmp_path: Path, runner_factory) -> None:
-    """``engine.state.output`` of an iteration is its batch's ``(record, SeriesResult or failure)``, in input order."""
+    """``engine.state.output`` of an iteration is its batch's :class:`Explained` results (record and SeriesResult
+    or failure), in input order."""
     inbox = tmp_path / "inbox"
     png_chest(inbox / "a.png", seed=1)
     (inbox / "b.png").write_text("not an image\n")
@@ -248,10 +277,11 @@ def test_val_handlers_see_every_iteration_output(tmp_path: Path, runner_factory)
     iterations = [iteration for iteration, _ in recorder.outputs]
     assert iterations == [1, 2, 3] == list(range(1, evaluator.state.iteration + 1))
     outcomes = [item for _, output in recorder.outputs for item in output]
-    assert [Path(record["image"]).name for record, _ in outcomes] == ["a.png", "b.png", "c.png"]
-    assert [type(outcome) for _, outcome in outcomes] == [SeriesResult, LoadFailure, SeriesResult]
+    assert [Path(explained.record["image"]).name for explained in outcomes] == ["a.png", "b.png", "c.png"]
+    assert [type(explained.outcome) for explained in outcomes] == [SeriesResult, LoadFailure, SeriesResult]
+    assert [explained.ok for explained in outcomes] == [True, False, True]
     frames = pd.read_csv(tmp_path / "out" / "frames.csv")
     assert sorted({Path(p).name for p in frames["source"]}) == ["a.png", "c.png"]
-    assert [outcomes[i][1].source_score for i in (0, 2)] == pytest.approx(
+    assert [outcomes[i].outcome.source_score for i in (0, 2)] == pytest.approx(
         read_sources(tmp_path / "out").sort_values("source")["source_score"].tolist(), abs=1e-4
     )
