@@ -151,8 +151,10 @@ def test_captioned_copy_is_removed_with_the_series_when_a_later_writer_fails(
     seen = []
 
     def failing(record, inferer) -> None:  # a writer listed after the copy's
-        seen.extend(record.captioned)
-        assert len(record.captioned) == NUM_FRAMES and all(p.exists() for p in record.captioned)
+        seen.extend(record.products["captioned_copy"])
+        assert len(record.products["captioned_copy"]) == NUM_FRAMES and all(
+            p.exists() for p in record.products["captioned_copy"]
+        )
         raise OSError("No space left on device")
 
     out = tmp_path / "out"

@@ -596,3 +596,12 @@ def test_built_study_is_served_and_analysed(built: Path, tmp_path: Path) -> None
     exported = pd.read_csv(result.out_dir / "responses.csv", dtype=str, keep_default_na=False)
     assert len(exported) == given and set(exported["reader_id"]) == set(tokens["readers"])
     assert (result.out_dir / "report.html").is_file()
+
+
+def test_the_study_reads_only_columns_the_inference_logs_define() -> None:
+    """The reader study names the log columns it reads; the inference's FRAME_COLUMNS/SOURCE_COLUMNS define them."""
+    from monai_exaggeration.inference import FRAME_COLUMNS, SOURCE_COLUMNS
+    from monai_exaggeration.reader_study import builder
+
+    assert set(builder._FRAME_LOG_COLUMNS) <= set(FRAME_COLUMNS)
+    assert set(builder._SOURCE_LOG_COLUMNS) <= set(SOURCE_COLUMNS)

@@ -50,16 +50,20 @@ logger = logging.getLogger("monai_exaggeration.inference")
 
 @dataclass
 class OutputRecord:
-    """What the writers made of one series: the DICOM series, the quick-looks, every file (for clean-up)."""
+    """What the writers made of one series: the DICOM series, the quick-looks, every file (for clean-up).
+
+    ``products`` holds what any other writer made, under the writer's own key (the captioned copy's
+    files are ``products["captioned_copy"]``): a new writer adds its outputs there, without a new field.
+    """
 
     result: SeriesResult
     output_dir: Path
     finding: str
     info: SeriesInfo | None = None  # the series' description, set by the DICOM writer
     series: WrittenSeries | None = None
-    captioned: list[Path] = field(default_factory=list)  # the burned-in captioned copy, when written
     looks: dict[str, str] = field(default_factory=lambda: {"gif": "", "montage": "", "score_plot": ""})
     files: list[Path] = field(default_factory=list)
+    products: dict[str, list[Path]] = field(default_factory=dict)
 
 
 class SeriesOutput(Protocol):
@@ -135,7 +139,7 @@ class CaptionedCopyWriter:
             paths = write_burned_in_series(
                 series_rows(pd.DataFrame(frame_rows)), record.output_dir / "dicom", record.finding
             )
-        record.captioned.extend(paths)
+        record.products["captioned_copy"] = list(paths)
         record.files.extend(paths)
 
 

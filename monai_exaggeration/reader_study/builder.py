@@ -100,6 +100,8 @@ KEY_COLUMNS = [
     "source_score",
     "num_frames",
 ]
+# The columns of the inference's logs the study reads (defined by inference.logs FRAME_COLUMNS / SOURCE_COLUMNS,
+# not imported here: the reader study does not load torch; tests/test_reader_study_build.py checks the names).
 _FRAME_LOG_COLUMNS = ("source", "step", "target_bin", "score", "series_instance_uid", "output_file")
 _SOURCE_LOG_COLUMNS = ("source", "source_sop_instance_uid", "source_score", "source_bin", "series_instance_uid")
 _INFERENCE_HINT = "run `python -m monai.bundle run inference ... --output_dir DIR` and give that DIR as inference_dir"
