@@ -19,7 +19,18 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from monai_exaggeration.reader_study.store import AnswerFrozenError
 from monai_exaggeration.reader_study.study import Identity, Study, validate_answer
 
-__all__ = ["COOKIE", "MAX_BODY_BYTES", "MAX_JSON_DEPTH", "api", "assets", "json_depth", "pages", "read_json", "session"]
+__all__ = [
+    "COOKIE",
+    "MAX_BODY_BYTES",
+    "MAX_JSON_DEPTH",
+    "STATIC",
+    "api",
+    "assets",
+    "json_depth",
+    "pages",
+    "read_json",
+    "session",
+]
 
 #: Name of the session cookie that holds a reader's token.
 COOKIE = "exaggeration_reader"
@@ -28,11 +39,12 @@ MAX_BODY_BYTES = 16 * 1024
 #: Deepest nesting of arrays and objects accepted in a JSON body (an answer needs 2).
 MAX_JSON_DEPTH = 16
 _ASSET_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}\.png$")
-_STATIC = resources.files("monai_exaggeration.reader_study") / "static"
+#: The reading app's pages, scripts and styles (served under /static; the pages by the routes).
+STATIC = resources.files("monai_exaggeration.reader_study") / "static"
 
 
 def _page(name: str) -> HTMLResponse:
-    return HTMLResponse((_STATIC / name).read_text(encoding="utf-8"), headers={"Cache-Control": "no-store"})
+    return HTMLResponse((STATIC / name).read_text(encoding="utf-8"), headers={"Cache-Control": "no-store"})
 
 
 def json_depth(text: str) -> int:

@@ -53,7 +53,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from monai_exaggeration.reader_study import routes
-from monai_exaggeration.reader_study.routes import _STATIC, COOKIE, MAX_BODY_BYTES, MAX_JSON_DEPTH
+from monai_exaggeration.reader_study.routes import COOKIE, MAX_BODY_BYTES, MAX_JSON_DEPTH, STATIC
 from monai_exaggeration.reader_study.study import Identity, Study, StudyError, validate_answer
 
 __all__ = [
@@ -243,7 +243,7 @@ def create_app(study_dir: str | Path, secure_cookies: bool = False, trusted_orig
         refused = _refusal(request, trusted)
         return _secured(request, refused if refused is not None else await call_next(request))
 
-    app.mount("/static", StaticFiles(directory=str(_STATIC)), name="static")
+    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     for router in (routes.pages, routes.session, routes.api, routes.assets):
         app.include_router(router)
     return app
